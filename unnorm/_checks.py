@@ -1,0 +1,72 @@
+"""Argument checks shared by the public functions: plain Python, run before anything is jitted.
+
+Each raises ``TypeError`` / ``ValueError`` whose message names the argument, what was received
+and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["check_key", "check_int", "check_positive_float", "check_probability", "check_choice"]
+
+
+def check_key(key, name: str = "key") -> jax.Array:
+    """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key
+    (``jax.random.PRNGKey``); return a typed key."""
+    if isinstance(key, jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(
+                    f"{name} must be a single PRNG key; got a batch of keys of shape {key.shape}."
+                )
+            return key
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(key)
+    got = type(key).__name__
+    if isinstance(key, (jax.Array, np.ndarray)):
+        got = f"array of dtype {key.dtype} and shape {key.shape}"
+    raise TypeError(
+        f"{name} must be a JAX PRNG key such as jax.random.key(0) (or jax.random.PRNGKey(0)); "
+        f"got {got}" + (f" {key!r}" if isinstance(key, (int, float, str)) else "") + "."
+    )
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """An integer ``>= minimum`` (bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def check_positive_float(value, name: str) -> float:
+    """A finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number; got {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value}.")
+    return float(value)
+
+
+def check_probability(value, name: str) -> float:
+    """A number strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1); got {value!r}.")
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1; got {value}.")
+    return float(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+    """One of ``choices`` (strings); the message lists them."""
+    if not isinstance(value, str) or value not in choices:
+        valid = ", ".join(map(repr, choices))
+        raise ValueError(f"unknown {name} {value!r}; choose one of {valid}.")
+    return value

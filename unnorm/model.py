@@ -1,0 +1,419 @@
+"""Declaring an unnormalized model: an energy ``E(x; θ)`` with density ``p(x) ∝ exp(-E(x; θ))``.
+
+Two ways lead to the same :class:`Model`:
+
+* functional — ``Model(energy, params=..., constraints=..., support=...)`` with
+  ``energy(params, x)`` a scalar function of one observation;
+* declarative — a function of ``x`` decorated with :func:`model` that declares its parameters
+  with :func:`param`, as in a NumPyro model.
+
+The model is seed 004, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq. 5) is
+``∇_x log p_θ(x) = -∇_x E_θ(x)``, free of the normalizing constant ``Z_θ``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import constraints as _constraints
+from numpyro.distributions.transforms import biject_to
+
+from .supports import Support
+
+__all__ = ["Model", "model", "param"]
+
+Params = dict[str, Any]
+
+
+def _format_params(params: Mapping[str, Any], limit: int = 6) -> str:
+    """One line per parameter with (a prefix of) its value, for error messages."""
+    lines = []
+    for name, value in params.items():
+        leaves = jax.tree_util.tree_leaves(value)
+        if len(leaves) == 1:
+            arr = np.asarray(leaves[0])
+            flat = arr.ravel()
+            shown = np.array2string(flat[:limit], precision=4, separator=", ")
+            more = f" ... ({arr.size} values, shape {arr.shape})" if arr.size > limit else ""
+            lines.append(f"  {name} = {shown}{more}")
+        else:
+            lines.append(f"  {name} = <pytree with {len(leaves)} arrays>")
+    return "\n".join(lines)
+
+
+def _as_param_tree(name: str, value: Any) -> Any:
+    """Convert the leaves of one parameter to float arrays and reject NaN / inf."""
+    try:
+        tree = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=float), value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"params[{name!r}] must be an array (or a pytree of arrays) of numbers; got "
+            f"{type(value).__name__}: {err}"
+        ) from None
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(
+                f"params[{name!r}] contains NaN or infinite values: "
+                f"{np.array2string(np.asarray(leaf).ravel()[:6], precision=4)}; initial "
+                "parameter values must be finite."
+            )
+    return tree
+
+
+class Model:
+    """An unnormalized model ``p(x; θ) ∝ exp(-E(x; θ))`` (seed 004, eq. 1).
+
+    Parameters
+    ----------
+    energy : callable
+        ``energy(params, x) -> scalar`` for ONE observation ``x`` of shape
+        ``support.event_shape``; ``params`` is a dict like ``params`` below.
+    params : dict
+        Initial parameter values (constrained space), name -> array or pytree of arrays.
+    constraints : dict, optional
+        Name -> NumPyro constraint (``unnorm.constraints``); missing names are unconstrained
+        (``constraints.real``). They map to an unconstrained space through NumPyro's
+        ``biject_to``.
+    support : Support
+        Where one observation lives (``unnorm.supports``).
+    name : str, optional
+        A label used in messages and summaries.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import unnorm as un
+    >>> def energy(params, x):
+    ...     d = x - params["mu"]
+    ...     return 0.5 * d @ params["prec"] @ d
+    >>> m = un.Model(energy, params={"mu": jnp.zeros(2), "prec": jnp.eye(2)},
+    ...              constraints={"prec": un.constraints.positive_definite},
+    ...              support=un.supports.real(2))
+    >>> float(m.energy(m.params, jnp.ones(2)))
+    1.0
+    >>> m.score(m.params, jnp.ones(2)).tolist()
+    [-1.0, -1.0]
+    """
+
+    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name")
+
+    def __init_subclass__(cls, **kwargs):
+        raise TypeError("unnorm.Model is final; write a function that returns a Model instead.")
+
+    def __init__(
+        self,
+        energy: Callable[[Params, jax.Array], jax.Array],
+        params: Mapping[str, Any],
+        constraints: Mapping[str, Any] | None = None,
+        support: Support | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(energy):
+            raise TypeError(
+                f"energy must be a callable energy(params, x) -> scalar; got "
+                f"{type(energy).__name__}."
+            )
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"params must be a dict of name -> initial value; got {type(params).__name__}."
+            )
+        if not isinstance(support, Support):
+            raise TypeError(
+                "support must be one of un.supports.real(d), positive(d), interval(low, high, d), "
+                f"binary(d), spin(d); got {support!r}."
+            )
+        for key in params:
+            if not isinstance(key, str):
+                raise TypeError(f"params keys must be strings; got {key!r}.")
+        checked = {k: _as_param_tree(k, v) for k, v in params.items()}
+        cons = dict(constraints or {})
+        unknown = sorted(set(cons) - set(checked))
+        if unknown:
+            raise ValueError(
+                f"constraints name parameter(s) {unknown} that are not in params "
+                f"(params has {sorted(checked)})."
+            )
+        for key, con in cons.items():
+            if not isinstance(con, _constraints.Constraint):
+                raise TypeError(
+                    f"constraints[{key!r}] must be a constraint from unnorm.constraints "
+                    f"(e.g. constraints.positive); got {con!r}."
+                )
+            for leaf in jax.tree_util.tree_leaves(checked[key]):
+                if not bool(jnp.all(con.check(leaf))):
+                    raise ValueError(
+                        f"the initial value of params[{key!r}] violates its constraint {con}:\n"
+                        f"{_format_params({key: leaf})}\nGive an initial value inside the "
+                        "constraint."
+                    )
+        for key in checked:
+            cons.setdefault(key, _constraints.real)
+
+        object.__setattr__(self, "_energy_fn", energy)
+        object.__setattr__(self, "_params", checked)
+        object.__setattr__(self, "_constraints", cons)
+        object.__setattr__(self, "_support", support)
+        object.__setattr__(self, "_name", name or getattr(energy, "__name__", "model"))
+        self._check_energy_shape()
+
+    def __setattr__(self, key, value):
+        raise AttributeError("unnorm.Model is immutable; build a new Model to change it.")
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(np.shape(v)) for k, v in self._params.items()}
+        return f"Model({self._name!r}, support={self._support!r}, params={shapes})"
+
+    def _check_energy_shape(self) -> None:
+        x = self._support.reference_point()
+        try:
+            out = jax.eval_shape(self._energy_fn, self._params, x)
+        except Exception as err:  # the user's function: surface any failure with context
+            raise ValueError(
+                f"energy(params, x) failed for x of shape {self.event_shape} (one observation of "
+                f"the support {self._support!r}) and the initial params: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        if not hasattr(out, "shape") or out.shape != ():
+            shape = getattr(out, "shape", type(out).__name__)
+            raise ValueError(
+                f"energy(params, x) must return a scalar for ONE observation x of shape "
+                f"{self.event_shape}; it returned shape {shape}. Reduce over the event dims "
+                "(e.g. with .sum()); batching over observations is done by unnorm with vmap."
+            )
+
+    # ---- read-only facts -----------------------------------------------------------------------
+    @property
+    def params(self) -> Params:
+        """Initial parameter values (constrained space), a fresh dict."""
+        return dict(self._params)
+
+    @property
+    def constraints(self) -> dict[str, Any]:
+        """Name -> NumPyro constraint, ``constraints.real`` where none was given."""
+        return dict(self._constraints)
+
+    @property
+    def support(self) -> Support:
+        """The support of one observation."""
+        return self._support
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
+        return self._support.event_shape
+
+    @property
+    def name(self) -> str:
+        """The model's label."""
+        return self._name
+
+    @property
+    def energy_fn(self) -> Callable[[Params, jax.Array], jax.Array]:
+        """The user's energy function, unchanged."""
+        return self._energy_fn
+
+    # ---- the energy and what follows from it ---------------------------------------------------
+    def energy(self, params: Params, x: jax.Array) -> jax.Array:
+        """Energy ``E(x; θ)`` of one observation (a scalar); density ∝ exp(-E) (eq. 1)."""
+        return self._energy_fn(params, x)
+
+    def score(self, params: Params, x: jax.Array) -> jax.Array:
+        """Score ``∇_x log p(x; θ) = -∇_x E(x; θ)`` (seed 004, eq. 5), shape ``event_shape``."""
+        return -jax.grad(self._energy_fn, argnums=1)(params, x)
+
+    # ---- constrained <-> unconstrained parameters ----------------------------------------------
+    def to_unconstrained(self, params: Params) -> Params:
+        """Map constrained params to the unconstrained space with NumPyro's ``biject_to``."""
+        return {
+            k: jax.tree_util.tree_map(biject_to(self._constraints[k]).inv, v)
+            for k, v in params.items()
+        }
+
+    def to_constrained(self, unconstrained: Params) -> Params:
+        """Inverse of :meth:`to_unconstrained`."""
+        return {
+            k: jax.tree_util.tree_map(biject_to(self._constraints[k]), v)
+            for k, v in unconstrained.items()
+        }
+
+    def check_params(self, params: Any, name: str = "params") -> Params:
+        """Validate a params dict against this model: same names, finite values, constraints.
+
+        Returns the params with float-array leaves. Raises ``ValueError``/``TypeError`` naming
+        the offending parameter.
+        """
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"{name} must be a dict like model.params; got {type(params).__name__}."
+            )
+        missing = sorted(set(self._params) - set(params))
+        extra = sorted(set(params) - set(self._params))
+        if missing or extra:
+            raise ValueError(
+                f"{name} must have the model's parameter names {sorted(self._params)}; "
+                f"missing {missing}, unexpected {extra}."
+            )
+        checked = {}
+        for key, value in params.items():
+            tree = _as_param_tree(key, value)
+            ref = jax.tree_util.tree_structure(self._params[key])
+            if jax.tree_util.tree_structure(tree) != ref:
+                raise ValueError(f"{name}[{key!r}] does not have the structure of model.params.")
+            for leaf, ref_leaf in zip(
+                jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(self._params[key]),
+                strict=True,
+            ):
+                if leaf.shape != ref_leaf.shape:
+                    raise ValueError(
+                        f"{name}[{key!r}] has shape {leaf.shape}; the model expects "
+                        f"{ref_leaf.shape}."
+                    )
+                con = self._constraints[key]
+                if not bool(jnp.all(con.check(leaf))):
+                    raise ValueError(
+                        f"{name}[{key!r}] violates its constraint {con}:\n"
+                        f"{_format_params({key: leaf})}"
+                    )
+            checked[key] = tree
+        return checked
+
+
+# ---- the declarative form -----------------------------------------------------------------------
+
+_handlers = threading.local()
+
+
+def _handler_stack() -> list:
+    if not hasattr(_handlers, "stack"):
+        _handlers.stack = []
+    return _handlers.stack
+
+
+def param(name: str, init: Any, constraint: Any = _constraints.real) -> Any:
+    """Declare a parameter inside a function decorated with :func:`model`.
+
+    Parameters
+    ----------
+    name : str
+        Unique parameter name; it becomes a key of ``model.params``.
+    init : array or pytree of arrays
+        Initial (constrained) value.
+    constraint : numpyro constraint, optional
+        Default ``constraints.real``.
+
+    Returns
+    -------
+    The parameter's current value: ``init`` while the model is being declared, the value being
+    evaluated afterwards.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> import unnorm as un
+    >>> @un.model(support=un.supports.real(1))
+    ... def quartic(x):
+    ...     a = un.param("a", 1.0, constraint=un.constraints.positive)
+    ...     return a * jnp.sum(x**4)
+    >>> sorted(quartic.params)
+    ['a']
+    """
+    stack = _handler_stack()
+    if not stack:
+        raise RuntimeError(
+            f"un.param({name!r}, ...) was called outside a model: declare parameters inside a "
+            "function decorated with @un.model(support=...)."
+        )
+    if not isinstance(name, str):
+        raise TypeError(f"un.param: name must be a string; got {name!r}.")
+    return stack[-1](name, init, constraint)
+
+
+def model(fn: Callable | None = None, *, support: Support | None = None, name: str | None = None):
+    """Decorator: turn ``fn(x) -> energy`` that declares parameters with :func:`param` into a
+    :class:`Model`.
+
+    The function is run once, eagerly, on a reference point of ``support`` to collect the
+    parameters, their initial values and constraints; afterwards every evaluation substitutes
+    the values being evaluated.
+
+    Parameters
+    ----------
+    support : Support
+        Where one observation lives (required).
+    name : str, optional
+        Label of the model; default the function's name.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> import unnorm as un
+    >>> @un.model(support=un.supports.real(2))
+    ... def gaussian(x):
+    ...     mu = un.param("mu", jnp.zeros(2))
+    ...     prec = un.param("prec", jnp.eye(2), constraint=un.constraints.positive_definite)
+    ...     d = x - mu
+    ...     return 0.5 * d @ prec @ d
+    >>> isinstance(gaussian, un.Model)
+    True
+    """
+    if fn is not None and support is None:
+        raise TypeError(
+            "@un.model needs a support: write @un.model(support=un.supports.real(d)) (or "
+            "positive, interval, binary, spin)."
+        )
+
+    def build(fn: Callable) -> Model:
+        if not isinstance(support, Support):
+            raise TypeError(
+                f"@un.model(support=...) must be given an unnorm support; got {support!r}."
+            )
+        declared: dict[str, tuple[Any, Any]] = {}
+
+        def collect(pname, init, constraint):
+            if pname in declared:
+                raise ValueError(
+                    f"un.param({pname!r}, ...) is declared twice in model {fn.__name__!r}; "
+                    "parameter names must be unique."
+                )
+            declared[pname] = (init, constraint)
+            return jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype=float), init)
+
+        stack = _handler_stack()
+        stack.append(collect)
+        try:
+            fn(support.reference_point())
+        finally:
+            stack.pop()
+        if not declared:
+            raise ValueError(
+                f"model {fn.__name__!r} declares no parameters; call un.param(...) inside it, or "
+                "use un.Model(energy, params={}, support=...) for a model without parameters."
+            )
+
+        def energy(params, x):
+            def substitute(pname, init, constraint):
+                return params[pname]
+
+            stack = _handler_stack()
+            stack.append(substitute)
+            try:
+                return fn(x)
+            finally:
+                stack.pop()
+
+        energy.__name__ = fn.__name__
+        energy.__doc__ = fn.__doc__
+        return Model(
+            energy,
+            params={k: v[0] for k, v in declared.items()},
+            constraints={k: v[1] for k, v in declared.items()},
+            support=support,
+            name=name or fn.__name__,
+        )
+
+    return build(fn) if fn is not None else build

@@ -1,0 +1,13 @@
+"""Ready-made models: plain functions that return a :class:`unnorm.Model`.
+
+Example
+-------
+>>> import unnorm as un
+>>> un.models.gaussian(2).event_shape
+(2,)
+"""
+
+from .gaussian import gaussian
+from .pairwise import boltzmann, ising, ising_chain, pair_indices
+
+__all__ = ["gaussian", "boltzmann", "ising", "ising_chain", "pair_indices"]

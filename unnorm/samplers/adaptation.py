@@ -1,0 +1,81 @@
+"""Step-size adaptation during warmup: dual averaging towards a target acceptance rate.
+
+Nesterov's dual averaging as tuned for MCMC by Hoffman & Gelman (2014, §3.2); the update itself
+is NumPyro's ``numpyro.infer.hmc_util.dual_averaging`` (not re-implemented here). Each chain
+adapts its own step size; at the end of warmup the step size becomes the averaged iterate.
+
+Example
+-------
+>>> import jax, jax.numpy as jnp
+>>> from unnorm.samplers import adaptation, langevin
+>>> logdensity = lambda x: -0.5 * jnp.sum(x**2)
+>>> init, warmup_step, finalize, sample_step = adaptation.step_size_adaptation(
+...     langevin.mala_step, target_accept=0.574, initial_step_size=0.1)
+>>> state = init(langevin.init(jnp.zeros(2), logdensity))
+>>> state, info = warmup_step(jax.random.key(0), state, logdensity)
+>>> float(finalize(state).step_size) > 0
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.hmc_util import dual_averaging
+
+__all__ = ["AdaptiveState", "step_size_adaptation"]
+
+
+class AdaptiveState(NamedTuple):
+    """A kernel's state together with its step size and dual-averaging state."""
+
+    kernel: Any
+    step_size: jax.Array
+    dual_averaging: Any
+
+
+def step_size_adaptation(
+    kernel_step: Callable,
+    target_accept: float,
+    initial_step_size: float,
+    adapt: bool = True,
+) -> tuple[Callable, Callable, Callable, Callable]:
+    """Wrap ``kernel_step(key, state, logdensity_fn, step_size)`` with step-size adaptation.
+
+    Returns
+    -------
+    init(kernel_state) -> AdaptiveState
+    warmup_step(key, state, logdensity_fn) -> (AdaptiveState, info)   adapts when ``adapt``
+    finalize(state) -> AdaptiveState                                   fixes the final step size
+    sample_step(key, state, logdensity_fn) -> (AdaptiveState, info)    step size held fixed
+    """
+    da_init, da_update = dual_averaging()
+
+    def init(kernel_state) -> AdaptiveState:
+        step_size = jnp.asarray(initial_step_size, dtype=float)
+        # Hoffman & Gelman centre the iterates on log(10 ε₀): large steps are tried early.
+        return AdaptiveState(kernel_state, step_size, da_init(jnp.log(10.0 * step_size)))
+
+    def warmup_step(key, state: AdaptiveState, logdensity_fn: Callable):
+        kernel_state, info = kernel_step(key, state.kernel, logdensity_fn, state.step_size)
+        if not adapt:
+            return state._replace(kernel=kernel_state), info
+        da_state = da_update(target_accept - info.acceptance_rate, state.dual_averaging)
+        return AdaptiveState(kernel_state, jnp.exp(da_state[0]), da_state), info
+
+    def finalize(state: AdaptiveState) -> AdaptiveState:
+        if not adapt:
+            return state
+        # Before any warmup step the averaged iterate is still 0 (t = 0): keep the step size.
+        averaged = jnp.where(state.dual_averaging[3] > 0, jnp.exp(state.dual_averaging[1]),
+                             state.step_size)
+        return state._replace(step_size=averaged)
+
+    def sample_step(key, state: AdaptiveState, logdensity_fn: Callable):
+        kernel_state, info = kernel_step(key, state.kernel, logdensity_fn, state.step_size)
+        return state._replace(kernel=kernel_state), info
+
+    return init, warmup_step, finalize, sample_step

@@ -1,0 +1,112 @@
+"""NUTS and HMC through NumPyro's functional kernels, in the BlackJAX shape.
+
+No Hamiltonian dynamics are written here: ``numpyro.infer.hmc.hmc(potential_fn_gen=..., algo=...)``
+builds the kernels, with the log-density passed as the model argument of every call, so the same
+compiled step serves a training loop whose parameters change (seed 004, §2.1: MLE with HMC).
+Warmup adaptation (dual-averaging step size and a windowed diagonal or dense mass matrix) is
+NumPyro's too: it runs inside the first ``num_warmup`` steps after :func:`init`.
+
+Example
+-------
+>>> import jax, jax.numpy as jnp
+>>> from unnorm.samplers import hmc
+>>> logdensity = lambda x: -0.5 * jnp.sum(x**2)
+>>> kernel = hmc.build("nuts")
+>>> state = kernel.init(jnp.zeros(2), logdensity, num_warmup=10, key=jax.random.key(0))
+>>> state, info = kernel.step(jax.random.key(1), state, logdensity)
+>>> int(info.num_steps) >= 1
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.hmc import hmc as numpyro_hmc
+
+__all__ = ["HMCKernel", "HMCInfo", "build"]
+
+
+class HMCInfo(NamedTuple):
+    acceptance_rate: jax.Array
+    is_divergent: jax.Array
+    step_size: jax.Array
+    num_steps: jax.Array
+    energy: jax.Array
+
+
+class HMCKernel(NamedTuple):
+    """``init(position, logdensity_fn, num_warmup, key)`` and
+    ``step(key, state, logdensity_fn) -> (state, HMCInfo)``; the state is NumPyro's HMCState."""
+
+    init: Callable
+    step: Callable
+
+
+def _potential_fn_gen(logdensity_fn: Callable) -> Callable:
+    return lambda position: -logdensity_fn(position)
+
+
+def build(
+    algo: str = "nuts",
+    step_size: float = 1.0,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    num_steps: int | None = None,
+    trajectory_length: float = 2 * jnp.pi,
+    adapt_step_size: bool = True,
+    adapt_mass_matrix: bool = True,
+    dense_mass: bool = False,
+) -> HMCKernel:
+    """Build a NUTS (``algo="nuts"``) or static HMC (``algo="hmc"``) kernel.
+
+    Parameters
+    ----------
+    step_size : float
+        Initial leapfrog step size (adapted during warmup unless ``adapt_step_size=False``).
+    target_accept : float
+        Dual averaging's target acceptance probability.
+    max_tree_depth : int
+        NUTS only: at most ``2**max_tree_depth - 1`` leapfrog steps per draw.
+    num_steps, trajectory_length
+        HMC only: a fixed number of leapfrog steps, else ``trajectory_length / step_size``.
+    adapt_mass_matrix, dense_mass
+        Windowed adaptation of a diagonal (or dense) inverse mass matrix during warmup.
+    """
+    if algo not in ("nuts", "hmc"):
+        raise ValueError(f"algo must be 'nuts' or 'hmc'; got {algo!r}.")
+    init_kernel, sample_kernel = numpyro_hmc(
+        potential_fn_gen=_potential_fn_gen, algo=algo.upper()
+    )
+
+    def init(position: jax.Array, logdensity_fn: Callable, num_warmup: int, key) -> Any:
+        return init_kernel(
+            position,
+            num_warmup,
+            step_size=step_size,
+            adapt_step_size=adapt_step_size,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            target_accept_prob=target_accept,
+            num_steps=num_steps,
+            trajectory_length=trajectory_length,
+            max_tree_depth=max_tree_depth,
+            model_args=(logdensity_fn,),
+            rng_key=key,
+        )
+
+    def step(key, state, logdensity_fn: Callable):
+        state = sample_kernel(state._replace(rng_key=key), model_args=(logdensity_fn,))
+        info = HMCInfo(
+            acceptance_rate=state.accept_prob,
+            is_divergent=state.diverging,
+            step_size=state.adapt_state.step_size,
+            num_steps=state.num_steps,
+            energy=state.energy,
+        )
+        return state, info
+
+    return HMCKernel(init, step)

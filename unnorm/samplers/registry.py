@@ -1,0 +1,186 @@
+"""The sampler registry: a name -> how to build, warm up and run its kernel.
+
+Every sampler is described by a :class:`SamplerSpec` of pure functions over NamedTuple states;
+:func:`unnorm.sample` drives any of them the same way (vmap over chains, ``lax.scan`` over steps).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+from . import gibbs, hmc, langevin, rwmh
+from .adaptation import step_size_adaptation
+
+__all__ = ["SamplerSpec", "SAMPLERS", "build_sampler", "sampler_names"]
+
+
+class SamplerSpec(NamedTuple):
+    """How :func:`unnorm.sample` runs one kind of sampler.
+
+    ``init(position, logdensity_fn, key)``, ``warmup_step`` and ``sample_step`` with signature
+    ``(key, state, logdensity_fn) -> (state, info)``, ``finalize(state)`` at the end of warmup,
+    ``position(state)``, ``logdensity(state)`` and ``stats(state, info) -> dict`` of per-draw
+    sample statistics named as ArviZ names them.
+    """
+
+    name: str
+    discrete: bool
+    uses_gradient: bool
+    init: Callable
+    warmup_step: Callable
+    finalize: Callable
+    sample_step: Callable
+    position: Callable
+    logdensity: Callable
+    stats: Callable
+
+
+class _Entry(NamedTuple):
+    discrete: bool
+    uses_gradient: bool
+    description: str
+    tuning: dict[str, Any]
+
+
+#: name -> (discrete?, gradient?, description, tuning options with their defaults)
+SAMPLERS: dict[str, _Entry] = {
+    "nuts": _Entry(False, True, "No-U-Turn sampler (NumPyro)",
+                   {"step_size": 1.0, "target_accept": 0.8, "max_tree_depth": 10,
+                    "dense_mass": False, "adapt_mass_matrix": True, "adapt_step_size": True}),
+    "hmc": _Entry(False, True, "Hamiltonian Monte Carlo, static path length (NumPyro)",
+                  {"step_size": 1.0, "target_accept": 0.8, "num_steps": None,
+                   "trajectory_length": float(2 * jnp.pi), "dense_mass": False,
+                   "adapt_mass_matrix": True, "adapt_step_size": True}),
+    "mala": _Entry(False, True, "Metropolis-adjusted Langevin",
+                   {"step_size": 0.1, "target_accept": 0.574, "adapt_step_size": True}),
+    "langevin": _Entry(False, True, "unadjusted Langevin (ULA)",
+                       {"step_size": 0.1, "target_accept": 0.99, "adapt_step_size": True}),
+    "rwmh": _Entry(False, False, "random-walk Metropolis-Hastings",
+                   {"step_size": 0.5, "target_accept": 0.234, "adapt_step_size": True}),
+    "gibbs": _Entry(True, False, "single-site Gibbs (binary / spin supports)",
+                    {"unroll": 1}),
+}
+
+
+def sampler_names() -> list[str]:
+    """The valid sampler names."""
+    return list(SAMPLERS)
+
+
+def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> SamplerSpec:
+    init_adapt, warmup_step, finalize, sample_step = step_size_adaptation(
+        kernel_step,
+        target_accept=tuning["target_accept"],
+        initial_step_size=tuning["step_size"],
+        adapt=tuning["adapt_step_size"],
+    )
+
+    def init(position, logdensity_fn, key):
+        return init_adapt(kernel_init(position, logdensity_fn))
+
+    def stats(state, info):
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.is_divergent,
+            "step_size": state.step_size,
+        }
+
+    return SamplerSpec(
+        name, False, SAMPLERS[name].uses_gradient, init, warmup_step, finalize, sample_step,
+        position=lambda state: state.kernel.position,
+        logdensity=lambda state: state.kernel.logdensity,
+        stats=stats,
+    )
+
+
+def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
+    options = {k: v for k, v in tuning.items() if k in ("step_size", "target_accept",
+                                                        "dense_mass", "adapt_mass_matrix",
+                                                        "adapt_step_size")}
+    if name == "nuts":
+        options["max_tree_depth"] = tuning["max_tree_depth"]
+    else:
+        options["num_steps"] = tuning["num_steps"]
+        options["trajectory_length"] = tuning["trajectory_length"]
+    kernel = hmc.build(name, **options)
+
+    def init(position, logdensity_fn, key):
+        return kernel.init(position, logdensity_fn, num_warmup, key)
+
+    def stats(state, info):
+        out = {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.is_divergent,
+            "step_size": info.step_size,
+            "n_steps": info.num_steps,
+            "energy": info.energy,
+        }
+        if name == "nuts":
+            # A tree of depth j holds 2**(j-1) .. 2**j - 1 leapfrog steps.
+            out["tree_depth"] = jnp.floor(jnp.log2(jnp.maximum(info.num_steps, 1))).astype(
+                jnp.int32
+            ) + 1
+        return out
+
+    return SamplerSpec(
+        name, False, True, init, kernel.step, lambda state: state, kernel.step,
+        position=lambda state: state.z,
+        logdensity=lambda state: -state.potential_energy,
+        stats=stats,
+    )
+
+
+def _gibbs_spec(values: tuple[float, float], tuning: dict) -> SamplerSpec:
+    def step(key, state, logdensity_fn):
+        return gibbs.step(key, state, logdensity_fn, values=values, unroll=tuning["unroll"])
+
+    def stats(state, info):
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "flip_rate": info.flip_rate,
+            "diverging": info.is_divergent,
+        }
+
+    return SamplerSpec(
+        "gibbs", True, False, lambda position, logdensity_fn, key: gibbs.init(position,
+                                                                              logdensity_fn),
+        step, lambda state: state, step,
+        position=lambda state: state.position,
+        logdensity=lambda state: state.logdensity,
+        stats=stats,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _build(name: str, num_warmup: int, values, tuning_items: tuple) -> SamplerSpec:
+    tuning = dict(tuning_items)
+    if name in ("nuts", "hmc"):
+        return _hmc_spec(name, num_warmup, tuning)
+    if name == "mala":
+        return _adaptive_spec(name, langevin.init, langevin.mala_step, tuning)
+    if name == "langevin":
+        return _adaptive_spec(name, langevin.init, langevin.ula_step, tuning)
+    if name == "rwmh":
+        return _adaptive_spec(name, rwmh.init, rwmh.step, tuning)
+    return _gibbs_spec(values, tuning)
+
+
+def build_sampler(name: str, num_warmup: int, values=None, **tuning) -> SamplerSpec:
+    """Build (and cache) the :class:`SamplerSpec` of sampler ``name`` with tuning options.
+
+    Unknown tuning options raise ``TypeError`` listing the accepted ones. The spec is cached on
+    its arguments so repeated :func:`unnorm.sample` calls reuse compiled code.
+    """
+    entry = SAMPLERS[name]
+    unknown = sorted(set(tuning) - set(entry.tuning))
+    if unknown:
+        raise TypeError(
+            f"sampler {name!r} does not take option(s) {unknown}; it accepts "
+            f"{sorted(entry.tuning)}."
+        )
+    merged = {**entry.tuning, **{k: v for k, v in tuning.items() if v is not None}}
+    return _build(name, int(num_warmup), values, tuple(sorted(merged.items())))

@@ -1,0 +1,331 @@
+"""``unnorm.sample``: draw ``x ~ p(x; θ) ∝ exp(-E(x; θ))`` and return ArviZ InferenceData.
+
+Continuous supports are sampled in an unconstrained space: with ``x = T(u)`` and ``T`` NumPyro's
+``biject_to(support)``, the chain targets ``log p(u) = -E(T(u); θ) + log|det ∂T/∂u|``; draws are
+mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted ``lax.scan``
+chunks, so a progress bar can be shown between chunks. Each step's key is
+``fold_in(chain_key, step)``: the draws do not depend on how the run is chunked.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import _checks
+from .._compat import to_inference_data
+from ..diagnostics import warn_convergence
+from ..model import Model, _format_params
+from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
+
+__all__ = ["sample", "unconstrained_logdensity"]
+
+_WARMUP, _SAMPLING = "warmup", "sampling"
+
+
+def unconstrained_logdensity(model: Model, params) -> Callable[[jax.Array], jax.Array]:
+    """The log-density a kernel targets: ``-E(T(u)) + log|det J_T(u)|`` (continuous supports)
+    or ``-E(x)`` (discrete supports), up to the constant ``-log Z``."""
+    support = model.support
+    if support.is_discrete:
+        return lambda x: -model.energy(params, x)
+    transform = support.transform
+
+    def logdensity(u):
+        x = transform(u)
+        return -model.energy(params, x) + transform.log_abs_det_jacobian(u, x)
+
+    return logdensity
+
+
+def _to_position(model: Model, u: jax.Array) -> jax.Array:
+    return u if model.support.is_discrete else model.support.transform(u)
+
+
+def _step_keys(chain_key, start, length):
+    return jax.vmap(lambda i: jax.random.fold_in(chain_key, i))(start + jnp.arange(length))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec"))
+def _init_chains(model: Model, spec: SamplerSpec, params, keys, positions):
+    logdensity_fn = unconstrained_logdensity(model, params)
+    return jax.vmap(lambda key, u: spec.init(u, logdensity_fn, key))(keys, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _finalize(spec: SamplerSpec, states):
+    return jax.vmap(spec.finalize)(states)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "spec", "step", "length", "thinning")
+)
+def _run_chunk(model: Model, spec: SamplerSpec, step: Callable, params, chain_keys, states,
+               start, length: int, thinning: int):
+    """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
+
+    ``step`` is the phase's step function; NUTS and HMC use the same one in warmup and sampling,
+    so one compiled chunk serves both phases."""
+    logdensity_fn = unconstrained_logdensity(model, params)
+    exact_lp = model.support.is_discrete or model.support.kind == "real"
+
+    def one_chain(chain_key, state):
+        def one_draw(state, draw_keys):
+            def inner(i, carry):
+                state, _, diverged = carry
+                state, info = step(draw_keys[i], state, logdensity_fn)
+                return state, info, diverged | info.is_divergent
+
+            state, info = step(draw_keys[0], state, logdensity_fn)
+            state, info, diverged = jax.lax.fori_loop(
+                1, thinning, inner, (state, info, info.is_divergent)
+            )
+            stats = spec.stats(state, info)
+            stats["diverging"] = diverged
+            position = _to_position(model, spec.position(state))
+            stats["lp"] = (
+                spec.logdensity(state) if exact_lp else -model.energy(params, position)
+            )
+            return state, (position, stats)
+
+        keys = _step_keys(chain_key, start * thinning, length * thinning)
+        return jax.lax.scan(one_draw, state, keys.reshape(length, thinning, *keys.shape[1:]))
+
+    return jax.vmap(one_chain)(chain_keys, states)
+
+
+def _chunk_lengths(total: int, show_progress: bool) -> list[int]:
+    """Split ``total`` steps into chunks for the progress bar, preferring equal chunks so that
+    one compiled scan serves all of them."""
+    if total == 0:
+        return []
+    if not show_progress or total <= 20:
+        return [total]
+    for parts in range(20, 51):
+        if total % parts == 0:
+            return [total // parts] * parts
+    size = -(-total // 20)
+    return [size] * (total // size) + ([total % size] if total % size else [])
+
+
+def _initial_positions(model: Model, init, key, num_chains: int) -> jax.Array:
+    support = model.support
+    if init is None:
+        return support.initial_positions(key, num_chains)
+    arr = np.asarray(init, dtype=float)
+    if arr.shape == support.event_shape:
+        arr = np.broadcast_to(arr, (num_chains, *support.event_shape))
+    if arr.shape != (num_chains, *support.event_shape):
+        raise ValueError(
+            f"init has shape {np.shape(init)}; give one point of shape {support.event_shape} "
+            f"or one per chain, shape ({num_chains}, {', '.join(map(str, support.event_shape))})."
+        )
+    support.check_data(arr, name="init")
+    return jnp.asarray(arr)
+
+
+def _check_initial_state(model: Model, params, positions: jax.Array, uses_gradient: bool):
+    """PyMC-style 'Initial evaluation failed': name the chains, the points and the params."""
+    unconstrained = (
+        positions if model.support.is_discrete else model.support.transform.inv(positions)
+    )
+    logdensity_fn = unconstrained_logdensity(model, params)
+    energies = jax.vmap(lambda x: model.energy(params, x))(positions)
+    logdensities = jax.vmap(logdensity_fn)(unconstrained)
+    ok = np.isfinite(np.asarray(energies)) & np.isfinite(np.asarray(logdensities))
+    what = "energy"
+    if uses_gradient and ok.all():
+        grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
+        axes = tuple(range(1, grads.ndim))
+        ok = np.asarray(jnp.all(jnp.isfinite(grads), axis=axes))
+        what = "gradient of the energy"
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        point = np.array2string(np.asarray(positions[bad[0]]).ravel()[:8], precision=4)
+        raise ValueError(
+            f"Initial evaluation failed: the {what} is not finite at the starting point of "
+            f"chain(s) {bad.tolist()} (chain {bad[0]} starts at x = {point}).\n"
+            f"Parameter values:\n{_format_params(params)}\n"
+            "Check the energy for log/division of non-positive values, or pass init= points "
+            "where it is finite."
+        )
+    return unconstrained
+
+
+def _progress_disabled(progress_bar: bool) -> bool:
+    return not progress_bar or bool(os.environ.get("CI"))
+
+
+def sample(
+    model: Model,
+    params: dict | None = None,
+    *,
+    key,
+    sampler: str = "nuts",
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    thinning: int = 1,
+    init: Any = None,
+    progress_bar: bool = True,
+    warn: bool = True,
+    step_size: float | None = None,
+    target_accept: float | None = None,
+    **sampler_options: Any,
+):
+    """Draw samples ``x ~ p(x; θ) ∝ exp(-E(x; θ))`` and return ArviZ InferenceData.
+
+    Parameters
+    ----------
+    model : Model
+        The model to sample from.
+    params : dict, optional
+        Parameter values (constrained space); default ``model.params``.
+    key : jax PRNG key
+        ``jax.random.key(seed)``; the same key gives identical draws.
+    sampler : str
+        ``"nuts"``, ``"hmc"`` (NumPyro), ``"mala"``, ``"langevin"`` (unadjusted, seed 004 eq. 6),
+        ``"rwmh"`` for continuous supports; ``"gibbs"`` for binary and spin supports.
+    num_chains, num_warmup, num_samples, thinning : int
+        Chains (run vectorized), warmup steps per chain (adaptation; discarded), draws kept per
+        chain, and steps per kept draw.
+    init : array, optional
+        Starting point(s): shape ``event_shape`` or ``(num_chains, *event_shape)``. Default:
+        dispersed points, Uniform(-2, 2) in the unconstrained space.
+    progress_bar : bool
+        Show a tqdm bar (always off when the ``CI`` environment variable is set).
+    warn : bool
+        Warn after sampling about R-hat > 1.01, ESS per chain < 100 and divergences.
+    step_size : float, optional
+        Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
+        ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
+    target_accept : float, optional
+        Target acceptance of the step-size adaptation: default 0.8 (nuts, hmc), 0.574 (mala),
+        0.234 (rwmh), 0.99 (langevin: the acceptance MALA would have, which keeps ULA's
+        discretization bias small).
+    **sampler_options
+        ``max_tree_depth``, ``dense_mass``, ``adapt_mass_matrix`` (nuts/hmc), ``num_steps``,
+        ``trajectory_length`` (hmc), ``adapt_step_size`` (all but gibbs), ``unroll`` (gibbs).
+
+    Returns
+    -------
+    InferenceData
+        ``az.InferenceData`` (ArviZ 0.2x) or ``xarray.DataTree`` (ArviZ 1.x) with
+        ``posterior["x"]`` of dims ``("chain", "draw", "x_dim_0", ...)`` and ``sample_stats``
+        ``lp`` (= -energy), ``acceptance_rate``, ``diverging``, ``step_size`` (not gibbs), and for
+        NUTS/HMC ``n_steps``, ``energy`` (and ``tree_depth`` for NUTS); gibbs adds ``flip_rate``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import unnorm as un
+    >>> model = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
+    ...                  params={"mu": jnp.zeros(2)}, support=un.supports.real(2))
+    >>> idata = un.sample(model, model.params, key=jax.random.key(0), sampler="mala",
+    ...                   num_chains=2, num_warmup=100, num_samples=200, progress_bar=False,
+    ...                   warn=False)
+    >>> idata.posterior["x"].shape
+    (2, 200, 2)
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
+    params = model.params if params is None else model.check_params(params)
+    key = _checks.check_key(key)
+    _checks.check_choice(sampler, "sampler", sampler_names())
+    entry = SAMPLERS[sampler]
+    if entry.discrete != model.support.is_discrete:
+        if model.support.is_discrete:
+            raise ValueError(
+                f"sampler {sampler!r} needs a continuous support, but the model's support is "
+                f"{model.support!r}; use sampler='gibbs' for binary and spin models."
+            )
+        raise ValueError(
+            f"sampler 'gibbs' works on binary and spin supports only; the model's support is "
+            f"{model.support!r}. Use 'nuts', 'hmc', 'mala', 'langevin' or 'rwmh'."
+        )
+    num_chains = _checks.check_int(num_chains, "num_chains", 1)
+    num_samples = _checks.check_int(num_samples, "num_samples", 1)
+    num_warmup = _checks.check_int(num_warmup, "num_warmup", 0)
+    thinning = _checks.check_int(thinning, "thinning", 1)
+    tuning = dict(sampler_options)
+    if step_size is not None:
+        if sampler == "gibbs":
+            raise ValueError("step_size does not apply to sampler 'gibbs' (it has no step size).")
+        tuning["step_size"] = _checks.check_positive_float(step_size, "step_size")
+    if target_accept is not None:
+        if sampler == "gibbs":
+            raise ValueError("target_accept does not apply to sampler 'gibbs'.")
+        tuning["target_accept"] = _checks.check_probability(target_accept, "target_accept")
+    values = model.support.values if model.support.is_discrete else None
+    spec = build_sampler(sampler, num_warmup, values, **tuning)
+
+    key_init, key_chains, key_warmup, key_sampling = jax.random.split(key, 4)
+    positions = _initial_positions(model, init, key_init, num_chains)
+    unconstrained = _check_initial_state(model, params, positions, spec.uses_gradient)
+
+    states = _init_chains(model, spec, params, jax.random.split(key_chains, num_chains),
+                          unconstrained)
+    disabled = _progress_disabled(progress_bar)
+    started = time.perf_counter()
+    with tqdm(total=num_warmup + num_samples, disable=disabled,
+              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
+        states, _ = _run_phase(model, spec, params, states, key_warmup, num_warmup, thinning,
+                               _WARMUP, bar, disabled)
+        states = _finalize(spec, states)
+        states, (draws, stats) = _run_phase(model, spec, params, states, key_sampling,
+                                            num_samples, thinning, _SAMPLING, bar, disabled)
+    elapsed = time.perf_counter() - started
+
+    draws = np.asarray(draws)
+    if not np.all(np.isfinite(draws)):  # kernels reject non-finite moves; this guards the guard
+        raise RuntimeError(
+            f"sampler {sampler!r} produced non-finite draws; this is a bug in unnorm, please "
+            "report it with the model."
+        )
+    idata = to_inference_data(
+        {"x": draws},
+        {k: np.asarray(v) for k, v in stats.items()},
+        attrs={"sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
+               "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
+    )
+    if warn:
+        warn_convergence(draws, np.asarray(stats["diverging"]), sampler)
+    return idata
+
+
+def _run_phase(model, spec, params, states, phase_key, total, thinning, phase, bar, disabled):
+    """Run one phase in chunks; return the final states and (for sampling) the stacked output."""
+    num_chains = jax.tree_util.tree_leaves(states)[0].shape[0]
+    chain_keys = jax.random.split(phase_key, num_chains)
+    outputs, done = [], 0
+    step = spec.warmup_step if phase == _WARMUP else spec.sample_step
+    for length in _chunk_lengths(total, not disabled):
+        try:
+            states, out = _run_chunk(model, spec, step, params, chain_keys, states, done,
+                                     length, thinning)
+            out = jax.block_until_ready(out)
+        except Exception as err:
+            raise RuntimeError(
+                f"sampler {spec.name!r} failed during {phase} at draws {done}..{done + length} "
+                f"of {total}: {type(err).__name__}: {err}"
+            ) from err
+        done += length
+        if phase == _SAMPLING:
+            outputs.append(out)
+        accept, diverging = out[1]["acceptance_rate"], out[1]["diverging"]
+        bar.update(length)
+        if not disabled:
+            bar.set_postfix(phase=phase, accept=f"{float(jnp.mean(accept)):.2f}",
+                            divergent=int(jnp.sum(diverging)))
+    if phase != _SAMPLING:
+        return states, None
+    stacked = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=1), *outputs)
+    return states, stacked

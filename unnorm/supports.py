@@ -1,0 +1,312 @@
+"""Supports: the space an observation ``x`` lives in.
+
+A support fixes the event shape of one observation and tells every other part of the library what
+it may do: continuous supports (``real``, ``positive``, ``interval``) are sampled by gradient-based
+kernels in an unconstrained space reached through NumPyro's ``biject_to``; discrete supports
+(``binary`` = {0,1}^d, ``spin`` = {-1,+1}^d) are sampled by Gibbs and can be enumerated for an exact
+normalizing constant (seed 004, eq. 2 with the integral a sum).
+
+Example
+-------
+>>> import unnorm as un
+>>> un.supports.real(2).event_shape
+(2,)
+>>> un.supports.spin((3, 3)).size
+9
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+__all__ = ["Support", "real", "positive", "interval", "binary", "spin"]
+
+
+def _event_shape(d, name: str) -> tuple[int, ...]:
+    if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+        shape = (int(d),)
+    elif isinstance(d, (tuple, list)) and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in d
+    ):
+        shape = tuple(int(s) for s in d)
+    else:
+        raise TypeError(
+            f"{name}: the dimension `d` must be a positive int or a tuple of positive ints "
+            f"(the event shape of one observation); got {d!r}."
+        )
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{name}: every entry of the event shape must be >= 1; got {shape}.")
+    return shape
+
+
+@dataclass(frozen=True, eq=False)
+class Support:
+    """The space one observation lives in.
+
+    Build one with :func:`real`, :func:`positive`, :func:`interval`, :func:`binary` or
+    :func:`spin` rather than directly.
+
+    Attributes
+    ----------
+    kind : str
+        One of ``"real"``, ``"positive"``, ``"interval"``, ``"binary"``, ``"spin"``.
+    event_shape : tuple of int
+        Shape of one observation ``x``.
+    low, high : numpy.ndarray or None
+        Bounds of an ``interval`` support, broadcast to ``event_shape``.
+    """
+
+    kind: str
+    event_shape: tuple[int, ...]
+    low: np.ndarray | None = field(default=None, repr=False)
+    high: np.ndarray | None = field(default=None, repr=False)
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of scalar coordinates in one observation."""
+        return math.prod(self.event_shape)
+
+    @property
+    def is_discrete(self) -> bool:
+        """True for ``binary`` and ``spin``."""
+        return self.kind in ("binary", "spin")
+
+    @property
+    def values(self) -> tuple[float, float]:
+        """The two values a coordinate of a discrete support takes, (off, on)."""
+        if self.kind == "binary":
+            return (0.0, 1.0)
+        if self.kind == "spin":
+            return (-1.0, 1.0)
+        raise AttributeError(f"support {self.kind!r} is continuous; it has no finite value set.")
+
+    @property
+    def constraint(self):
+        """The NumPyro constraint of one observation (continuous supports only)."""
+        ndims = len(self.event_shape)
+        if self.kind == "real":
+            base = constraints.real
+        elif self.kind == "positive":
+            base = constraints.positive
+        elif self.kind == "interval":
+            base = constraints.interval(jnp.asarray(self.low), jnp.asarray(self.high))
+        else:
+            raise AttributeError(
+                f"support {self.kind!r} is discrete; it has no constraint to transform through."
+            )
+        return constraints.independent(base, ndims) if ndims else base
+
+    @property
+    def transform(self):
+        """Bijection from the unconstrained space onto the support (continuous supports only)."""
+        return biject_to(self.constraint)
+
+    def __repr__(self) -> str:
+        if self.kind == "interval":
+            lo, hi = (b.flat[0] if np.unique(b).size == 1 else b for b in (self.low, self.high))
+            return f"interval(low={lo}, high={hi}, d={self.event_shape})"
+        return f"{self.kind}(d={self.event_shape})"
+
+    # ---- checks --------------------------------------------------------------------------------
+    def check_data(self, data, name: str = "data") -> np.ndarray:
+        """Validate a data set of shape ``(n, *event_shape)`` and return it as a float array.
+
+        Raises
+        ------
+        ValueError
+            Naming ``name``, when the shape does not match, a value is NaN or infinite (with the
+            row index), or a value lies outside the support.
+        """
+        try:
+            arr = np.asarray(data, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} must be an array of numbers of shape (n, *{self.event_shape}); could not "
+                f"convert a {type(data).__name__}: {err}"
+            ) from None
+        expected = (len(self.event_shape) + 1, self.event_shape)
+        if arr.ndim != expected[0] or arr.shape[1:] != self.event_shape:
+            raise ValueError(
+                f"{name} has shape {arr.shape}, but the model's support {self!r} needs shape "
+                f"(n, {', '.join(map(str, self.event_shape))}): one row per observation."
+            )
+        if arr.shape[0] < 1:
+            raise ValueError(f"{name} has no observations (shape {arr.shape}).")
+        self._check_values(arr, name, batched=True)
+        return arr
+
+    def check_point(self, x, name: str = "x") -> np.ndarray:
+        """Validate a single observation of shape ``event_shape``."""
+        arr = np.asarray(x, dtype=float)
+        if arr.shape != self.event_shape:
+            raise ValueError(
+                f"{name} has shape {arr.shape}, but the model's support {self!r} needs shape "
+                f"{self.event_shape}."
+            )
+        self._check_values(arr[None], name, batched=False)
+        return arr
+
+    def _check_values(self, arr: np.ndarray, name: str, batched: bool) -> None:
+        axes = tuple(range(1, arr.ndim))
+
+        def first_bad_row(bad: np.ndarray) -> str:
+            row = int(np.argmax(bad.any(axis=axes) if axes else bad))
+            return f" (first at row {row})" if batched else ""
+
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or infinite value(s){first_bad_row(bad)}; "
+                "remove or impute them before fitting or sampling."
+            )
+        if self.is_discrete:
+            lo, hi = self.values
+            bad = (arr != lo) & (arr != hi)
+            if bad.any():
+                vals = np.unique(arr[bad])[:5]
+                raise ValueError(
+                    f"{name} has values outside {{{lo:g}, {hi:g}}} for the {self.kind} support"
+                    f"{first_bad_row(bad)}: e.g. {vals.tolist()}."
+                    + (" Spin data uses -1/+1; use un.supports.binary for 0/1 data."
+                       if self.kind == "spin" else
+                       " Binary data uses 0/1; use un.supports.spin for -1/+1 data.")
+                )
+        elif self.kind == "positive":
+            bad = arr <= 0
+            if bad.any():
+                raise ValueError(
+                    f"{name} has {int(bad.sum())} value(s) <= 0, outside the positive support"
+                    f"{first_bad_row(bad)}."
+                )
+        elif self.kind == "interval":
+            bad = (arr < self.low) | (arr > self.high)
+            if bad.any():
+                raise ValueError(
+                    f"{name} has {int(bad.sum())} value(s) outside the support {self!r}"
+                    f"{first_bad_row(bad)}."
+                )
+
+    # ---- points --------------------------------------------------------------------------------
+    def initial_positions(self, key, num_chains: int) -> jax.Array:
+        """Dispersed starting points, shape ``(num_chains, *event_shape)``.
+
+        Continuous supports draw Uniform(-2, 2) in the unconstrained space (Stan's convention) and
+        map it onto the support; discrete supports draw each coordinate uniformly from its values.
+        """
+        shape = (num_chains, *self.event_shape)
+        if self.is_discrete:
+            lo, hi = self.values
+            return jnp.where(jax.random.bernoulli(key, 0.5, shape), hi, lo)
+        unconstrained = jax.random.uniform(key, shape, minval=-2.0, maxval=2.0)
+        return self.transform(unconstrained)
+
+    def reference_point(self) -> jax.Array:
+        """A typical point of the support, used to probe an energy for shape errors."""
+        if self.kind == "real":
+            return jnp.zeros(self.event_shape)
+        if self.kind == "positive":
+            return jnp.ones(self.event_shape)
+        if self.kind == "interval":
+            return jnp.asarray(0.5 * (self.low + self.high), dtype=float)
+        return jnp.full(self.event_shape, self.values[1])
+
+    def enumerate(self, start: int = 0, stop: int | None = None) -> jax.Array:
+        """Configurations ``start .. stop-1`` of a discrete support in binary counting order,
+        shape ``(stop - start, *event_shape)``; see :meth:`configurations`."""
+        stop = 2**self.size if stop is None else stop
+        return self.configurations(jnp.arange(start, stop, dtype=jnp.uint32))
+
+    def configurations(self, index: jax.Array) -> jax.Array:
+        """The configurations numbered ``index`` (a uint32 array) of a discrete support.
+
+        Configuration ``k`` sets coordinate ``j`` (in C order) on when bit ``size-1-j`` of ``k``
+        is 1. Shape ``(*index.shape, *event_shape)``.
+        """
+        lo, hi = self.values
+        shifts = jnp.arange(self.size - 1, -1, -1, dtype=jnp.uint32)
+        bits = (jnp.asarray(index, dtype=jnp.uint32)[..., None] >> shifts) & 1
+        return jnp.where(bits == 1, hi, lo).reshape((*jnp.shape(index), *self.event_shape))
+
+
+def real(d) -> Support:
+    """Euclidean space R^d.
+
+    Parameters
+    ----------
+    d : int or tuple of int
+        Event shape of one observation; an int means a vector of that length.
+
+    Example
+    -------
+    >>> real((3, 3)).event_shape
+    (3, 3)
+    """
+    return Support("real", _event_shape(d, "real"))
+
+
+def positive(d) -> Support:
+    """The positive orthant (0, inf)^d.
+
+    Example
+    -------
+    >>> positive(2).kind
+    'positive'
+    """
+    return Support("positive", _event_shape(d, "positive"))
+
+
+def interval(low, high, d) -> Support:
+    """A box [low, high]^d; ``low`` and ``high`` broadcast to the event shape.
+
+    Example
+    -------
+    >>> interval(0.0, 1.0, 2)
+    interval(low=0.0, high=1.0, d=(2,))
+    """
+    shape = _event_shape(d, "interval")
+    try:
+        lo = np.broadcast_to(np.asarray(low, dtype=float), shape).copy()
+        hi = np.broadcast_to(np.asarray(high, dtype=float), shape).copy()
+    except ValueError:
+        raise ValueError(
+            f"interval: low (shape {np.shape(low)}) and high (shape {np.shape(high)}) must "
+            f"broadcast to the event shape {shape}."
+        ) from None
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(
+            "interval: low and high must be finite; use un.supports.positive for (0, inf) or "
+            "un.supports.real for unbounded coordinates."
+        )
+    if np.any(lo >= hi):
+        raise ValueError(f"interval: need low < high everywhere; got low={low!r}, high={high!r}.")
+    return Support("interval", shape, lo, hi)
+
+
+def binary(d) -> Support:
+    """Binary configurations {0, 1}^d (Boltzmann machines, RBM visible units).
+
+    Example
+    -------
+    >>> binary(3).values
+    (0.0, 1.0)
+    """
+    return Support("binary", _event_shape(d, "binary"))
+
+
+def spin(d) -> Support:
+    """Spin configurations {-1, +1}^d (Ising models).
+
+    Example
+    -------
+    >>> spin(3).values
+    (-1.0, 1.0)
+    """
+    return Support("spin", _event_shape(d, "spin"))
