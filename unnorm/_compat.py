@@ -47,13 +47,10 @@ def to_inference_data(
     groups = {"posterior": {k: np.asarray(v) for k, v in posterior.items()}}
     if sample_stats:
         groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
-    if ARVIZ_MAJOR >= 1:
-        idata = az.from_dict(groups)
-        if attrs:
-            for name in groups:
-                idata[name].attrs.update(attrs)
-        return idata
-    return az.from_dict(**groups, attrs=dict(attrs or {}))
+    idata = az.from_dict(groups) if ARVIZ_MAJOR >= 1 else az.from_dict(**groups)
+    for name in groups:
+        idata[name].attrs.update(dict(attrs or {}))
+    return idata
 
 
 def is_inference_data(obj: Any) -> bool:

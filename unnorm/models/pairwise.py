@@ -8,8 +8,6 @@ couplings are stored as a vector over the pairs i < j in row-major order (see
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,16 +28,7 @@ def pair_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(d, k=1)
 
 
-def _units(num_pairs: int) -> int:
-    d = (1 + math.isqrt(1 + 8 * num_pairs)) // 2
-    if d * (d - 1) // 2 != num_pairs:
-        raise ValueError(
-            f"the coupling vector must have d(d-1)/2 entries for some d; got {num_pairs}."
-        )
-    return d
-
-
-def _pairwise_model(J, h, support_fn, name: str) -> Model:
+def _pairwise_model(J, h, support_fn, name: str, names: tuple[str, str]) -> Model:
     h = jnp.asarray(h, dtype=float)
     J = jnp.asarray(J, dtype=float)
     if h.ndim != 1:
@@ -49,17 +38,19 @@ def _pairwise_model(J, h, support_fn, name: str) -> Model:
         if J.shape != (d, d):
             raise ValueError(f"{name}: a coupling matrix J must be ({d}, {d}); got {J.shape}.")
         J = J[pair_indices(d)]
-    if J.ndim != 1 or _units(J.shape[0]) != d:
+    if J.ndim != 1 or J.shape[0] != d * (d - 1) // 2:
         raise ValueError(
             f"{name}: J must be a ({d}, {d}) matrix or a vector of {d * (d - 1) // 2} couplings "
             f"(pairs i<j); got shape {J.shape}."
         )
     rows, cols = pair_indices(d)
 
-    def energy(params, x):
-        return -jnp.sum(params["J"] * x[rows] * x[cols]) - params["h"] @ x
+    coupling, field = names
 
-    return Model(energy, params={"J": J, "h": h}, support=support_fn(d), name=name)
+    def energy(params, x):
+        return -jnp.sum(params[coupling] * x[rows] * x[cols]) - params[field] @ x
+
+    return Model(energy, params={coupling: J, field: h}, support=support_fn(d), name=name)
 
 
 def ising(J, h) -> Model:
@@ -79,11 +70,12 @@ def ising(J, h) -> Model:
     >>> float(m.energy(m.params, jnp.array([-1.0, 1.0, 1.0])))
     -5.0
     """
-    return _pairwise_model(J, h, spin, "ising")
+    return _pairwise_model(J, h, spin, "ising", ("J", "h"))
 
 
 def boltzmann(W, b) -> Model:
-    """Fully visible Boltzmann machine on {0, 1}^d: ``E(x) = -Σ_{i<j} W_ij x_i x_j - bᵀx``.
+    """Fully visible Boltzmann machine on {0, 1}^d: ``E(x) = -Σ_{i<j} W_ij x_i x_j - bᵀx``,
+    parameters ``W`` (couplings over pairs i < j, or a (d, d) matrix) and ``b`` (biases).
 
     Example
     -------
@@ -92,7 +84,7 @@ def boltzmann(W, b) -> Model:
     >>> float(m.energy(m.params, jnp.array([1.0, 1.0])))
     -1.5
     """
-    return _pairwise_model(W, b, binary, "boltzmann")
+    return _pairwise_model(W, b, binary, "boltzmann", ("W", "b"))
 
 
 def ising_chain(n: int, coupling: float = 0.5, field: float = 0.0, periodic: bool = False) -> Model:

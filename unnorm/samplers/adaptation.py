@@ -48,7 +48,8 @@ def step_size_adaptation(
     Returns
     -------
     init(kernel_state) -> AdaptiveState
-    warmup_step(key, state, logdensity_fn) -> (AdaptiveState, info)   adapts when ``adapt``
+    warmup_step(key, state, logdensity_fn, adapting=True) -> (AdaptiveState, info)
+        adapts when ``adapt`` and ``adapting`` (a bool, possibly traced)
     finalize(state) -> AdaptiveState                                   fixes the final step size
     sample_step(key, state, logdensity_fn) -> (AdaptiveState, info)    step size held fixed
     """
@@ -59,12 +60,17 @@ def step_size_adaptation(
         # Hoffman & Gelman centre the iterates on log(10 ε₀): large steps are tried early.
         return AdaptiveState(kernel_state, step_size, da_init(jnp.log(10.0 * step_size)))
 
-    def warmup_step(key, state: AdaptiveState, logdensity_fn: Callable):
+    def warmup_step(key, state: AdaptiveState, logdensity_fn: Callable, adapting=True):
         kernel_state, info = kernel_step(key, state.kernel, logdensity_fn, state.step_size)
         if not adapt:
             return state._replace(kernel=kernel_state), info
         da_state = da_update(target_accept - info.acceptance_rate, state.dual_averaging)
-        return AdaptiveState(kernel_state, jnp.exp(da_state[0]), da_state), info
+        adapted = AdaptiveState(kernel_state, jnp.exp(da_state[0]), da_state)
+        # ``adapting`` may be traced: one compiled step then serves warmup and sampling.
+        return jax.tree_util.tree_map(
+            lambda new, old: jnp.where(adapting, new, old), adapted,
+            state._replace(kernel=kernel_state),
+        ), info
 
     def finalize(state: AdaptiveState) -> AdaptiveState:
         if not adapt:

@@ -92,7 +92,9 @@ def build(
             dense_mass=dense_mass,
             target_accept_prob=target_accept,
             num_steps=num_steps,
-            trajectory_length=trajectory_length,
+            # NumPyro rescales the step to trajectory_length / num_steps whenever a length is
+            # given, so a fixed number of steps must come without one.
+            trajectory_length=None if num_steps is not None else trajectory_length,
             max_tree_depth=max_tree_depth,
             model_args=(logdensity_fn,),
             rng_key=key,

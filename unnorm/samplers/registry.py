@@ -21,8 +21,9 @@ __all__ = ["SamplerSpec", "SAMPLERS", "build_sampler", "sampler_names"]
 class SamplerSpec(NamedTuple):
     """How :func:`unnorm.sample` runs one kind of sampler.
 
-    ``init(position, logdensity_fn, key)``, ``warmup_step`` and ``sample_step`` with signature
-    ``(key, state, logdensity_fn) -> (state, info)``, ``finalize(state)`` at the end of warmup,
+    ``init(position, logdensity_fn, key)``; ``step(key, state, logdensity_fn, warmup)
+    -> (state, info)`` where ``warmup`` (a bool, possibly traced) switches adaptation on, so one
+    compiled step serves both phases; ``finalize(state)`` at the end of warmup;
     ``position(state)``, ``logdensity(state)`` and ``stats(state, info) -> dict`` of per-draw
     sample statistics named as ArviZ names them.
     """
@@ -31,9 +32,8 @@ class SamplerSpec(NamedTuple):
     discrete: bool
     uses_gradient: bool
     init: Callable
-    warmup_step: Callable
+    step: Callable
     finalize: Callable
-    sample_step: Callable
     position: Callable
     logdensity: Callable
     stats: Callable
@@ -72,7 +72,7 @@ def sampler_names() -> list[str]:
 
 
 def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> SamplerSpec:
-    init_adapt, warmup_step, finalize, sample_step = step_size_adaptation(
+    init_adapt, warmup_step, finalize, _ = step_size_adaptation(
         kernel_step,
         target_accept=tuning["target_accept"],
         initial_step_size=tuning["step_size"],
@@ -90,7 +90,7 @@ def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> Sampler
         }
 
     return SamplerSpec(
-        name, False, SAMPLERS[name].uses_gradient, init, warmup_step, finalize, sample_step,
+        name, False, SAMPLERS[name].uses_gradient, init, warmup_step, finalize,
         position=lambda state: state.kernel.position,
         logdensity=lambda state: state.kernel.logdensity,
         stats=stats,
@@ -111,6 +111,10 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
     def init(position, logdensity_fn, key):
         return kernel.init(position, logdensity_fn, num_warmup, key)
 
+    def step(key, state, logdensity_fn, warmup):
+        # NumPyro adapts inside the kernel during its first num_warmup steps.
+        return kernel.step(key, state, logdensity_fn)
+
     def stats(state, info):
         out = {
             "acceptance_rate": info.acceptance_rate,
@@ -127,7 +131,7 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
         return out
 
     return SamplerSpec(
-        name, False, True, init, kernel.step, lambda state: state, kernel.step,
+        name, False, True, init, step, lambda state: state,
         position=lambda state: state.z,
         logdensity=lambda state: -state.potential_energy,
         stats=stats,
@@ -135,7 +139,7 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
 
 
 def _gibbs_spec(values: tuple[float, float], tuning: dict) -> SamplerSpec:
-    def step(key, state, logdensity_fn):
+    def step(key, state, logdensity_fn, warmup):
         return gibbs.step(key, state, logdensity_fn, values=values, unroll=tuning["unroll"])
 
     def stats(state, info):
@@ -148,7 +152,7 @@ def _gibbs_spec(values: tuple[float, float], tuning: dict) -> SamplerSpec:
     return SamplerSpec(
         "gibbs", True, False, lambda position, logdensity_fn, key: gibbs.init(position,
                                                                               logdensity_fn),
-        step, lambda state: state, step,
+        step, lambda state: state,
         position=lambda state: state.position,
         logdensity=lambda state: state.logdensity,
         stats=stats,

@@ -10,6 +10,7 @@ chunks, so a progress bar can be shown between chunks. Each step's key is
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -65,29 +66,33 @@ def _finalize(spec: SamplerSpec, states):
     return jax.vmap(spec.finalize)(states)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "spec", "step", "length", "thinning")
-)
-def _run_chunk(model: Model, spec: SamplerSpec, step: Callable, params, chain_keys, states,
-               start, length: int, thinning: int):
+@functools.partial(jax.jit, static_argnames=("model", "spec", "length", "thinning"))
+def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, start, warmup,
+               length: int, thinning: int):
     """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
 
-    ``step`` is the phase's step function; NUTS and HMC use the same one in warmup and sampling,
-    so one compiled chunk serves both phases."""
+    ``warmup`` is traced, so warmup and sampling chunks of one length share one compilation."""
     logdensity_fn = unconstrained_logdensity(model, params)
     exact_lp = model.support.is_discrete or model.support.kind == "real"
 
     def one_chain(chain_key, state):
         def one_draw(state, draw_keys):
-            def inner(i, carry):
-                state, _, diverged = carry
-                state, info = step(draw_keys[i], state, logdensity_fn)
-                return state, info, diverged | info.is_divergent
+            if thinning == 1:
+                state, info = spec.step(draw_keys[0], state, logdensity_fn, warmup)
+                diverged = info.is_divergent
+            else:
+                def inner(i, carry):
+                    state, _, diverged = carry
+                    state, info = spec.step(draw_keys[i], state, logdensity_fn, warmup)
+                    return state, info, diverged | info.is_divergent
 
-            state, info = step(draw_keys[0], state, logdensity_fn)
-            state, info, diverged = jax.lax.fori_loop(
-                1, thinning, inner, (state, info, info.is_divergent)
-            )
+                # Zeros of the info's shape start the loop, so the step is traced only once.
+                info_shape = jax.eval_shape(spec.step, draw_keys[0], state, logdensity_fn, warmup)
+                info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                              info_shape[1])
+                state, info, diverged = jax.lax.fori_loop(
+                    0, thinning, inner, (state, info, jnp.zeros((), bool))
+                )
             stats = spec.stats(state, info)
             stats["diverging"] = diverged
             position = _to_position(model, spec.position(state))
@@ -102,17 +107,28 @@ def _run_chunk(model: Model, spec: SamplerSpec, step: Callable, params, chain_ke
     return jax.vmap(one_chain)(chain_keys, states)
 
 
-def _chunk_lengths(total: int, show_progress: bool) -> list[int]:
-    """Split ``total`` steps into chunks for the progress bar, preferring equal chunks so that
-    one compiled scan serves all of them."""
+def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int:
+    """One scan length for both phases, so that one compilation serves the whole run.
+
+    A common divisor of ``num_warmup`` and ``num_samples``; with a progress bar, the largest one
+    that still splits the run into 20 or more updates. 0 when no common divisor of at least 10
+    does: each phase is then chunked on its own."""
+    common = math.gcd(num_warmup, num_samples)  # gcd(0, n) = n
+    best = common
+    if show_progress:
+        total = num_warmup + num_samples
+        divisors = [d for d in range(1, common + 1) if common % d == 0 and total // d >= 20]
+        best = max(divisors, default=common)
+    return best if best >= 10 else 0
+
+
+def _phase_chunks(total: int, length: int, show_progress: bool) -> list[int]:
+    """Chunk lengths covering one phase of ``total`` draws."""
     if total == 0:
         return []
-    if not show_progress or total <= 20:
-        return [total]
-    for parts in range(20, 51):
-        if total % parts == 0:
-            return [total // parts] * parts
-    size = -(-total // 20)
+    if length:
+        return [length] * (total // length)
+    size = max(1, -(-total // 20)) if show_progress else total
     return [size] * (total // size) + ([total % size] if total % size else [])
 
 
@@ -274,14 +290,16 @@ def sample(
     states = _init_chains(model, spec, params, jax.random.split(key_chains, num_chains),
                           unconstrained)
     disabled = _progress_disabled(progress_bar)
+    length = _chunk_length(num_warmup, num_samples, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
         states, _ = _run_phase(model, spec, params, states, key_warmup, num_warmup, thinning,
-                               _WARMUP, bar, disabled)
+                               _WARMUP, length, bar, disabled)
         states = _finalize(spec, states)
         states, (draws, stats) = _run_phase(model, spec, params, states, key_sampling,
-                                            num_samples, thinning, _SAMPLING, bar, disabled)
+                                            num_samples, thinning, _SAMPLING, length, bar,
+                                            disabled)
     elapsed = time.perf_counter() - started
 
     draws = np.asarray(draws)
@@ -301,27 +319,28 @@ def sample(
     return idata
 
 
-def _run_phase(model, spec, params, states, phase_key, total, thinning, phase, bar, disabled):
+def _run_phase(model, spec, params, states, phase_key, total, thinning, phase, length, bar,
+               disabled):
     """Run one phase in chunks; return the final states and (for sampling) the stacked output."""
     num_chains = jax.tree_util.tree_leaves(states)[0].shape[0]
     chain_keys = jax.random.split(phase_key, num_chains)
     outputs, done = [], 0
-    step = spec.warmup_step if phase == _WARMUP else spec.sample_step
-    for length in _chunk_lengths(total, not disabled):
+    warmup = jnp.asarray(phase == _WARMUP)
+    for chunk in _phase_chunks(total, length, not disabled):
         try:
-            states, out = _run_chunk(model, spec, step, params, chain_keys, states, done,
-                                     length, thinning)
+            states, out = _run_chunk(model, spec, params, chain_keys, states, done, warmup,
+                                     chunk, thinning)
             out = jax.block_until_ready(out)
         except Exception as err:
             raise RuntimeError(
-                f"sampler {spec.name!r} failed during {phase} at draws {done}..{done + length} "
+                f"sampler {spec.name!r} failed during {phase} at draws {done}..{done + chunk} "
                 f"of {total}: {type(err).__name__}: {err}"
             ) from err
-        done += length
+        done += chunk
         if phase == _SAMPLING:
             outputs.append(out)
         accept, diverging = out[1]["acceptance_rate"], out[1]["diverging"]
-        bar.update(length)
+        bar.update(chunk)
         if not disabled:
             bar.set_postfix(phase=phase, accept=f"{float(jnp.mean(accept)):.2f}",
                             divergent=int(jnp.sum(diverging)))
