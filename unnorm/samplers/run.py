@@ -87,9 +87,11 @@ def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, star
                     return state, info, diverged | info.is_divergent
 
                 # Zeros of the info's shape start the loop, so the step is traced only once.
-                info_shape = jax.eval_shape(spec.step, draw_keys[0], state, logdensity_fn, warmup)
-                info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                              info_shape[1])
+                _, info_shape = jax.eval_shape(
+                    lambda key, state: spec.step(key, state, logdensity_fn, warmup),
+                    draw_keys[0], state,
+                )
+                info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
                 state, info, diverged = jax.lax.fori_loop(
                     0, thinning, inner, (state, info, jnp.zeros((), bool))
                 )
