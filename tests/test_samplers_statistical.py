@@ -139,16 +139,13 @@ GAMMA = un.Model(lambda p, x: jnp.sum(x - (p["a"] - 1.0) * jnp.log(x)),
 # known, here negligible, discretization bias (the two test_ula_bias_* tests check the bias).
 ULA_STEP = 0.1
 
-# Static HMC's default trajectory_length 2π resonates on Gaussian targets: the Hamiltonian flow
-# rotates each (mass-preconditioned) eigen-direction of variance λ with period 2π√λ, and after
-# the mass matrix is adapted a path of 2π is close to a whole period (λ ≈ 1) or two (λ = 1/4,
-# one of the directions here), so draws barely move and the ESS of the means drops to ~50-200
-# per 4000 draws, depending on the adapted step size. A path near a quarter period of the slow
-# direction, (π/2)√1.75 ≈ 2, gives nearly independent draws.
+# HMC runs with its defaults: path length π, jittered by ±50% per draw. (A fixed path of 2π,
+# NumPyro's default, is one full period of a Gaussian direction whose scale the mass matrix has
+# learnt: draws barely move and the ESS of the means drops to ~50-200 per 4000 draws.)
 RUNS2 = {
     # num_warmup == num_samples for NUTS/HMC: one compiled chunk serves both phases.
     "nuts": dict(num_warmup=1000, num_samples=1000),
-    "hmc": dict(num_warmup=1000, num_samples=1000, trajectory_length=2.0),
+    "hmc": dict(num_warmup=1000, num_samples=1000),
     "mala": dict(num_warmup=1000, num_samples=2000, thinning=2),
     "rwmh": dict(num_warmup=1000, num_samples=2000, thinning=4),
     "langevin": dict(num_warmup=100, num_samples=4000, thinning=50, step_size=ULA_STEP,
@@ -157,10 +154,7 @@ RUNS2 = {
 
 RUNS20 = {
     "nuts": dict(num_warmup=1000, num_samples=1000),
-    # With the default path 2π (see RUNS2) some of the 20 directions resonate and the ESS of
-    # x_i² falls to ~20-40 per 4000 draws. The preconditioned variances here span 0.05-4; a
-    # short path of 1.5 keeps the ESS of every mean and variance above ~1100 per 8000 draws.
-    "hmc": dict(num_warmup=2000, num_samples=2000, trajectory_length=1.5),
+    "hmc": dict(num_warmup=2000, num_samples=2000),
     # MALA has an isotropic proposal: its step is set by the smallest variance (0.1) and it
     # needs ~λ_max/λ_min times more steps to cross the largest one (10): thin heavily.
     "mala": dict(num_warmup=500, num_samples=3000, thinning=25),

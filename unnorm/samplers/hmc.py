@@ -56,7 +56,8 @@ def build(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     num_steps: int | None = None,
-    trajectory_length: float = 2 * jnp.pi,
+    trajectory_length: float = jnp.pi,
+    jitter: float = 0.5,
     adapt_step_size: bool = True,
     adapt_mass_matrix: bool = True,
     dense_mass: bool = False,
@@ -73,6 +74,12 @@ def build(
         NUTS only: at most ``2**max_tree_depth - 1`` leapfrog steps per draw.
     num_steps, trajectory_length
         HMC only: a fixed number of leapfrog steps, else ``trajectory_length / step_size``.
+    jitter : float
+        HMC only, without ``num_steps``: each draw's path length is ``trajectory_length`` times
+        Uniform(1 - jitter, 1 + jitter) (Neal 2011, §5.4.2.2). A fixed length can resonate with
+        the target: on a Gaussian whose scale the mass matrix has learnt, NumPyro's default
+        length 2π is one full period and the chain barely moves. The default π ± 50% makes
+        successive Gaussian draws negatively correlated on average.
     adapt_mass_matrix, dense_mass
         Windowed adaptation of a diagonal (or dense) inverse mass matrix during warmup.
     """
@@ -100,7 +107,15 @@ def build(
             rng_key=key,
         )
 
+    jittered = algo == "hmc" and num_steps is None and jitter > 0
+
     def step(key, state, logdensity_fn: Callable):
+        if jittered:
+            key, key_length = jax.random.split(key)
+            length = trajectory_length * jax.random.uniform(
+                key_length, minval=1.0 - jitter, maxval=1.0 + jitter
+            )
+            state = state._replace(trajectory_length=length)
         state = sample_kernel(state._replace(rng_key=key), model_args=(logdensity_fn,))
         info = HMCInfo(
             acceptance_rate=state.accept_prob,

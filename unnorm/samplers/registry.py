@@ -53,7 +53,7 @@ SAMPLERS: dict[str, _Entry] = {
                     "dense_mass": False, "adapt_mass_matrix": True, "adapt_step_size": True}),
     "hmc": _Entry(False, True, "Hamiltonian Monte Carlo, static path length (NumPyro)",
                   {"step_size": 1.0, "target_accept": 0.8, "num_steps": None,
-                   "trajectory_length": float(2 * jnp.pi), "dense_mass": False,
+                   "trajectory_length": float(jnp.pi), "jitter": 0.5, "dense_mass": False,
                    "adapt_mass_matrix": True, "adapt_step_size": True}),
     "mala": _Entry(False, True, "Metropolis-adjusted Langevin",
                    {"step_size": 0.1, "target_accept": 0.574, "adapt_step_size": True}),
@@ -106,6 +106,7 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
     else:
         options["num_steps"] = tuning["num_steps"]
         options["trajectory_length"] = tuning["trajectory_length"]
+        options["jitter"] = tuning["jitter"]
     kernel = hmc.build(name, **options)
 
     def init(position, logdensity_fn, key):

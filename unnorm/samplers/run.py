@@ -213,8 +213,8 @@ def sample(
         ``"nuts"``, ``"hmc"`` (NumPyro), ``"mala"``, ``"langevin"`` (unadjusted, seed 004 eq. 6),
         ``"rwmh"`` for continuous supports; ``"gibbs"`` for binary and spin supports.
     num_chains, num_warmup, num_samples, thinning : int
-        Chains (run vectorized), warmup steps per chain (adaptation; discarded), draws kept per
-        chain, and steps per kept draw.
+        Chains (run vectorized), warmup steps per chain (adaptation; discarded, never thinned),
+        draws kept per chain, and steps per kept draw.
     init : array, optional
         Starting point(s): shape ``event_shape`` or ``(num_chains, *event_shape)``. Default:
         dispersed points, Uniform(-2, 2) in the unconstrained space.
@@ -231,7 +231,8 @@ def sample(
         discretization bias small).
     **sampler_options
         ``max_tree_depth``, ``dense_mass``, ``adapt_mass_matrix`` (nuts/hmc), ``num_steps``,
-        ``trajectory_length`` (hmc), ``adapt_step_size`` (all but gibbs), ``unroll`` (gibbs).
+        ``trajectory_length`` (default π), ``jitter`` (default 0.5: the path length of each
+        draw varies by ±50%) (hmc), ``adapt_step_size`` (all but gibbs), ``unroll`` (gibbs).
 
     Returns
     -------
@@ -296,7 +297,9 @@ def sample(
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
-        states, _ = _run_phase(model, spec, params, states, key_warmup, num_warmup, thinning,
+        # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
+        # their adaptation window in steps.
+        states, _ = _run_phase(model, spec, params, states, key_warmup, num_warmup, 1,
                                _WARMUP, length, bar, disabled)
         states = _finalize(spec, states)
         states, (draws, stats) = _run_phase(model, spec, params, states, key_sampling,
