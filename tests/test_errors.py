@@ -269,3 +269,25 @@ def test_log_partition_nan_energy():
                      support=un.supports.spin(2))
     with pytest.raises(ValueError, match="NaN or -inf"):
         un.log_partition(model, model.params)
+
+
+@pytest.mark.parametrize(
+    "sampler, options, error, match",
+    [
+        ("hmc", {"num_steps": 0}, ValueError, "num_steps must be >= 1; got 0"),
+        ("hmc", {"trajectory_length": -1.0}, ValueError, "trajectory_length must be a finite"),
+        ("hmc", {"jitter": 2.0}, ValueError, r"jitter must be a number in \[0, 1\)"),
+        ("nuts", {"max_tree_depth": 0}, ValueError, "max_tree_depth must be >= 1; got 0"),
+        ("nuts", {"dense_mass": "yes"}, TypeError, "dense_mass must be True or False"),
+        ("mala", {"adapt_step_size": 1}, TypeError, "adapt_step_size must be True or False"),
+    ],
+)
+def test_sampler_options_are_checked(model, sampler, options, error, match):
+    with pytest.raises(error, match=match):
+        un.sample(model, model.params, key=KEY, sampler=sampler, **FAST, **options)
+
+
+def test_zero_dimensional_arrays_are_numbers(model):
+    idata = un.sample(model, model.params, key=KEY, sampler="mala",
+                      step_size=jnp.asarray(0.5), adapt_step_size=False, **FAST)
+    assert float(idata.sample_stats["step_size"][0, 0]) == pytest.approx(0.5)

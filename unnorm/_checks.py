@@ -13,7 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_key", "check_int", "check_positive_float", "check_probability", "check_choice"]
+__all__ = [
+    "check_key", "check_int", "check_positive_float", "check_probability", "check_fraction",
+    "check_bool", "check_choice",
+]
 
 
 def check_key(key, name: str = "key") -> jax.Array:
@@ -37,31 +40,62 @@ def check_key(key, name: str = "key") -> jax.Array:
     )
 
 
+def _scalar(value, kind: type) -> float | int | None:
+    """``value`` as a Python number of ``kind`` (a 0-d NumPy/JAX array counts), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0:
+        value = value.item()
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def check_int(value, name: str, minimum: int = 1) -> int:
     """An integer ``>= minimum`` (bool is not an integer here)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    number = _scalar(value, int)
+    if number is None:
         raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
-    return int(value)
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {number}.")
+    return number
 
 
 def check_positive_float(value, name: str) -> float:
     """A finite real number > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    number = _scalar(value, float)
+    if number is None:
         raise TypeError(f"{name} must be a positive number; got {value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value}.")
-    return float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {number}.")
+    return number
 
 
 def check_probability(value, name: str) -> float:
     """A number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    number = _scalar(value, float)
+    if number is None:
         raise TypeError(f"{name} must be a number in (0, 1); got {value!r}.")
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must lie strictly between 0 and 1; got {value}.")
-    return float(value)
+    if not 0 < number < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1; got {number}.")
+    return number
+
+
+def check_fraction(value, name: str) -> float:
+    """A number in [0, 1)."""
+    number = _scalar(value, float)
+    if number is None or not 0 <= number < 1:
+        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}.")
+    return number
+
+
+def check_bool(value, name: str) -> bool:
+    """True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
 
 
 def check_choice(value, name: str, choices) -> str:

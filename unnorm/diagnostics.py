@@ -31,16 +31,23 @@ class ConvergenceWarning(UserWarning):
     """The chains show signs of not having converged or of biased exploration."""
 
 
-def convergence_problems(draws: np.ndarray, diverging: np.ndarray) -> list[str]:
+def convergence_problems(
+    draws: np.ndarray, diverging: np.ndarray, sampler: str = "nuts"
+) -> list[str]:
     """Sentences describing each problem found in ``(chain, draw, ...)`` draws; empty if none."""
     problems = []
     num_chains = draws.shape[0]
     num_divergent = int(np.sum(diverging))
     if num_divergent:
+        advice = (
+            "Increase target_accept or reparameterize."
+            if sampler in ("nuts", "hmc")
+            else "The energy (or its gradient) was not finite at the rejected proposals: check "
+            "its domain, or declare a support that matches it."
+        )
         problems.append(
             f"There were {num_divergent} divergences after warmup "
-            f"({num_divergent / diverging.size:.1%} of draws). Increase target_accept or "
-            "reparameterize."
+            f"({num_divergent / diverging.size:.1%} of draws). {advice}"
         )
     rhat, ess = rhat_and_ess(draws)
     if num_chains >= 2:
@@ -63,5 +70,5 @@ def convergence_problems(draws: np.ndarray, diverging: np.ndarray) -> list[str]:
 
 def warn_convergence(draws: np.ndarray, diverging: np.ndarray, sampler: str) -> None:
     """Issue one :class:`ConvergenceWarning` per problem found by :func:`convergence_problems`."""
-    for problem in convergence_problems(draws, diverging):
+    for problem in convergence_problems(draws, diverging, sampler):
         warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=3)

@@ -128,9 +128,10 @@ class Support:
         try:
             arr = np.asarray(data, dtype=float)
         except (TypeError, ValueError) as err:
+            shape = ", ".join(map(str, ("n", *self.event_shape)))
             raise TypeError(
-                f"{name} must be an array of numbers of shape (n, *{self.event_shape}); could not "
-                f"convert a {type(data).__name__}: {err}"
+                f"{name} must be an array of numbers of shape ({shape}); could not convert a "
+                f"{type(data).__name__}: {err}"
             ) from None
         expected = (len(self.event_shape) + 1, self.event_shape)
         if arr.ndim != expected[0] or arr.shape[1:] != self.event_shape:

@@ -3,6 +3,11 @@
 Each kernel module exposes ``init(position, logdensity_fn)`` and
 ``step(key, state, logdensity_fn, ...) -> (state, info)`` over NamedTuple states, so estimators
 can run them inside a training loop while θ changes.
+
+A state caches the log-density (and, for gradient kernels, its gradient) at its position. When θ
+changes between steps, rebuild it with ``init(state.position, new_logdensity_fn)`` before the next
+step, so that the Metropolis–Hastings ratio compares both points under the same θ (persistent
+chains in contrastive divergence do this).
 """
 
 from . import adaptation, gibbs, hmc, langevin, rwmh

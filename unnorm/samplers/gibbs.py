@@ -66,32 +66,42 @@ def step(
     values : (float, float)
         The two values a coordinate takes: (0, 1) for binary, (-1, 1) for spin.
     unroll : int or bool
-        Passed to ``lax.fori_loop``: unrolling the site loop trades compile time for speed.
+        Passed to ``lax.scan`` over the sites: unrolling trades compile time for speed.
     """
     shape = state.position.shape
     size = state.position.size
     low, high = values
+    flat = state.position.ravel()
+    sites = jnp.arange(size)
     log_uniforms = jnp.log(jax.random.uniform(key, (size,)))
+    # Every array operation below is elementwise over the whole vector or a reduction inside
+    # ``logdensity_fn``: site i is selected with the mask ``sites == i`` rather than with
+    # ``flat[i]`` / ``flat.at[i].set``. Under ``vmap`` over chains, indexing at a loop index
+    # becomes gather/scatter, which XLA's CPU backend runs far slower than masked selects that
+    # fuse into the energy evaluation (benchmarks/README.md).
 
-    def update_site(i, carry):
+    def update_site(carry, site):
         flat, logdensity, flips, divergent = carry
-        flipped_value = jnp.where(flat[i] == high, low, high)
-        proposal = flat.at[i].set(flipped_value)
+        i, log_uniform = site
+        at_site = sites == i
+        other = jnp.where(flat == high, low, high).astype(flat.dtype)
+        proposal = jnp.where(at_site, other, flat)
         proposal_logdensity = logdensity_fn(proposal.reshape(shape))
         delta = proposal_logdensity - logdensity
         finite = jnp.isfinite(delta)
         # log σ(δ) = -softplus(-δ): the exact conditional probability of the flipped value.
-        flip = finite & (log_uniforms[i] < -jax.nn.softplus(-delta))
-        return (
-            jnp.where(flip, proposal, flat),
+        flip = finite & (log_uniform < -jax.nn.softplus(-delta))
+        carry = (
+            jnp.where(flip & at_site, other, flat),
             jnp.where(flip, proposal_logdensity, logdensity),
             flips + flip,
             divergent | ~finite,
         )
+        return carry, None
 
-    carry = (state.position.ravel(), state.logdensity, jnp.zeros((), jnp.int32), jnp.array(False))
-    flat, logdensity, flips, divergent = jax.lax.fori_loop(
-        0, size, update_site, carry, unroll=unroll
+    carry = (flat, state.logdensity, jnp.zeros((), jnp.int32), jnp.array(False))
+    (flat, logdensity, flips, divergent), _ = jax.lax.scan(
+        update_site, carry, (sites, log_uniforms), unroll=unroll
     )
     info = GibbsInfo(jnp.ones(()), flips / size, divergent)
     return GibbsState(flat.reshape(shape), logdensity), info

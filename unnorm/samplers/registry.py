@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
+from .. import _checks
 from . import gibbs, hmc, langevin, rwmh
 from .adaptation import step_size_adaptation
 
@@ -187,5 +188,25 @@ def build_sampler(name: str, num_warmup: int, values=None, **tuning) -> SamplerS
             f"sampler {name!r} does not take option(s) {unknown}; it accepts "
             f"{sorted(entry.tuning)}."
         )
-    merged = {**entry.tuning, **{k: v for k, v in tuning.items() if v is not None}}
+    checked = {k: _OPTION_CHECKS[k](v, k) for k, v in tuning.items() if v is not None}
+    merged = {**entry.tuning, **checked}
     return _build(name, int(num_warmup), values, tuple(sorted(merged.items())))
+
+
+def _check_unroll(value, name: str) -> int | bool:
+    return value if isinstance(value, bool) else _checks.check_int(value, name, 1)
+
+
+#: Each tuning option's check: plain Python values out (hashable, so specs can be cached).
+_OPTION_CHECKS: dict[str, Callable] = {
+    "step_size": _checks.check_positive_float,
+    "target_accept": _checks.check_probability,
+    "max_tree_depth": lambda v, k: _checks.check_int(v, k, 1),
+    "num_steps": lambda v, k: _checks.check_int(v, k, 1),
+    "trajectory_length": _checks.check_positive_float,
+    "jitter": _checks.check_fraction,
+    "dense_mass": _checks.check_bool,
+    "adapt_mass_matrix": _checks.check_bool,
+    "adapt_step_size": _checks.check_bool,
+    "unroll": _check_unroll,
+}
