@@ -150,21 +150,30 @@ def _initial_positions(model: Model, init, key, num_chains: int) -> jax.Array:
     return jnp.asarray(arr)
 
 
-def _check_initial_state(model: Model, params, positions: jax.Array, uses_gradient: bool):
-    """PyMC-style 'Initial evaluation failed': name the chains, the points and the params."""
+@functools.partial(jax.jit, static_argnames=("model", "uses_gradient"))
+def _initial_evaluation(model: Model, params, positions, uses_gradient: bool):
+    """Unconstrained starts, and per chain: energy and log-density finite, gradient finite."""
     unconstrained = (
         positions if model.support.is_discrete else model.support.transform.inv(positions)
     )
     logdensity_fn = unconstrained_logdensity(model, params)
     energies = jax.vmap(lambda x: model.energy(params, x))(positions)
     logdensities = jax.vmap(logdensity_fn)(unconstrained)
-    ok = np.isfinite(np.asarray(energies)) & np.isfinite(np.asarray(logdensities))
-    what = "energy"
-    if uses_gradient and ok.all():
+    value_ok = jnp.isfinite(energies) & jnp.isfinite(logdensities)
+    grad_ok = jnp.ones_like(value_ok)
+    if uses_gradient:
         grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
-        axes = tuple(range(1, grads.ndim))
-        ok = np.asarray(jnp.all(jnp.isfinite(grads), axis=axes))
-        what = "gradient of the energy"
+        grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
+    return unconstrained, value_ok, grad_ok
+
+
+def _check_initial_state(model: Model, params, positions: jax.Array, uses_gradient: bool):
+    """PyMC-style 'Initial evaluation failed': name the chains, the points and the params."""
+    unconstrained, value_ok, grad_ok = _initial_evaluation(model, params, positions,
+                                                           uses_gradient)
+    ok, what = np.asarray(value_ok), "energy"
+    if ok.all() and not np.asarray(grad_ok).all():
+        ok, what = np.asarray(grad_ok), "gradient of the energy"
     if not ok.all():
         bad = np.flatnonzero(~ok)
         point = np.array2string(np.asarray(positions[bad[0]]).ravel()[:8], precision=4)
