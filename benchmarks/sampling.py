@@ -34,6 +34,7 @@ printed. Speed is measured here and never asserted in the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -428,11 +429,9 @@ def print_table(rows: list, ratio_rows: list) -> None:
 
 def environment() -> dict:
     cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    # /proc/cpuinfo names the CPU on Linux; elsewhere keep platform's answer.
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     versions = {}
     for pkg in ("jax", "jaxlib", "numpyro", "blackjax", "numpy", "arviz", "xarray", "unnorm"):
         try:
