@@ -69,15 +69,15 @@ def _propose(key, state: LangevinState, logdensity_fn: Callable, step_size):
     position = state.position + 0.5 * step_size**2 * state.logdensity_grad + step_size * noise
     logdensity, grad = jax.value_and_grad(logdensity_fn)(position)
     proposal = LangevinState(position, logdensity, grad)
-    finite = (
-        jnp.isfinite(logdensity) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(position))
-    )
     log_ratio = (
         logdensity
         - state.logdensity
         + _log_proposal(state.position, position, grad, step_size)
         - _log_proposal(position, state.position, state.logdensity_grad, step_size)
     )
+    # The ratio involves the proposal's position, log-density and gradient: it is finite exactly
+    # when all three are (the current state is), so one scalar test guards the whole move.
+    finite = jnp.isfinite(log_ratio)
     acceptance = jnp.where(finite, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
     return proposal, finite, log_ratio, acceptance
 
