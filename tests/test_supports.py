@@ -70,3 +70,12 @@ def test_check_data_returns_float_array():
 def test_bad_support_arguments(make, match):
     with pytest.raises((TypeError, ValueError), match=match):
         make()
+
+
+def test_check_point_validates_one_observation():
+    support = un.supports.interval(0.0, 1.0, 2)
+    np.testing.assert_array_equal(support.check_point([0.2, 0.7]), [0.2, 0.7])
+    with pytest.raises(ValueError, match=r"x has shape \(3,\).*needs shape \(2,\)"):
+        support.check_point([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"outside the support interval"):
+        support.check_point([0.5, 1.5])

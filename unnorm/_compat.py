@@ -17,7 +17,6 @@ __all__ = [
     "ARVIZ_MAJOR",
     "InferenceData",
     "from_netcdf",
-    "group",
     "is_inference_data",
     "to_inference_data",
     "to_netcdf",
@@ -56,12 +55,6 @@ def to_inference_data(
 def is_inference_data(obj: Any) -> bool:
     """True for what :func:`to_inference_data` returns under the installed ArviZ."""
     return isinstance(obj, InferenceData)
-
-
-def group(idata, name: str):
-    """The ``xarray.Dataset`` of one group (``"posterior"``, ``"sample_stats"``)."""
-    node = idata[name]
-    return node.to_dataset() if hasattr(node, "to_dataset") else node
 
 
 def rhat_and_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,10 @@ Example
 >>> import jax, jax.numpy as jnp
 >>> from unnorm.samplers import adaptation, langevin
 >>> logdensity = lambda x: -0.5 * jnp.sum(x**2)
->>> init, warmup_step, finalize, sample_step = adaptation.step_size_adaptation(
+>>> init, step, finalize = adaptation.step_size_adaptation(
 ...     langevin.mala_step, target_accept=0.574, initial_step_size=0.1)
 >>> state = init(langevin.init(jnp.zeros(2), logdensity))
->>> state, info = warmup_step(jax.random.key(0), state, logdensity)
+>>> state, info = step(jax.random.key(0), state, logdensity, adapting=True)
 >>> float(finalize(state).step_size) > 0
 True
 """
@@ -42,16 +42,17 @@ def step_size_adaptation(
     target_accept: float,
     initial_step_size: float,
     adapt: bool = True,
-) -> tuple[Callable, Callable, Callable, Callable]:
+) -> tuple[Callable, Callable, Callable]:
     """Wrap ``kernel_step(key, state, logdensity_fn, step_size)`` with step-size adaptation.
 
     Returns
     -------
     init(kernel_state) -> AdaptiveState
-    warmup_step(key, state, logdensity_fn, adapting=True) -> (AdaptiveState, info)
-        adapts when ``adapt`` and ``adapting`` (a bool, possibly traced)
-    finalize(state) -> AdaptiveState                                   fixes the final step size
-    sample_step(key, state, logdensity_fn) -> (AdaptiveState, info)    step size held fixed
+    step(key, state, logdensity_fn, adapting=True) -> (AdaptiveState, info)
+        adapts when ``adapt`` and ``adapting`` (a bool, possibly traced); with
+        ``adapting=False`` the step size is held fixed
+    finalize(state) -> AdaptiveState
+        fixes the final step size (the averaged iterate)
     """
     da_init, da_update = dual_averaging()
 
@@ -60,7 +61,7 @@ def step_size_adaptation(
         # Hoffman & Gelman centre the iterates on log(10 ε₀): large steps are tried early.
         return AdaptiveState(kernel_state, step_size, da_init(jnp.log(10.0 * step_size)))
 
-    def warmup_step(key, state: AdaptiveState, logdensity_fn: Callable, adapting=True):
+    def step(key, state: AdaptiveState, logdensity_fn: Callable, adapting=True):
         kernel_state, info = kernel_step(key, state.kernel, logdensity_fn, state.step_size)
         if not adapt:
             return state._replace(kernel=kernel_state), info
@@ -80,8 +81,4 @@ def step_size_adaptation(
                              state.step_size)
         return state._replace(step_size=averaged)
 
-    def sample_step(key, state: AdaptiveState, logdensity_fn: Callable):
-        kernel_state, info = kernel_step(key, state.kernel, logdensity_fn, state.step_size)
-        return state._replace(kernel=kernel_state), info
-
-    return init, warmup_step, finalize, sample_step
+    return init, step, finalize

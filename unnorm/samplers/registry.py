@@ -73,7 +73,7 @@ def sampler_names() -> list[str]:
 
 
 def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> SamplerSpec:
-    init_adapt, warmup_step, finalize, _ = step_size_adaptation(
+    init_adapt, step, finalize = step_size_adaptation(
         kernel_step,
         target_accept=tuning["target_accept"],
         initial_step_size=tuning["step_size"],
@@ -91,7 +91,7 @@ def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> Sampler
         }
 
     return SamplerSpec(
-        name, False, SAMPLERS[name].uses_gradient, init, warmup_step, finalize,
+        name, False, SAMPLERS[name].uses_gradient, init, step, finalize,
         position=lambda state: state.kernel.position,
         logdensity=lambda state: state.kernel.logdensity,
         stats=stats,
