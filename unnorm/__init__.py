@@ -15,21 +15,27 @@ Example
 ('chain', 'draw', 'x_dim_0')
 """
 
-from . import constraints, diagnostics, models, samplers, supports
+from . import constraints, diagnostics, estimators, models, samplers, supports
 from ._compat import from_netcdf, to_netcdf
 from .diagnostics import ConvergenceWarning
+from .driver import FitError, fit
 from .model import Model, model, param
 from .partition import LogPartition, log_partition
+from .result import FitResult
 from .samplers import sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
+    "FitError",
+    "FitResult",
     "LogPartition",
     "Model",
     "constraints",
     "diagnostics",
+    "estimators",
+    "fit",
     "from_netcdf",
     "log_partition",
     "model",

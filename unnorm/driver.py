@@ -1,0 +1,542 @@
+"""The fit driver: θ̂ from data with any estimator, then standard errors.
+
+``fit`` works in the unconstrained space of the parameters (NumPyro's ``biject_to``). Three
+routes, chosen in this order:
+
+1. **closed form** — for the score-matching family when the score ``-∇ₓE`` is linear in the
+   (constrained) parameters, as for exponential families: the objective is then quadratic in θ
+   and one linear solve gives its minimizer exactly;
+2. **optimizer** — any optax transformation in jitted ``lax.scan`` chunks, full batch or
+   minibatches, stopping when the loss stops changing;
+3. **optimizer + newton** — when standard errors are wanted and the objective is deterministic,
+   the optimizer's answer is refined by damped Newton steps on the full-data objective, so that
+   the sandwich formula is evaluated at the exact minimizer it assumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from tqdm.auto import tqdm
+
+from . import _checks
+from .estimators import Batch, Estimator, Objective, resolve
+from .model import Model, _format_params
+from .result import FitResult
+from .samplers.run import _progress_disabled
+from .uncertainty import delta_method, parameter_names, sandwich_covariance
+
+__all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
+
+#: ``stderr="auto"`` computes standard errors (and keys noise on observations) up to this many
+#: scalar parameters; beyond it the p×p Hessian is too costly and neural energies train better
+#: with fresh noise at every step.
+STDERR_AUTO_LIMIT = 1000
+
+
+class FitError(RuntimeError):
+    """A fit that cannot go on: repeated non-finite losses or gradients."""
+
+
+class TrainState(NamedTuple):
+    """The carry of the optimizer loop."""
+
+    unconstrained: Any
+    opt_state: Any
+    est_state: Any
+    consecutive_failures: jax.Array
+    skipped: jax.Array
+
+
+@functools.lru_cache(maxsize=64)
+def _objective(estimator: Estimator, model: Model, resample: bool) -> Objective:
+    # cached so that repeated fits of one model reuse the compiled training chunk
+    return estimator.build(model, resample)
+
+
+@functools.lru_cache(maxsize=4)
+def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
+# ---- argument checks ----------------------------------------------------------------------------
+
+def _check_optimizer(optimizer, num_params: int) -> optax.GradientTransformation:
+    if optimizer is None:
+        # unconstrained parameters of classical models are O(1): 1e-2 moves them in a few hundred
+        # steps; neural energies need the usual 1e-3
+        return _default_optimizer(1e-2 if num_params <= STDERR_AUTO_LIMIT else 1e-3)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer must be an optax GradientTransformation such as optax.adam(1e-2); got "
+            f"{type(optimizer).__name__}."
+        )
+    return optimizer
+
+
+def _check_batch_size(batch_size, n: int) -> int | None:
+    if batch_size is None:
+        return None
+    size = _checks.check_int(batch_size, "batch_size", minimum=1)
+    if size > n:
+        raise ValueError(f"batch_size must be at most the number of observations n = {n}; got "
+                         f"{size}. Use batch_size=None for full-batch steps.")
+    return None if size == n else size
+
+
+def _check_stderr(stderr) -> bool | str:
+    if stderr == "auto" or isinstance(stderr, (bool, np.bool_)):
+        return stderr if isinstance(stderr, str) else bool(stderr)
+    raise ValueError(f"stderr must be True, False or 'auto'; got {stderr!r}.")
+
+
+# ---- closed form --------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _score_second_derivatives(theta0, template, xs, directions, *, model: Model):
+    _, unravel = ravel_pytree(template)
+
+    def second_derivative(x, v):
+        def along(t):
+            return model.score(unravel(theta0 + t * v), x)
+
+        def first(t):
+            return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
+
+        zero = jnp.zeros((), theta0.dtype)
+        return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
+
+    second = jax.vmap(jax.vmap(second_derivative, (None, 0)), (0, None))(xs, directions)
+    scores = jax.vmap(lambda x: model.score(unravel(theta0), x))(xs)
+    return second, scores
+
+
+def _score_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
+    """Whether ``-∇ₓE(x; θ)`` is affine in the flattened constrained θ, checked by second
+    directional derivatives along random directions at a few observations (they vanish
+    identically for an affine map, and almost never by accident otherwise)."""
+    theta0, _ = ravel_pytree(params)
+    xs = data[: min(8, data.shape[0])]
+    directions = jnp.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
+                             dtype=theta0.dtype)
+    second, scores = _score_second_derivatives(theta0, params, xs, directions, model=model)
+    second = np.asarray(second)
+    scale = 1.0 + float(np.max(np.abs(np.asarray(scores))))
+    tol = float(jnp.finfo(theta0.dtype).eps) ** 0.5 * scale
+    return bool(np.all(np.isfinite(second)) and np.max(np.abs(second)) <= tol)
+
+
+def _closed_form(objective: Objective, model: Model, params: dict, state, data, key):
+    """Minimizer of an objective that is quadratic in the flattened constrained θ: one Newton
+    step from any point is exact. Returns ``None`` when the quadratic has no minimizer inside
+    the constraints (the caller then optimizes)."""
+    theta0, unravel = ravel_pytree(params)
+    _, grad, hessian = _derivatives(theta0, params, data, state, key, model=model,
+                                    objective=objective, constrained=True)
+    hessian = np.asarray(hessian, dtype=float)
+    hessian = 0.5 * (hessian + hessian.T)
+    eigvals = np.linalg.eigvalsh(hessian)
+    if eigvals[0] < -1e-8 * max(abs(eigvals[-1]), 1e-300):
+        return None  # unbounded below: no minimizer
+    step = np.linalg.lstsq(hessian, -np.asarray(grad, dtype=float), rcond=None)[0]
+    theta = jnp.asarray(np.asarray(theta0, dtype=float) + step, dtype=theta0.dtype)
+    solution = unravel(theta)
+    for name, value in solution.items():
+        con = model.constraints[name]
+        if not all(bool(jnp.all(con.check(leaf))) for leaf in jax.tree_util.tree_leaves(value)):
+            return None
+    return solution
+
+
+# ---- the optimizer loop -------------------------------------------------------------------------
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "objective", "optimizer", "batch_size",
+                                             "length"))
+def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model,
+                 objective: Objective, optimizer, batch_size: int | None, length: int):
+    """``length`` optimizer steps in one ``lax.scan``; steps at or past ``num_steps`` are no-ops
+    (so one compiled chunk serves any number of steps)."""
+    n = data.shape[0]
+
+    def loss_u(u, est_state, batch, step_key):
+        return objective.loss(model.to_constrained(u), est_state, batch, step_key)
+
+    value_and_grad = jax.value_and_grad(loss_u, has_aux=True)
+
+    def one_step(train: TrainState, i):
+        step = start + i
+        step_key = jax.random.fold_in(key, step)
+        if batch_size is None:
+            batch = Batch(data, jnp.arange(n))
+        else:
+            index = jax.random.randint(jax.random.fold_in(step_key, 1), (batch_size,), 0, n)
+            batch = Batch(data[index], index)
+        (loss, (est_state, _)), grads = value_and_grad(train.unconstrained, train.est_state,
+                                                       batch, step_key)
+        updates, opt_state = optimizer.update(grads, train.opt_state, train.unconstrained)
+        unconstrained = optax.apply_updates(train.unconstrained, updates)
+        active = step < num_steps
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        accept = active & finite
+
+        def choose(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+        failed = active & ~finite
+        train = TrainState(
+            choose(unconstrained, train.unconstrained),
+            choose(opt_state, train.opt_state),
+            choose(est_state, train.est_state),
+            jnp.where(failed, train.consecutive_failures + 1,
+                      jnp.where(accept, 0, train.consecutive_failures)),
+            train.skipped + failed.astype(train.skipped.dtype),
+        )
+        return train, jnp.where(finite, loss, jnp.nan)
+
+    return jax.lax.scan(one_step, train, jnp.arange(length))
+
+
+def _has_converged(losses: np.ndarray, window: int, tol: float) -> bool:
+    """The mean loss of the last ``window`` steps differs from that of the window before by at
+    most ``tol``, relative."""
+    if losses.size < 2 * window:
+        return False
+    last, previous = losses[-window:].mean(), losses[-2 * window:-window].mean()
+    if not (np.isfinite(last) and np.isfinite(previous)):
+        return False
+    return bool(abs(last - previous) <= tol * max(abs(previous), abs(last), 1e-12))
+
+
+# ---- full-data derivatives (compiled once per model and estimator) ------------------------------
+
+def _full_data_term(model, objective, template, est_state, key, constrained: bool):
+    """``term(flat, x, i)``: the loss of one observation at flat parameters, constrained or
+    unconstrained as ``template`` (a params pytree of the same layout) is."""
+    _, unravel = ravel_pytree(template)
+
+    def term(flat, x, index):
+        params = unravel(flat) if constrained else model.to_constrained(unravel(flat))
+        return objective.terms(params, est_state, Batch(x[None], index[None]), key)[0]
+
+    return term
+
+
+def _map_over_data(fn, data, chunk: int = 8192):
+    """``fn(x_i, i)`` for every observation: one vmap for data sets up to ``chunk`` rows
+    (cheapest to compile), blocks of ``chunk`` rows beyond that (bounded memory)."""
+    index = jnp.arange(data.shape[0])
+    if data.shape[0] <= chunk:
+        return jax.vmap(fn)(data, index)
+    return jax.lax.map(lambda a: fn(a[0], a[1]), (data, index), batch_size=chunk)
+
+
+def _mean_over_data(term, flat, data):
+    return jnp.mean(_map_over_data(lambda x, i: term(flat, x, i), data))
+
+
+_STATIC = ("model", "objective", "constrained")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _value(flat, template, data, est_state, key, *, model, objective, constrained):
+    term = _full_data_term(model, objective, template, est_state, key, constrained)
+    return _mean_over_data(term, flat, data)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _derivatives(flat, template, data, est_state, key, *, model, objective, constrained):
+    """Value, gradient and Hessian of the full-data objective."""
+    term = _full_data_term(model, objective, template, est_state, key, constrained)
+
+    def mean_loss(f):
+        return _mean_over_data(term, f, data)
+
+    value, grad = jax.value_and_grad(mean_loss)(flat)
+    return value, grad, jax.hessian(mean_loss)(flat)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _observation_grads(flat, template, data, est_state, key, *, model, objective, constrained):
+    """``∇ℓ_i`` for every observation, shape ``(n, p)``."""
+    grad_term = jax.grad(_full_data_term(model, objective, template, est_state, key,
+                                         constrained))
+    return _map_over_data(lambda x, i: grad_term(flat, x, i), data)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _constrained_jacobian(flat_u, template_u, *, model):
+    _, unravel = ravel_pytree(template_u)
+    return jax.jacfwd(lambda f: ravel_pytree(model.to_constrained(unravel(f)))[0])(flat_u)
+
+
+# ---- Newton refinement --------------------------------------------------------------------------
+
+def _newton(value_fn: Callable, derivs_fn: Callable, u0: jax.Array,
+            max_iter: int = 100) -> tuple[jax.Array, bool]:
+    """Damped Newton with backtracking on a smooth full-data objective. Returns the point and
+    whether it is a minimum to working precision (decrement tiny, Hessian positive definite)."""
+    eps = float(jnp.finfo(u0.dtype).eps)
+    u = u0
+    for _ in range(max_iter):
+        value, grad, hess = (np.asarray(a, dtype=float) for a in derivs_fn(u))
+        if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
+            return u, False
+        hess = 0.5 * (hess + hess.T)
+        eigvals = np.linalg.eigvalsh(hess)
+        positive = eigvals[0] > 0
+        shift = 0.0 if positive else abs(eigvals[0]) + 1e-8 * max(abs(eigvals[-1]), 1.0)
+        direction = -np.linalg.solve(hess + shift * np.eye(hess.shape[0]), grad)
+        decrement = -float(grad @ direction)
+        if positive and decrement <= 100 * eps * max(1.0, abs(float(value))):
+            return u, True
+        step, accepted = 1.0, False
+        for _ in range(40):
+            candidate = u + jnp.asarray(step * direction, dtype=u.dtype)
+            new_value = float(value_fn(candidate))
+            if np.isfinite(new_value) and new_value <= value - 1e-4 * step * decrement:
+                accepted = True
+                break
+            step *= 0.5
+        if not accepted:
+            # no decrease at working precision: a minimum if the curvature says so
+            return u, bool(positive and decrement <= 1e4 * eps * max(1.0, abs(float(value))))
+        u = candidate
+    return u, False
+
+
+# ---- the public function ------------------------------------------------------------------------
+
+def fit(
+    model: Model,
+    data,
+    estimator: str | Estimator = "sm",
+    *,
+    key,
+    optimizer: optax.GradientTransformation | None = None,
+    num_steps: int = 3000,
+    batch_size: int | None = None,
+    init: dict | None = None,
+    stderr: bool | str = "auto",
+    resample: bool | None = None,
+    tol: float = 1e-6,
+    window: int = 50,
+    max_failures: int = 25,
+    progress_bar: bool = True,
+) -> FitResult:
+    """Estimate θ of an unnormalized model from data, with standard errors.
+
+    Parameters
+    ----------
+    model : Model
+        The energy and its parameters (initial values are the starting point).
+    data : array (n, *event_shape)
+        Observations on the model's support.
+    estimator : str or Estimator
+        A name (``"sm"``, ``"dsm"``, ``"ssm"``) or a configured instance
+        (``un.estimators.DSM(sigma=0.1)``); see :mod:`unnorm.estimators`.
+    key : jax.random key
+        Drives minibatches and the estimator's noise; the same key gives the same result.
+    optimizer : optax.GradientTransformation, optional
+        Default ``optax.adam(1e-2)`` (``1e-3`` for models with more than
+        ``STDERR_AUTO_LIMIT`` parameters). Steps are taken in the unconstrained space.
+    num_steps : int
+        Maximum number of optimizer steps.
+    batch_size : int, optional
+        Observations per step, drawn uniformly with replacement; ``None`` for full batch.
+    init : dict, optional
+        Starting parameters (constrained space); default ``model.params``.
+    stderr : True, False or "auto"
+        Compute sandwich standard errors; ``"auto"`` does so up to ``STDERR_AUTO_LIMIT`` scalar
+        parameters.
+    resample : bool, optional
+        Draw the estimator's noise afresh at every step (as in neural-network training) instead
+        of keying it on the observation (which makes the objective a fixed function whose
+        minimizer the standard errors describe). Default: fresh exactly when standard errors
+        are not computed.
+    tol, window : float, int
+        Stop when the mean loss over the last ``window`` steps changes by less than ``tol``
+        relative to the window before. Minibatch or fresh-noise losses seldom meet this rule;
+        they run ``num_steps`` steps (``converged`` is then false, without a warning).
+    max_failures : int
+        Stop with :class:`FitError` after this many consecutive steps whose loss or gradient
+        was not finite (each such step is skipped).
+    progress_bar : bool
+        Show a tqdm bar with the current loss (off when the ``CI`` variable is set).
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> import jax, numpy as np, unnorm as un
+    >>> x = np.random.default_rng(0).normal(1.0, 2.0, size=(1000, 1))
+    >>> fit = un.fit(un.models.gaussian(1), x, "sm", key=jax.random.key(0), progress_bar=False)
+    >>> round(float(fit.params["mu"][0]), 2) == round(float(x.mean()), 2)
+    True
+    >>> list(fit.summary().columns)
+    ['estimate', 'std_err', 'ci_lower', 'ci_upper']
+    """
+    started = time.perf_counter()
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
+    estimator = resolve(estimator)
+    estimator.check(model)
+    data_np = model.support.check_data(data, "data")
+    key = _checks.check_key(key)
+    num_steps = _checks.check_int(num_steps, "num_steps", minimum=1)
+    batch_size = _check_batch_size(batch_size, data_np.shape[0])
+    stderr = _check_stderr(stderr)
+    tol = _checks.check_positive_float(tol, "tol")
+    window = _checks.check_int(window, "window", minimum=2)
+    max_failures = _checks.check_int(max_failures, "max_failures", minimum=1)
+    progress_bar = _checks.check_bool(progress_bar, "progress_bar")
+    params0 = model.params if init is None else model.check_params(init, "init")
+    num_params = int(ravel_pytree(params0)[0].size)
+    default_optimizer = optimizer is None and batch_size is None
+    optimizer = _check_optimizer(optimizer, num_params)
+    compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
+    resample = (not compute_se) if resample is None else _checks.check_bool(resample, "resample")
+
+    dtype = ravel_pytree(params0)[0].dtype
+    data = jnp.asarray(data_np, dtype=dtype)
+    n = data.shape[0]
+    objective = _objective(estimator, model, resample)
+    est_key, train_key = jax.random.split(key)
+    est_state = objective.init(params0, est_key)
+
+    fitted, method, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
+    if (objective.quadratic_if_linear_score and objective.deterministic
+            and _score_is_linear(model, params0, data)):
+        fitted = _closed_form(objective, model, params0, est_state, data, train_key)
+    if fitted is None and compute_se and objective.deterministic and default_optimizer:
+        # a small deterministic objective: Newton from the start is both faster and exact
+        u, newton_converged = _refine(model, objective, model.to_unconstrained(params0),
+                                      est_state, data, train_key)
+        if newton_converged:
+            fitted, method = model.to_constrained(u), "newton"
+    if fitted is None:
+        method = "optimizer"
+        u, losses, converged, steps, skipped, est_state = _optimize(
+            model, objective, optimizer, params0, est_state, data, train_key, num_steps,
+            batch_size, tol, window, max_failures, progress_bar, estimator.name)
+        if compute_se and objective.deterministic:
+            u, converged = _refine(model, objective, u, est_state, data, train_key)
+            method = "optimizer + newton"
+        fitted = model.to_constrained(u)
+
+    if skipped:
+        warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
+                      "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
+    if not converged and objective.deterministic and batch_size is None:
+        # a stochastic loss rarely meets a relative-change rule; only a deterministic one
+        # that does not is worth a warning
+        warnings.warn(
+            f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
+            "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
+
+    names = parameter_names(fitted)
+    covariance = se_tree = None
+    if compute_se:
+        covariance = _covariance(model, objective, fitted, est_state, data, train_key,
+                                 in_constrained=(method == "closed form"))
+        se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+        se_tree = _unravel_numpy(fitted, se_flat)
+
+    return FitResult(
+        params=jax.tree_util.tree_map(np.asarray, fitted),
+        stderr=se_tree,
+        covariance=covariance,
+        names=names,
+        loss=losses,
+        converged=bool(converged),
+        num_steps=int(steps),
+        wall_time=time.perf_counter() - started,
+        estimator=estimator.name,
+        method=method,
+        options=estimator.options(),
+        skipped_steps=int(skipped),
+        num_observations=int(n),
+    )
+
+
+def _optimize(model, objective, optimizer, params0, est_state, data, key, num_steps, batch_size,
+              tol, window, max_failures, progress_bar, estimator_name):
+    u = model.to_unconstrained(params0)
+    train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
+                       jnp.zeros((), jnp.int32))
+    length = min(num_steps, 100)
+    losses: list[np.ndarray] = []
+    converged, done = False, 0
+    with tqdm(total=num_steps, disable=_progress_disabled(progress_bar),
+              desc=f"fit {estimator_name}", leave=False) as bar:
+        while done < num_steps:
+            train, chunk_losses = _train_chunk(
+                train, data, key, jnp.asarray(done), jnp.asarray(num_steps), model=model,
+                objective=objective, optimizer=optimizer, batch_size=batch_size, length=length)
+            taken = min(length, num_steps - done)
+            chunk_losses = np.asarray(chunk_losses)[:taken]
+            losses.append(chunk_losses)
+            done += taken
+            bar.update(taken)
+            finite = chunk_losses[np.isfinite(chunk_losses)]
+            if finite.size:
+                bar.set_postfix(loss=f"{finite[-1]:.5g}")
+            failures = int(train.consecutive_failures)
+            if failures >= max_failures:
+                params = model.to_constrained(train.unconstrained)
+                raise FitError(
+                    f"estimator {estimator_name!r} stopped at step {done - failures}: "
+                    f"{failures} consecutive steps had a non-finite loss or gradient. The "
+                    f"parameters there were:\n{_format_params(params)}\nCheck the energy for "
+                    "overflow (e.g. exp of large values), lower the learning rate, or start "
+                    "from other init values."
+                )
+            history = np.concatenate(losses)
+            if _has_converged(history, window, tol):
+                converged = True
+                break
+    return (train.unconstrained, np.concatenate(losses), converged, done,
+            int(train.skipped), train.est_state)
+
+
+def _refine(model, objective, u, est_state, data, key):
+    flat, unravel = ravel_pytree(u)
+    static = dict(model=model, objective=objective, constrained=False)
+    flat, converged = _newton(
+        lambda f: _value(f, u, data, est_state, key, **static),
+        lambda f: _derivatives(f, u, data, est_state, key, **static),
+        flat)
+    return unravel(flat), converged
+
+
+def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool):
+    """Sandwich covariance of the flattened constrained parameters."""
+    template = fitted if in_constrained else model.to_unconstrained(fitted)
+    flat, _ = ravel_pytree(template)
+    static = dict(model=model, objective=objective, constrained=in_constrained)
+    grads = _observation_grads(flat, template, data, est_state, key, **static)
+    hessian = _derivatives(flat, template, data, est_state, key, **static)[2]
+    cov = sandwich_covariance(grads, hessian).covariance
+    if in_constrained:
+        return cov
+    return delta_method(_constrained_jacobian(flat, template, model=model), cov)
+
+
+def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
+    _, unravel = ravel_pytree(params)
+    return jax.tree_util.tree_map(np.asarray, unravel(jnp.asarray(flat)))

@@ -1,0 +1,37 @@
+"""Estimators of θ for :func:`unnorm.fit`, by name or as configured instances.
+
+=======  ==========================================  ==============================
+name     class                                       needs
+=======  ==========================================  ==============================
+``sm``   :class:`SM` (score matching, eq. 8)         continuous support
+``dsm``  :class:`DSM` (denoising SM, eq. 10-14)      real support
+``ssm``  :class:`SSM` (sliced SM, eq. 15-17)         continuous support
+=======  ==========================================  ==============================
+"""
+
+from __future__ import annotations
+
+from .base import Batch, Estimator, Objective
+from .score_matching import DSM, SM, SSM
+
+__all__ = ["Batch", "DSM", "Estimator", "Objective", "SM", "SSM", "ESTIMATORS", "resolve"]
+
+#: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (SM, DSM, SSM)}
+
+
+def resolve(estimator, name: str = "estimator") -> Estimator:
+    """An :class:`Estimator` from a name (``"sm"``) or an instance (``SM()``)."""
+    if isinstance(estimator, Estimator):
+        return estimator
+    if isinstance(estimator, type) and issubclass(estimator, Estimator):
+        return estimator()
+    valid = ", ".join(repr(k) for k in ESTIMATORS)
+    if isinstance(estimator, str):
+        cls = ESTIMATORS.get(estimator.lower())
+        if cls is None:
+            raise ValueError(f"unknown {name} {estimator!r}; choose one of {valid}, or pass an "
+                             "instance such as un.estimators.DSM(sigma=0.1).")
+        return cls()
+    raise TypeError(f"{name} must be a name ({valid}) or an instance such as "
+                    f"un.estimators.SSM(num_projections=2); got {type(estimator).__name__}.")

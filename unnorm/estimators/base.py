@@ -1,0 +1,84 @@
+"""The estimator contract: what :func:`unnorm.fit` needs from an estimator.
+
+An estimator is a frozen dataclass of options (``SM()``, ``DSM(sigma=0.1)``...). Bound to a model
+with :meth:`Estimator.build`, it yields an :class:`Objective`, a pair of pure functions in the
+optax shape of DESIGN.md::
+
+    init(params, key) -> state
+    loss(params, state, batch, key) -> (scalar, (state, info))
+
+so ``jax.value_and_grad(loss, has_aux=True)`` plus any optax optimizer trains it. ``terms`` gives
+the per-observation loss terms ``ℓ_i`` whose mean is the loss; the sandwich standard errors of
+:mod:`unnorm.uncertainty` are built from them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+
+from ..model import Model
+
+__all__ = ["Batch", "Objective", "Estimator"]
+
+
+class Batch(NamedTuple):
+    """A minibatch: observations ``x`` of shape ``(b, *event_shape)`` and their row ``index``
+    in the data set (estimators key per-observation noise on it)."""
+
+    x: jax.Array
+    index: jax.Array
+
+
+class Objective(NamedTuple):
+    """An estimator bound to a model.
+
+    Attributes
+    ----------
+    init : callable
+        ``init(params, key) -> state``, the estimator's state (a pytree).
+    loss : callable
+        ``loss(params, state, batch, key) -> (scalar, (state, info))``; ``params`` are in the
+        constrained space, ``key`` changes at every optimizer step.
+    terms : callable
+        ``terms(params, state, batch, key) -> array (b,)``, the per-observation terms whose mean
+        is the loss; with a fixed ``state`` they are a deterministic function of the data when
+        ``deterministic`` is true.
+    deterministic : bool
+        True when the loss does not depend on ``key`` (noise, if any, is keyed on the state
+        and the observation index), so the objective is an ordinary M-estimation criterion.
+    quadratic_if_linear_score : bool
+        True when the loss depends on θ only through the score ``-∇ₓE`` and is quadratic in it;
+        an energy whose score is linear in θ then has a closed-form minimizer.
+    """
+
+    init: Callable
+    loss: Callable
+    terms: Callable
+    deterministic: bool
+    quadratic_if_linear_score: bool
+
+
+class Estimator(abc.ABC):
+    """Base class of the estimators: frozen dataclasses whose fields are the options;
+    :meth:`build` binds them to a model."""
+
+    #: the short name used by ``un.fit(..., estimator=name)`` and in tables
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def check(self, model: Model) -> None:
+        """Raise ``ValueError`` when this estimator cannot fit ``model`` (e.g. its support)."""
+
+    @abc.abstractmethod
+    def build(self, model: Model, resample: bool) -> Objective:
+        """Bind to ``model``; ``resample`` draws fresh noise at every step instead of keying
+        it on the observation index."""
+
+    def options(self) -> dict[str, Any]:
+        """The estimator's options, for summaries."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
