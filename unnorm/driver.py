@@ -335,6 +335,7 @@ def fit(
     tol: float = 1e-6,
     window: int = 50,
     max_failures: int = 25,
+    method: str = "auto",
     progress_bar: bool = True,
 ) -> FitResult:
     """Estimate θ of an unnormalized model from data, with standard errors.
@@ -374,6 +375,11 @@ def fit(
     max_failures : int
         Stop with :class:`FitError` after this many consecutive steps whose loss or gradient
         was not finite (each such step is skipped).
+    method : {"auto", "optimizer"}
+        ``"auto"`` solves in closed form when the objective is quadratic in θ, and starts with
+        Newton steps on small deterministic objectives with the default optimizer;
+        ``"optimizer"`` always runs the optimizer (then refines by Newton when standard errors
+        are computed).
     progress_bar : bool
         Show a tqdm bar with the current loss (off when the ``CI`` variable is set).
 
@@ -405,6 +411,7 @@ def fit(
     window = _checks.check_int(window, "window", minimum=2)
     max_failures = _checks.check_int(max_failures, "max_failures", minimum=1)
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
+    solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
     num_params = int(ravel_pytree(params0)[0].size)
     default_optimizer = optimizer is None and batch_size is None
@@ -419,24 +426,25 @@ def fit(
     est_key, train_key = jax.random.split(key)
     est_state = objective.init(params0, est_key)
 
-    fitted, method, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
-    if (objective.quadratic_if_linear_score and objective.deterministic
+    fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
+    if (solve_directly and objective.quadratic_if_linear_score and objective.deterministic
             and _score_is_linear(model, params0, data)):
         fitted = _closed_form(objective, model, params0, est_state, data, train_key)
-    if fitted is None and compute_se and objective.deterministic and default_optimizer:
+    if (fitted is None and solve_directly and compute_se and objective.deterministic
+            and default_optimizer):
         # a small deterministic objective: Newton from the start is both faster and exact
         u, newton_converged = _refine(model, objective, model.to_unconstrained(params0),
                                       est_state, data, train_key)
         if newton_converged:
-            fitted, method = model.to_constrained(u), "newton"
+            fitted, route = model.to_constrained(u), "newton"
     if fitted is None:
-        method = "optimizer"
+        route = "optimizer"
         u, losses, converged, steps, skipped, est_state = _optimize(
             model, objective, optimizer, params0, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
         if compute_se and objective.deterministic:
             u, converged = _refine(model, objective, u, est_state, data, train_key)
-            method = "optimizer + newton"
+            route = "optimizer + newton"
         fitted = model.to_constrained(u)
 
     if skipped:
@@ -453,7 +461,7 @@ def fit(
     covariance = se_tree = None
     if compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
-                                 in_constrained=(method == "closed form"))
+                                 in_constrained=(route == "closed form"))
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
         se_tree = _unravel_numpy(fitted, se_flat)
 
@@ -467,7 +475,7 @@ def fit(
         num_steps=int(steps),
         wall_time=time.perf_counter() - started,
         estimator=estimator.name,
-        method=method,
+        method=route,
         options=estimator.options(),
         skipped_steps=int(skipped),
         num_observations=int(n),
@@ -500,9 +508,10 @@ def _optimize(model, objective, optimizer, params0, est_state, data, key, num_st
             if failures >= max_failures:
                 params = model.to_constrained(train.unconstrained)
                 raise FitError(
-                    f"estimator {estimator_name!r} stopped at step {done - failures}: "
-                    f"{failures} consecutive steps had a non-finite loss or gradient. The "
-                    f"parameters there were:\n{_format_params(params)}\nCheck the energy for "
+                    f"estimator {estimator_name!r} stopped at step {done - failures}: from "
+                    f"there on {failures} consecutive steps (max_failures={max_failures}) had a "
+                    f"non-finite loss or gradient and were skipped. The parameters there "
+                    f"were:\n{_format_params(params)}\nCheck the energy for "
                     "overflow (e.g. exp of large values), lower the learning rate, or start "
                     "from other init values."
                 )

@@ -1,0 +1,170 @@
+"""The fit driver: bad input, stopping, non-finite steps, reproducibility, FitResult."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+
+import unnorm as un
+
+KEY = jax.random.key(0)
+
+
+def _scale_energy(params, x):
+    return 0.5 * params["prec"] * jnp.sum(x**2)
+
+
+SCALE = un.Model(_scale_energy, params={"prec": 1.0},
+                 constraints={"prec": un.constraints.positive}, support=un.supports.real(2))
+SCALE_DATA = np.random.default_rng(0).normal(scale=0.5, size=(400, 2))
+OPTIMIZER = optax.adam(0.05)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"estimator": "nope"}, ValueError, r"unknown estimator 'nope'; choose one of 'sm', 'dsm'"),
+    ({"estimator": 3}, TypeError, "estimator must be a name"),
+    ({"estimator": un.estimators.DSM(sigma=0.0)}, ValueError, r"sigma must be a finite number > 0"),
+    ({"estimator": un.estimators.DSM(sigma=-1.0)}, ValueError, r"sigma must be .*> 0; got -1.0"),
+    ({"estimator": un.estimators.DSM(sigma=[0.1, -2.0])}, ValueError, r"sigma\[1\] must be"),
+    ({"estimator": un.estimators.DSM(sigma=[])}, ValueError, "non-empty list"),
+    ({"estimator": un.estimators.SSM(num_projections=0)}, ValueError,
+     "num_projections must be >= 1; got 0"),
+    ({"estimator": un.estimators.SSM(projection="uniform")}, ValueError,
+     "unknown projection 'uniform'"),
+    ({"estimator": un.estimators.SM(truncation=-1.0)}, ValueError, "truncation must be"),
+    ({"batch_size": 401}, ValueError, r"batch_size must be at most .* n = 400; got 401"),
+    ({"batch_size": 0}, ValueError, "batch_size must be >= 1; got 0"),
+    ({"optimizer": "adam"}, TypeError, "optimizer must be an optax GradientTransformation"),
+    ({"optimizer": optax.adam}, TypeError, "optimizer must be an optax GradientTransformation"),
+    ({"num_steps": 0}, ValueError, "num_steps must be >= 1"),
+    ({"stderr": "yes"}, ValueError, "stderr must be True, False or 'auto'"),
+    ({"key": 0}, TypeError, "key must be a JAX PRNG key"),
+    ({"method": "lbfgs"}, ValueError, "unknown method 'lbfgs'"),
+    ({"init": {"prec": -1.0}}, ValueError, r"init\['prec'\] violates its constraint"),
+    ({"tol": 0.0}, ValueError, "tol must be a finite number > 0"),
+])
+def test_bad_arguments(kwargs, error, match):
+    call = {"estimator": "sm", "key": KEY, "progress_bar": False} | kwargs
+    with pytest.raises(error, match=match):
+        un.fit(SCALE, SCALE_DATA, **call)
+
+
+def test_bad_data():
+    bad = SCALE_DATA.copy()
+    bad[17, 1] = np.nan
+    with pytest.raises(ValueError, match=r"data contains 1 NaN .*first at row 17"):
+        un.fit(SCALE, bad, "sm", key=KEY)
+    bad[17, 1] = np.inf
+    with pytest.raises(ValueError, match=r"first at row 17"):
+        un.fit(SCALE, bad, "ssm", key=KEY)
+    with pytest.raises(ValueError, match=r"data has shape \(400, 3\).*needs shape \(n, 2\)"):
+        un.fit(SCALE, np.zeros((400, 3)), "sm", key=KEY)
+    with pytest.raises(TypeError, match="model must be an unnorm.Model"):
+        un.fit(_scale_energy, SCALE_DATA, "sm", key=KEY)
+
+
+@pytest.mark.parametrize("name", ["sm", "dsm", "ssm"])
+def test_score_matching_on_discrete_data_points_to_pseudo_likelihood(name):
+    model = un.models.ising_chain(4)
+    data = np.ones((10, 4))
+    with pytest.raises(ValueError, match=rf"estimator '{name}' needs a continuous support.*'pl'"):
+        un.fit(model, data, name, key=KEY)
+
+
+def test_dsm_on_a_bounded_support_is_refused():
+    model = un.Model(lambda p, x: p["rate"] * jnp.sum(x), params={"rate": 1.0},
+                     support=un.supports.positive(2))
+    with pytest.raises(ValueError, match="'dsm' adds Gaussian noise.*use 'sm' or 'ssm'"):
+        un.fit(model, np.ones((5, 2)), "dsm", key=KEY)
+
+
+def test_repeated_non_finite_steps_stop_with_a_clear_error():
+    # the score turns NaN once prec passes 1.5, on the way to its optimum 1 / 0.25 = 4
+    def energy(params, x):
+        poison = jnp.where(params["prec"] > 1.5, jnp.nan, 0.0)
+        return 0.5 * params["prec"] * jnp.sum(x**2) + poison * jnp.sum(x)
+
+    model = un.Model(energy, params={"prec": 1.0}, support=un.supports.real(2))
+    with pytest.raises(un.FitError, match=r"estimator 'sm' stopped at step \d+: from there on \d+ "
+                                          r"consecutive steps \(max_failures=5\)[\s\S]*prec = "):
+        un.fit(model, SCALE_DATA, "sm", key=KEY, optimizer=OPTIMIZER, max_failures=5,
+               method="optimizer", stderr=False, progress_bar=False)
+
+
+# ---- the optimizer loop -------------------------------------------------------------------------
+
+def test_optimizer_route_converges_and_records_the_loss():
+    fit = un.fit(SCALE, SCALE_DATA, "sm", key=KEY, optimizer=OPTIMIZER, method="optimizer",
+                 stderr=False, num_steps=3000, progress_bar=False)
+    assert fit.method == "optimizer" and fit.converged
+    assert 0 < fit.num_steps < 3000 and fit.loss.shape == (fit.num_steps,)
+    assert fit.loss[-1] < fit.loss[0]
+    # SM's optimum for E = ½ λ‖x‖² is λ = d / mean ‖x‖²
+    expected = 2 / np.mean(np.sum(SCALE_DATA**2, axis=1))
+    np.testing.assert_allclose(fit.params["prec"], expected, rtol=1e-3)
+
+
+def test_same_key_same_result_and_other_key_other_result():
+    estimator = un.estimators.SSM(num_projections=1)
+    common = dict(optimizer=OPTIMIZER, num_steps=200, batch_size=64, stderr=False,
+                  progress_bar=False)
+    a = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(5), **common)
+    b = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(5), **common)
+    c = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(6), **common)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert a.params["prec"] == b.params["prec"]
+    assert a.params["prec"] != c.params["prec"]
+    assert a.num_steps == 200 and not a.converged  # minibatch losses run all steps
+
+
+def test_minibatch_fit_with_fresh_noise_still_finds_the_optimum():
+    fit = un.fit(SCALE, SCALE_DATA, un.estimators.SSM(), key=KEY, optimizer=optax.adam(0.01),
+                 num_steps=2000, batch_size=100, resample=True, stderr=False,
+                 progress_bar=False)
+    expected = 2 / np.mean(np.sum(SCALE_DATA**2, axis=1))
+    np.testing.assert_allclose(fit.params["prec"], expected, rtol=0.15)
+
+
+# ---- the result ---------------------------------------------------------------------------------
+
+def test_fit_result_summary_intervals_and_printing():
+    fit = un.fit(un.models.gaussian(2), np.random.default_rng(1).normal(size=(300, 2)), "sm",
+                 key=KEY, progress_bar=False)
+    table = fit.summary()
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.columns) == ["estimate", "std_err", "ci_lower", "ci_upper"]
+    assert list(table.index) == ["mu[0]", "mu[1]", "prec[0,0]", "prec[0,1]", "prec[1,0]",
+                                 "prec[1,1]"]
+    lower, upper = fit.conf_int(0.9)["mu"]
+    np.testing.assert_allclose(upper - lower, 2 * 1.6448536 * fit.stderr["mu"], rtol=1e-5)
+    assert np.all(lower < fit.params["mu"]) and np.all(fit.params["mu"] < upper)
+    np.testing.assert_allclose(table.loc["mu[1]", "std_err"], fit.stderr["mu"][1])
+    text = repr(fit)
+    assert "estimator='sm'" in text and "prec[0,1]" in text and "std_err" in text
+    assert fit.estimator == "sm" and fit.wall_time > 0 and fit.num_observations == 300
+    with pytest.raises(ValueError, match="level must lie strictly between 0 and 1"):
+        fit.conf_int(95)
+
+
+def test_without_standard_errors():
+    fit = un.fit(SCALE, SCALE_DATA, "sm", key=KEY, stderr=False, progress_bar=False)
+    assert fit.stderr is None and fit.covariance is None
+    assert "standard errors not computed" in repr(fit)
+    assert fit.summary()["std_err"].isna().all()
+    with pytest.raises(ValueError, match="no standard errors"):
+        fit.conf_int()
+
+
+def test_no_warning_for_a_clean_closed_form_fit():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = un.fit(SCALE, SCALE_DATA, "sm", key=KEY, progress_bar=False)
+    assert fit.method == "closed form" and fit.converged and fit.num_steps == 0
