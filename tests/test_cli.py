@@ -10,10 +10,13 @@ import unnorm as un
 from unnorm import cli
 
 
-def test_demo_runs_every_sampler_and_prints_summaries():
+def test_demo_runs_every_estimator_and_sampler_and_prints_summaries():
     out = io.StringIO()
     cli.demo(num_samples=200, out=out)
     text = out.getvalue()
+    for estimator in ("sm", "ssm", "dsm"):
+        assert f"{estimator} (" in text
+    assert "std_err" in text and "prec[0,1]" in text
     for sampler in ("nuts", "hmc", "mala", "langevin", "rwmh", "gibbs"):
         assert f"── {sampler}" in text
     assert "ess_bulk" in text and "r_hat" in text

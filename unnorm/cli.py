@@ -1,7 +1,9 @@
 """The ``unnorm`` command line.
 
-``unnorm demo`` samples built-in models with every sampler and prints ArviZ summaries next to the
-exact answers, so a fresh install shows at once that the pieces work together.
+``unnorm demo`` fits a built-in model with every estimator (estimates, standard errors and
+intervals next to the truth), then samples built-in models with every sampler and prints ArviZ
+summaries next to the exact answers, so a fresh install shows at once that the pieces work
+together.
 """
 
 from __future__ import annotations
@@ -19,9 +21,37 @@ __all__ = ["main", "demo"]
 _THINNING = {"nuts": 1, "hmc": 1, "mala": 4, "langevin": 10, "rwmh": 5}
 
 
+def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> None:
+    """Fit a 2-D Gaussian to simulated data with every estimator; print estimates, standard
+    errors and intervals next to the truth."""
+    import jax
+    import pandas as pd
+
+    n = 2000
+    data = np.random.default_rng(seed).multivariate_normal(mean, np.linalg.inv(precision), n)
+    model = un.models.gaussian(2)
+    truth = {"mu": mean, "prec": precision}
+    say(f"Fitting mu and prec of a 2-D Gaussian from n = {n} simulated observations:")
+    rows = []
+    estimators = {"sm": "sm", "ssm": un.estimators.SSM(num_projections=1),
+                  "dsm": un.estimators.DSM(sigma=0.05, control_variate=True)}
+    for name, estimator in estimators.items():
+        fit = un.fit(model, data, estimator, key=jax.random.key(seed), progress_bar=False)
+        table = fit.summary()
+        table.insert(0, "estimator", f"{name} ({fit.method})")
+        table["truth"] = np.concatenate([np.ravel(truth[k]) for k in fit.params])
+        table["time_s"] = fit.wall_time
+        rows.append(table)
+    table = pd.concat(rows).reset_index().set_index(["estimator", "parameter"])
+    say(table.round(4).to_string())
+    say("(DSM fits the density of x + σz, so its precision is biased by about σ²Λ²; the 95% "
+        "intervals of SM and SSM cover the truth about 95% of the time.)\n")
+
+
 def demo(seed: int = 0, num_samples: int = 1000, progress_bar: bool = False, out=None) -> None:
-    """Sample a correlated 2-D Gaussian with every continuous sampler and a 10-spin Ising chain
-    with Gibbs; print ArviZ summaries, the truth, and the exact log Z of the chain."""
+    """Fit a 2-D Gaussian with every estimator; sample a correlated 2-D Gaussian with every
+    continuous sampler and a 10-spin Ising chain with Gibbs; print the fits, ArviZ summaries,
+    the truth, and the exact log Z of the chain."""
     import arviz as az
     import jax
     import jax.numpy as jnp
@@ -37,6 +67,7 @@ def demo(seed: int = 0, num_samples: int = 1000, progress_bar: bool = False, out
     rho = 0.75
     cov = jnp.array([[1.0, rho], [rho, 1.0]])
     gaussian = un.models.gaussian(2, precision=jnp.linalg.inv(cov))
+    _fit_table(un, say, seed, np.array([1.0, -0.5]), np.asarray(jnp.linalg.inv(cov)))
     say(f"unnorm {un.__version__} demo: the energy E(x) = ½ xᵀ Σ⁻¹ x with unit variances and "
         f"correlation {rho}.")
     say(f"Each sampler: 4 chains, 500 warmup steps, {num_samples} kept draws (thinning: "
@@ -100,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
     demo_parser = commands.add_parser(
-        "demo", help="sample built-in models with every sampler and print ArviZ summaries"
+        "demo", help="fit a built-in model with every estimator, then sample built-in models with "
+        "every sampler and print ArviZ summaries"
     )
     demo_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo_parser.add_argument("--num-samples", type=int, default=1000,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -28,7 +27,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks
+from . import _checks, solvers
 from .estimators import Batch, Estimator, Objective, resolve
 from .model import Model, _format_params
 from .result import FitResult
@@ -99,64 +98,6 @@ def _check_stderr(stderr) -> bool | str:
     raise ValueError(f"stderr must be True, False or 'auto'; got {stderr!r}.")
 
 
-# ---- closed form --------------------------------------------------------------------------------
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _score_second_derivatives(theta0, template, xs, directions, *, model: Model):
-    _, unravel = ravel_pytree(template)
-
-    def second_derivative(x, v):
-        def along(t):
-            return model.score(unravel(theta0 + t * v), x)
-
-        def first(t):
-            return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
-
-        zero = jnp.zeros((), theta0.dtype)
-        return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
-
-    second = jax.vmap(jax.vmap(second_derivative, (None, 0)), (0, None))(xs, directions)
-    scores = jax.vmap(lambda x: model.score(unravel(theta0), x))(xs)
-    return second, scores
-
-
-def _score_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
-    """Whether ``-∇ₓE(x; θ)`` is affine in the flattened constrained θ, checked by second
-    directional derivatives along random directions at a few observations (they vanish
-    identically for an affine map, and almost never by accident otherwise)."""
-    theta0, _ = ravel_pytree(params)
-    xs = data[: min(8, data.shape[0])]
-    directions = jnp.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
-                             dtype=theta0.dtype)
-    second, scores = _score_second_derivatives(theta0, params, xs, directions, model=model)
-    second = np.asarray(second)
-    scale = 1.0 + float(np.max(np.abs(np.asarray(scores))))
-    tol = float(jnp.finfo(theta0.dtype).eps) ** 0.5 * scale
-    return bool(np.all(np.isfinite(second)) and np.max(np.abs(second)) <= tol)
-
-
-def _closed_form(objective: Objective, model: Model, params: dict, state, data, key):
-    """Minimizer of an objective that is quadratic in the flattened constrained θ: one Newton
-    step from any point is exact. Returns ``None`` when the quadratic has no minimizer inside
-    the constraints (the caller then optimizes)."""
-    theta0, unravel = ravel_pytree(params)
-    _, grad, hessian = _derivatives(theta0, params, data, state, key, model=model,
-                                    objective=objective, constrained=True)
-    hessian = np.asarray(hessian, dtype=float)
-    hessian = 0.5 * (hessian + hessian.T)
-    eigvals = np.linalg.eigvalsh(hessian)
-    if eigvals[0] < -1e-8 * max(abs(eigvals[-1]), 1e-300):
-        return None  # unbounded below: no minimizer
-    step = np.linalg.lstsq(hessian, -np.asarray(grad, dtype=float), rcond=None)[0]
-    theta = jnp.asarray(np.asarray(theta0, dtype=float) + step, dtype=theta0.dtype)
-    solution = unravel(theta)
-    for name, value in solution.items():
-        con = model.constraints[name]
-        if not all(bool(jnp.all(con.check(leaf))) for leaf in jax.tree_util.tree_leaves(value)):
-            return None
-    return solution
-
-
 # ---- the optimizer loop -------------------------------------------------------------------------
 
 def _all_finite(tree) -> jax.Array:
@@ -219,103 +160,6 @@ def _has_converged(losses: np.ndarray, window: int, tol: float) -> bool:
     if not (np.isfinite(last) and np.isfinite(previous)):
         return False
     return bool(abs(last - previous) <= tol * max(abs(previous), abs(last), 1e-12))
-
-
-# ---- full-data derivatives (compiled once per model and estimator) ------------------------------
-
-def _full_data_term(model, objective, template, est_state, key, constrained: bool):
-    """``term(flat, x, i)``: the loss of one observation at flat parameters, constrained or
-    unconstrained as ``template`` (a params pytree of the same layout) is."""
-    _, unravel = ravel_pytree(template)
-
-    def term(flat, x, index):
-        params = unravel(flat) if constrained else model.to_constrained(unravel(flat))
-        return objective.terms(params, est_state, Batch(x[None], index[None]), key)[0]
-
-    return term
-
-
-def _map_over_data(fn, data, chunk: int = 8192):
-    """``fn(x_i, i)`` for every observation: one vmap for data sets up to ``chunk`` rows
-    (cheapest to compile), blocks of ``chunk`` rows beyond that (bounded memory)."""
-    index = jnp.arange(data.shape[0])
-    if data.shape[0] <= chunk:
-        return jax.vmap(fn)(data, index)
-    return jax.lax.map(lambda a: fn(a[0], a[1]), (data, index), batch_size=chunk)
-
-
-def _mean_over_data(term, flat, data):
-    return jnp.mean(_map_over_data(lambda x, i: term(flat, x, i), data))
-
-
-_STATIC = ("model", "objective", "constrained")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _value(flat, template, data, est_state, key, *, model, objective, constrained):
-    term = _full_data_term(model, objective, template, est_state, key, constrained)
-    return _mean_over_data(term, flat, data)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _derivatives(flat, template, data, est_state, key, *, model, objective, constrained):
-    """Value, gradient and Hessian of the full-data objective."""
-    term = _full_data_term(model, objective, template, est_state, key, constrained)
-
-    def mean_loss(f):
-        return _mean_over_data(term, f, data)
-
-    value, grad = jax.value_and_grad(mean_loss)(flat)
-    return value, grad, jax.hessian(mean_loss)(flat)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _observation_grads(flat, template, data, est_state, key, *, model, objective, constrained):
-    """``∇ℓ_i`` for every observation, shape ``(n, p)``."""
-    grad_term = jax.grad(_full_data_term(model, objective, template, est_state, key,
-                                         constrained))
-    return _map_over_data(lambda x, i: grad_term(flat, x, i), data)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _constrained_jacobian(flat_u, template_u, *, model):
-    _, unravel = ravel_pytree(template_u)
-    return jax.jacfwd(lambda f: ravel_pytree(model.to_constrained(unravel(f)))[0])(flat_u)
-
-
-# ---- Newton refinement --------------------------------------------------------------------------
-
-def _newton(value_fn: Callable, derivs_fn: Callable, u0: jax.Array,
-            max_iter: int = 100) -> tuple[jax.Array, bool]:
-    """Damped Newton with backtracking on a smooth full-data objective. Returns the point and
-    whether it is a minimum to working precision (decrement tiny, Hessian positive definite)."""
-    eps = float(jnp.finfo(u0.dtype).eps)
-    u = u0
-    for _ in range(max_iter):
-        value, grad, hess = (np.asarray(a, dtype=float) for a in derivs_fn(u))
-        if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
-            return u, False
-        hess = 0.5 * (hess + hess.T)
-        eigvals = np.linalg.eigvalsh(hess)
-        positive = eigvals[0] > 0
-        shift = 0.0 if positive else abs(eigvals[0]) + 1e-8 * max(abs(eigvals[-1]), 1.0)
-        direction = -np.linalg.solve(hess + shift * np.eye(hess.shape[0]), grad)
-        decrement = -float(grad @ direction)
-        if positive and decrement <= 100 * eps * max(1.0, abs(float(value))):
-            return u, True
-        step, accepted = 1.0, False
-        for _ in range(40):
-            candidate = u + jnp.asarray(step * direction, dtype=u.dtype)
-            new_value = float(value_fn(candidate))
-            if np.isfinite(new_value) and new_value <= value - 1e-4 * step * decrement:
-                accepted = True
-                break
-            step *= 0.5
-        if not accepted:
-            # no decrease at working precision: a minimum if the curvature says so
-            return u, bool(positive and decrement <= 1e4 * eps * max(1.0, abs(float(value))))
-        u = candidate
-    return u, False
 
 
 # ---- the public function ------------------------------------------------------------------------
@@ -428,8 +272,8 @@ def fit(
 
     fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
     if (solve_directly and objective.quadratic_if_linear_score and objective.deterministic
-            and _score_is_linear(model, params0, data)):
-        fitted = _closed_form(objective, model, params0, est_state, data, train_key)
+            and solvers.score_is_linear(model, params0, data)):
+        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
     if (fitted is None and solve_directly and compute_se and objective.deterministic
             and default_optimizer):
         # a small deterministic objective: Newton from the start is both faster and exact
@@ -526,9 +370,9 @@ def _optimize(model, objective, optimizer, params0, est_state, data, key, num_st
 def _refine(model, objective, u, est_state, data, key):
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
-    flat, converged = _newton(
-        lambda f: _value(f, u, data, est_state, key, **static),
-        lambda f: _derivatives(f, u, data, est_state, key, **static),
+    flat, converged = solvers.newton(
+        lambda f: solvers.value(f, u, data, est_state, key, **static),
+        lambda f: solvers.derivatives(f, u, data, est_state, key, **static),
         flat)
     return unravel(flat), converged
 
@@ -538,12 +382,12 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     template = fitted if in_constrained else model.to_unconstrained(fitted)
     flat, _ = ravel_pytree(template)
     static = dict(model=model, objective=objective, constrained=in_constrained)
-    grads = _observation_grads(flat, template, data, est_state, key, **static)
-    hessian = _derivatives(flat, template, data, est_state, key, **static)[2]
+    grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
+    hessian = solvers.derivatives(flat, template, data, est_state, key, **static)[2]
     cov = sandwich_covariance(grads, hessian).covariance
     if in_constrained:
         return cov
-    return delta_method(_constrained_jacobian(flat, template, model=model), cov)
+    return delta_method(solvers.constrained_jacobian(flat, template, model=model), cov)
 
 
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
