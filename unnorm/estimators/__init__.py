@@ -6,18 +6,21 @@ name     class                                       needs
 ``sm``   :class:`SM` (score matching, eq. 8)         continuous support
 ``dsm``  :class:`DSM` (denoising SM, eq. 10-14)      real support
 ``ssm``  :class:`SSM` (sliced SM, eq. 15-17)         continuous support
+``pl``   :class:`PseudoLikelihood` (Besag 1975)      binary or spin support
 =======  ==========================================  ==============================
 """
 
 from __future__ import annotations
 
 from .base import Batch, Estimator, Objective
+from .pseudolikelihood import PseudoLikelihood
 from .score_matching import DSM, SM, SSM
 
-__all__ = ["Batch", "DSM", "Estimator", "Objective", "SM", "SSM", "ESTIMATORS", "resolve"]
+__all__ = ["Batch", "DSM", "Estimator", "Objective", "PseudoLikelihood", "SM", "SSM",
+           "ESTIMATORS", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (SM, DSM, SSM)}
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (SM, DSM, SSM, PseudoLikelihood)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:
