@@ -83,6 +83,18 @@ def test_sm_gaussian_equals_mle_in_float64():
     assert np.all(fit.stderr["mu"] > 0)
 
 
+@pytest.mark.parametrize("estimator", [
+    un.estimators.SSM(num_projections=1),
+    un.estimators.DSM(sigma=0.05, control_variate=True),
+], ids=["ssm", "dsm"])
+def test_gaussian_mean_and_precision_recovered(estimator):
+    mean = np.array([1.0, -2.0, 0.5])
+    prec = np.array([[2.0, 0.5, 0.0], [0.5, 1.5, -0.4], [0.0, -0.4, 1.0]])
+    x = np.random.default_rng(11).multivariate_normal(mean, np.linalg.inv(prec), size=N)
+    fit = un.fit(un.models.gaussian(3), x, estimator, key=KEY, progress_bar=False)
+    assert np.max(np.abs(z_scores(fit, {"mu": mean, "prec": prec}))) < 4
+
+
 # ---- a 2-D non-Gaussian exponential family (quartic) ---------------------------------------------
 
 QUARTIC_TRUTH = {"a": 1.0, "b": -0.8, "c": -0.5}

@@ -371,9 +371,7 @@ def _refine(model, objective, u, est_state, data, key):
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
     flat, converged = solvers.newton(
-        lambda f: solvers.value(f, u, data, est_state, key, **static),
-        lambda f: solvers.derivatives(f, u, data, est_state, key, **static),
-        flat)
+        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
     return unravel(flat), converged
 
 

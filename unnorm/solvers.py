@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 from .estimators import Batch, Objective
 from .model import Model
 
-__all__ = ["score_is_linear", "closed_form", "newton", "value", "derivatives",
+__all__ = ["score_is_linear", "closed_form", "newton", "derivatives",
            "observation_grads", "constrained_jacobian"]
 
 
@@ -111,12 +111,6 @@ _STATIC = ("model", "objective", "constrained")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def value(flat, template, data, est_state, key, *, model, objective, constrained):
-    term = _full_data_term(model, objective, template, est_state, key, constrained)
-    return _mean_over_data(term, flat, data)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def derivatives(flat, template, data, est_state, key, *, model, objective, constrained):
     """Value, gradient and Hessian of the full-data objective."""
     term = _full_data_term(model, objective, template, est_state, key, constrained)
@@ -144,14 +138,22 @@ def constrained_jacobian(flat_u, template_u, *, model):
 
 # ---- Newton refinement --------------------------------------------------------------------------
 
-def newton(value_fn: Callable, derivs_fn: Callable, u0: jax.Array,
-            max_iter: int = 100) -> tuple[jax.Array, bool]:
-    """Damped Newton with backtracking on a smooth full-data objective. Returns the point and
-    whether it is a minimum to working precision (decrement tiny, Hessian positive definite)."""
+def newton(derivs_fn: Callable, u0: jax.Array, max_iter: int = 100) -> tuple[jax.Array, bool]:
+    """Damped Newton with backtracking on a smooth full-data objective.
+
+    ``derivs_fn(u) -> (value, grad, hessian)``; the line search reuses it (one compiled function
+    instead of two, and an accepted point's derivatives serve the next iteration). Returns the
+    point and whether it is a minimum to working precision (Newton decrement tiny, Hessian
+    positive definite).
+    """
     eps = float(jnp.finfo(u0.dtype).eps)
+
+    def evaluate(u):
+        return tuple(np.asarray(a, dtype=float) for a in derivs_fn(u))
+
     u = u0
+    value, grad, hess = evaluate(u)
     for _ in range(max_iter):
-        value, grad, hess = (np.asarray(a, dtype=float) for a in derivs_fn(u))
         if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
             return u, False
         hess = 0.5 * (hess + hess.T)
@@ -160,18 +162,19 @@ def newton(value_fn: Callable, derivs_fn: Callable, u0: jax.Array,
         shift = 0.0 if positive else abs(eigvals[0]) + 1e-8 * max(abs(eigvals[-1]), 1.0)
         direction = -np.linalg.solve(hess + shift * np.eye(hess.shape[0]), grad)
         decrement = -float(grad @ direction)
-        if positive and decrement <= 100 * eps * max(1.0, abs(float(value))):
+        scale = max(1.0, abs(float(value)))
+        if positive and decrement <= 100 * eps * scale:
             return u, True
-        step, accepted = 1.0, False
+        step, accepted = 1.0, None
         for _ in range(40):
             candidate = u + jnp.asarray(step * direction, dtype=u.dtype)
-            new_value = float(value_fn(candidate))
-            if np.isfinite(new_value) and new_value <= value - 1e-4 * step * decrement:
-                accepted = True
+            evaluated = evaluate(candidate)
+            if np.isfinite(evaluated[0]) and evaluated[0] <= value - 1e-4 * step * decrement:
+                accepted = evaluated
                 break
             step *= 0.5
-        if not accepted:
+        if accepted is None:
             # no decrease at working precision: a minimum if the curvature says so
-            return u, bool(positive and decrement <= 1e4 * eps * max(1.0, abs(float(value))))
-        u = candidate
+            return u, bool(positive and decrement <= 1e4 * eps * scale)
+        u, (value, grad, hess) = candidate, accepted
     return u, False
