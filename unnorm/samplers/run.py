@@ -51,62 +51,83 @@ def _to_position(model: Model, u: jax.Array) -> jax.Array:
     return u if model.support.is_discrete else model.support.transform(u)
 
 
-def _step_keys(chain_key, start, length):
-    return jax.vmap(lambda i: jax.random.fold_in(chain_key, i))(start + jnp.arange(length))
+@functools.partial(jax.jit, static_argnames=("model", "spec", "num_chains"))
+def _prepare(model: Model, spec: SamplerSpec, params, key, positions, num_chains: int):
+    """Everything before the first step, in one compiled function: the keys, the starting
+    points (dispersed ones when ``positions`` is None), their checks and the chains' states.
 
-
-@functools.partial(jax.jit, static_argnames=("model", "spec"))
-def _init_chains(model: Model, spec: SamplerSpec, params, keys, positions):
+    Returns ``(positions, unconstrained, value_ok, grad_ok, states, warmup_keys,
+    sampling_keys)``; ``value_ok`` / ``grad_ok`` say per chain whether the energy and the
+    log-density (and, for gradient-based samplers, its gradient) are finite at the start."""
+    key_init, key_chains, key_warmup, key_sampling = jax.random.split(key, 4)
+    support = model.support
+    if positions is None:
+        positions = support.initial_positions(key_init, num_chains)
+    unconstrained = positions if support.is_discrete else support.transform.inv(positions)
     logdensity_fn = unconstrained_logdensity(model, params)
-    return jax.vmap(lambda key, u: spec.init(u, logdensity_fn, key))(keys, positions)
-
-
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _finalize(spec: SamplerSpec, states):
-    return jax.vmap(spec.finalize)(states)
+    energies = jax.vmap(lambda x: model.energy(params, x))(positions)
+    logdensities = jax.vmap(logdensity_fn)(unconstrained)
+    value_ok = jnp.isfinite(energies) & jnp.isfinite(logdensities)
+    grad_ok = jnp.ones_like(value_ok)
+    if spec.uses_gradient:
+        grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
+        grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
+    states = jax.vmap(lambda k, u: spec.init(u, logdensity_fn, k))(
+        jax.random.split(key_chains, num_chains), unconstrained)
+    return (positions, unconstrained, value_ok, grad_ok, states,
+            jax.random.split(key_warmup, num_chains), jax.random.split(key_sampling, num_chains))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "length", "thinning"))
 def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, start, warmup,
-               length: int, thinning: int):
+               finalize, length: int, thinning: int):
     """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
 
-    ``warmup`` is traced, so warmup and sampling chunks of one length share one compilation."""
+    ``warmup`` and ``finalize`` (end the warmup before the first step) are traced, so warmup
+    and sampling chunks of one length share one compilation. Returns the states, the draws and
+    statistics with dims (draw, chain, ...), and whether every draw is finite."""
     logdensity_fn = unconstrained_logdensity(model, params)
     exact_lp = model.support.is_discrete or model.support.kind == "real"
+    states = jax.lax.cond(finalize, jax.vmap(spec.finalize), lambda s: s, states)
 
-    def one_chain(chain_key, state):
-        def one_draw(state, draw_keys):
-            if thinning == 1:
-                state, info = spec.step(draw_keys[0], state, logdensity_fn, warmup)
-                diverged = info.is_divergent
-            else:
-                def inner(i, carry):
-                    state, _, diverged = carry
-                    state, info = spec.step(draw_keys[i], state, logdensity_fn, warmup)
-                    return state, info, diverged | info.is_divergent
+    def one_step(key, state):
+        return spec.step(key, state, logdensity_fn, warmup)
 
-                # Zeros of the info's shape start the loop, so the step is traced only once.
-                _, info_shape = jax.eval_shape(
-                    lambda key, state: spec.step(key, state, logdensity_fn, warmup),
-                    draw_keys[0], state,
-                )
-                info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
-                state, info, diverged = jax.lax.fori_loop(
-                    0, thinning, inner, (state, info, jnp.zeros((), bool))
-                )
-            stats = spec.stats(state, info)
-            stats["diverging"] = diverged
-            position = _to_position(model, spec.position(state))
-            stats["lp"] = (
-                spec.logdensity(state) if exact_lp else -model.energy(params, position)
+    def one_draw(state, draw_keys):
+        if thinning == 1:
+            state, info = one_step(draw_keys[0], state)
+            diverged = info.is_divergent
+        else:
+            def inner(i, carry):
+                state, _, diverged = carry
+                state, info = one_step(draw_keys[i], state)
+                return state, info, diverged | info.is_divergent
+
+            # Zeros of the info's shape start the loop, so the step is traced only once.
+            _, info_shape = jax.eval_shape(one_step, draw_keys[0], state)
+            info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
+            state, info, diverged = jax.lax.fori_loop(
+                0, thinning, inner, (state, info, jnp.zeros((), bool))
             )
-            return state, (position, stats)
+        stats = spec.stats(state, info)
+        stats["diverging"] = diverged
+        position = _to_position(model, spec.position(state))
+        stats["lp"] = spec.logdensity(state) if exact_lp else -model.energy(params, position)
+        return state, (position, stats)
 
-        keys = _step_keys(chain_key, start * thinning, length * thinning)
-        return jax.lax.scan(one_draw, state, keys.reshape(length, thinning, *keys.shape[1:]))
+    def one_draw_all_chains(states, index):
+        # Step keys are fold_in(chain_key, global step): the stream does not depend on how the
+        # run is chunked.
+        steps = (start + index) * thinning + jnp.arange(thinning)
+        keys = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(steps))(
+            chain_keys)
+        return jax.vmap(one_draw)(states, keys)
 
-    return jax.vmap(one_chain)(chain_keys, states)
+    # A scan over draws with the chains vmapped inside: the draws come out as (draw, chain, ...)
+    # with no transposition on the device; the caller swaps the axes of the NumPy array (a
+    # view, not a copy).
+    states, (positions, stats) = jax.lax.scan(one_draw_all_chains, states, jnp.arange(length))
+    return states, (positions, stats), jnp.all(jnp.isfinite(positions))
 
 
 def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int:
@@ -134,10 +155,11 @@ def _phase_chunks(total: int, length: int, show_progress: bool) -> list[int]:
     return [size] * (total // size) + ([total % size] if total % size else [])
 
 
-def _initial_positions(model: Model, init, key, num_chains: int) -> jax.Array:
+def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
+    """The validated ``init`` points, one per chain; None for the default dispersed ones."""
     support = model.support
     if init is None:
-        return support.initial_positions(key, num_chains)
+        return None
     arr = np.asarray(init, dtype=float)
     if arr.shape == support.event_shape:
         arr = np.broadcast_to(arr, (num_chains, *support.event_shape))
@@ -150,27 +172,8 @@ def _initial_positions(model: Model, init, key, num_chains: int) -> jax.Array:
     return jnp.asarray(arr)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "uses_gradient"))
-def _initial_evaluation(model: Model, params, positions, uses_gradient: bool):
-    """Unconstrained starts, and per chain: energy and log-density finite, gradient finite."""
-    unconstrained = (
-        positions if model.support.is_discrete else model.support.transform.inv(positions)
-    )
-    logdensity_fn = unconstrained_logdensity(model, params)
-    energies = jax.vmap(lambda x: model.energy(params, x))(positions)
-    logdensities = jax.vmap(logdensity_fn)(unconstrained)
-    value_ok = jnp.isfinite(energies) & jnp.isfinite(logdensities)
-    grad_ok = jnp.ones_like(value_ok)
-    if uses_gradient:
-        grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
-        grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
-    return unconstrained, value_ok, grad_ok
-
-
-def _check_initial_state(model: Model, params, positions: jax.Array, uses_gradient: bool):
+def _check_initial_state(params, positions, value_ok, grad_ok) -> None:
     """PyMC-style 'Initial evaluation failed': name the chains, the points and the params."""
-    unconstrained, value_ok, grad_ok = _initial_evaluation(model, params, positions,
-                                                           uses_gradient)
     ok, what = np.asarray(value_ok), "energy"
     if ok.all() and not np.asarray(grad_ok).all():
         ok, what = np.asarray(grad_ok), "gradient of the energy"
@@ -184,7 +187,6 @@ def _check_initial_state(model: Model, params, positions: jax.Array, uses_gradie
             "Check the energy for log/division of non-positive values, or pass init= points "
             "where it is finite."
         )
-    return unconstrained
 
 
 def _progress_disabled(progress_bar: bool) -> bool:
@@ -295,12 +297,11 @@ def sample(
     values = model.support.values if model.support.is_discrete else None
     spec = build_sampler(sampler, num_warmup, values, **tuning)
 
-    key_init, key_chains, key_warmup, key_sampling = jax.random.split(key, 4)
-    positions = _initial_positions(model, init, key_init, num_chains)
-    unconstrained = _check_initial_state(model, params, positions, spec.uses_gradient)
+    positions = _initial_positions(model, init, num_chains)
+    positions, _, value_ok, grad_ok, states, warmup_keys, sampling_keys = _prepare(
+        model, spec, params, key, positions, num_chains)
+    _check_initial_state(params, positions, value_ok, grad_ok)
 
-    states = _init_chains(model, spec, params, jax.random.split(key_chains, num_chains),
-                          unconstrained)
     disabled = _progress_disabled(progress_bar)
     length = _chunk_length(num_warmup, num_samples, not disabled)
     started = time.perf_counter()
@@ -308,42 +309,40 @@ def sample(
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
         # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
         # their adaptation window in steps.
-        states, _ = _run_phase(model, spec, params, states, key_warmup, num_warmup, 1,
-                               _WARMUP, length, bar, disabled)
-        states = _finalize(spec, states)
-        states, (draws, stats) = _run_phase(model, spec, params, states, key_sampling,
-                                            num_samples, thinning, _SAMPLING, length, bar,
-                                            disabled)
+        states, _, _ = _run_phase(model, spec, params, states, warmup_keys, num_warmup, 1,
+                                  _WARMUP, length, bar, disabled)
+        states, (draws, stats), finite = _run_phase(model, spec, params, states, sampling_keys,
+                                                    num_samples, thinning, _SAMPLING, length,
+                                                    bar, disabled)
     elapsed = time.perf_counter() - started
 
-    draws = np.asarray(draws)
-    if not np.all(np.isfinite(draws)):  # kernels reject non-finite moves; this guards the guard
+    if not finite:  # kernels reject non-finite moves; this guards the guard
         raise RuntimeError(
             f"sampler {sampler!r} produced non-finite draws; this is a bug in unnorm, please "
             "report it with the model."
         )
     idata = to_inference_data(
         {"x": draws},
-        {k: np.asarray(v) for k, v in stats.items()},
+        stats,
         attrs={"sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
                "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
     )
     if warn:
-        warn_convergence(draws, np.asarray(stats["diverging"]), sampler)
+        warn_convergence(draws, stats["diverging"], sampler)
     return idata
 
 
-def _run_phase(model, spec, params, states, phase_key, total, thinning, phase, length, bar,
+def _run_phase(model, spec, params, states, chain_keys, total, thinning, phase, length, bar,
                disabled):
-    """Run one phase in chunks; return the final states and (for sampling) the stacked output."""
-    num_chains = jax.tree_util.tree_leaves(states)[0].shape[0]
-    chain_keys = jax.random.split(phase_key, num_chains)
-    outputs, done = [], 0
+    """Run one phase in chunks. Returns the final states, (for sampling) the draws and the
+    statistics as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
+    outputs, finite, done = [], True, 0
     warmup = jnp.asarray(phase == _WARMUP)
     for chunk in _phase_chunks(total, length, not disabled):
         try:
-            states, out = _run_chunk(model, spec, params, chain_keys, states, done, warmup,
-                                     chunk, thinning)
+            # The first sampling chunk ends the warmup (fixes the adapted step size) first.
+            states, out, ok = _run_chunk(model, spec, params, chain_keys, states, done, warmup,
+                                         phase == _SAMPLING and done == 0, chunk, thinning)
             out = jax.block_until_ready(out)
         except Exception as err:
             raise RuntimeError(
@@ -353,12 +352,19 @@ def _run_phase(model, spec, params, states, phase_key, total, thinning, phase, l
         done += chunk
         if phase == _SAMPLING:
             outputs.append(out)
-        accept, diverging = out[1]["acceptance_rate"], out[1]["diverging"]
+            finite = finite and bool(ok)
         bar.update(chunk)
         if not disabled:
+            accept, diverging = out[1]["acceptance_rate"], out[1]["diverging"]
             bar.set_postfix(phase=phase, accept=f"{float(jnp.mean(accept)):.2f}",
                             divergent=int(jnp.sum(diverging)))
     if phase != _SAMPLING:
-        return states, None
-    stacked = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=1), *outputs)
-    return states, stacked
+        return states, None, True
+
+    def to_numpy(*parts):
+        # (draw, chain, ...) chunks -> one (chain, draw, ...) array; a single chunk is a view.
+        joined = np.asarray(parts[0]) if len(parts) == 1 else np.concatenate(
+            [np.asarray(p) for p in parts])
+        return np.swapaxes(joined, 0, 1)
+
+    return states, jax.tree_util.tree_map(to_numpy, *outputs), finite
