@@ -307,6 +307,135 @@ def test_gibbs_boltzmann_exact_moments():
     assert_mcse_z(_pairwise_checks(x, first, second))
 
 
+# The blocked (chromatic) scan, exact for any energy whose interaction graph it certifies.
+
+
+def _enumerate_energy_moments(energy, values, d: int):
+    """Exact E[x_i] and E[x_i x_j] under p ∝ exp(-energy(x)) on {a, b}^d by summing over the
+    2^d configurations in float64; ``energy`` is a NumPy function of a (n, d) batch."""
+    configs = np.array(list(itertools.product(values, repeat=d)), dtype=float)
+    log_w = -energy(configs)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    return w @ configs, np.einsum("n,ni,nj->ij", w, configs, configs)
+
+
+# Ising model on a 3 x 3 lattice (open boundaries): random couplings on the 12 lattice bonds,
+# zero elsewhere, so the graph at θ is the lattice and two colours (a checkerboard) cover it.
+_LATTICE_J = np.zeros((9, 9))
+for _site in range(9):
+    _row, _col = divmod(_site, 3)
+    if _col < 2:
+        _LATTICE_J[_site, _site + 1] = 1.0
+    if _row < 2:
+        _LATTICE_J[_site, _site + 3] = 1.0
+_LATTICE_J *= np.random.default_rng(8).uniform(-0.8, 0.8, size=(9, 9))
+LATTICE_J = _LATTICE_J[np.triu_indices(9, k=1)]
+LATTICE_H = np.random.default_rng(9).uniform(-0.4, 0.4, size=9)
+LATTICE = un.models.ising(J=_LATTICE_J, h=LATTICE_H)
+
+# Binary units on a (2, 3) grid: a pairwise chain through the six units (C order), fields, and
+# two pure three-way terms, x0 x1 x2 and x3 x4 x5. Multilinear, so the flip differences come
+# from the gradient; the graph is the chain plus the two triangles (three colours).
+TRIPLE_CHAIN = np.array([0.9, -0.7, 0.5, 0.8, -0.6])
+TRIPLE_B = np.array([-0.5, 0.3, -0.2, 0.4, -0.6, 0.1])
+TRIPLE_C = np.array([1.5, -1.8])
+
+
+def _triple_energy(params, x):
+    flat = x.reshape(-1)
+    return (-jnp.sum(params["w"] * flat[:-1] * flat[1:]) - params["b"] @ flat
+            - params["c"][0] * flat[0] * flat[1] * flat[2]
+            - params["c"][1] * flat[3] * flat[4] * flat[5])
+
+
+def _triple_energy_np(configs):
+    return (-(configs[:, :-1] * configs[:, 1:]) @ TRIPLE_CHAIN - configs @ TRIPLE_B
+            - TRIPLE_C[0] * configs[:, 0] * configs[:, 1] * configs[:, 2]
+            - TRIPLE_C[1] * configs[:, 3] * configs[:, 4] * configs[:, 5])
+
+
+TRIPLE = un.Model(_triple_energy, params={"w": TRIPLE_CHAIN, "b": TRIPLE_B, "c": TRIPLE_C},
+                  support=un.supports.binary((2, 3)), name="triple")
+
+# Spins on a ring of 7 with a three-way term, written so that the energy is NOT multilinear as a
+# function of real x (squares of sums): the flip differences are then computed from a batch of
+# energy evaluations per colour. On spins, (x_i + x_j)² = 2 + 2 x_i x_j.
+RING_J = np.array([0.6, -0.5, 0.7, 0.4, -0.8, 0.5, 0.3])
+RING_H = np.array([0.2, -0.3, 0.1, 0.0, 0.4, -0.2, 0.3])
+RING_C = 0.9
+
+
+def _ring_energy(params, x):
+    neighbours = jnp.roll(x, -1)
+    return (-0.5 * jnp.sum(params["J"] * (x + neighbours) ** 2) - params["h"] @ x
+            - params["c"] * x[0] * x[2] * x[4])
+
+
+def _ring_energy_np(configs):
+    neighbours = np.roll(configs, -1, axis=1)
+    return (-0.5 * ((configs + neighbours) ** 2) @ RING_J - configs @ RING_H
+            - RING_C * configs[:, 0] * configs[:, 2] * configs[:, 4])
+
+
+RING = un.Model(_ring_energy, params={"J": RING_J, "h": RING_H, "c": RING_C},
+                support=un.supports.spin(7), name="ring")
+
+BLOCKED = {"lattice": LATTICE, "triple": TRIPLE, "ring": RING}
+
+
+@functools.cache
+def blocked_run(name: str):
+    return _sample(BLOCKED[name], 22, "gibbs", scan="blocked", **GIBBS_RUN)
+
+
+def test_blocked_gibbs_uses_the_expected_colourings():
+    from unnorm.samplers import structure
+
+    found = {name: structure.gibbs_structure(model, model.params, "auto")
+             for name, model in BLOCKED.items()}
+    assert len(found["lattice"].blocks.colors) == 2 and found["lattice"].blocks.multilinear
+    assert len(found["triple"].blocks.colors) == 3 and found["triple"].blocks.multilinear
+    assert not found["ring"].blocks.multilinear
+    # ring of 7 plus the triangle {0, 2, 4}
+    assert int(found["ring"].adjacency.sum()) // 2 == 7 + 3
+
+
+def test_blocked_gibbs_ising_lattice_exact_moments():
+    x = _draws(blocked_run("lattice"))
+    assert set(np.unique(x)) == {-1.0, 1.0}
+    first, second = _enumerate_moments((-1.0, 1.0), LATTICE_J, LATTICE_H)
+    # 9 magnetizations and 36 pair correlations
+    assert_mcse_z(_pairwise_checks(x, first, second))
+
+
+def test_blocked_gibbs_three_way_interactions_exact_moments():
+    x = _draws(blocked_run("triple")).reshape(NUM_CHAINS, -1, 6)
+    assert set(np.unique(x)) == {0.0, 1.0}
+    first, second = _enumerate_energy_moments(_triple_energy_np, (0.0, 1.0), 6)
+    checks = _pairwise_checks(x, first, second)
+    # and the three-way moments that the extra terms act on directly
+    configs = np.array(list(itertools.product((0.0, 1.0), repeat=6)))
+    weights = np.exp(-_triple_energy_np(configs))
+    weights /= weights.sum()
+    for a, b, c in [(0, 1, 2), (3, 4, 5)]:
+        exact = float(weights @ (configs[:, a] * configs[:, b] * configs[:, c]))
+        checks[f"E[x{a} x{b} x{c}]"] = (x[..., a] * x[..., b] * x[..., c], exact)
+    assert_mcse_z(checks)
+
+
+def test_blocked_gibbs_non_multilinear_energy_exact_moments():
+    x = _draws(blocked_run("ring"))
+    assert set(np.unique(x)) == {-1.0, 1.0}
+    first, second = _enumerate_energy_moments(_ring_energy_np, (-1.0, 1.0), 7)
+    assert_mcse_z(_pairwise_checks(x, first, second))
+
+
+@pytest.mark.parametrize("name", list(BLOCKED))
+def test_lp_is_minus_energy_blocked_gibbs(name):
+    _assert_lp_is_minus_energy(BLOCKED[name], blocked_run(name))
+
+
 # ---- 4. exact log Z -----------------------------------------------------------------------------
 
 

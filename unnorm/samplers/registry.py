@@ -62,8 +62,8 @@ SAMPLERS: dict[str, _Entry] = {
                        {"step_size": 0.1, "target_accept": 0.99, "adapt_step_size": True}),
     "rwmh": _Entry(False, False, "random-walk Metropolis-Hastings",
                    {"step_size": 0.5, "target_accept": 0.234, "adapt_step_size": True}),
-    "gibbs": _Entry(True, False, "single-site Gibbs (binary / spin supports)",
-                    {"unroll": 1}),
+    "gibbs": _Entry(True, False, "Gibbs, sequential or blocked scan (binary / spin supports)",
+                    {"unroll": 1, "scan": "auto"}),
 }
 
 
@@ -140,8 +140,11 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
     )
 
 
-def _gibbs_spec(values: tuple[float, float], tuning: dict) -> SamplerSpec:
+def _gibbs_spec(values: tuple[float, float], tuning: dict, blocks) -> SamplerSpec:
     def step(key, state, logdensity_fn, warmup):
+        if blocks is not None:
+            return gibbs.blocked_step(key, state, logdensity_fn, blocks.colors, values=values,
+                                      multilinear=blocks.multilinear, unroll=tuning["unroll"])
         return gibbs.step(key, state, logdensity_fn, values=values, unroll=tuning["unroll"])
 
     def stats(state, info):
@@ -162,7 +165,7 @@ def _gibbs_spec(values: tuple[float, float], tuning: dict) -> SamplerSpec:
 
 
 @functools.lru_cache(maxsize=256)
-def _build(name: str, num_warmup: int, values, tuning_items: tuple) -> SamplerSpec:
+def _build(name: str, num_warmup: int, values, tuning_items: tuple, blocks) -> SamplerSpec:
     tuning = dict(tuning_items)
     if name in ("nuts", "hmc"):
         return _hmc_spec(name, num_warmup, tuning)
@@ -172,14 +175,16 @@ def _build(name: str, num_warmup: int, values, tuning_items: tuple) -> SamplerSp
         return _adaptive_spec(name, langevin.init, langevin.ula_step, tuning)
     if name == "rwmh":
         return _adaptive_spec(name, rwmh.init, rwmh.step, tuning)
-    return _gibbs_spec(values, tuning)
+    return _gibbs_spec(values, tuning, blocks)
 
 
-def build_sampler(name: str, num_warmup: int, values=None, **tuning) -> SamplerSpec:
+def build_sampler(name: str, num_warmup: int, values=None, blocks=None, **tuning) -> SamplerSpec:
     """Build (and cache) the :class:`SamplerSpec` of sampler ``name`` with tuning options.
 
-    Unknown tuning options raise ``TypeError`` listing the accepted ones. The spec is cached on
-    its arguments so repeated :func:`unnorm.sample` calls reuse compiled code.
+    ``blocks`` (gibbs only): a :class:`~unnorm.samplers.structure.GibbsBlocks` colouring for
+    the blocked scan, or None for the sequential one. Unknown tuning options raise
+    ``TypeError`` listing the accepted ones. The spec is cached on its arguments so repeated
+    :func:`unnorm.sample` calls reuse compiled code.
     """
     entry = SAMPLERS[name]
     unknown = sorted(set(tuning) - set(entry.tuning))
@@ -190,7 +195,7 @@ def build_sampler(name: str, num_warmup: int, values=None, **tuning) -> SamplerS
         )
     checked = {k: _OPTION_CHECKS[k](v, k) for k, v in tuning.items() if v is not None}
     merged = {**entry.tuning, **checked}
-    return _build(name, int(num_warmup), values, tuple(sorted(merged.items())))
+    return _build(name, int(num_warmup), values, tuple(sorted(merged.items())), blocks)
 
 
 def _check_unroll(value, name: str) -> int | bool:
@@ -209,4 +214,5 @@ _OPTION_CHECKS: dict[str, Callable] = {
     "adapt_mass_matrix": _checks.check_bool,
     "adapt_step_size": _checks.check_bool,
     "unroll": _check_unroll,
+    "scan": lambda v, k: _checks.check_choice(v, k, ["auto", "sequential", "blocked"]),
 }

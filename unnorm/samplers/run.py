@@ -25,6 +25,7 @@ from .. import _checks
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
+from . import structure
 from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
 
 __all__ = ["sample", "unconstrained_logdensity"]
@@ -295,7 +296,8 @@ def sample(
             raise ValueError("target_accept does not apply to sampler 'gibbs'.")
         tuning["target_accept"] = _checks.check_probability(target_accept, "target_accept")
     values = model.support.values if model.support.is_discrete else None
-    spec = build_sampler(sampler, num_warmup, values, **tuning)
+    blocks = _gibbs_blocks(model, params, tuning) if sampler == "gibbs" else None
+    spec = build_sampler(sampler, num_warmup, values, blocks=blocks, **tuning)
 
     positions = _initial_positions(model, init, num_chains)
     positions, _, value_ok, grad_ok, states, warmup_keys, sampling_keys = _prepare(
@@ -330,6 +332,28 @@ def sample(
     if warn:
         warn_convergence(draws, stats["diverging"], sampler)
     return idata
+
+
+def _gibbs_blocks(model: Model, params, tuning: dict):
+    """Resolve gibbs' ``scan`` option (in place, to "sequential" or "blocked") and return the
+    colouring of the blocked scan, or None for the sequential one."""
+    scan = _checks.check_choice(tuning.get("scan", "auto"), "scan",
+                                ["auto", "sequential", "blocked"])
+    blocks = None
+    if scan != "sequential":
+        found = structure.gibbs_structure(model, params, scan)
+        if found.blocks is None and scan == "blocked":
+            raise ValueError(
+                f"scan='blocked' needs the interaction graph of the energy, which could not be "
+                f"certified: {found.reason} (only real-analytic operations of x are). Use "
+                "scan='sequential', exact for any energy."
+            )
+        blocks = found.blocks
+        # "auto": a graph that needs one colour per site gains nothing from blocking.
+        if scan == "auto" and blocks is not None and len(blocks.colors) == model.support.size:
+            blocks = None
+    tuning["scan"] = "sequential" if blocks is None else "blocked"
+    return blocks
 
 
 def _run_phase(model, spec, params, states, chain_keys, total, thinning, phase, length, bar,
