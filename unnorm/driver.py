@@ -210,8 +210,8 @@ def fit(
     resample : bool, optional
         Draw the estimator's noise afresh at every step (as in neural-network training) instead
         of keying it on the observation (which makes the objective a fixed function whose
-        minimizer the standard errors describe). Default: fresh exactly when standard errors
-        are not computed.
+        minimizer the standard errors describe). Default: fresh for models with more than
+        ``STDERR_AUTO_LIMIT`` parameters (neural energies), keyed otherwise.
     tol, window : float, int
         Stop when the mean loss over the last ``window`` steps changes by less than ``tol``
         relative to the window before. Minibatch or fresh-noise losses seldom meet this rule;
@@ -261,7 +261,9 @@ def fit(
     default_optimizer = optimizer is None and batch_size is None
     optimizer = _check_optimizer(optimizer, num_params)
     compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
-    resample = (not compute_se) if resample is None else _checks.check_bool(resample, "resample")
+    if resample is None:
+        resample = num_params > STDERR_AUTO_LIMIT
+    resample = _checks.check_bool(resample, "resample")
 
     dtype = ravel_pytree(params0)[0].dtype
     data = jnp.asarray(data_np, dtype=dtype)
