@@ -115,7 +115,7 @@ def test_optimizer_route_converges_and_records_the_loss():
 def test_same_key_same_result_and_other_key_other_result():
     estimator = un.estimators.SSM(num_projections=1)
     common = dict(optimizer=OPTIMIZER, num_steps=200, batch_size=64, stderr=False,
-                  progress_bar=False)
+                  method="optimizer", progress_bar=False)
     a = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(5), **common)
     b = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(5), **common)
     c = un.fit(SCALE, SCALE_DATA, estimator, key=jax.random.key(6), **common)
