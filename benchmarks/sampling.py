@@ -20,7 +20,8 @@ Three comparisons, same machine and same run, fixed keys:
    ``lax.scan``. The mean acceptance rates are printed to check that the step sizes agree.
 3. Gibbs: sweeps per second of ``un.sample(..., sampler="gibbs")`` on a 100-spin Ising chain
    against a plain NumPy heat-bath sampler (vectorized over chains, a Python loop over the
-   sites computing each site's local field).
+   sites computing each site's local field). unnorm picks its blocked scan here (two colours);
+   the row ``unnorm-sequential`` is the site-by-site scan (``scan="sequential"``).
 
 "first" is a call in a fresh Python process (JAX compilation included, imports excluded);
 "warm" re-uses compiled code: the same ``Model`` object (unnorm), the same ``MCMC`` object
@@ -286,11 +287,12 @@ def gibbs_impls(num_chains: int, cfg: dict) -> dict:
     sweeps = cfg["gibbs_sweeps"][str(num_chains)]
     np_sweeps = cfg["gibbs_numpy_sweeps"]
 
-    def ours(seed):
+    def ours(seed, scan="auto"):
+        # scan="auto" picks the blocked (chromatic) scan here: two colours, multilinear energy.
         idata, seconds = timed(lambda: un.sample(
             model, model.params, key=jax.random.key(seed), sampler="gibbs",
             num_chains=num_chains, num_warmup=0, num_samples=sweeps, progress_bar=False,
-            warn=False))
+            warn=False, scan=scan))
         x = idata.posterior["x"].values
         return {"seconds": seconds, "sweeps": sweeps,
                 "mean_spin": float(x[:, sweeps // 10:].mean())}
@@ -301,7 +303,8 @@ def gibbs_impls(num_chains: int, cfg: dict) -> dict:
         return {"seconds": seconds, "sweeps": np_sweeps,
                 "mean_spin": float(out[np_sweeps // 10:].mean())}
 
-    return {"unnorm": ours, "numpy": reference}
+    return {"unnorm": ours, "numpy": reference,
+            "unnorm-sequential": lambda seed: ours(seed, scan="sequential")}
 
 
 BENCHMARKS = {"nuts": ("nuts_dims", nuts_impls), "mala": ("mala_dims", mala_impls),
@@ -309,7 +312,7 @@ BENCHMARKS = {"nuts": ("nuts_dims", nuts_impls), "mala": ("mala_dims", mala_impl
 #: Implementations with nothing to compile: their "first" call is not measured apart.
 NO_COMPILE = {"numpy"}
 #: Diagnostic entries measured warm only (to keep the full run under 10 minutes).
-WARM_ONLY = {"numpyro-functional", "unnorm-defaults"}
+WARM_ONLY = {"numpyro-functional", "unnorm-defaults", "unnorm-sequential"}
 
 
 # ---------------------------------------------------------------------------------------------
