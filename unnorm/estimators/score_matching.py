@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
+import folx
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +31,7 @@ from ..model import Model
 from ..supports import Support
 from .base import Batch, Estimator, Objective
 
-__all__ = ["SM", "DSM", "SSM", "boundary_weight", "grad_and_hessian_diagonal"]
+__all__ = ["SM", "DSM", "SSM", "boundary_weight", "grad_and_hessian_diagonal", "grad_and_laplacian"]
 
 
 class NoiseState(NamedTuple):
@@ -52,8 +54,47 @@ def grad_and_hessian_diagonal(energy_x: Callable, x: jax.Array) -> tuple[jax.Arr
     return grad, diag.reshape(x.shape)
 
 
+def grad_and_laplacian(energy_x: Callable, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``∇ₓE`` and the Laplacian ``tr ∇ₓ²E`` at one observation ``x``.
+
+    Computed by the forward Laplacian (Li et al. 2023, "Forward Laplacian"; the ``folx``
+    library): one forward pass carries each intermediate value's gradient in ``x`` and its
+    Laplacian, so neither a backward pass nor ``d`` Hessian-vector products are needed; on MLP
+    energies this is 1.5-3.5x faster than :func:`grad_and_hessian_diagonal`
+    (benchmarks/README.md). Energies whose operations the forward Laplacian cannot trace (a
+    ``lax.scan`` over ``x``, a ``fori_loop``) fall back to :func:`grad_and_hessian_diagonal`;
+    both are exact.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from unnorm.estimators.score_matching import grad_and_laplacian
+    >>> grad, lap = grad_and_laplacian(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]))
+    >>> grad.tolist(), float(lap)                       # 3x², Σ 6x
+    ([3.0, 12.0], 18.0)
+    """
+    def energy_flat(y):
+        return energy_x(y.reshape(x.shape))
+
+    previous = logging.root.manager.disable
+    # folx logs to the root logger while it traces (and on the failures we recover from)
+    logging.disable(logging.CRITICAL)
+    try:
+        out = folx.forward_laplacian(energy_flat, sparsity_threshold=0)(x.reshape(-1))
+        return out.jacobian.dense_array.reshape(x.shape), out.laplacian
+    except Exception:  # noqa: BLE001 - any primitive folx cannot trace: the HVP route is exact
+        grad, diag = grad_and_hessian_diagonal(energy_x, x)
+        return grad, jnp.sum(diag)
+    finally:
+        logging.disable(previous)
+
+
 def _grad_and_quadratic_forms(energy_x: Callable, x: jax.Array, vs: jax.Array):
     """``∇ₓE`` and ``vᵀ ∇ₓ²E v`` for each row ``v`` of ``vs`` (seed 004, eq. 16: O(d) each)."""
+    if vs.shape[0] == 1:
+        # one projection: a plain jvp; a vmap over a size-1 axis compiles to a slower step
+        grad, hv = jax.jvp(jax.grad(energy_x), (x,), (vs[0],))
+        return grad, jnp.vdot(vs[0], hv)[None]
     grad, hvp = jax.linearize(jax.grad(energy_x), x)
     return grad, jax.vmap(lambda v: jnp.vdot(v, hvp(v)))(vs)
 
@@ -141,8 +182,8 @@ def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
 class SM(Estimator):
     """Score matching (Hyvärinen 2005; seed 004, eq. 8), generalized on bounded supports.
 
-    Minimizes ``mean_i ½‖∇ₓE(x_i)‖² - tr ∇ₓ²E(x_i)``; the trace comes from ``d``
-    forward-over-reverse Hessian-vector products per observation. On ``positive`` and
+    Minimizes ``mean_i ½‖∇ₓE(x_i)‖² - tr ∇ₓ²E(x_i)``; the trace comes from a forward
+    Laplacian pass (:func:`grad_and_laplacian`), the Hessian never formed. On ``positive`` and
     ``interval`` supports the boundary-weighted form of Hyvärinen (2007) is used (see
     :func:`boundary_weight`). When the score is linear in θ (exponential families) the objective
     is quadratic and :func:`unnorm.fit` solves it in closed form.
@@ -179,9 +220,12 @@ class SM(Estimator):
         weight = boundary_weight(model.support, _check_truncation(self.truncation))
 
         def term(params, x, key):
-            grad, diag = grad_and_hessian_diagonal(lambda y: model.energy(params, y), x)
+            energy_x = lambda y: model.energy(params, y)  # noqa: E731
             if weight is None:
-                return 0.5 * jnp.sum(grad**2) - jnp.sum(diag)
+                grad, laplacian = grad_and_laplacian(energy_x, x)
+                return 0.5 * jnp.sum(grad**2) - laplacian
+            # the weighted sum Σ h_j ∂²_j E needs the diagonal itself
+            grad, diag = grad_and_hessian_diagonal(energy_x, x)
             h, dh = weight(x)
             return jnp.sum(0.5 * h * grad**2 - h * diag - dh * grad)
 
