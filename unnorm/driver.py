@@ -32,7 +32,7 @@ from .estimators import Batch, Estimator, Objective, resolve
 from .model import Model, _format_params
 from .result import FitResult
 from .samplers.run import _progress_disabled
-from .uncertainty import delta_method, parameter_names, sandwich_covariance
+from .uncertainty import delta_method, sandwich_covariance
 
 __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
 
@@ -303,7 +303,6 @@ def fit(
             f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
             "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
 
-    names = parameter_names(fitted)
     covariance = se_tree = None
     if compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
@@ -315,7 +314,6 @@ def fit(
         params=jax.tree_util.tree_map(np.asarray, fitted),
         stderr=se_tree,
         covariance=covariance,
-        names=names,
         loss=losses,
         converged=bool(converged),
         num_steps=int(steps),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from statistics import NormalDist
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import _checks
+from .uncertainty import parameter_names
 
 __all__ = ["FitResult"]
 
@@ -30,7 +32,8 @@ class FitResult:
     covariance : numpy.ndarray or None
         Covariance of the flattened constrained parameters, in the order of :attr:`names`.
     names : list of str
-        One label per scalar parameter: ``mu[0]``, ``prec[0,1]``.
+        One label per scalar parameter: ``mu[0]``, ``prec[0,1]`` (built on first use: a neural
+        energy has tens of thousands).
     loss : numpy.ndarray
         The objective at every optimizer step (empty for a closed-form fit); a step whose loss
         or gradient was not finite was skipped and holds NaN here (counted in ``skipped_steps``).
@@ -50,7 +53,6 @@ class FitResult:
     params: dict[str, Any]
     stderr: dict[str, Any] | None
     covariance: np.ndarray | None
-    names: list[str]
     loss: np.ndarray
     converged: bool
     num_steps: int
@@ -60,6 +62,10 @@ class FitResult:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped_steps: int = 0
     num_observations: int = 0
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        return parameter_names(self.params)
 
     # ---- intervals and tables --------------------------------------------------------------------
     def _flat(self, tree) -> np.ndarray:
