@@ -64,6 +64,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
+import folx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "estimators.json"
 
 LOSSES = ("sm", "dsm", "ssm")
-IMPLS = ("torchebm", "jax", "unnorm")
+IMPLS = ("torchebm", "jax", "jax-hvp", "unnorm")
 TORCH_THREADS = 2
 
 #: Steps per timed block, per (loss, d): about 0.5-5 s of work per block and implementation.
@@ -127,8 +128,15 @@ def mlp_energy(params, x):
 
 
 def sm_term(params, x):
-    """``½‖∇ₓE‖² - tr ∇ₓ²E`` at one observation; the Hessian diagonal from ``d``
-    forward-over-reverse Hessian-vector products (the d×d Hessian is not stored)."""
+    """``½‖∇ₓE‖² - tr ∇ₓ²E`` at one observation; gradient and Laplacian from one forward
+    Laplacian pass (``folx``), the algorithm ``un.estimators.SM`` uses."""
+    out = folx.forward_laplacian(lambda y: mlp_energy(params, y), sparsity_threshold=0)(x)
+    return 0.5 * jnp.sum(out.jacobian.dense_array**2) - out.laplacian
+
+
+def sm_term_hvp(params, x):
+    """The same loss with the Hessian diagonal from ``d`` forward-over-reverse Hessian-vector
+    products (the d×d Hessian is not stored): the textbook way, as a reference."""
     grad_fn = jax.grad(lambda y: mlp_energy(params, y))
     grad = grad_fn(x)
     diag = jax.vmap(lambda e: jnp.vdot(e, jax.jvp(grad_fn, (x,), (e,))[1]))(jnp.eye(x.size))
@@ -149,10 +157,11 @@ def ssm_term(params, x, v, variance_reduction=True):
     return first - jnp.vdot(v, hv)
 
 
-def batch_loss(loss: str, params, x, key, sigma: float):
-    """Mean loss over a minibatch ``x`` (b, d); ``key`` draws the noise or projections."""
+def batch_loss(loss: str, params, x, key, sigma: float, hvp: bool = False):
+    """Mean loss over a minibatch ``x`` (b, d); ``key`` draws the noise or projections;
+    ``hvp`` computes SM's trace by Hessian-vector products instead of the forward Laplacian."""
     if loss == "sm":
-        return jnp.mean(jax.vmap(sm_term, (None, 0))(params, x))
+        return jnp.mean(jax.vmap(sm_term_hvp if hvp else sm_term, (None, 0))(params, x))
     noise = jax.random.normal(key, x.shape, x.dtype)
     if loss == "dsm":
         return jnp.mean(jax.vmap(dsm_term, (None, 0, 0, None))(params, x, noise, sigma))
@@ -163,7 +172,7 @@ def batch_loss(loss: str, params, x, key, sigma: float):
 # implementations: each is a function seed -> {"seconds", "steps", "final_loss"}
 
 
-def jax_impl(loss: str, d: int, data: np.ndarray, cfg: dict, steps: int):
+def jax_impl(loss: str, d: int, data: np.ndarray, cfg: dict, steps: int, hvp: bool = False):
     params = {"net": [{k: jnp.asarray(v) for k, v in layer.items()}
                       for layer in init_mlp(d, cfg["hidden"])]}
     data = jnp.asarray(data)
@@ -177,7 +186,7 @@ def jax_impl(loss: str, d: int, data: np.ndarray, cfg: dict, steps: int):
             batch_key, noise_key = jax.random.split(key)
             x = data[jax.random.randint(batch_key, (batch,), 0, n)]
             value, grads = jax.value_and_grad(
-                lambda p: batch_loss(loss, p, x, noise_key, sigma))(params)
+                lambda p: batch_loss(loss, p, x, noise_key, sigma, hvp))(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), value
 
@@ -301,6 +310,7 @@ def check_losses(d: int, cfg: dict, have_fit: bool) -> dict:
                       for layer in init_mlp(d, cfg["hidden"])]}
     ours = {
         "sm": jnp.mean(jax.vmap(sm_term, (None, 0))(params, x)),
+        "sm_hvp": jnp.mean(jax.vmap(sm_term_hvp, (None, 0))(params, x)),
         "dsm": jnp.mean(jax.vmap(dsm_term, (None, 0, 0, None))(params, x, noise, sigma)),
         "ssm_eq15": jnp.mean(jax.vmap(lambda p, a, v: ssm_term(p, a, v, False),
                                       (None, 0, 0))(params, x, noise)),
@@ -320,6 +330,7 @@ def check_losses(d: int, cfg: dict, have_fit: bool) -> dict:
     xt = torch.from_numpy(x)
     theirs = {
         "sm": torch_loss("sm", model, cfg)(xt),
+        "sm_hvp": torch_loss("sm", model, cfg)(xt),
         "dsm": FixedNoiseDSM(model=model, noise_scale=sigma)(xt),
         "ssm_eq15": FixedProjectionSSM(model=model, n_projections=1,
                                        projection_type="gaussian")(xt),
@@ -349,7 +360,10 @@ def run_cell(loss: str, d: int, cfg: dict, impls: list[str], rows: list) -> None
     steps = cfg["steps"][loss][str(d)]
     repeats = cfg["repeats_override"].get(f"{loss}:{d}", cfg["repeats"])
     data = np.random.default_rng(d).normal(size=(cfg["n"], d)).astype(np.float32)
-    factories = {"torchebm": torch_impl, "jax": jax_impl, "unnorm": unnorm_impl}
+    factories = {"torchebm": torch_impl, "jax": jax_impl, "unnorm": unnorm_impl,
+                 "jax-hvp": lambda *args: jax_impl(*args, hvp=True)}
+    if loss != "sm":  # the Hessian-vector variant differs from "jax" in SM only
+        impls = [impl for impl in impls if impl != "jax-hvp"]
     runs, first = {}, {}
     for impl in impls:
         runs[impl], setup = timed(lambda impl=impl: factories[impl](loss, d, data, cfg, steps))
@@ -397,6 +411,9 @@ def summarize(rows: list) -> dict:
             entry["torchebm_over_jax"] = theirs / hand
         if ours and hand:
             entry["unnorm_over_jax"] = ours / hand
+        hvp = cell.get((loss, d, "jax-hvp"))
+        if ours and hvp:
+            entry["jax_hvp_over_unnorm"] = hvp / ours
         ratios.append(entry)
     summary = {"per_cell": ratios}
     for key in ("torchebm_over_unnorm", "torchebm_over_jax", "unnorm_over_jax"):
