@@ -1,8 +1,9 @@
 """unnorm: fit unnormalized statistical models ``p(x; θ) ∝ exp(-E(x; θ))`` in JAX.
 
 Declare an energy (:class:`Model` or :func:`model` with :func:`param`), draw samples with
-:func:`sample` (ArviZ InferenceData out), and compute exact normalizing constants of small
-discrete models with :func:`log_partition`.
+:func:`sample` (ArviZ InferenceData out), fit θ with :func:`fit` (estimates with standard
+errors) and tabulate several estimators with :func:`compare`, and compute exact normalizing
+constants of small discrete models with :func:`log_partition`.
 
 Example
 -------
@@ -17,6 +18,7 @@ Example
 
 from . import constraints, diagnostics, estimators, models, samplers, supports
 from ._compat import from_netcdf, to_netcdf
+from .comparison import compare
 from .diagnostics import ConvergenceWarning
 from .driver import FitError, fit
 from .model import Model, model, param
@@ -32,6 +34,7 @@ __all__ = [
     "FitResult",
     "LogPartition",
     "Model",
+    "compare",
     "constraints",
     "diagnostics",
     "estimators",

@@ -22,28 +22,20 @@ _THINNING = {"nuts": 1, "hmc": 1, "mala": 4, "langevin": 10, "rwmh": 5}
 
 
 def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> None:
-    """Fit a 2-D Gaussian to simulated data with every estimator; print estimates, standard
-    errors and intervals next to the truth."""
+    """Fit a 2-D Gaussian to simulated data with every estimator (``un.compare``); print
+    estimates, standard errors and intervals next to the truth."""
     import jax
-    import pandas as pd
 
     n = 2000
     data = np.random.default_rng(seed).multivariate_normal(mean, np.linalg.inv(precision), n)
-    model = un.models.gaussian(2)
     truth = {"mu": mean, "prec": precision}
     say(f"Fitting mu and prec of a 2-D Gaussian from n = {n} simulated observations:")
-    rows = []
-    estimators = {"sm": "sm", "ssm": un.estimators.SSM(num_projections=1),
-                  "dsm": un.estimators.DSM(sigma=0.05, control_variate=True)}
-    for name, estimator in estimators.items():
-        fit = un.fit(model, data, estimator, key=jax.random.key(seed), progress_bar=False)
-        table = fit.summary()
-        table.insert(0, "estimator", f"{name} ({fit.method})")
-        table["truth"] = np.concatenate([np.ravel(truth[k]) for k in fit.params])
-        table["time_s"] = fit.wall_time
-        rows.append(table)
-    table = pd.concat(rows).reset_index().set_index(["estimator", "parameter"])
-    say(table.round(4).to_string())
+    estimators = ["sm", un.estimators.SSM(num_projections=1),
+                  un.estimators.DSM(sigma=0.05, control_variate=True)]
+    table, fits = un.compare(un.models.gaussian(2), data, estimators, key=jax.random.key(seed),
+                             truth=truth, progress_bar=False, return_fits=True)
+    table["estimator"] = [f"{name} ({fits[name].method})" for name in table["estimator"]]
+    say(table.set_index(["estimator", "parameter"]).round(4).to_string())
     say("(DSM fits the density of x + σz, so its precision is biased by about σ²Λ²; the 95% "
         "intervals of SM and SSM cover the truth about 95% of the time.)\n")
 

@@ -46,8 +46,12 @@ class FitResult:
     estimator : str
         The estimator's name; ``options`` holds its settings.
     method : str
-        ``"closed form"`` (one linear solve), ``"optimizer"`` or ``"optimizer + newton"`` (the
-        optimizer's answer refined by Newton steps on the full-data objective).
+        ``"closed form"`` (one linear solve), ``"newton"``, ``"optimizer"`` or
+        ``"optimizer + newton"`` (the optimizer's answer refined by Newton steps on the
+        full-data objective).
+    chains : InferenceData or None
+        The MCMC chains of a chain-based estimator; ``None`` for the estimators that draw no
+        samples (score matching, pseudo-likelihood).
     """
 
     params: dict[str, Any]
@@ -62,6 +66,7 @@ class FitResult:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped_steps: int = 0
     num_observations: int = 0
+    chains: Any = None
 
     @functools.cached_property
     def names(self) -> list[str]:

@@ -1,0 +1,79 @@
+"""un.compare: several estimators on one model and data set, one tidy table."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unnorm as un
+
+KEY = jax.random.key(0)
+MODEL = un.models.gaussian(2)
+TRUTH = {"mu": np.array([0.5, -1.0]), "prec": np.array([[2.0, 0.6], [0.6, 1.0]])}
+DATA = np.random.default_rng(1).multivariate_normal(TRUTH["mu"], np.linalg.inv(TRUTH["prec"]),
+                                                    size=2000)
+
+
+def test_table_matches_the_individual_fits_and_the_truth():
+    estimators = ["sm", "ssm", un.estimators.DSM(0.05, control_variate=True)]
+    table, fits = un.compare(MODEL, DATA, estimators, key=KEY, truth=TRUTH, progress_bar=False,
+                             return_fits=True)
+    assert list(table.columns) == ["estimator", "parameter", "estimate", "std_err", "ci_lower",
+                                   "ci_upper", "time_s", "error"]
+    assert list(fits) == ["sm", "ssm", "dsm"]
+    assert table.groupby("estimator", sort=False).size().to_dict() == {"sm": 6, "ssm": 6,
+                                                                        "dsm": 6}
+    sm = table[table.estimator == "sm"].set_index("parameter")
+    alone = un.fit(MODEL, DATA, "sm", key=KEY, progress_bar=False).summary()
+    np.testing.assert_allclose(sm["estimate"], alone["estimate"], rtol=1e-6)
+    np.testing.assert_allclose(sm["std_err"], alone["std_err"], rtol=1e-6)
+    truth_flat = np.concatenate([TRUTH["mu"], TRUTH["prec"].ravel()])
+    np.testing.assert_allclose(sm["error"], sm["estimate"] - truth_flat, rtol=1e-6, atol=1e-7)
+    # every consistent estimator within 4 SE of the truth (DSM at small sigma: bias O(σ²))
+    z = table["error"] / table["std_err"]
+    assert np.all(np.abs(z) < 4), table
+    assert np.all(table["time_s"] > 0)
+    assert np.all(table["ci_lower"] < table["estimate"]) and np.all(
+        table["estimate"] < table["ci_upper"])
+
+
+def test_default_estimators_follow_the_support():
+    assert un.compare.__module__ == "unnorm.comparison"
+    from unnorm.comparison import default_estimators
+
+    assert default_estimators(MODEL) == ["sm", "dsm", "ssm"]
+    assert default_estimators(un.models.ising(J=jnp.ones(3), h=jnp.zeros(3))) == ["pl"]
+    positive = un.Model(lambda p, x: p["rate"] * jnp.sum(x), params={"rate": 1.0},
+                        constraints={"rate": un.constraints.positive},
+                        support=un.supports.positive(1))
+    assert default_estimators(positive) == ["sm", "ssm"]
+
+
+def test_the_same_estimator_twice_is_labelled_by_its_options():
+    table = un.compare(MODEL, DATA[:500], [un.estimators.DSM(0.1), un.estimators.DSM(0.3)],
+                       key=KEY, progress_bar=False)
+    assert list(table.estimator.unique()) == ["dsm(sigma=0.1, control_variate=False)",
+                                              "dsm(sigma=0.3, control_variate=False)"]
+    assert "error" not in table.columns
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"estimators": []}, ValueError, "estimators is empty"),
+    ({"estimators": "sm"}, TypeError, "estimators must be a list"),
+    ({"estimators": ["sm", "nope"]}, ValueError, r"unknown estimators\[1\] 'nope'"),
+    ({"estimators": ["sm", "pl"]}, ValueError, "needs a binary or spin support"),
+    ({"estimators": ["sm", "sm"]}, ValueError, "the same estimator twice"),
+    ({"truth": {"mu": np.zeros(2)}}, ValueError, r"truth must have the model's parameter names"),
+    ({"truth": {"mu": np.zeros(2), "prec": -np.eye(2)}}, ValueError,
+     r"truth\['prec'\] violates its constraint"),
+])
+def test_bad_arguments_fail_before_any_fit(kwargs, error, match):
+    kwargs = {"estimators": ["sm"], **kwargs}
+    with pytest.raises(error, match=match):
+        un.compare(MODEL, DATA, key=KEY, progress_bar=False, **kwargs)
+
+
+def test_fit_result_has_no_chains_for_sample_free_estimators():
+    assert un.fit(MODEL, DATA[:200], "sm", key=KEY, progress_bar=False).chains is None

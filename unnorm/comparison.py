@@ -1,0 +1,146 @@
+"""``un.compare``: several estimators on the same model and data, in one tidy table.
+
+Each estimator is fitted with :func:`unnorm.fit` and the same key (common random numbers: the
+same minibatch stream), and the results are stacked in long form, one row per (estimator,
+scalar parameter), as a statistician would tabulate a simulation study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from .driver import fit
+from .estimators import ESTIMATORS, Estimator, resolve
+from .model import Model
+from .result import FitResult
+
+__all__ = ["compare", "default_estimators"]
+
+#: the columns of the table ``compare`` returns (``error`` is added when ``truth`` is given)
+COLUMNS = ["estimator", "parameter", "estimate", "std_err", "ci_lower", "ci_upper", "time_s"]
+
+
+def default_estimators(model: Model) -> list[str]:
+    """The names of the estimators that can fit ``model`` (on its support), in registry order."""
+    names = []
+    for name, cls in ESTIMATORS.items():
+        try:
+            cls().check(model)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def _labels(estimators: list[Estimator]) -> list[str]:
+    """Each estimator's name; a name used twice gets its options (``dsm(sigma=0.05)``)."""
+    names = [e.name for e in estimators]
+    labels = []
+    for estimator in estimators:
+        if names.count(estimator.name) == 1:
+            labels.append(estimator.name)
+        else:
+            options = ", ".join(f"{k}={v!r}" for k, v in estimator.options().items())
+            labels.append(f"{estimator.name}({options})")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"estimators lists the same estimator twice: {labels}.")
+    return labels
+
+
+def compare(
+    model: Model,
+    data,
+    estimators: Sequence[str | Estimator] | None = None,
+    *,
+    key,
+    truth: dict | None = None,
+    level: float = 0.95,
+    return_fits: bool = False,
+    **fit_options: Any,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, FitResult]]:
+    """Fit one model to one data set with several estimators and tabulate the results.
+
+    Parameters
+    ----------
+    model : Model
+        The model; its initial ``params`` are every estimator's starting point.
+    data : array (n, *event_shape)
+        Observations on the model's support.
+    estimators : sequence of str or Estimator, optional
+        Names (``"sm"``, ``"ssm"``...) or configured instances (``un.estimators.DSM(0.05)``).
+        Default: every registered estimator that applies to the model's support
+        (:func:`default_estimators`). All are checked against the model before any is fitted.
+    key : jax.random key
+        Passed unchanged to every fit: the estimators see the same random stream.
+    truth : dict, optional
+        The true parameters (structure of ``model.params``); adds the column ``error`` =
+        estimate − truth.
+    level : float
+        Coverage of the intervals ``ci_lower``, ``ci_upper``.
+    return_fits : bool
+        Also return the :class:`FitResult` of each estimator, keyed by its label.
+    **fit_options
+        Passed to every :func:`unnorm.fit` call (``num_steps``, ``batch_size``, ``optimizer``,
+        ``stderr``, ``progress_bar``...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long form, one row per (estimator, scalar parameter): ``estimator, parameter,
+        estimate, std_err, ci_lower, ci_upper, time_s`` (seconds of that estimator's fit,
+        compilation included), and ``error`` when ``truth`` is given. ``std_err`` and the
+        interval are NaN when an estimator's standard errors were not computed. With
+        ``return_fits``, the pair ``(table, fits)``.
+
+    Examples
+    --------
+    >>> import jax, numpy as np, unnorm as un
+    >>> x = np.random.default_rng(0).normal(size=(1000, 2))
+    >>> model = un.models.gaussian(2)
+    >>> table = un.compare(model, x, ["sm", "ssm"], key=jax.random.key(0),
+    ...                    truth={"mu": np.zeros(2), "prec": np.eye(2)}, progress_bar=False)
+    >>> table.groupby("estimator").size().to_dict()
+    {'sm': 5, 'ssm': 5}
+    >>> list(table.columns)[-2:]
+    ['time_s', 'error']
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
+    if estimators is None:
+        names = default_estimators(model)
+        if not names:
+            raise ValueError(f"no registered estimator applies to the support {model.support!r}.")
+        estimators = names
+    if isinstance(estimators, (str, Estimator)) or not isinstance(estimators, Sequence):
+        raise TypeError("estimators must be a list of names or Estimator instances, e.g. "
+                        f"['sm', 'ssm']; got {estimators!r}.")
+    if len(estimators) == 0:
+        raise ValueError("estimators is empty; name at least one, e.g. ['sm', 'ssm'].")
+    resolved = [resolve(e, f"estimators[{i}]") for i, e in enumerate(estimators)]
+    for estimator in resolved:  # every one, before the first (possibly long) fit
+        estimator.check(model)
+    labels = _labels(resolved)
+    truth_flat = None
+    if truth is not None:
+        truth = model.check_params(truth, "truth")
+        truth_flat = np.concatenate([np.ravel(np.asarray(leaf, dtype=float))
+                                     for leaf in jax.tree_util.tree_leaves(truth)])
+
+    tables, fits = [], {}
+    for label, estimator in zip(labels, resolved, strict=True):
+        result = fit(model, data, estimator, key=key, **fit_options)
+        fits[label] = result
+        table = result.summary(level).reset_index()
+        table.insert(0, "estimator", label)
+        table["time_s"] = result.wall_time
+        if truth_flat is not None:
+            table["error"] = table["estimate"].to_numpy() - truth_flat
+        tables.append(table)
+    out = pd.concat(tables, ignore_index=True)
+    out = out[COLUMNS + (["error"] if truth_flat is not None else [])]
+    return (out, fits) if return_fits else out
