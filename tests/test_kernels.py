@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unnorm as un
-from unnorm.samplers import gibbs, hmc, langevin, rwmh, structure
+from unnorm.samplers import draws, gibbs, hmc, langevin, rwmh, structure
 
 
 def gaussian_logdensity(theta):
@@ -253,3 +253,21 @@ def test_blocked_gibbs_kernel_follows_changing_theta_without_recompiling():
     # h = 0: neighbours correlate as tanh(J) = 0.664 in an open chain.
     nearest = (coupled[:, 1:] * coupled[:, :-1]).mean(0)
     np.testing.assert_allclose(nearest, np.tanh(0.8), atol=0.1)
+
+
+def test_noise_and_uniform_from_one_draw_are_independent_normal_and_uniform():
+    n = 40_000
+    keys = jax.random.split(jax.random.key(5), n)
+    noise, uniform = jax.vmap(lambda k: draws.noise_and_uniform(k, (3,), jnp.float32))(keys)
+    noise, uniform = np.asarray(noise, dtype=float), np.asarray(uniform, dtype=float)
+    assert np.all((uniform > 0) & (uniform < 1)) and np.all(np.isfinite(noise))
+    se = 1 / np.sqrt(n)
+    # N(0, 1): mean 0 (sd 1), variance 1 (sd √2), kurtosis 3 (sd √96); U(0, 1): mean ½ (sd √(1/12))
+    np.testing.assert_array_less(np.abs(noise.mean(0)), 4 * se)
+    np.testing.assert_array_less(np.abs(noise.var(0) - 1), 4 * np.sqrt(2) * se)
+    np.testing.assert_array_less(np.abs((noise**4).mean(0) - 3), 4 * np.sqrt(96) * se)
+    assert abs(uniform.mean() - 0.5) < 4 * np.sqrt(1 / 12) * se
+    assert abs(np.mean(uniform < 0.1) - 0.1) < 4 * 0.3 * se
+    # independent coordinates: correlations within 4 SE of 0
+    corr = np.corrcoef(np.column_stack([noise, uniform]), rowvar=False)
+    np.testing.assert_array_less(np.abs(corr[np.triu_indices(4, 1)]), 4 * se)

@@ -32,6 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .draws import noise_and_uniform
+
 __all__ = ["LangevinState", "LangevinInfo", "init", "mala_step", "ula_step"]
 
 
@@ -64,8 +66,9 @@ def _log_proposal(to: jax.Array, frm: jax.Array, frm_grad: jax.Array, step_size)
     return -0.5 * jnp.sum((to - mean) ** 2) / step_size**2
 
 
-def _propose(key, state: LangevinState, logdensity_fn: Callable, step_size):
-    noise = jax.random.normal(key, state.position.shape, state.position.dtype)
+def _propose(key, state: LangevinState, logdensity_fn: Callable, step_size, noise=None):
+    if noise is None:
+        noise = jax.random.normal(key, state.position.shape, state.position.dtype)
     position = state.position + 0.5 * step_size**2 * state.logdensity_grad + step_size * noise
     logdensity, grad = jax.value_and_grad(logdensity_fn)(position)
     proposal = LangevinState(position, logdensity, grad)
@@ -90,11 +93,11 @@ def mala_step(
     key, state: LangevinState, logdensity_fn: Callable, step_size
 ) -> tuple[LangevinState, LangevinInfo]:
     """One Metropolis-adjusted Langevin step (eq. 6 plus a Metropolis–Hastings correction)."""
-    key_proposal, key_accept = jax.random.split(key)
+    noise, uniform = noise_and_uniform(key, state.position.shape, state.position.dtype)
     proposal, finite, log_ratio, acceptance = _propose(
-        key_proposal, state, logdensity_fn, step_size
+        key, state, logdensity_fn, step_size, noise
     )
-    accept = finite & (jnp.log(jax.random.uniform(key_accept)) < log_ratio)
+    accept = finite & (jnp.log(uniform) < log_ratio)
     return _select(accept, proposal, state), LangevinInfo(acceptance, accept, ~finite)
 
 

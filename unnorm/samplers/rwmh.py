@@ -24,6 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .draws import noise_and_uniform
+
 __all__ = ["RWMHState", "RWMHInfo", "init", "step"]
 
 
@@ -45,14 +47,13 @@ def init(position: jax.Array, logdensity_fn: Callable) -> RWMHState:
 
 def step(key, state: RWMHState, logdensity_fn: Callable, step_size) -> tuple[RWMHState, RWMHInfo]:
     """One Metropolis step with an isotropic Gaussian proposal of scale ``step_size``."""
-    key_proposal, key_accept = jax.random.split(key)
-    noise = jax.random.normal(key_proposal, state.position.shape, state.position.dtype)
+    noise, uniform = noise_and_uniform(key, state.position.shape, state.position.dtype)
     position = state.position + step_size * noise
     logdensity = logdensity_fn(position)
     finite = jnp.isfinite(logdensity) & jnp.all(jnp.isfinite(position))
     log_ratio = logdensity - state.logdensity
     acceptance = jnp.where(finite, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
-    accept = finite & (jnp.log(jax.random.uniform(key_accept)) < log_ratio)
+    accept = finite & (jnp.log(uniform) < log_ratio)
     new = RWMHState(
         jnp.where(accept, position, state.position),
         jnp.where(accept, logdensity, state.logdensity),
