@@ -260,6 +260,11 @@ class Model:
             )
         checked = {}
         for key, value in params.items():
+            stored = self._params[key]
+            if _same_leaves(value, stored):
+                # the model's own values, validated when it was built: no eager re-check
+                checked[key] = stored
+                continue
             tree = _as_param_tree(key, value)
             ref = jax.tree_util.tree_structure(self._params[key])
             if jax.tree_util.tree_structure(tree) != ref:
@@ -281,6 +286,13 @@ class Model:
                     )
             checked[key] = tree
         return checked
+
+
+def _same_leaves(value: Any, stored: Any) -> bool:
+    """Whether ``value`` is ``stored`` leaf for leaf (the very same array objects)."""
+    leaves, tree = jax.tree_util.tree_flatten(value)
+    stored_leaves, stored_tree = jax.tree_util.tree_flatten(stored)
+    return tree == stored_tree and all(a is b for a, b in zip(leaves, stored_leaves, strict=True))
 
 
 # ---- the declarative form -----------------------------------------------------------------------

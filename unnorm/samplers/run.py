@@ -60,7 +60,10 @@ def _prepare(model: Model, spec: SamplerSpec, params, key, positions, num_chains
     Returns ``(positions, unconstrained, value_ok, grad_ok, states, warmup_keys,
     sampling_keys)``; ``value_ok`` / ``grad_ok`` say per chain whether the energy and the
     log-density (and, for gradient-based samplers, its gradient) are finite at the start."""
-    key_init, key_chains, key_warmup, key_sampling = jax.random.split(key, 4)
+    # one split for every key (each split is a generator call, compiled in full)
+    keys = jax.random.split(key, 1 + 3 * num_chains)
+    key_init = keys[0]
+    chain_keys, warmup_keys, sampling_keys = keys[1:].reshape(3, num_chains, *keys.shape[1:])
     support = model.support
     if positions is None:
         positions = support.initial_positions(key_init, num_chains)
@@ -73,10 +76,8 @@ def _prepare(model: Model, spec: SamplerSpec, params, key, positions, num_chains
     if spec.uses_gradient:
         grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
         grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
-    states = jax.vmap(lambda k, u: spec.init(u, logdensity_fn, k))(
-        jax.random.split(key_chains, num_chains), unconstrained)
-    return (positions, unconstrained, value_ok, grad_ok, states,
-            jax.random.split(key_warmup, num_chains), jax.random.split(key_sampling, num_chains))
+    states = jax.vmap(lambda k, u: spec.init(u, logdensity_fn, k))(chain_keys, unconstrained)
+    return positions, unconstrained, value_ok, grad_ok, states, warmup_keys, sampling_keys
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "length", "thinning"))
