@@ -53,21 +53,23 @@ def _to_position(model: Model, u: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "num_chains"))
-def _prepare(model: Model, spec: SamplerSpec, params, key, positions, num_chains: int):
+def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrained,
+             num_chains: int):
     """Everything before the first step, in one compiled function: the keys, the starting
-    points (dispersed ones when ``positions`` is None), their checks and the chains' states.
+    points (``positions``, or when it is None the dispersed ``unconstrained`` ones), their
+    checks and the chains' states.
 
     Returns ``(positions, unconstrained, value_ok, grad_ok, states, warmup_keys,
     sampling_keys)``; ``value_ok`` / ``grad_ok`` say per chain whether the energy and the
     log-density (and, for gradient-based samplers, its gradient) are finite at the start."""
     # one split for every key (each split is a generator call, compiled in full)
-    keys = jax.random.split(key, 1 + 3 * num_chains)
-    key_init = keys[0]
-    chain_keys, warmup_keys, sampling_keys = keys[1:].reshape(3, num_chains, *keys.shape[1:])
+    keys = jax.random.split(key, 3 * num_chains)
+    chain_keys, warmup_keys, sampling_keys = keys.reshape(3, num_chains, *keys.shape[1:])
     support = model.support
     if positions is None:
-        positions = support.initial_positions(key_init, num_chains)
-    unconstrained = positions if support.is_discrete else support.transform.inv(positions)
+        positions = unconstrained if support.is_discrete else support.transform(unconstrained)
+    else:
+        unconstrained = positions if support.is_discrete else support.transform.inv(positions)
     logdensity_fn = unconstrained_logdensity(model, params)
     energies = jax.vmap(lambda x: model.energy(params, x))(positions)
     logdensities = jax.vmap(logdensity_fn)(unconstrained)
@@ -301,8 +303,12 @@ def sample(
     spec = build_sampler(sampler, num_warmup, values, blocks=blocks, **tuning)
 
     positions = _initial_positions(model, init, num_chains)
+    dispersed = None
+    if positions is None:
+        dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
+                                dtype=jnp.result_type(float))
     positions, _, value_ok, grad_ok, states, warmup_keys, sampling_keys = _prepare(
-        model, spec, params, key, positions, num_chains)
+        model, spec, params, key, positions, dispersed, num_chains)
     _check_initial_state(params, positions, value_ok, grad_ok)
 
     disabled = _progress_disabled(progress_bar)
