@@ -204,6 +204,12 @@ class Support:
         coordinate uniformly from its values. The draw is NumPy's, seeded from the key's data:
         a handful of numbers needs no compiled generator (which costs a first call of
         ``un.sample`` about 0.3 s of compilation), and the same key gives the same points.
+
+        Examples
+        --------
+        >>> import jax, unnorm as un
+        >>> un.supports.positive(2).initial_unconstrained(jax.random.key(0), 3).shape
+        (3, 2)
         """
         shape = (num_chains, *self.event_shape)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
