@@ -266,7 +266,7 @@ class Model:
                 checked[key] = stored
                 continue
             tree = _as_param_tree(key, value)
-            ref = jax.tree_util.tree_structure(self._params[key])
+            ref = jax.tree_util.tree_structure(stored)
             if jax.tree_util.tree_structure(tree) != ref:
                 raise ValueError(f"{name}[{key!r}] does not have the structure of model.params.")
             for leaf, ref_leaf in zip(

@@ -55,7 +55,8 @@ def grad_and_hessian_diagonal(energy_x: Callable, x: jax.Array) -> tuple[jax.Arr
 
 
 def grad_and_laplacian(energy_x: Callable, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``∇ₓE`` and the Laplacian ``tr ∇ₓ²E`` at one observation ``x``.
+    """``∇ₓE`` and the Laplacian ``tr ∇ₓ²E`` at one observation ``x``: the two terms of SM's
+    objective (seed 004, eq. 8).
 
     Computed by the forward Laplacian (Li et al. 2023, "Forward Laplacian"; the ``folx``
     library): one forward pass carries each intermediate value's gradient in ``x`` and its

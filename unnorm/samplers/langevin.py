@@ -66,9 +66,7 @@ def _log_proposal(to: jax.Array, frm: jax.Array, frm_grad: jax.Array, step_size)
     return -0.5 * jnp.sum((to - mean) ** 2) / step_size**2
 
 
-def _propose(key, state: LangevinState, logdensity_fn: Callable, step_size, noise=None):
-    if noise is None:
-        noise = jax.random.normal(key, state.position.shape, state.position.dtype)
+def _propose(noise: jax.Array, state: LangevinState, logdensity_fn: Callable, step_size):
     position = state.position + 0.5 * step_size**2 * state.logdensity_grad + step_size * noise
     logdensity, grad = jax.value_and_grad(logdensity_fn)(position)
     proposal = LangevinState(position, logdensity, grad)
@@ -95,7 +93,7 @@ def mala_step(
     """One Metropolis-adjusted Langevin step (eq. 6 plus a Metropolis–Hastings correction)."""
     noise, uniform = noise_and_uniform(key, state.position.shape, state.position.dtype)
     proposal, finite, log_ratio, acceptance = _propose(
-        key, state, logdensity_fn, step_size, noise
+        noise, state, logdensity_fn, step_size
     )
     accept = finite & (jnp.log(uniform) < log_ratio)
     return _select(accept, proposal, state), LangevinInfo(acceptance, accept, ~finite)
@@ -105,5 +103,6 @@ def ula_step(
     key, state: LangevinState, logdensity_fn: Callable, step_size
 ) -> tuple[LangevinState, LangevinInfo]:
     """One unadjusted Langevin step (eq. 6): always moves, unless the move is not finite."""
-    proposal, finite, _, acceptance = _propose(key, state, logdensity_fn, step_size)
+    noise = jax.random.normal(key, state.position.shape, state.position.dtype)
+    proposal, finite, _, acceptance = _propose(noise, state, logdensity_fn, step_size)
     return _select(finite, proposal, state), LangevinInfo(acceptance, finite, ~finite)
