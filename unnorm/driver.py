@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from . import _checks, solvers
-from .estimators import Batch, Estimator, Objective, resolve
+from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, _format_params
 from .result import FitResult
 from .samplers.run import _progress_disabled
@@ -114,7 +114,7 @@ def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model
     n = data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
-        return objective.loss(model.to_constrained(u), est_state, batch, step_key)
+        return objective.loss(objective_params(model, objective, u), est_state, batch, step_key)
 
     value_and_grad = jax.value_and_grad(loss_u, has_aux=True)
 
@@ -273,25 +273,26 @@ def fit(
     est_state = objective.init(params0, est_key)
 
     fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
+    chains = None
     if (solve_directly and objective.quadratic_if_linear_score and objective.deterministic
             and solvers.score_is_linear(model, params0, data)):
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
+    theta0 = _initial_theta(model, objective, params0)
     if (fitted is None and solve_directly and compute_se and objective.deterministic
-            and default_optimizer):
+            and default_optimizer and objective.post_fit is None):
         # a small deterministic objective: Newton from the start is both faster and exact
-        u, newton_converged = _refine(model, objective, model.to_unconstrained(params0),
-                                      est_state, data, train_key)
+        theta, newton_converged = _refine(model, objective, theta0, est_state, data, train_key)
         if newton_converged:
-            fitted, route = model.to_constrained(u), "newton"
+            fitted, route = objective_params(model, objective, theta), "newton"
     if fitted is None:
         route = "optimizer"
-        u, losses, converged, steps, skipped, est_state = _optimize(
-            model, objective, optimizer, params0, est_state, data, train_key, num_steps,
+        theta, losses, converged, steps, skipped, est_state = _optimize(
+            model, objective, optimizer, theta0, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
-        if compute_se and objective.deterministic:
-            u, converged = _refine(model, objective, u, est_state, data, train_key)
+        if compute_se and objective.deterministic and objective.post_fit is None:
+            theta, converged = _refine(model, objective, theta, est_state, data, train_key)
             route = "optimizer + newton"
-        fitted = model.to_constrained(u)
+        fitted = objective_params(model, objective, theta)
 
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
@@ -303,15 +304,28 @@ def fit(
             f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
             "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
 
-    covariance = se_tree = None
-    if compute_se:
+    covariance = None
+    if objective.post_fit is not None:
+        post = objective.post_fit(fitted, est_state, data, jax.random.fold_in(train_key, -1),
+                                  compute_se, progress_bar)
+        fitted, covariance, chains = post.params, post.covariance, post.chains
+        route = post.method or route
+    elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(route == "closed form"))
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    se_tree = nuisance_se = None
+    if covariance is not None:
+        covariance = np.asarray(covariance, dtype=float)
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-        se_tree = _unravel_numpy(fitted, se_flat)
+        num_model = int(ravel_pytree(params)[0].size)
+        se_tree = _unravel_numpy(params, se_flat[:num_model])
+        if nuisance is not None:
+            nuisance_se = _unravel_numpy(nuisance, se_flat[num_model:])
+        covariance = covariance[:num_model, :num_model]
 
     return FitResult(
-        params=jax.tree_util.tree_map(np.asarray, fitted),
+        params=jax.tree_util.tree_map(np.asarray, params),
         stderr=se_tree,
         covariance=covariance,
         loss=losses,
@@ -323,12 +337,24 @@ def fit(
         options=estimator.options(),
         skipped_steps=int(skipped),
         num_observations=int(n),
+        chains=chains,
+        nuisance=None if nuisance is None else jax.tree_util.tree_map(np.asarray, nuisance),
+        nuisance_stderr=nuisance_se,
     )
 
 
-def _optimize(model, objective, optimizer, params0, est_state, data, key, num_steps, batch_size,
+def _initial_theta(model: Model, objective: Objective, params0):
+    """The optimizer's starting point: unconstrained params, paired with the objective's
+    nuisance parameters when it has some."""
+    u0 = model.to_unconstrained(params0)
+    if objective.nuisance is None:
+        return u0
+    return u0, jax.tree_util.tree_map(jnp.asarray, objective.nuisance)
+
+
+def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
-    u = model.to_unconstrained(params0)
+    u = theta0
     train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
                        jnp.zeros((), jnp.int32))
     length = min(num_steps, 100)
@@ -350,7 +376,9 @@ def _optimize(model, objective, optimizer, params0, est_state, data, key, num_st
                 bar.set_postfix(loss=f"{finite[-1]:.5g}")
             failures = int(train.consecutive_failures)
             if failures >= max_failures:
-                params = model.to_constrained(train.unconstrained)
+                params = objective_params(model, objective, train.unconstrained)
+                if objective.nuisance is not None:
+                    params = {**params[0], **{f"nuisance.{k}": v for k, v in params[1].items()}}
                 raise FitError(
                     f"estimator {estimator_name!r} stopped at step {done - failures}: from "
                     f"there on {failures} consecutive steps (max_failures={max_failures}) had a "
@@ -377,7 +405,12 @@ def _refine(model, objective, u, est_state, data, key):
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool):
     """Sandwich covariance of the flattened constrained parameters."""
-    template = fitted if in_constrained else model.to_unconstrained(fitted)
+    if in_constrained:
+        template = fitted
+    elif objective.nuisance is None:
+        template = model.to_unconstrained(fitted)
+    else:
+        template = (model.to_unconstrained(fitted[0]), fitted[1])
     flat, _ = ravel_pytree(template)
     static = dict(model=model, objective=objective, constrained=in_constrained)
     grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
@@ -385,7 +418,8 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     cov = sandwich_covariance(grads, hessian).covariance
     if in_constrained:
         return cov
-    return delta_method(solvers.constrained_jacobian(flat, template, model=model), cov)
+    jacobian = solvers.constrained_jacobian(flat, template, model=model, objective=objective)
+    return delta_method(jacobian, cov)
 
 
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:

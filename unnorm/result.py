@@ -50,8 +50,12 @@ class FitResult:
         ``"optimizer + newton"`` (the optimizer's answer refined by Newton steps on the
         full-data objective).
     chains : InferenceData or None
-        The MCMC chains of a chain-based estimator; ``None`` for the estimators that draw no
-        samples (score matching, pseudo-likelihood).
+        The MCMC chains of a chain-based estimator (MLE, CD, PCD): draws from the fitted model,
+        which its standard errors are computed from; ``None`` for the estimators that draw no
+        samples (score matching, pseudo-likelihood, NCE, KSD).
+    nuisance, nuisance_stderr : dict or None
+        The estimator's own parameters and their standard errors, e.g. NCE's
+        ``{"log_z": ...}``, the log normalizing constant it learns with θ; ``None`` otherwise.
     """
 
     params: dict[str, Any]
@@ -67,6 +71,8 @@ class FitResult:
     skipped_steps: int = 0
     num_observations: int = 0
     chains: Any = None
+    nuisance: dict[str, Any] | None = None
+    nuisance_stderr: dict[str, Any] | None = None
 
     @functools.cached_property
     def names(self) -> list[str]:

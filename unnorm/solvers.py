@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .estimators import Batch, Objective
+from .estimators import Batch, Objective, objective_params
 from .model import Model
 
 __all__ = ["score_is_linear", "closed_form", "newton", "derivatives",
@@ -88,7 +88,8 @@ def _full_data_term(model, objective, template, est_state, key, constrained: boo
     _, unravel = ravel_pytree(template)
 
     def term(flat, x, index):
-        params = unravel(flat) if constrained else model.to_constrained(unravel(flat))
+        params = unravel(flat) if constrained else objective_params(model, objective,
+                                                                    unravel(flat))
         return objective.terms(params, est_state, Batch(x[None], index[None]), key)[0]
 
     return term
@@ -130,10 +131,19 @@ def observation_grads(flat, template, data, est_state, key, *, model, objective,
     return _map_over_data(lambda x, i: grad_term(flat, x, i), data)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def constrained_jacobian(flat_u, template_u, *, model):
+@functools.partial(jax.jit, static_argnames=("model", "objective"))
+def constrained_jacobian(flat_u, template_u, *, model, objective=None):
+    """Jacobian of the flattened constrained params (and nuisance, if any) in the unconstrained
+    ones: the delta method's ``D``."""
     _, unravel = ravel_pytree(template_u)
-    return jax.jacfwd(lambda f: ravel_pytree(model.to_constrained(unravel(f)))[0])(flat_u)
+
+    def constrained(f):
+        theta = unravel(f)
+        if objective is None:
+            return ravel_pytree(model.to_constrained(theta))[0]
+        return ravel_pytree(objective_params(model, objective, theta))[0]
+
+    return jax.jacfwd(constrained)(flat_u)
 
 
 # ---- Newton refinement --------------------------------------------------------------------------

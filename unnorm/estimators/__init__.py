@@ -12,12 +12,12 @@ name     class                                       needs
 
 from __future__ import annotations
 
-from .base import Batch, Estimator, Objective
+from .base import Batch, Estimator, Objective, PostFit, objective_params
 from .pseudolikelihood import PseudoLikelihood
 from .score_matching import DSM, SM, SSM
 
-__all__ = ["Batch", "DSM", "Estimator", "Objective", "PseudoLikelihood", "SM", "SSM",
-           "ESTIMATORS", "resolve"]
+__all__ = ["Batch", "DSM", "Estimator", "Objective", "PostFit", "PseudoLikelihood", "SM", "SSM",
+           "ESTIMATORS", "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (SM, DSM, SSM, PseudoLikelihood)}

@@ -10,6 +10,15 @@ optax shape of DESIGN.md::
 so ``jax.value_and_grad(loss, has_aux=True)`` plus any optax optimizer trains it. ``terms`` gives
 the per-observation loss terms ``ℓ_i`` whose mean is the loss; the sandwich standard errors of
 :mod:`unnorm.uncertainty` are built from them.
+
+Two optional extension points serve estimators that do not fit that mould:
+
+* ``nuisance`` — parameters of the estimator's own, optimized jointly with θ (NCE's log Z, seed
+  004 §5: "Z_θ is treated as a learnable (scalar) parameter"); ``loss`` and ``terms`` then take
+  the pair ``(params, nuisance)`` in place of ``params``;
+* ``post_fit`` — what happens after the optimizer: the chain-based estimators sample the fitted
+  model, polish the estimate and build their own covariance from model expectations (the
+  likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import jax
 
 from ..model import Model
 
-__all__ = ["Batch", "Objective", "Estimator"]
+__all__ = ["Batch", "Objective", "Estimator", "PostFit", "objective_params"]
 
 
 class Batch(NamedTuple):
@@ -54,6 +63,12 @@ class Objective(NamedTuple):
     quadratic_if_linear_score : bool
         True when the loss depends on θ only through the score ``-∇ₓE`` and is quadratic in it;
         an energy whose score is linear in θ then has a closed-form minimizer.
+    nuisance : pytree, optional
+        Initial values of the estimator's own real parameters, optimized with θ (``loss`` and
+        ``terms`` then take ``(params, nuisance)``); reported as ``FitResult.nuisance``.
+    post_fit : callable, optional
+        ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
+        the optimizer in place of the driver's Newton refinement and sandwich covariance.
     """
 
     init: Callable
@@ -61,6 +76,29 @@ class Objective(NamedTuple):
     terms: Callable
     deterministic: bool
     quadratic_if_linear_score: bool
+    nuisance: Any = None
+    post_fit: Callable | None = None
+
+
+class PostFit(NamedTuple):
+    """What an estimator's ``post_fit`` returns: the final (constrained) ``params``, their
+    ``covariance`` (flattened in ``ravel_pytree`` order; None without standard errors) and the
+    MCMC ``chains`` it ran, as InferenceData (or None); ``method`` replaces the driver's
+    description of the route (``FitResult.method``) when given."""
+
+    params: Any
+    covariance: Any
+    chains: Any
+    method: str | None = None
+
+
+def objective_params(model: Model, objective: Objective, theta):
+    """What ``objective.loss`` takes, from the optimized unconstrained values ``theta``: the
+    constrained params, paired with the nuisance parameters when the objective has some."""
+    if objective.nuisance is None:
+        return model.to_constrained(theta)
+    unconstrained, nuisance = theta
+    return model.to_constrained(unconstrained), nuisance
 
 
 class Estimator(abc.ABC):
