@@ -271,13 +271,16 @@ def fit(
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
     est_state = objective.init(params0, est_key)
+    nuisance0 = None
+    if objective.nuisance is not None:
+        est_state, nuisance0 = objective.nuisance(params0, est_state, data)
 
     fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
     chains = None
     if (solve_directly and objective.quadratic_if_linear_score and objective.deterministic
             and solvers.score_is_linear(model, params0, data)):
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
-    theta0 = _initial_theta(model, objective, params0)
+    theta0 = _initial_theta(model, params0, nuisance0)
     if (fitted is None and solve_directly and compute_se and objective.deterministic
             and default_optimizer and objective.post_fit is None):
         # a small deterministic objective: Newton from the start is both faster and exact
@@ -343,13 +346,13 @@ def fit(
     )
 
 
-def _initial_theta(model: Model, objective: Objective, params0):
+def _initial_theta(model: Model, params0, nuisance0):
     """The optimizer's starting point: unconstrained params, paired with the objective's
     nuisance parameters when it has some."""
     u0 = model.to_unconstrained(params0)
-    if objective.nuisance is None:
+    if nuisance0 is None:
         return u0
-    return u0, jax.tree_util.tree_map(jnp.asarray, objective.nuisance)
+    return u0, jax.tree_util.tree_map(jnp.asarray, nuisance0)
 
 
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,

@@ -6,6 +6,7 @@ name     class                                       needs
 ``sm``   :class:`SM` (score matching, eq. 8)         continuous support
 ``dsm``  :class:`DSM` (denoising SM, eq. 10-14)      real support
 ``ssm``  :class:`SSM` (sliced SM, eq. 15-17)         continuous support
+``nce``  :class:`NCE` (noise contrastive, eq. 18-24)   any support
 ``pl``   :class:`PseudoLikelihood` (Besag 1975)      binary or spin support
 =======  ==========================================  ==============================
 """
@@ -13,14 +14,16 @@ name     class                                       needs
 from __future__ import annotations
 
 from .base import Batch, Estimator, Objective, PostFit, objective_params
+from .nce import NCE
 from .pseudolikelihood import PseudoLikelihood
 from .score_matching import DSM, SM, SSM
 
-__all__ = ["Batch", "DSM", "Estimator", "Objective", "PostFit", "PseudoLikelihood", "SM", "SSM",
-           "ESTIMATORS", "objective_params", "resolve"]
+__all__ = ["Batch", "DSM", "Estimator", "NCE", "Objective", "PostFit", "PseudoLikelihood", "SM",
+           "SSM", "ESTIMATORS", "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (SM, DSM, SSM, PseudoLikelihood)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (SM, DSM, SSM, NCE, PseudoLikelihood)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:

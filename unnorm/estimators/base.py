@@ -15,7 +15,8 @@ Two optional extension points serve estimators that do not fit that mould:
 
 * ``nuisance`` — parameters of the estimator's own, optimized jointly with θ (NCE's log Z, seed
   004 §5: "Z_θ is treated as a learnable (scalar) parameter"); ``loss`` and ``terms`` then take
-  the pair ``(params, nuisance)`` in place of ``params``;
+  the pair ``(params, nuisance)`` in place of ``params``. It is a function of the data, which
+  also sets data-dependent state (NCE's default noise is fitted to the data);
 * ``post_fit`` — what happens after the optimizer: the chain-based estimators sample the fitted
   model, polish the estimate and build their own covariance from model expectations (the
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
@@ -63,9 +64,11 @@ class Objective(NamedTuple):
     quadratic_if_linear_score : bool
         True when the loss depends on θ only through the score ``-∇ₓE`` and is quadratic in it;
         an energy whose score is linear in θ then has a closed-form minimizer.
-    nuisance : pytree, optional
-        Initial values of the estimator's own real parameters, optimized with θ (``loss`` and
-        ``terms`` then take ``(params, nuisance)``); reported as ``FitResult.nuisance``.
+    nuisance : callable, optional
+        ``nuisance(params, state, data) -> (state, values)``: the initial values of the
+        estimator's own real parameters (a dict), optimized with θ (``loss`` and ``terms`` then
+        take ``(params, nuisance)``), and the state updated from the full data; the values are
+        reported as ``FitResult.nuisance``.
     post_fit : callable, optional
         ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
         the optimizer in place of the driver's Newton refinement and sandwich covariance.
@@ -76,7 +79,7 @@ class Objective(NamedTuple):
     terms: Callable
     deterministic: bool
     quadratic_if_linear_score: bool
-    nuisance: Any = None
+    nuisance: Callable | None = None
     post_fit: Callable | None = None
 
 

@@ -1,0 +1,103 @@
+"""Noise-contrastive estimation: θ and log Z against known truths."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import unnorm as un
+
+N = 2000
+
+
+def _gaussian_log_z(prec) -> float:
+    d = prec.shape[0]
+    return 0.5 * d * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(prec)[1]
+
+
+def _exact_draws(model, n: int, seed: int) -> np.ndarray:
+    configs = np.asarray(model.support.enumerate())
+    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(configs)),
+                          dtype=float)
+    weights = np.exp(-(energies - energies.min()))
+    rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
+    return configs[rows]
+
+
+@pytest.mark.parametrize("nu", [1.0, 4.0])
+def test_nce_recovers_gaussian_and_its_log_partition(nu):
+    cov = np.array([[1.0, 0.6], [0.6, 2.0]])
+    mu = np.array([1.0, -0.5])
+    prec = np.linalg.inv(cov)
+    x = np.random.default_rng(3).multivariate_normal(mu, cov, size=N)
+    fit = un.fit(un.models.gaussian(2), x, un.estimators.NCE(nu=nu), key=jax.random.key(0),
+                 progress_bar=False)
+    assert fit.converged
+    for name, truth in (("mu", mu), ("prec", prec)):
+        z = (fit.params[name] - truth) / fit.stderr[name]
+        assert np.max(np.abs(z)) < 4, (name, z)
+    z_log_z = (fit.nuisance["log_z"] - _gaussian_log_z(prec)) / fit.nuisance_stderr["log_z"]
+    assert abs(z_log_z) < 4
+    # NCE is less efficient than the MLE, and more so with less noise (Gutmann & Hyvärinen 2012,
+    # fig. 4): its standard errors sit above the MLE's sqrt(Σ_jj / n)
+    mle_se = np.sqrt(np.diag(cov) / N)
+    assert np.all(fit.stderr["mu"] > 0.95 * mle_se)
+    assert np.all(fit.stderr["mu"] < (3.0 if nu == 1.0 else 1.6) * mle_se)
+
+
+def test_nce_on_spins_learns_log_z_against_enumeration():
+    truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
+    data = _exact_draws(truth, N, seed=5)
+    fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, un.estimators.NCE(nu=4),
+                 key=jax.random.key(1), progress_bar=False)
+    for name in ("coupling", "field"):
+        z = (fit.params[name] - float(truth.params[name])) / fit.stderr[name]
+        assert abs(z) < 4, (name, z)
+    exact = un.log_partition(truth).estimate
+    assert abs(fit.nuisance["log_z"] - exact) / fit.nuisance_stderr["log_z"] < 4
+
+
+def test_nce_with_a_user_noise_distribution():
+    x = np.random.default_rng(4).normal(0.5, 1.5, size=(N, 2))
+    noise = dist.Normal(jnp.zeros(2), 3.0).to_event(1)
+    fit = un.fit(un.models.gaussian(2), x, un.estimators.NCE(noise=noise, nu=2),
+                 key=jax.random.key(2), progress_bar=False)
+    z = (fit.params["mu"] - 0.5) / fit.stderr["mu"]
+    assert np.max(np.abs(z)) < 4
+    z = (np.diag(fit.params["prec"]) - 1 / 1.5**2) / np.diag(fit.stderr["prec"])
+    assert np.max(np.abs(z)) < 4
+
+
+def test_nce_same_key_same_fit():
+    x = np.random.default_rng(6).normal(size=(500, 1))
+    fits = [un.fit(un.models.gaussian(1), x, "nce", key=jax.random.key(9), progress_bar=False)
+            for _ in range(2)]
+    assert fits[0].params["mu"] == fits[1].params["mu"]
+    assert fits[0].nuisance["log_z"] == fits[1].nuisance["log_z"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"nu": 0.0}, ValueError, "nu must be"),
+        ({"nu": -1.0}, ValueError, "nu must be"),
+        ({"num_noise": 0}, ValueError, "num_noise must be"),
+    ],
+)
+def test_nce_rejects_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        un.estimators.NCE(**kwargs)
+
+
+def test_nce_rejects_bad_noise():
+    x = np.zeros((10, 2))
+    with pytest.raises(TypeError, match="noise must be a numpyro"):
+        un.fit(un.models.gaussian(2), x, un.estimators.NCE(noise="normal"),
+               key=jax.random.key(0), progress_bar=False)
+    with pytest.raises(ValueError, match=r"noise draws have shape \(3,\)"):
+        un.fit(un.models.gaussian(2), x,
+               un.estimators.NCE(noise=dist.Normal(jnp.zeros(3), 1.0).to_event(1)),
+               key=jax.random.key(0), progress_bar=False)
