@@ -25,6 +25,7 @@ from .model import Model, model, param
 from .partition import LogPartition, log_partition
 from .result import FitResult
 from .samplers import sample
+from .stein import KSDTest, ksd_test
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "ConvergenceWarning",
     "FitError",
     "FitResult",
+    "KSDTest",
     "LogPartition",
     "Model",
     "compare",
@@ -40,6 +42,7 @@ __all__ = [
     "estimators",
     "fit",
     "from_netcdf",
+    "ksd_test",
     "log_partition",
     "model",
     "models",
