@@ -54,6 +54,8 @@ class TrainState(NamedTuple):
     est_state: Any
     consecutive_failures: jax.Array
     skipped: jax.Array
+    average: Any = ()
+    num_averaged: Any = ()
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,13 +140,25 @@ def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model
             return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
 
         failed = active & ~finite
+        unconstrained = choose(unconstrained, train.unconstrained)
+        average, num_averaged = train.average, train.num_averaged
+        if objective.average_iterates:
+            # the running mean of the iterates of the second half of the run
+            counted = accept & (2 * step >= num_steps)
+            count = num_averaged + counted.astype(num_averaged.dtype)
+            weight = jnp.where(counted, 1.0 / jnp.maximum(count, 1), 0.0)
+            average = jax.tree_util.tree_map(lambda a, u: a + weight.astype(a.dtype) * (u - a),
+                                             average, unconstrained)
+            num_averaged = count
         train = TrainState(
-            choose(unconstrained, train.unconstrained),
+            unconstrained,
             choose(opt_state, train.opt_state),
             choose(est_state, train.est_state),
             jnp.where(failed, train.consecutive_failures + 1,
                       jnp.where(accept, 0, train.consecutive_failures)),
             train.skipped + failed.astype(train.skipped.dtype),
+            average,
+            num_averaged,
         )
         return train, jnp.where(finite, loss, jnp.nan)
 
@@ -309,7 +323,7 @@ def fit(
 
     covariance = None
     if objective.post_fit is not None:
-        post = objective.post_fit(fitted, est_state, data, jax.random.fold_in(train_key, -1),
+        post = objective.post_fit(fitted, est_state, data, jax.random.split(train_key)[0],
                                   compute_se, progress_bar)
         fitted, covariance, chains = post.params, post.covariance, post.chains
         route = post.method or route
@@ -358,8 +372,9 @@ def _initial_theta(model: Model, params0, nuisance0):
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
     u = theta0
+    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.average_iterates else ((), ()))
     train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
-                       jnp.zeros((), jnp.int32))
+                       jnp.zeros((), jnp.int32), *averaging)
     length = min(num_steps, 100)
     losses: list[np.ndarray] = []
     converged, done = False, 0
@@ -394,8 +409,10 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
             if _has_converged(history, window, tol):
                 converged = True
                 break
-    return (train.unconstrained, np.concatenate(losses), converged, done,
-            int(train.skipped), train.est_state)
+    theta = train.unconstrained
+    if objective.average_iterates and int(train.num_averaged) > 0:
+        theta = train.average
+    return theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state
 
 
 def _refine(model, objective, u, est_state, data, key):

@@ -7,6 +7,9 @@ name     class                                       needs
 ``dsm``  :class:`DSM` (denoising SM, eq. 10-14)      real support
 ``ssm``  :class:`SSM` (sliced SM, eq. 15-17)         continuous support
 ``nce``  :class:`NCE` (noise contrastive, eq. 18-24)   any support
+``mle``  :class:`MLE` (MCMC + Monte Carlo MLE, §3)  any support (a sampler for it)
+``cd``   :class:`CD` (contrastive divergence, §3)    any support (a sampler for it)
+``pcd``  :class:`PCD` (persistent CD, §3)            any support (a sampler for it)
 ``pl``   :class:`PseudoLikelihood` (Besag 1975)      binary or spin support
 =======  ==========================================  ==============================
 """
@@ -14,16 +17,18 @@ name     class                                       needs
 from __future__ import annotations
 
 from .base import Batch, Estimator, Objective, PostFit, objective_params
+from .contrastive import CD, PCD
+from .mle import MLE
 from .nce import NCE
 from .pseudolikelihood import PseudoLikelihood
 from .score_matching import DSM, SM, SSM
 
-__all__ = ["Batch", "DSM", "Estimator", "NCE", "Objective", "PostFit", "PseudoLikelihood", "SM",
-           "SSM", "ESTIMATORS", "objective_params", "resolve"]
+__all__ = ["Batch", "CD", "DSM", "Estimator", "MLE", "NCE", "Objective", "PCD", "PostFit",
+           "PseudoLikelihood", "SM", "SSM", "ESTIMATORS", "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (SM, DSM, SSM, NCE, PseudoLikelihood)}
+    cls.name: cls for cls in (SM, DSM, SSM, NCE, MLE, CD, PCD, PseudoLikelihood)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:

@@ -72,6 +72,11 @@ class Objective(NamedTuple):
     post_fit : callable, optional
         ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
         the optimizer in place of the driver's Newton refinement and sandwich covariance.
+    average_iterates : bool
+        The gradient is a Monte Carlo estimate (chain-based estimators): the driver returns the
+        average of the iterates over the second half of the steps (Polyak & Juditsky 1992)
+        instead of the last one, whose Monte Carlo jitter does not vanish at a constant
+        learning rate.
     """
 
     init: Callable
@@ -81,6 +86,7 @@ class Objective(NamedTuple):
     quadratic_if_linear_score: bool
     nuisance: Callable | None = None
     post_fit: Callable | None = None
+    average_iterates: bool = False
 
 
 class PostFit(NamedTuple):

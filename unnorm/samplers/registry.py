@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from .. import _checks
@@ -26,7 +27,9 @@ class SamplerSpec(NamedTuple):
     -> (state, info)`` where ``warmup`` (a bool, possibly traced) switches adaptation on, so one
     compiled step serves both phases; ``finalize(state)`` at the end of warmup;
     ``position(state)``, ``logdensity(state)`` and ``stats(state, info) -> dict`` of per-draw
-    sample statistics named as ArviZ names them.
+    sample statistics named as ArviZ names them; ``refresh(state, logdensity_fn)`` re-evaluates
+    the log-density (and gradient) a state caches, keeping its position and adaptation, for a
+    chain whose target has changed (θ moved in a training loop: CD, PCD, MLE).
     """
 
     name: str
@@ -38,6 +41,7 @@ class SamplerSpec(NamedTuple):
     position: Callable
     logdensity: Callable
     stats: Callable
+    refresh: Callable
 
 
 class _Entry(NamedTuple):
@@ -90,11 +94,15 @@ def _adaptive_spec(name: str, kernel_init, kernel_step, tuning: dict) -> Sampler
             "step_size": state.step_size,
         }
 
+    def refresh(state, logdensity_fn):
+        return state._replace(kernel=kernel_init(state.kernel.position, logdensity_fn))
+
     return SamplerSpec(
         name, False, SAMPLERS[name].uses_gradient, init, step, finalize,
         position=lambda state: state.kernel.position,
         logdensity=lambda state: state.kernel.logdensity,
         stats=stats,
+        refresh=refresh,
     )
 
 
@@ -132,11 +140,16 @@ def _hmc_spec(name: str, num_warmup: int, tuning: dict) -> SamplerSpec:
             ) + 1
         return out
 
+    def refresh(state, logdensity_fn):
+        logdensity, grad = jax.value_and_grad(logdensity_fn)(state.z)
+        return state._replace(potential_energy=-logdensity, z_grad=-grad)
+
     return SamplerSpec(
         name, False, True, init, step, lambda state: state,
         position=lambda state: state.z,
         logdensity=lambda state: -state.potential_energy,
         stats=stats,
+        refresh=refresh,
     )
 
 
@@ -161,6 +174,7 @@ def _gibbs_spec(values: tuple[float, float], tuning: dict, blocks) -> SamplerSpe
         position=lambda state: state.position,
         logdensity=lambda state: state.logdensity,
         stats=stats,
+        refresh=lambda state, logdensity_fn: gibbs.init(state.position, logdensity_fn),
     )
 
 

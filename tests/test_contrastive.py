@@ -1,0 +1,147 @@
+"""Chain-based estimators (MLE, CD, PCD) against exact MLEs and exact Fisher information."""
+
+from __future__ import annotations
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unnorm as un
+
+N = 2000
+COV = np.array([[1.0, 0.6], [0.6, 2.0]])
+MU = np.array([1.0, -0.5])
+
+
+@pytest.fixture(scope="module")
+def gaussian_data():
+    x = np.random.default_rng(0).multivariate_normal(MU, COV, size=N)
+    # the Gaussian MLE: the sample mean and the inverse of the 1/n covariance
+    return x, x.mean(0), np.linalg.inv(np.cov(x.T, bias=True))
+
+
+def _exact_draws(model, n: int, seed: int) -> np.ndarray:
+    configs = np.asarray(model.support.enumerate())
+    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(configs)),
+                          dtype=float)
+    weights = np.exp(-(energies - energies.min()))
+    rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
+    return configs[rows]
+
+
+def _exact_fisher_se(model, n: int) -> dict:
+    """sqrt(diag(F⁻¹)/n) with F = Cov_θ(∇_θE), by enumeration (a scalar-parameter model)."""
+    configs = jnp.asarray(model.support.enumerate(), dtype=float)
+    names = list(model.params)
+
+    def energy(theta, x):
+        return model.energy(dict(zip(names, theta, strict=True)), x)
+
+    theta = jnp.array([float(model.params[k]) for k in names])
+    grads = np.asarray(jax.vmap(jax.grad(energy), (None, 0))(theta, configs), dtype=float)
+    energies = np.asarray(jax.vmap(energy, (None, 0))(theta, configs), dtype=float)
+    p = np.exp(-(energies - energies.min()))
+    p /= p.sum()
+    centred = grads - p @ grads
+    fisher = (centred * p[:, None]).T @ centred
+    return dict(zip(names, np.sqrt(np.diag(np.linalg.inv(fisher)) / n), strict=True))
+
+
+def _assert_near_truth(fit, truth: dict, bound: float = 4.0):
+    for name, value in truth.items():
+        z = (np.asarray(fit.params[name]) - np.asarray(value)) / np.asarray(fit.stderr[name])
+        assert np.max(np.abs(z)) < bound, (fit.estimator, name, z)
+
+
+def test_pcd_tracks_the_gaussian_mle(gaussian_data):
+    x, mean, prec = gaussian_data
+    fit = un.fit(un.models.gaussian(2), x, un.estimators.PCD(k=5, num_chains=64),
+                 key=jax.random.key(0), num_steps=2000, progress_bar=False)
+    _assert_near_truth(fit, {"mu": MU, "prec": np.linalg.inv(COV)})
+    # the averaged iterates sit on the exact MLE up to a fraction of its standard error
+    # (what is left is the stochastic approximation's Monte Carlo error)
+    _assert_near_truth(fit, {"mu": mean, "prec": prec}, bound=1.0)
+    # the sandwich at θ̂ is the MLE's: sqrt(Σ_jj / n) for the mean
+    np.testing.assert_allclose(fit.stderr["mu"], np.sqrt(np.diag(COV) / N), rtol=0.15)
+    assert fit.method == "optimizer"
+    assert "x" in fit.chains.posterior
+    assert az.summary(fit.chains).shape[0] == 2
+
+
+def test_mle_reaches_the_gaussian_mle(gaussian_data):
+    x, mean, prec = gaussian_data
+    fit = un.fit(un.models.gaussian(2), x, un.estimators.MLE(sampler="mala"),
+                 key=jax.random.key(1), num_steps=1000, progress_bar=False)
+    assert fit.method == "optimizer + Monte Carlo MLE"
+    _assert_near_truth(fit, {"mu": MU, "prec": np.linalg.inv(COV)})
+    # the Monte Carlo MLE with ≥ 5n draws: within 1.5 SE of the exact MLE (its Monte Carlo
+    # error is about half the statistical one and is part of the reported SE)
+    _assert_near_truth(fit, {"mu": mean, "prec": prec}, bound=1.5)
+    mle_se = np.sqrt(np.diag(COV) / N)
+    assert np.all(fit.stderr["mu"] > 0.9 * mle_se)
+    assert np.all(fit.stderr["mu"] < 1.5 * mle_se)
+
+
+def test_mle_on_spins_against_exact_fisher_information():
+    truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
+    data = _exact_draws(truth, N, seed=3)
+    fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, "mle", key=jax.random.key(2),
+                 num_steps=500, progress_bar=False)
+    _assert_near_truth(fit, {"coupling": 0.5, "field": 0.2})
+    exact = _exact_fisher_se(truth, N)
+    for name in ("coupling", "field"):
+        # the reported SE also carries the Monte Carlo share (≤ ~25 % of the variance)
+        assert 0.85 * exact[name] < fit.stderr[name] < 1.4 * exact[name], (name, exact)
+
+
+def test_cd_with_gibbs_on_spins():
+    truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
+    data = _exact_draws(truth, N, seed=4)
+    fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, un.estimators.CD(k=1),
+                 key=jax.random.key(3), num_steps=1000, batch_size=256, progress_bar=False)
+    _assert_near_truth(fit, {"coupling": 0.5, "field": 0.2})
+    assert fit.chains is not None
+
+
+def test_chain_estimators_same_key_same_fit(gaussian_data):
+    x = gaussian_data[0][:300]
+    fits = [un.fit(un.models.gaussian(2), x, un.estimators.CD(k=2), key=jax.random.key(5),
+                   num_steps=200, stderr=False, progress_bar=False) for _ in range(2)]
+    np.testing.assert_array_equal(fits[0].params["prec"], fits[1].params["prec"])
+
+
+@pytest.mark.parametrize(
+    ("estimator", "model", "error", "match"),
+    [
+        (lambda: un.estimators.PCD(sampler="nuts"), un.models.ising_chain(4), ValueError,
+         "sampler 'nuts' does not apply"),
+        (lambda: un.estimators.CD(sampler="gibbs"), un.models.gaussian(2), ValueError,
+         "sampler 'gibbs' does not apply"),
+        (lambda: un.estimators.MLE(sampler="slice"), un.models.gaussian(2), ValueError,
+         "unknown sampler 'slice'"),
+        (lambda: un.estimators.CD(step_size=0.1), un.models.ising_chain(4), ValueError,
+         "step_size does not apply"),
+        (lambda: un.estimators.PCD(step_size=-1.0), un.models.gaussian(2), ValueError,
+         "step_size must be"),
+    ],
+)
+def test_chain_estimators_reject_bad_samplers(estimator, model, error, match):
+    data = np.ones((10, *model.support.event_shape))
+    with pytest.raises(error, match=match):
+        un.fit(model, data, estimator(), key=jax.random.key(0), progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: un.estimators.CD(k=0), "k must be"),
+        (lambda: un.estimators.PCD(num_chains=0), "num_chains must be"),
+        (lambda: un.estimators.MLE(num_samples=5), "num_samples must be"),
+        (lambda: un.estimators.MLE(max_rounds=0), "max_rounds must be"),
+    ],
+)
+def test_chain_estimators_reject_bad_options(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()

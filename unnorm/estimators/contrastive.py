@@ -1,0 +1,400 @@
+"""Chain-based estimators: contrastive divergence (CD) and persistent CD (PCD), seed 004 §3.
+
+The log-likelihood gradient of an energy-based model is (seed 004, eq. 3-4)
+
+    ∇_θ log p_θ(x) = -∇_θE(x; θ) + E_{y ~ p_θ}[∇_θE(y; θ)],
+
+so minimizing the surrogate
+
+    L(θ) = mean_i E(x_i; θ) - mean_j E(ỹ_j; θ),     ỹ_j MCMC draws at the current θ (held fixed),
+
+by stochastic gradient steps follows the likelihood. The draws come from the sampler kernels of
+:mod:`unnorm.samplers` (MALA, Langevin of eq. 6, HMC/NUTS, random-walk Metropolis; Gibbs on binary
+and spin supports), which take the log-density as an argument, so θ changes between steps
+without recompiling:
+
+* **CD-k** (Hinton 2002) starts one chain at each observation of the minibatch and runs ``k``
+  steps: cheap and low-variance, but biased (it does not maximize the likelihood);
+* **PCD-k** (Tieleman 2008) keeps ``num_chains`` chains from step to step and runs ``k`` more
+  steps at each, so the chains track ``p_θ`` as θ moves: a stochastic approximation of the MLE
+  (Younes 1999).
+
+``fit.loss`` records the surrogate ``L``, not the log-likelihood. The estimate is the average
+of the iterates over the second half of the run (Polyak & Juditsky 1992). After the run the
+fitted model is sampled with ``un.sample`` (``fit.chains``, to check with ArviZ), and the standard
+errors are the likelihood's sandwich at θ̂ computed from those draws (:func:`likelihood_pieces`):
+exact for PCD asymptotically, an approximation for CD, whose own limit differs from the MLE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .. import _checks
+from ..model import Model
+from ..samplers.registry import SAMPLERS, build_sampler
+from ..samplers.run import sample, unconstrained_logdensity
+from ..uncertainty import delta_method, sandwich_covariance
+from .base import Estimator, Objective, PostFit
+
+__all__ = ["CD", "PCD", "likelihood_pieces", "monte_carlo_covariance", "ChainState"]
+
+
+class ChainState(NamedTuple):
+    """The persistent chains (PCD, MLE): the kernels' states, vmapped over chains, in the
+    unconstrained space; ``()`` for CD, which starts afresh at the data."""
+
+    chains: Any
+
+
+def _scale_step_size(states, factor):
+    """Multiply the step size of every chain's kernel state by ``factor`` (the adaptive
+    kernels keep it in ``step_size``, NumPyro's HMC in ``adapt_state.step_size``)."""
+    if hasattr(states, "step_size"):
+        return states._replace(step_size=states.step_size * factor)
+    adapt = states.adapt_state
+    return states._replace(adapt_state=adapt._replace(step_size=adapt.step_size * factor))
+
+
+#: gain of the persistent chains' step-size control: after each optimizer step the shared step
+#: size moves by ``exp(gain · (mean acceptance - target))``. Dual averaging run for ever makes each
+#: chain's step size depend on its own whole past (its raw iterate swings ever wider, √t), which
+#: biased a Gaussian's precision 8 % low; a step size frozen after a warmup lets the chains stop
+#: mixing once θ has moved (a precision then ran away to 1e19). One step size for all chains,
+#: steered by their mean acceptance with a constant gain, follows θ and keeps each chain's
+#: dependence on its own past negligible.
+STEP_SIZE_GAIN = 0.1
+
+
+# ---- checks and defaults ------------------------------------------------------------------------
+
+def _default_sampler(model: Model, preferred: str) -> str:
+    return "gibbs" if model.support.is_discrete else preferred
+
+
+def _check_sampler(estimator, model: Model, sampler: str) -> None:
+    discrete = model.support.is_discrete
+    valid = [name for name, entry in SAMPLERS.items() if entry.discrete == discrete]
+    if sampler not in SAMPLERS:
+        raise ValueError(f"estimator {estimator.name!r}: unknown sampler {sampler!r}; choose one "
+                         f"of {valid} for the model's support {model.support!r}.")
+    if sampler not in valid:
+        raise ValueError(f"estimator {estimator.name!r}: sampler {sampler!r} does not apply to "
+                         f"the model's support {model.support!r}; choose one of {valid}.")
+
+
+def _sampler_tuning(sampler: str, step_size) -> dict:
+    if step_size is None:
+        return {}
+    if sampler == "gibbs":
+        raise ValueError("step_size does not apply to sampler 'gibbs' (it has no step size).")
+    return {"step_size": _checks.check_positive_float(step_size, "step_size")}
+
+
+# ---- the likelihood's sandwich from model draws -------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def likelihood_pieces(flat_u, template_u, data, draws, reference_energies, *, model: Model):
+    """The Monte Carlo log-likelihood of Geyer (1991) at flat unconstrained parameters, with the
+    pieces of its sandwich.
+
+    With draws ``y_j`` from ``p_ψ`` and ``E_ref,j = E(y_j; ψ)``,
+
+        f(θ) = mean_i E(x_i; θ) + log mean_j exp(E_ref,j - E(y_j; θ))
+
+    is the negative mean log-likelihood up to the constant ``log Z(ψ)``: its second term
+    estimates ``log Z(θ) - log Z(ψ)`` by importance sampling. Returns ``f``, its gradient and
+    Hessian (which at ψ = θ is the Fisher information ``Cov_θ(∇E)`` plus ``mean ∇²E_data -
+    E_θ[∇²E]``), the per-observation gradients ``∇E(x_i) - Σ_j w_j ∇E(y_j)`` of the sandwich's
+    middle, the importance weights' effective sample size, the weights and the per-draw
+    gradients ``∇E(y_j)`` (for the Monte Carlo error, :func:`monte_carlo_covariance`).
+    """
+    _, unravel = ravel_pytree(template_u)
+
+    def energy(flat, x):
+        return model.energy(model.to_constrained(unravel(flat)), x)
+
+    def log_weights(flat):
+        return reference_energies - jax.vmap(lambda y: energy(flat, y))(draws)
+
+    def objective(flat):
+        data_term = jnp.mean(jax.vmap(lambda x: energy(flat, x))(data))
+        lw = log_weights(flat)
+        return data_term + jax.scipy.special.logsumexp(lw) - jnp.log(lw.shape[0])
+
+    value, grad = jax.value_and_grad(objective)(flat_u)
+    hessian = jax.hessian(objective)(flat_u)
+    weights = jax.nn.softmax(log_weights(flat_u))
+    draw_grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, draws)
+    model_mean = weights @ draw_grads
+    observation_grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, data) - model_mean
+    ess = 1.0 / jnp.sum(weights**2)
+    return value, grad, hessian, observation_grads, ess, weights, draw_grads
+
+
+def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) -> np.ndarray:
+    """The Monte Carlo share of the covariance of the Monte Carlo MLE (Geyer 1994, §3).
+
+    θ̂ solves ``mean_i ∇E(x_i) = Σ_j w_j ∇E(y_j)``; the right side's Monte Carlo error ``V``,
+    estimated by batch means over consecutive draws (which keeps the chains' autocorrelation
+    in), gives ``H⁺ V H⁺``. The draws must be in chain order, as ``idata.posterior`` holds them.
+    """
+    weights = np.asarray(weights, dtype=float)
+    draw_grads = np.asarray(draw_grads, dtype=float)
+    batches = np.array_split(np.arange(weights.size), num_batches)
+    means = np.stack([weights[b] @ draw_grads[b] / weights[b].sum() for b in batches])
+    variance = np.cov(means.T, ddof=1).reshape(means.shape[1], means.shape[1]) / num_batches
+    h_pinv = np.linalg.pinv(0.5 * (hessian + hessian.T), hermitian=True)
+    return h_pinv @ variance @ h_pinv
+
+
+def _flat_draws(idata, model: Model) -> np.ndarray:
+    x = np.asarray(idata.posterior["x"].values)
+    return x.reshape(-1, *model.support.event_shape)
+
+
+def _reference_energies(model: Model, params, draws) -> jax.Array:
+    return jax.jit(jax.vmap(lambda y: model.energy(params, y)))(draws)
+
+
+def _sandwich(model: Model, params, data, draws) -> np.ndarray:
+    """The likelihood's sandwich covariance at ``params`` (constrained, flattened) from draws
+    of the model at ``params``."""
+    u = model.to_unconstrained(params)
+    flat, _ = ravel_pytree(u)
+    ref = _reference_energies(model, params, draws)
+    _, _, hessian, grads, *_ = likelihood_pieces(flat, u, data, draws, ref, model=model)
+    from ..solvers import constrained_jacobian  # here: solvers imports this package
+
+    cov_u = sandwich_covariance(grads, hessian).covariance
+    return delta_method(constrained_jacobian(flat, u, model=model), cov_u)
+
+
+# ---- the shared machinery -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _ChainEstimator(Estimator):
+    """What CD, PCD and MLE share: MCMC draws inside the loss, iterate averaging, and the
+    post-fit sampling that gives ``fit.chains`` and the standard errors."""
+
+    persistent = True
+    preferred_sampler = "mala"
+
+    def _resolved_sampler(self, model: Model) -> str:
+        return self.sampler if self.sampler is not None else _default_sampler(
+            model, self.preferred_sampler)
+
+    def _num_chains(self) -> int:
+        return int(self.num_chains)
+
+    def check(self, model: Model) -> None:
+        _check_sampler(self, model, self._resolved_sampler(model))
+        _sampler_tuning(self._resolved_sampler(model), self.step_size)
+
+    def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
+        """Chains, warmup and draws per chain of the sampling at θ̂."""
+        return 4, 500, 1000
+
+    def build(self, model: Model, resample: bool) -> Objective:
+        support = model.support
+        sampler = self._resolved_sampler(model)
+        tuning = _sampler_tuning(sampler, self.step_size)
+        if sampler == "gibbs":
+            # the sequential scan is exact for every θ; a colouring certified at one θ (a
+            # coupling that starts at zero) need not hold at the next
+            tuning["scan"] = "sequential"
+        values = support.values if support.is_discrete else None
+        warmup = 100 if sampler in ("nuts", "hmc") else 0
+        spec = build_sampler(sampler, warmup, values, **tuning)
+        k = int(self.k)
+        persistent = self.persistent
+        target_accept = SAMPLERS[sampler].tuning.get("target_accept")
+
+        def to_unconstrained(x):
+            return x if support.is_discrete else support.transform.inv(x)
+
+        def to_position(u):
+            return u if support.is_discrete else support.transform(u)
+
+        def start_chains(positions_u, logdensity_fn, key):
+            keys = jax.random.split(key, positions_u.shape[0])
+            return jax.vmap(lambda u, kk: spec.init(u, logdensity_fn, kk))(positions_u, keys)
+
+        def run_chains(states, logdensity_fn, key, adapting):
+            def one_step(states, step_key):
+                keys = jax.random.split(step_key, jax.tree_util.tree_leaves(states)[0].shape[0])
+                states, info = jax.vmap(
+                    lambda kk, st: spec.step(kk, st, logdensity_fn, adapting))(keys, states)
+                return states, jnp.mean(info.acceptance_rate)
+
+            states, acceptance = jax.lax.scan(one_step, states, jax.random.split(key, k))
+            return states, jnp.mean(acceptance)
+
+        def draw(params, state, batch, key):
+            frozen = jax.lax.stop_gradient(params)
+            logdensity_fn = unconstrained_logdensity(model, frozen)
+            start_key, run_key = jax.random.split(key)
+            if persistent:
+                states = jax.vmap(lambda st: spec.refresh(st, logdensity_fn))(state.chains)
+            else:
+                # CD's chains start at the data with the initial step size
+                states = start_chains(jax.vmap(to_unconstrained)(batch.x), logdensity_fn,
+                                      start_key)
+            states, acceptance = run_chains(states, logdensity_fn, run_key, jnp.asarray(False))
+            if persistent and target_accept is not None:
+                states = _scale_step_size(states, jnp.exp(
+                    STEP_SIZE_GAIN * (acceptance - target_accept)))
+            ys = jax.lax.stop_gradient(jax.vmap(to_position)(jax.vmap(spec.position)(states)))
+            new_state = ChainState(states) if persistent else state
+            return ys, new_state, acceptance
+
+        def energies(params, xs):
+            return jax.vmap(lambda x: model.energy(params, x))(xs)
+
+        def terms(params, state, batch, key):
+            ys, _, _ = draw(params, state, batch, key)
+            return energies(params, batch.x) - jnp.mean(energies(params, ys))
+
+        def loss(params, state, batch, key):
+            ys, new_state, acceptance = draw(params, state, batch, key)
+            value = jnp.mean(energies(params, batch.x)) - jnp.mean(energies(params, ys))
+            return value, (new_state, {"acceptance_rate": acceptance})
+
+        num_chains = self._num_chains() if persistent else 0
+
+        def init(params, key):
+            if not persistent:
+                return ChainState(())
+            logdensity_fn = unconstrained_logdensity(model, params)
+            starts = jnp.asarray(support.initial_unconstrained(key, num_chains),
+                                 dtype=jnp.result_type(float))
+            return ChainState(start_chains(starts, logdensity_fn, jax.random.fold_in(key, 1)))
+
+        def post_fit(params, state, data, key, compute_se, progress_bar):
+            chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
+            idata = self._sample_fitted(model, params, state, spec, sampler, key, chains,
+                                        num_warmup, num_samples, progress_bar)
+            params, covariance, method = self._finish(model, params, data, idata, key,
+                                                      compute_se, sampler, chains, num_warmup,
+                                                      num_samples, progress_bar)
+            return PostFit(params, covariance, idata, method)
+
+        return Objective(init, loss, terms, deterministic=False,
+                         quadratic_if_linear_score=False, post_fit=post_fit,
+                         average_iterates=True)
+
+    def _sample_fitted(self, model, params, state, spec, sampler, key, chains, num_warmup,
+                       num_samples, progress_bar):
+        init = None
+        if self.persistent:
+            # the persistent chains are already near p_θ̂: start there
+            positions = jax.vmap(spec.position)(state.chains)[:chains]
+            support = model.support
+            init = np.asarray(positions if support.is_discrete
+                              else jax.vmap(support.transform)(positions))
+        return sample(model, params, key=key, sampler=sampler, num_chains=chains,
+                      num_warmup=num_warmup, num_samples=num_samples, init=init,
+                      progress_bar=progress_bar)
+
+    def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
+                num_warmup, num_samples, progress_bar):
+        """The final params, their covariance and the route's description."""
+        covariance = None
+        if compute_se:
+            covariance = _sandwich(model, params, data, _flat_draws(idata, model))
+        return params, covariance, None
+
+
+def _check_k(k) -> int:
+    return _checks.check_int(k, "k", minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CD(_ChainEstimator):
+    """Contrastive divergence, CD-k (Hinton 2002; seed 004 §3): each step starts one chain at
+    every observation of the minibatch, runs ``k`` MCMC steps at the current θ and follows the
+    surrogate gradient ``mean ∇E(x_i) - mean ∇E(ỹ_i)`` (eq. 3-4 with the chains' ends as draws).
+
+    Biased: its fixed point is not the MLE unless the chains mix in ``k`` steps. The standard
+    errors are the likelihood's sandwich at θ̂ (from ``fit.chains``, draws of the fitted model),
+    an approximation for CD.
+
+    Parameters
+    ----------
+    k : int
+        MCMC steps per optimizer step.
+    sampler : str, optional
+        A sampler of :func:`unnorm.sample` for the model's support; default ``"mala"`` on
+        continuous supports and ``"gibbs"`` (sequential scan) on binary and spin ones.
+    step_size : float, optional
+        The kernel's step size (default the sampler's: 0.1 for MALA and Langevin).
+
+    Examples
+    --------
+    >>> import jax, numpy as np, unnorm as un
+    >>> truth = un.models.ising_chain(6, coupling=0.4, field=0.2)
+    >>> configs = np.asarray(truth.support.enumerate())
+    >>> p = np.exp(-np.asarray(jax.vmap(lambda x: truth.energy(truth.params, x))(configs)))
+    >>> rows = np.random.default_rng(0).choice(64, size=2000, p=p / p.sum())
+    >>> fit = un.fit(un.models.ising_chain(6, coupling=0.0), configs[rows],
+    ...              un.estimators.CD(k=1), key=jax.random.key(1), num_steps=500,
+    ...              batch_size=200, progress_bar=False)
+    >>> bool(abs(fit.params["coupling"] - 0.4) < 0.1)
+    True
+    """
+
+    k: int = 1
+    sampler: str | None = None
+    step_size: float | None = None
+    name = "cd"
+    persistent = False
+
+    def __post_init__(self):
+        _check_k(self.k)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCD(_ChainEstimator):
+    """Persistent contrastive divergence, PCD-k (Tieleman 2008; seed 004 §3): ``num_chains``
+    chains persist across optimizer steps, each step runs ``k`` more MCMC steps at the current θ
+    and follows ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)`` (eq. 3-4). With a slowly moving θ the chains
+    stay near ``p_θ``: a stochastic approximation of the MLE (Younes 1999).
+
+    Parameters
+    ----------
+    k : int
+        MCMC steps per optimizer step.
+    num_chains : int
+        Persistent chains (the model draws per step).
+    sampler : str, optional
+        A sampler of :func:`unnorm.sample`; default ``"mala"`` on continuous supports and
+        ``"gibbs"`` (sequential scan) on binary and spin ones. Step sizes keep adapting.
+    step_size : float, optional
+        The kernel's initial step size.
+
+    Examples
+    --------
+    >>> import jax, numpy as np, unnorm as un
+    >>> x = np.random.default_rng(0).normal(1.0, 0.5, size=(2000, 1))
+    >>> fit = un.fit(un.models.gaussian(1), x, un.estimators.PCD(k=5, num_chains=64),
+    ...              key=jax.random.key(0), num_steps=1500, progress_bar=False)
+    >>> bool(abs(fit.params["mu"][0] - x.mean()) < 0.05)
+    True
+    """
+
+    k: int = 5
+    num_chains: int = 64
+    sampler: str | None = None
+    step_size: float | None = None
+    name = "pcd"
+
+    def __post_init__(self):
+        _check_k(self.k)
+        _checks.check_int(self.num_chains, "num_chains", minimum=1)

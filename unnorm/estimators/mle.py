@@ -1,0 +1,146 @@
+"""Maximum likelihood with MCMC (seed 004 §3, eq. 3-4), finished by Monte Carlo MLE.
+
+Two stages:
+
+1. **Stochastic approximation.** Persistent chains and the gradient of eq. 3-4,
+   ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)``, as in :class:`~unnorm.estimators.PCD` (Younes 1999), bring
+   θ near the MLE; the estimate is the average of the second half of the iterates.
+2. **Monte Carlo MLE** (Geyer & Thompson 1992; Geyer 1991). The fitted model ``p_ψ`` is sampled
+   with :func:`unnorm.sample` (``fit.chains``), and the importance-sampling log-likelihood
+
+       f(θ) = mean_i E(x_i; θ) + log mean_j exp(E(y_j; ψ) - E(y_j; θ)),    y_j ~ p_ψ,
+
+   (``-mean log p_θ(x_i)`` up to the constant ``log Z(ψ)``) is minimized by Newton's method:
+   the Monte Carlo noise of stage 1 is gone, and what remains is that of the importance-sampling
+   estimate of ``log Z(θ)/Z(ψ)``, small when θ̂ is near ψ. If the importance weights degenerate
+   (effective sample size below half the draws), the model is sampled again at the new θ̂.
+
+The standard errors are the sandwich ``H⁻¹JH⁻¹/n`` of :mod:`unnorm.uncertainty` with
+``H = ∇²f`` (the observed Fisher information) and ``J`` from ``∇E(x_i) - E_θ̂[∇E]``, computed in
+the unconstrained space and carried to the constrained one by the delta method, plus the
+Monte Carlo error of θ̂ (Geyer 1994): ``H⁻¹VH⁻¹`` with ``V`` the batch-means variance of the
+importance-sampling estimate of ``E_θ[∇E]``. By default the model is sampled with at least 5 n
+draws, so this share is a small fraction of the total. The errors assume the draws represent
+``p_θ̂`` (check ``fit.chains`` with ArviZ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .. import _checks
+from ..model import Model
+from ..uncertainty import delta_method, sandwich_covariance
+from .contrastive import (
+    _ChainEstimator,
+    _check_k,
+    _flat_draws,
+    _reference_energies,
+    likelihood_pieces,
+    monte_carlo_covariance,
+)
+
+__all__ = ["MLE"]
+
+#: the importance weights are trusted while their effective sample size is at least this
+#: fraction of the draws; below it the model is sampled again at the new estimate
+MIN_WEIGHT_ESS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class MLE(_ChainEstimator):
+    """Maximum likelihood with MCMC: persistent-chain stochastic approximation, then Monte Carlo
+    MLE by importance-sampling Newton steps (seed 004 §3, eq. 3-4; Geyer 1991).
+
+    Parameters
+    ----------
+    sampler : str, optional
+        ``"nuts"``, ``"hmc"``, ``"mala"`` (or any sampler of :func:`unnorm.sample` for the
+        support); default ``"nuts"`` on continuous supports and ``"gibbs"`` on binary and spin
+        ones. It runs the persistent chains and the final sampling of the fitted model.
+    k : int
+        MCMC steps per optimizer step of the first stage.
+    num_chains : int
+        Persistent chains of the first stage.
+    step_size : float, optional
+        The kernel's initial step size.
+    num_warmup, num_samples : int
+        Warmup and kept draws per chain (4 chains) of each sampling of the fitted model;
+        default ``num_samples``: ``5 n / 4`` for n observations, at least 1000 and at most
+        25 000, so that the Monte Carlo error stays below half the statistical one.
+    max_rounds : int
+        At most this many samplings of the fitted model (each followed by Newton steps).
+
+    Examples
+    --------
+    >>> import jax, numpy as np, unnorm as un
+    >>> x = np.random.default_rng(0).normal(1.0, 0.5, size=(1000, 1))
+    >>> fit = un.fit(un.models.gaussian(1), x, un.estimators.MLE(sampler="mala"),
+    ...              key=jax.random.key(0), num_steps=500, progress_bar=False)
+    >>> # the Gaussian MLE is the sample mean and the inverse of the 1/n variance
+    >>> bool(abs(fit.params["mu"][0] - x.mean()) < fit.stderr["mu"][0])
+    True
+    >>> bool(abs(fit.params["prec"][0, 0] * x.var() - 1) < 0.05)
+    True
+    """
+
+    sampler: str | None = None
+    k: int = 5
+    num_chains: int = 64
+    step_size: float | None = None
+    num_warmup: int = 500
+    num_samples: int | None = None
+    max_rounds: int = 3
+    name = "mle"
+    preferred_sampler = "nuts"
+
+    def __post_init__(self):
+        _check_k(self.k)
+        _checks.check_int(self.num_chains, "num_chains", minimum=1)
+        _checks.check_int(self.num_warmup, "num_warmup", minimum=0)
+        if self.num_samples is not None:
+            _checks.check_int(self.num_samples, "num_samples", minimum=10)
+        _checks.check_int(self.max_rounds, "max_rounds", minimum=1)
+
+    def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
+        if self.num_samples is not None:
+            return 4, int(self.num_warmup), int(self.num_samples)
+        return 4, int(self.num_warmup), int(min(max(1000, -(-5 * num_observations // 4)),
+                                                 25_000))
+
+    def _finish(self, model: Model, params, data, idata, key, compute_se, sampler, chains,
+                num_warmup, num_samples, progress_bar):
+        from ..samplers.run import sample
+        from ..solvers import constrained_jacobian, newton  # here: solvers imports this package
+
+        u = model.to_unconstrained(params)
+        flat, unravel = ravel_pytree(u)
+        for round_index in range(int(self.max_rounds)):
+            draws = _flat_draws(idata, model)
+            reference = _reference_energies(model, params, draws)
+
+            def derivatives(f, draws=draws, reference=reference):
+                return likelihood_pieces(f, u, data, draws, reference, model=model)[:3]
+
+            flat, _ = newton(derivatives, flat)
+            params = model.to_constrained(unravel(flat))
+            pieces = likelihood_pieces(flat, u, data, draws, reference, model=model)
+            ess = float(pieces[4])
+            if ess >= MIN_WEIGHT_ESS * draws.shape[0] or round_index + 1 == self.max_rounds:
+                break
+            idata = sample(model, params, key=jax.random.fold_in(key, round_index + 1),
+                           sampler=sampler, num_chains=chains, num_warmup=num_warmup,
+                           num_samples=num_samples, init=_flat_draws(idata, model)[-chains:],
+                           progress_bar=progress_bar)
+        covariance = None
+        if compute_se:
+            _, _, hessian, grads, _, weights, draw_grads = pieces
+            hessian = np.asarray(hessian, dtype=float)
+            cov_u = sandwich_covariance(np.asarray(grads), hessian).covariance
+            cov_u = cov_u + monte_carlo_covariance(hessian, weights, draw_grads)
+            covariance = delta_method(constrained_jacobian(flat, u, model=model), cov_u)
+        return params, covariance, "optimizer + Monte Carlo MLE"
