@@ -296,11 +296,16 @@ def fit(
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
     theta0 = _initial_theta(model, params0, nuisance0)
     if (fitted is None and solve_directly and compute_se and objective.deterministic
-            and default_optimizer and objective.post_fit is None):
+            and default_optimizer):
         # a small deterministic objective: Newton from the start is both faster and exact
-        theta, newton_converged = _refine(model, objective, theta0, est_state, data, train_key)
-        if newton_converged:
-            fitted, route = objective_params(model, objective, theta), "newton"
+        if objective.post_fit is not None:
+            # the estimator's own finish refines by Newton (KSD's U-statistic)
+            fitted, route = objective_params(model, objective, theta0), "newton"
+        else:
+            theta, newton_converged = _refine(model, objective, theta0, est_state, data,
+                                              train_key)
+            if newton_converged:
+                fitted, route = objective_params(model, objective, theta), "newton"
     if fitted is None:
         route = "optimizer"
         theta, losses, converged, steps, skipped, est_state = _optimize(
@@ -326,7 +331,10 @@ def fit(
         post = objective.post_fit(fitted, est_state, data, jax.random.split(train_key)[0],
                                   compute_se, progress_bar)
         fitted, covariance, chains = post.params, post.covariance, post.chains
-        route = post.method or route
+        if post.method is not None:
+            route = post.method
+        elif route == "optimizer" and objective.deterministic:
+            route = "optimizer + newton"
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(route == "closed form"))

@@ -72,6 +72,11 @@ def _scale_step_size(states, factor):
 #: dependence on its own past negligible.
 STEP_SIZE_GAIN = 0.1
 
+#: steps per kept draw when the fitted model is sampled: the local samplers move less per step
+#: than NUTS/HMC, and the Monte Carlo error of the likelihood's pieces falls with the chains'
+#: effective sample size, not with the number of draws stored
+THINNING = {"mala": 4, "langevin": 10, "rwmh": 5}
+
 
 # ---- checks and defaults ------------------------------------------------------------------------
 
@@ -300,8 +305,8 @@ class _ChainEstimator(Estimator):
             init = np.asarray(positions if support.is_discrete
                               else jax.vmap(support.transform)(positions))
         return sample(model, params, key=key, sampler=sampler, num_chains=chains,
-                      num_warmup=num_warmup, num_samples=num_samples, init=init,
-                      progress_bar=progress_bar)
+                      num_warmup=num_warmup, num_samples=num_samples,
+                      thinning=THINNING.get(sampler, 1), init=init, progress_bar=progress_bar)
 
     def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):

@@ -36,6 +36,7 @@ from .. import _checks
 from ..model import Model
 from ..uncertainty import delta_method, sandwich_covariance
 from .contrastive import (
+    THINNING,
     _ChainEstimator,
     _check_k,
     _flat_draws,
@@ -134,7 +135,8 @@ class MLE(_ChainEstimator):
                 break
             idata = sample(model, params, key=jax.random.fold_in(key, round_index + 1),
                            sampler=sampler, num_chains=chains, num_warmup=num_warmup,
-                           num_samples=num_samples, init=_flat_draws(idata, model)[-chains:],
+                           num_samples=num_samples, thinning=THINNING.get(sampler, 1),
+                           init=np.asarray(idata.posterior["x"].values)[:, -1],
                            progress_bar=progress_bar)
         covariance = None
         if compute_se:
