@@ -14,13 +14,15 @@ def test_demo_runs_every_estimator_and_sampler_and_prints_summaries():
     out = io.StringIO()
     cli.demo(num_samples=200, out=out)
     text = out.getvalue()
-    for estimator in ("sm", "ssm", "dsm"):
+    for estimator in ("sm", "ssm", "dsm", "nce", "mle", "pcd"):
         assert f"{estimator} (" in text
     assert "std_err" in text and "prec[0,1]" in text
     for sampler in ("nuts", "hmc", "mala", "langevin", "rwmh", "gibbs"):
         assert f"── {sampler}" in text
     assert "ess_bulk" in text and "r_hat" in text
-    assert "exact log Z over 2^10 configurations" in text
+    assert "log Z: exact over 2^10 configurations" in text
+    assert "annealed importance sampling" in text and "NCE's learned log Z" in text
+    assert "kernel Stein test" in text
 
 
 def test_help_and_version(capsys):

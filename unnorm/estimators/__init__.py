@@ -7,6 +7,7 @@ name     class                                       needs
 ``dsm``  :class:`DSM` (denoising SM, eq. 10-14)      real support
 ``ssm``  :class:`SSM` (sliced SM, eq. 15-17)         continuous support
 ``nce``  :class:`NCE` (noise contrastive, eq. 18-24)   any support
+``ksd``  :class:`KSD` (kernel Stein disc., eq. 30)   real support
 ``mle``  :class:`MLE` (MCMC + Monte Carlo MLE, §3)  any support (a sampler for it)
 ``cd``   :class:`CD` (contrastive divergence, §3)    any support (a sampler for it)
 ``pcd``  :class:`PCD` (persistent CD, §3)            any support (a sampler for it)
@@ -22,13 +23,14 @@ from .mle import MLE
 from .nce import NCE
 from .pseudolikelihood import PseudoLikelihood
 from .score_matching import DSM, SM, SSM
+from .stein import KSD
 
-__all__ = ["Batch", "CD", "DSM", "Estimator", "MLE", "NCE", "Objective", "PCD", "PostFit",
+__all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "NCE", "Objective", "PCD", "PostFit",
            "PseudoLikelihood", "SM", "SSM", "ESTIMATORS", "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (SM, DSM, SSM, NCE, MLE, CD, PCD, PseudoLikelihood)}
+    cls.name: cls for cls in (SM, DSM, SSM, NCE, KSD, MLE, CD, PCD, PseudoLikelihood)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:
