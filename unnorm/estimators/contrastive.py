@@ -286,9 +286,9 @@ class _ChainEstimator(Estimator):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             idata = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, method = self._finish(model, params, data, idata, key,
-                                                      compute_se, sampler, chains, num_warmup,
-                                                      num_samples, progress_bar)
+            params, covariance, method, idata = self._finish(
+                model, params, data, idata, key, compute_se, sampler, chains, num_warmup,
+                num_samples, progress_bar)
             return PostFit(params, covariance, idata, method)
 
         return Objective(init, loss, terms, deterministic=False,
@@ -310,11 +310,12 @@ class _ChainEstimator(Estimator):
 
     def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
-        """The final params, their covariance and the route's description."""
+        """The final params, their covariance, the route's description and the draws of the
+        fitted model the covariance comes from."""
         covariance = None
         if compute_se:
             covariance = _sandwich(model, params, data, _flat_draws(idata, model))
-        return params, covariance, None
+        return params, covariance, None, idata
 
 
 def _check_k(k) -> int:

@@ -19,9 +19,10 @@ The standard errors are the sandwich ``H⁻¹JH⁻¹/n`` of :mod:`unnorm.uncerta
 ``H = ∇²f`` (the observed Fisher information) and ``J`` from ``∇E(x_i) - E_θ̂[∇E]``, computed in
 the unconstrained space and carried to the constrained one by the delta method, plus the
 Monte Carlo error of θ̂ (Geyer 1994): ``H⁻¹VH⁻¹`` with ``V`` the batch-means variance of the
-importance-sampling estimate of ``E_θ[∇E]``. By default the model is sampled with at least 5 n
-draws, so this share is a small fraction of the total. The errors assume the draws represent
-``p_θ̂`` (check ``fit.chains`` with ArviZ).
+importance-sampling estimate of ``E_θ[∇E]``. By default the model is sampled with 5 n draws,
+and again with more (up to 25 000 per chain) while the Monte Carlo variance of a parameter
+exceeds a quarter of its statistical variance. The errors assume the draws represent ``p_θ̂``
+(check ``fit.chains`` with ArviZ).
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ __all__ = ["MLE"]
 #: fraction of the draws; below it the model is sampled again at the new estimate
 MIN_WEIGHT_ESS = 0.5
 
+#: the fitted model is sampled again, with more draws, while the Monte Carlo variance of some
+#: parameter exceeds this fraction of its statistical variance (when num_samples is not given)
+MAX_MONTE_CARLO_SHARE = 0.25
+MAX_SAMPLES_PER_CHAIN = 25_000
+
+
+def _monte_carlo_share(statistical: np.ndarray, monte_carlo: np.ndarray) -> float:
+    """The largest ratio of Monte Carlo to statistical variance over the parameters."""
+    stat, mc = np.diag(statistical), np.diag(monte_carlo)
+    varying = stat > 1e-12 * max(float(np.max(stat, initial=0.0)), 1e-300)
+    return float(np.max(mc[varying] / stat[varying], initial=0.0))
+
 
 @dataclasses.dataclass(frozen=True)
 class MLE(_ChainEstimator):
@@ -71,8 +84,8 @@ class MLE(_ChainEstimator):
         The kernel's initial step size.
     num_warmup, num_samples : int
         Warmup and kept draws per chain (4 chains) of each sampling of the fitted model;
-        default ``num_samples``: ``5 n / 4`` for n observations, at least 1000 and at most
-        25 000, so that the Monte Carlo error stays below half the statistical one.
+        default ``num_samples``: ``5 n / 4`` for n observations (at least 1000), raised up to
+        25 000 while the Monte Carlo variance exceeds a quarter of the statistical one.
     max_rounds : int
         At most this many samplings of the fitted model (each followed by Newton steps).
 
@@ -95,7 +108,7 @@ class MLE(_ChainEstimator):
     step_size: float | None = None
     num_warmup: int = 500
     num_samples: int | None = None
-    max_rounds: int = 3
+    max_rounds: int = 4
     name = "mle"
     preferred_sampler = "nuts"
 
@@ -129,10 +142,22 @@ class MLE(_ChainEstimator):
 
             flat, _ = newton(derivatives, flat)
             params = model.to_constrained(unravel(flat))
-            pieces = likelihood_pieces(flat, u, data, draws, reference, model=model)
-            ess = float(pieces[4])
-            if ess >= MIN_WEIGHT_ESS * draws.shape[0] or round_index + 1 == self.max_rounds:
+            _, _, hessian, grads, ess, weights, draw_grads = likelihood_pieces(
+                flat, u, data, draws, reference, model=model)
+            hessian = np.asarray(hessian, dtype=float)
+            cov_u = sandwich_covariance(np.asarray(grads), hessian).covariance
+            mc_cov_u = monte_carlo_covariance(hessian, weights, draw_grads)
+            share = _monte_carlo_share(cov_u, mc_cov_u)
+            degenerate = float(ess) < MIN_WEIGHT_ESS * draws.shape[0]
+            # more draws while the Monte Carlo error is a large part of the total, when the
+            # number of draws is ours to choose
+            more = (share > MAX_MONTE_CARLO_SHARE and self.num_samples is None
+                    and num_samples < MAX_SAMPLES_PER_CHAIN)
+            if not (degenerate or more) or round_index + 1 == self.max_rounds:
                 break
+            if more:
+                num_samples = int(min(MAX_SAMPLES_PER_CHAIN, np.ceil(
+                    num_samples * share / MAX_MONTE_CARLO_SHARE)))
             idata = sample(model, params, key=jax.random.fold_in(key, round_index + 1),
                            sampler=sampler, num_chains=chains, num_warmup=num_warmup,
                            num_samples=num_samples, thinning=THINNING.get(sampler, 1),
@@ -140,9 +165,6 @@ class MLE(_ChainEstimator):
                            progress_bar=progress_bar)
         covariance = None
         if compute_se:
-            _, _, hessian, grads, _, weights, draw_grads = pieces
-            hessian = np.asarray(hessian, dtype=float)
-            cov_u = sandwich_covariance(np.asarray(grads), hessian).covariance
-            cov_u = cov_u + monte_carlo_covariance(hessian, weights, draw_grads)
-            covariance = delta_method(constrained_jacobian(flat, u, model=model), cov_u)
-        return params, covariance, "optimizer + Monte Carlo MLE"
+            covariance = delta_method(constrained_jacobian(flat, u, model=model),
+                                      cov_u + mc_cov_u)
+        return params, covariance, "optimizer + Monte Carlo MLE", idata
