@@ -1,7 +1,7 @@
 """Calibration of the sandwich standard errors: coverage of 95% Wald intervals.
 
 Simulates ``--reps`` data sets of ``--n`` observations from a 2-D Gaussian graphical model with
-precision ``K`` (energy ``½ xᵀKx``), fits each with SM and SSM, and counts how often the 95%
+precision ``K`` (energy ``½ xᵀKx``), fits each with SM, SSM and NCE, and counts how often the 95%
 interval of each free entry of ``K`` covers the truth. A calibrated SE gives 95% up to the
 binomial error ``sqrt(0.95 · 0.05 / reps)`` (0.69% at 1000 repetitions).
 
@@ -63,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for name, estimator in [("sm", un.estimators.SM()),
-                            ("ssm", un.estimators.SSM(num_projections=1))]:
+                            ("ssm", un.estimators.SSM(num_projections=1)),
+                            ("nce", un.estimators.NCE(nu=4))]:
         started = time.perf_counter()
         results[name] = coverage(estimator, args.reps, args.n)
         results[name]["seconds"] = time.perf_counter() - started
