@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _exact import exact_draws
 
 import unnorm as un
 
@@ -20,15 +21,6 @@ def gaussian_data():
     x = np.random.default_rng(0).multivariate_normal(MU, COV, size=N)
     # the Gaussian MLE: the sample mean and the inverse of the 1/n covariance
     return x, x.mean(0), np.linalg.inv(np.cov(x.T, bias=True))
-
-
-def _exact_draws(model, n: int, seed: int) -> np.ndarray:
-    configs = np.asarray(model.support.enumerate())
-    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(configs)),
-                          dtype=float)
-    weights = np.exp(-(energies - energies.min()))
-    rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
-    return configs[rows]
 
 
 def _exact_fisher_se(model, n: int) -> dict:
@@ -86,7 +78,7 @@ def test_mle_reaches_the_gaussian_mle(gaussian_data):
 
 def test_mle_on_spins_against_exact_fisher_information():
     truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
-    data = _exact_draws(truth, N, seed=3)
+    data = exact_draws(truth, N, seed=3)
     fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, "mle", key=jax.random.key(2),
                  num_steps=500, progress_bar=False)
     _assert_near_truth(fit, {"coupling": 0.5, "field": 0.2})
@@ -98,7 +90,7 @@ def test_mle_on_spins_against_exact_fisher_information():
 
 def test_cd_with_gibbs_on_spins():
     truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
-    data = _exact_draws(truth, N, seed=4)
+    data = exact_draws(truth, N, seed=4)
     fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, un.estimators.CD(k=1),
                  key=jax.random.key(3), num_steps=1000, batch_size=256, progress_bar=False)
     _assert_near_truth(fit, {"coupling": 0.5, "field": 0.2})

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from _exact import exact_draws
 
 import unnorm as un
 
@@ -16,15 +17,6 @@ N = 2000
 def _gaussian_log_z(prec) -> float:
     d = prec.shape[0]
     return 0.5 * d * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(prec)[1]
-
-
-def _exact_draws(model, n: int, seed: int) -> np.ndarray:
-    configs = np.asarray(model.support.enumerate())
-    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(configs)),
-                          dtype=float)
-    weights = np.exp(-(energies - energies.min()))
-    rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
-    return configs[rows]
 
 
 @pytest.mark.parametrize("nu", [1.0, 4.0])
@@ -50,7 +42,7 @@ def test_nce_recovers_gaussian_and_its_log_partition(nu):
 
 def test_nce_on_spins_learns_log_z_against_enumeration():
     truth = un.models.ising_chain(8, coupling=0.5, field=0.2)
-    data = _exact_draws(truth, N, seed=5)
+    data = exact_draws(truth, N, seed=5)
     fit = un.fit(un.models.ising_chain(8, coupling=0.0), data, un.estimators.NCE(nu=4),
                  key=jax.random.key(1), progress_bar=False)
     for name in ("coupling", "field"):

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from _exact import exact_draws
 
 import unnorm as un
 
 D = 5
 N = 3000
-
-
-def _exact_draws(model, params, n: int, seed: int) -> np.ndarray:
-    configs = np.asarray(model.support.enumerate())
-    energies = np.asarray(jax.vmap(lambda x: model.energy(params, x))(jnp.asarray(configs)),
-                          dtype=float)
-    weights = np.exp(-(energies - energies.min()))
-    rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
-    return configs[rows]
 
 
 @pytest.mark.parametrize("kind", ["ising", "boltzmann"])
@@ -29,7 +20,7 @@ def test_pseudo_likelihood_recovers_pairwise_models(kind):
     fields = rng.normal(scale=0.3, size=D)
     build = un.models.ising if kind == "ising" else un.models.boltzmann
     truth = build(couplings, fields)
-    data = _exact_draws(truth, truth.params, N, seed=8)
+    data = exact_draws(truth, N, seed=8)
     start = build(np.zeros_like(couplings), np.zeros(D))
     fit = un.fit(start, data, "pl", key=jax.random.key(0), progress_bar=False)
     assert fit.method in ("newton", "optimizer + newton") and fit.converged

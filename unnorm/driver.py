@@ -435,10 +435,9 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     """Sandwich covariance of the flattened constrained parameters."""
     if in_constrained:
         template = fitted
-    elif objective.nuisance is None:
-        template = model.to_unconstrained(fitted)
     else:
-        template = (model.to_unconstrained(fitted[0]), fitted[1])
+        template = _initial_theta(model, *((fitted, None) if objective.nuisance is None
+                                           else fitted))
     flat, _ = ravel_pytree(template)
     static = dict(model=model, objective=objective, constrained=in_constrained)
     grads = solvers.observation_grads(flat, template, data, est_state, key, **static)

@@ -33,7 +33,7 @@ import jax
 
 from ..model import Model
 
-__all__ = ["Batch", "Objective", "Estimator", "PostFit", "objective_params"]
+__all__ = ["Batch", "Objective", "Estimator", "PostFit", "objective_params", "observation_keys"]
 
 
 class Batch(NamedTuple):
@@ -129,3 +129,10 @@ class Estimator(abc.ABC):
     def options(self) -> dict[str, Any]:
         """The estimator's options, for summaries."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def observation_keys(noise_key, batch: Batch, key, resample: bool) -> jax.Array:
+    """One key per observation: keyed on its row index (common noise across steps, so the
+    objective is a fixed M-estimation criterion) or on the step key (fresh noise)."""
+    base = key if resample else noise_key
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(batch.index)

@@ -40,11 +40,12 @@ from jax.flatten_util import ravel_pytree
 from .. import _checks
 from ..model import Model
 from ..samplers.registry import SAMPLERS, build_sampler
-from ..samplers.run import sample, unconstrained_logdensity
+from ..samplers.run import _to_position, sample, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Estimator, Objective, PostFit
 
-__all__ = ["CD", "PCD", "likelihood_pieces", "monte_carlo_covariance", "ChainState"]
+__all__ = ["CD", "PCD", "likelihood_pieces", "monte_carlo_covariance", "sample_model",
+           "ChainState"]
 
 
 class ChainState(NamedTuple):
@@ -165,8 +166,14 @@ def _flat_draws(idata, model: Model) -> np.ndarray:
     return x.reshape(-1, *model.support.event_shape)
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _energies(params, xs, *, model: Model) -> jax.Array:
+    """``E(x; params)`` for each row of ``xs``: one compiled function per model."""
+    return jax.vmap(lambda x: model.energy(params, x))(xs)
+
+
 def _reference_energies(model: Model, params, draws) -> jax.Array:
-    return jax.jit(jax.vmap(lambda y: model.energy(params, y)))(draws)
+    return _energies(params, draws, model=model)
 
 
 def _sandwich(model: Model, params, data, draws) -> np.ndarray:
@@ -182,6 +189,15 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
     return delta_method(constrained_jacobian(flat, u, model=model), cov_u)
 
 
+def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
+                 num_samples: int, init, progress_bar: bool):
+    """Draws of the fitted model with :func:`unnorm.sample` (thinned for the local samplers,
+    ``THINNING``): ``fit.chains`` and the source of the standard errors."""
+    return sample(model, params, key=key, sampler=sampler, num_chains=chains,
+                  num_warmup=num_warmup, num_samples=num_samples,
+                  thinning=THINNING.get(sampler, 1), init=init, progress_bar=progress_bar)
+
+
 # ---- the shared machinery -----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -195,9 +211,6 @@ class _ChainEstimator(Estimator):
     def _resolved_sampler(self, model: Model) -> str:
         return self.sampler if self.sampler is not None else _default_sampler(
             model, self.preferred_sampler)
-
-    def _num_chains(self) -> int:
-        return int(self.num_chains)
 
     def check(self, model: Model) -> None:
         _check_sampler(self, model, self._resolved_sampler(model))
@@ -224,9 +237,6 @@ class _ChainEstimator(Estimator):
 
         def to_unconstrained(x):
             return x if support.is_discrete else support.transform.inv(x)
-
-        def to_position(u):
-            return u if support.is_discrete else support.transform(u)
 
         def start_chains(positions_u, logdensity_fn, key):
             keys = jax.random.split(key, positions_u.shape[0])
@@ -256,23 +266,28 @@ class _ChainEstimator(Estimator):
             if persistent and target_accept is not None:
                 states = _scale_step_size(states, jnp.exp(
                     STEP_SIZE_GAIN * (acceptance - target_accept)))
-            ys = jax.lax.stop_gradient(jax.vmap(to_position)(jax.vmap(spec.position)(states)))
+            ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(
+                jax.vmap(spec.position)(states)))
             new_state = ChainState(states) if persistent else state
             return ys, new_state, acceptance
 
-        def energies(params, xs):
-            return jax.vmap(lambda x: model.energy(params, x))(xs)
+        def contrast(params, xs, ys):
+            # E(x_i) - mean_j E(ỹ_j): eq. 3-4's gradient with the draws held fixed
+            def energies(points):
+                return jax.vmap(lambda x: model.energy(params, x))(points)
+
+            return energies(xs) - jnp.mean(energies(ys))
 
         def terms(params, state, batch, key):
             ys, _, _ = draw(params, state, batch, key)
-            return energies(params, batch.x) - jnp.mean(energies(params, ys))
+            return contrast(params, batch.x, ys)
 
         def loss(params, state, batch, key):
             ys, new_state, acceptance = draw(params, state, batch, key)
-            value = jnp.mean(energies(params, batch.x)) - jnp.mean(energies(params, ys))
+            value = jnp.mean(contrast(params, batch.x, ys))
             return value, (new_state, {"acceptance_rate": acceptance})
 
-        num_chains = self._num_chains() if persistent else 0
+        num_chains = int(self.num_chains) if persistent else 0
 
         def init(params, key):
             if not persistent:
@@ -301,12 +316,9 @@ class _ChainEstimator(Estimator):
         if self.persistent:
             # the persistent chains are already near p_θ̂: start there
             positions = jax.vmap(spec.position)(state.chains)[:chains]
-            support = model.support
-            init = np.asarray(positions if support.is_discrete
-                              else jax.vmap(support.transform)(positions))
-        return sample(model, params, key=key, sampler=sampler, num_chains=chains,
-                      num_warmup=num_warmup, num_samples=num_samples,
-                      thinning=THINNING.get(sampler, 1), init=init, progress_bar=progress_bar)
+            init = np.asarray(jax.vmap(lambda u: _to_position(model, u))(positions))
+        return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
+                            progress_bar)
 
     def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):

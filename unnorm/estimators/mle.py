@@ -37,13 +37,13 @@ from .. import _checks
 from ..model import Model
 from ..uncertainty import delta_method, sandwich_covariance
 from .contrastive import (
-    THINNING,
     _ChainEstimator,
     _check_k,
     _flat_draws,
     _reference_energies,
     likelihood_pieces,
     monte_carlo_covariance,
+    sample_model,
 )
 
 __all__ = ["MLE"]
@@ -128,7 +128,6 @@ class MLE(_ChainEstimator):
 
     def _finish(self, model: Model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
-        from ..samplers.run import sample
         from ..solvers import constrained_jacobian, newton  # here: solvers imports this package
 
         u = model.to_unconstrained(params)
@@ -158,11 +157,9 @@ class MLE(_ChainEstimator):
             if more:
                 num_samples = int(min(MAX_SAMPLES_PER_CHAIN, np.ceil(
                     num_samples * share / MAX_MONTE_CARLO_SHARE)))
-            idata = sample(model, params, key=jax.random.fold_in(key, round_index + 1),
-                           sampler=sampler, num_chains=chains, num_warmup=num_warmup,
-                           num_samples=num_samples, thinning=THINNING.get(sampler, 1),
-                           init=np.asarray(idata.posterior["x"].values)[:, -1],
-                           progress_bar=progress_bar)
+            idata = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
+                                 sampler, chains, num_warmup, num_samples,
+                                 np.asarray(idata.posterior["x"].values)[:, -1], progress_bar)
         covariance = None
         if compute_se:
             covariance = delta_method(constrained_jacobian(flat, u, model=model),

@@ -35,7 +35,7 @@ import numpyro.distributions as dist
 from .. import _checks
 from ..model import Model
 from ..supports import Support
-from .base import Batch, Estimator, Objective
+from .base import Batch, Estimator, Objective, observation_keys
 
 __all__ = ["NCE"]
 
@@ -238,8 +238,7 @@ class NCE(Estimator):
             return state._replace(noise_params=noise_params), {"log_z": log_z0}
 
         def terms(theta, state, batch: Batch, key):
-            base = key if resample else state.noise_key
-            keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(batch.index)
+            keys = observation_keys(state.noise_key, batch, key, resample)
             return jax.vmap(term, in_axes=(None, None, 0, 0))(theta, state.noise_params,
                                                                batch.x, keys)
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from .. import _checks
 from ..model import Model
 from ..supports import Support
-from .base import Batch, Estimator, Objective
+from .base import Estimator, Objective, observation_keys
 
 __all__ = ["SM", "DSM", "SSM", "boundary_weight", "grad_and_hessian_diagonal", "grad_and_laplacian"]
 
@@ -153,13 +153,6 @@ def _check_truncation(truncation) -> float | None:
     return _checks.check_positive_float(truncation, "truncation")
 
 
-def _observation_keys(state: NoiseState, batch: Batch, key, resample: bool) -> jax.Array:
-    """One key per observation: keyed on its row index (common noise across steps, so the
-    objective is a fixed M-estimation criterion) or on the step key (fresh noise)."""
-    base = key if resample else state.noise_key
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(batch.index)
-
-
 def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
     """An :class:`Objective` from a per-observation term ``term(params, x, key) -> scalar``."""
 
@@ -167,7 +160,7 @@ def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
         return NoiseState(jax.random.fold_in(key, 0x5EED))
 
     def terms(params, state, batch, key):
-        keys = _observation_keys(state, batch, key, resample)
+        keys = observation_keys(state.noise_key, batch, key, resample)
         return jax.vmap(term, in_axes=(None, 0, 0))(params, batch.x, keys)
 
     def loss(params, state, batch, key):

@@ -51,7 +51,14 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
-from ..stein import KERNELS, _block_rows, _profile, _row_blocks, stein_row_means
+from ..stein import (
+    KERNELS,
+    _block_rows,
+    _profile,
+    _row_blocks,
+    _squared_distances,
+    stein_row_means,
+)
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Batch, Estimator, Objective, PostFit
 
@@ -89,10 +96,7 @@ def median_heuristic(points: jax.Array) -> jax.Array:
     n = points.shape[0]
     x = points[:: -(-n // MEDIAN_MAX_ROWS)]
     k = x.shape[0]
-    x = x - jnp.mean(x, axis=0)
-    sq = jnp.sum(x * x, axis=1)
-    q = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
-    q = q.at[jnp.arange(k), jnp.arange(k)].set(0.0)
+    q = _squared_distances(x)
     # the k diagonal zeros sort first and each pair appears twice, so the median of the
     # k(k-1) off-diagonal entries sits at positions k + (m-1)//2 and k + m//2
     m = k * (k - 1)
