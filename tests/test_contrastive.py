@@ -132,6 +132,7 @@ def test_chain_estimators_reject_bad_samplers(estimator, model, error, match):
         (lambda: un.estimators.PCD(num_chains=0), "num_chains must be"),
         (lambda: un.estimators.MLE(num_samples=5), "num_samples must be"),
         (lambda: un.estimators.MLE(max_rounds=0), "max_rounds must be"),
+        (lambda: un.estimators.MLE(num_warmup=-1), "num_warmup must be"),
     ],
 )
 def test_chain_estimators_reject_bad_options(build, match):

@@ -33,7 +33,7 @@ import jax
 
 from ..model import Model
 
-__all__ = ["Batch", "Objective", "Estimator", "PostFit", "objective_params", "observation_keys"]
+__all__ = ["Batch", "Objective", "Estimator", "PostFit"]
 
 
 class Batch(NamedTuple):

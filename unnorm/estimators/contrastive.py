@@ -44,8 +44,7 @@ from ..samplers.run import _to_position, sample, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Estimator, Objective, PostFit
 
-__all__ = ["CD", "PCD", "likelihood_pieces", "monte_carlo_covariance", "sample_model",
-           "ChainState"]
+__all__ = ["CD", "PCD", "ChainState"]
 
 
 class ChainState(NamedTuple):
@@ -189,7 +188,7 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
     return delta_method(constrained_jacobian(flat, u, model=model), cov_u)
 
 
-def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
+def _sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
                  num_samples: int, init, progress_bar: bool):
     """Draws of the fitted model with :func:`unnorm.sample` (thinned for the local samplers,
     ``THINNING``): ``fit.chains`` and the source of the standard errors."""
@@ -317,7 +316,7 @@ class _ChainEstimator(Estimator):
             # the persistent chains are already near p_θ̂: start there
             positions = jax.vmap(spec.position)(state.chains)[:chains]
             init = np.asarray(jax.vmap(lambda u: _to_position(model, u))(positions))
-        return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
+        return _sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
                             progress_bar)
 
     def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,

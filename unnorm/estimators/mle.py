@@ -41,9 +41,9 @@ from .contrastive import (
     _check_k,
     _flat_draws,
     _reference_energies,
+    _sample_model,
     likelihood_pieces,
     monte_carlo_covariance,
-    sample_model,
 )
 
 __all__ = ["MLE"]
@@ -157,9 +157,9 @@ class MLE(_ChainEstimator):
             if more:
                 num_samples = int(min(MAX_SAMPLES_PER_CHAIN, np.ceil(
                     num_samples * share / MAX_MONTE_CARLO_SHARE)))
-            idata = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
-                                 sampler, chains, num_warmup, num_samples,
-                                 np.asarray(idata.posterior["x"].values)[:, -1], progress_bar)
+            idata = _sample_model(model, params, jax.random.fold_in(key, round_index + 1),
+                                  sampler, chains, num_warmup, num_samples,
+                                  np.asarray(idata.posterior["x"].values)[:, -1], progress_bar)
         covariance = None
         if compute_se:
             covariance = delta_method(constrained_jacobian(flat, u, model=model),
