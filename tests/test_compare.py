@@ -56,8 +56,8 @@ def test_default_estimators_follow_the_support():
 def test_the_same_estimator_twice_is_labelled_by_its_options():
     table = un.compare(MODEL, DATA[:500], [un.estimators.DSM(0.1), un.estimators.DSM(0.3)],
                        key=KEY, progress_bar=False)
-    assert list(table.estimator.unique()) == ["dsm(sigma=0.1, control_variate=False)",
-                                              "dsm(sigma=0.3, control_variate=False)"]
+    assert list(table.estimator.unique()) == ["dsm(sigma=0.1, control_variate=True)",
+                                              "dsm(sigma=0.3, control_variate=True)"]
     assert "error" not in table.columns
 
 

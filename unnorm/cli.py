@@ -31,7 +31,7 @@ def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> N
     truth = {"mu": mean, "prec": precision}
     say(f"Fitting mu and prec of a 2-D Gaussian from n = {n} simulated observations:")
     estimators = ["sm", un.estimators.SSM(num_projections=1),
-                  un.estimators.DSM(sigma=0.05, control_variate=True),
+                  un.estimators.DSM(sigma=0.05),
                   un.estimators.NCE(nu=4), un.estimators.MLE(),
                   un.estimators.PCD(k=5, num_chains=64)]
     if "ksd" in un.estimators.ESTIMATORS:

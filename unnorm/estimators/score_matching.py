@@ -255,20 +255,23 @@ class DSM(Estimator):
         network.
     control_variate : bool
         Subtract the control variate of eq. 13 (Wang et al. 2020), ``c = -(2/σ) zᵀ∇ₓE(x) +
-        ‖z‖²/σ² - d/σ²``, which has mean zero and cuts the variance at small σ (eq. 14).
+        ‖z‖²/σ² - d/σ²``, which has mean zero and cuts the variance at small σ (eq. 14). On by
+        default: without it the standard errors at σ = 0.1 are about ten times larger on a 2-D
+        Gaussian, for one more gradient of the energy per observation. ``False`` gives the plain
+        loss of eq. 11.
 
     Examples
     --------
     >>> import jax, numpy as np, unnorm as un
     >>> x = np.random.default_rng(0).normal(size=(500, 2))
-    >>> fit = un.fit(un.models.gaussian(2), x, un.estimators.DSM(0.05, control_variate=True),
-    ...              key=jax.random.key(0), progress_bar=False)
+    >>> fit = un.fit(un.models.gaussian(2), x, un.estimators.DSM(0.05), key=jax.random.key(0),
+    ...              progress_bar=False)
     >>> bool(np.all(abs(fit.params["mu"]) < 4 * fit.stderr["mu"]))   # the truth is 0
     True
     """
 
     sigma: float | tuple[float, ...] = 0.1
-    control_variate: bool = False
+    control_variate: bool = True
     name = "dsm"
 
     def _sigmas(self) -> tuple[float, ...]:
