@@ -25,7 +25,7 @@ from .. import _checks
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
-from . import structure
+from . import structure, threefry
 from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
 
 __all__ = ["sample", "unconstrained_logdensity"]
@@ -123,7 +123,7 @@ def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, star
         # Step keys are fold_in(chain_key, global step): the stream does not depend on how the
         # run is chunked.
         steps = (start + index) * thinning + jnp.arange(thinning)
-        keys = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(steps))(
+        keys = jax.vmap(lambda k: jax.vmap(lambda i: threefry.fold_in(k, i))(steps))(
             chain_keys)
         return jax.vmap(one_draw)(states, keys)
 
@@ -131,7 +131,9 @@ def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, star
     # with no transposition on the device; the caller swaps the axes of the NumPy array (a
     # view, not a copy).
     states, (positions, stats) = jax.lax.scan(one_draw_all_chains, states, jnp.arange(length))
-    return states, (positions, stats), jnp.all(jnp.isfinite(positions))
+    # Discrete kernels only ever write one of the support's two values: no pass over the draws.
+    finite = jnp.array(True) if model.support.is_discrete else jnp.all(jnp.isfinite(positions))
+    return states, (positions, stats), finite
 
 
 def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int:

@@ -1,0 +1,116 @@
+"""JAX's default generator, Threefry-2x32, with its 20 rounds unrolled, for the samplers' loops.
+
+The samplers draw a key per chain and step (``fold_in``) and a few random numbers from it. On
+the CPU, JAX lowers the Threefry hash as a loop of five steps of four rounds, which keeps
+compile times short; inside a sampler's own loop that inner loop ran several separately
+launched XLA kernels per step, more than the arithmetic of a Gibbs sweep
+(benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011, "Parallel
+random numbers: as easy as 1, 2, 3", Threefry-2x32 with 20 rounds) as straight-line array
+code, which XLA fuses with its consumers.
+
+Its outputs equal ``jax.random``'s bit for bit, in both of JAX's counter layouts
+(``jax.threefry_partitionable``), so the draws of every sampler are what ``jax.random`` would
+give (tests/test_threefry.py checks this on every JAX version the CI runs). Keys of another
+generator (``jax.random.key(0, impl="rbg")``) and float64 draws go to ``jax.random`` itself.
+
+Example
+-------
+>>> import jax, numpy as np
+>>> from unnorm.samplers import threefry
+>>> key = jax.random.key(0)
+>>> bool(np.array_equal(jax.random.key_data(threefry.fold_in(key, 3)),
+...                     jax.random.key_data(jax.random.fold_in(key, 3))))
+True
+>>> bool(np.array_equal(threefry.uniform(key, (5,)), jax.random.uniform(key, (5,))))
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["hash_2x32", "fold_in", "uniform"]
+
+# The rotation constants of Threefry-2x32 (Salmon et al. 2011, table 4), four rounds each,
+# alternating, and the key-schedule parity constant.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _rotate_left(word: jax.Array, distance: int) -> jax.Array:
+    return (word << np.uint32(distance)) | (word >> np.uint32(32 - distance))
+
+
+def hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)`` under the key
+    ``key_words`` (two uint32 words): five groups of four mix rounds, each group followed by a
+    key injection."""
+    k0, k1 = key_words[0], key_words[1]
+    schedule = (k0, k1, k0 ^ k1 ^ _PARITY)
+    x0 = x0 + schedule[0]
+    x1 = x1 + schedule[1]
+    for group in range(5):
+        for distance in _ROTATIONS[group % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, distance) ^ x0
+        x0 = x0 + schedule[(group + 1) % 3]
+        x1 = x1 + schedule[(group + 2) % 3] + np.uint32(group + 1)
+    return x0, x1
+
+
+def _is_threefry(key) -> bool:
+    return str(jax.random.key_impl(key)) == "threefry2x32"
+
+
+def fold_in(key, data) -> jax.Array:
+    """``jax.random.fold_in(key, data)``, bit for bit: the key's hash of the counter pair
+    ``(0, data)`` (``data`` a non-negative integer below 2^32)."""
+    if not _is_threefry(key):
+        return jax.random.fold_in(key, data)
+    words = jax.random.key_data(key)
+    y0, y1 = hash_2x32(words, jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
+    return jax.random.wrap_key_data(jnp.stack([y0, y1]), impl="threefry2x32")
+
+
+def _bits_32(key, size: int, partitionable: bool) -> jax.Array:
+    """``size`` uniform uint32 words, in JAX's partitionable or classic counter layout."""
+    words = jax.random.key_data(key)
+    if partitionable:
+        # one hash per word: counters (high, low) of the word's index, the two outputs XORed
+        y0, y1 = hash_2x32(words, jnp.zeros(size, jnp.uint32), jnp.arange(size, dtype=jnp.uint32))
+        return y0 ^ y1
+    # the classic layout: counters 0..size-1 (an odd count padded with one 0) split into two
+    # halves, hashed pairwise; both outputs kept
+    half = (size + 1) // 2
+    count = jnp.concatenate([jnp.arange(size, dtype=jnp.uint32),
+                             jnp.zeros(2 * half - size, jnp.uint32)])
+    y0, y1 = hash_2x32(words, count[:half], count[half:])
+    return jnp.concatenate([y0, y1])[:size]
+
+
+def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, minval=0.0, maxval=1.0, *,
+            partitionable: bool | None = None) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit: the top 23 bits
+    of each word become the mantissa of a float in [1, 2), shifted and scaled to
+    ``[minval, maxval)``.
+
+    ``partitionable`` picks the counter layout as ``jax.threefry_partitionable`` does; None
+    follows JAX's current setting. The classic layout (False) hashes half as many counters.
+    """
+    if partitionable is None:
+        partitionable = bool(jax.config.jax_threefry_partitionable)
+    dtype = jnp.dtype(dtype)
+    size = math.prod(shape)
+    if dtype != jnp.float32 or not _is_threefry(key) or size >= 2**32:
+        with jax.threefry_partitionable(partitionable):
+            return jax.random.uniform(key, shape, dtype, minval, maxval)
+    bits = _bits_32(key, size, partitionable)
+    one = np.array(1.0, np.float32).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - 1.0
+    minval = jnp.asarray(minval, dtype)
+    maxval = jnp.asarray(maxval, dtype)
+    return jnp.maximum(minval, (floats * (maxval - minval) + minval).reshape(shape))
