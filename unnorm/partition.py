@@ -25,31 +25,21 @@ Example
 from __future__ import annotations
 
 import functools
-import math
-import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _checks
-from .model import Model, _format_params
-from .samplers import gibbs, langevin
-from .samplers.run import _progress_disabled, unconstrained_logdensity
+from .ais import annealed_log_partition
+from .model import Model
 
 __all__ = ["LogPartition", "log_partition", "METHODS", "MAX_EXACT_UNITS"]
 
 METHODS = ("exact", "ais")
 MAX_EXACT_UNITS = 20
 _CHUNK = 2**14
-# Sigmoid schedule's steepness (Grosse, Ghahramani & Adams 2015 use δ = 4).
-_SIGMOID_DELTA = 4.0
-# The annealing runs as at most this many jitted scans, so a progress bar can move in between.
-_NUM_SCANS = 20
-# Keeps the adapted MALA step size away from 0 (0/0 in the proposal density) and overflow.
-_LOG_STEP_BOUNDS = (math.log(1e-7), math.log(1e7))
 
 
 class LogPartition(NamedTuple):
@@ -214,11 +204,12 @@ def log_partition(
                 "method='ais' draws random numbers and needs key=, a JAX PRNG key such as "
                 "jax.random.key(0) (the same key gives the same estimate); got key=None."
             )
-        return _ais(model, params, key, num_chains=num_chains,
-                    num_temperatures=num_temperatures, num_mcmc_steps=num_mcmc_steps,
-                    step_size=step_size, adapt_step_size=adapt_step_size,
-                    target_accept=target_accept, base_loc=base_loc, base_scale=base_scale,
-                    progress_bar=progress_bar)
+        estimate, stderr, ess = annealed_log_partition(
+            model, params, key, num_chains=num_chains, num_temperatures=num_temperatures,
+            num_mcmc_steps=num_mcmc_steps, step_size=step_size,
+            adapt_step_size=adapt_step_size, target_accept=target_accept, base_loc=base_loc,
+            base_scale=base_scale, progress_bar=progress_bar)
+        return LogPartition(estimate, stderr, "ais", ess)
     return _exact(model, params, _checks.check_int(max_units, "max_units", 1))
 
 
@@ -249,286 +240,3 @@ def _exact(model: Model, params, max_units: int) -> LogPartition:
             )
         running = float(np.logaddexp(running, float(lse)))
     return LogPartition(running, 0.0, "exact")
-
-
-# ---- annealed importance sampling ----------------------------------------------------------------
-
-def _sigmoid_schedule(num_temperatures: int) -> np.ndarray:
-    """β_0 = 0 < ... < β_K = 1, float64 (Grosse, Ghahramani & Adams 2015)."""
-    t = np.linspace(-_SIGMOID_DELTA, _SIGMOID_DELTA, num_temperatures)
-    s = 1.0 / (1.0 + np.exp(-t))
-    beta = (s - s[0]) / (s[-1] - s[0])
-    beta[0], beta[-1] = 0.0, 1.0
-    return beta
-
-
-def _base_array(value, name: str, support, default: float, positive: bool) -> np.ndarray:
-    """``base_loc`` / ``base_scale``: a scalar or an array of the event shape, broadcast."""
-    shape = support.event_shape
-    if value is None:
-        return np.full(shape, default)
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be a number or an array of numbers of the event shape {shape}; got "
-            f"{type(value).__name__} {value!r}."
-        ) from None
-    if arr.shape not in ((), shape):
-        raise ValueError(
-            f"{name} has shape {arr.shape}; give a scalar or an array of the event shape "
-            f"{shape} of the support {support!r}."
-        )
-    bad = ~np.isfinite(arr) | ((arr <= 0) if positive else False)
-    if np.any(bad):
-        need = "finite and > 0 everywhere (standard deviations)" if positive else "finite"
-        raise ValueError(
-            f"{name} must be {need}; got {int(np.sum(bad))} bad value(s), e.g. "
-            f"{float(arr[bad].flat[0]) if arr.ndim else float(arr)}."
-        )
-    return np.broadcast_to(arr, shape).copy()
-
-
-def _ais(model: Model, params, key, *, num_chains, num_temperatures, num_mcmc_steps, step_size,
-         adapt_step_size, target_accept, base_loc, base_scale, progress_bar) -> LogPartition:
-    support = model.support
-    num_chains = _checks.check_int(num_chains, "num_chains", 1)
-    num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2)
-    num_mcmc_steps = _checks.check_int(num_mcmc_steps, "num_mcmc_steps", 1)
-    adapt = _checks.check_bool(adapt_step_size, "adapt_step_size")
-    disabled = _progress_disabled(_checks.check_bool(progress_bar, "progress_bar"))
-    dtype = jnp.result_type(float)
-    if support.is_discrete:
-        for name, value in (("step_size", step_size), ("base_loc", base_loc),
-                            ("base_scale", base_scale)):
-            if value is not None:
-                raise ValueError(
-                    f"{name} does not apply to the {support!r} support: method='ais' anneals a "
-                    "binary or spin model from the uniform distribution with Gibbs sweeps (no "
-                    f"Gaussian base, no step size); got {name}={value!r}."
-                )
-        num_pilot = 0
-    else:
-        target_accept = _checks.check_probability(target_accept, "target_accept")
-        loc = _base_array(base_loc, "base_loc", support, 0.0, positive=False)
-        scale = _base_array(base_scale, "base_scale", support, 1.0, positive=True)
-        if step_size is None:
-            step_size = float(np.min(scale)) * support.size ** (-1 / 6)
-        step_size = _checks.check_positive_float(step_size, "step_size")
-        num_pilot = min(32, max(8, num_chains // 8)) if adapt else 0
-
-    # Per-chain key streams: chain i draws the same numbers whatever num_chains is, and the
-    # pilot chains' stream is disjoint from the counted chains'.
-    chain_keys = jax.random.split(jax.random.fold_in(key, 0), num_chains)
-    if num_pilot:
-        pilot_keys = jax.random.split(jax.random.fold_in(key, 1), num_pilot)
-        chain_keys = jnp.concatenate([chain_keys, pilot_keys])
-
-    betas = _sigmoid_schedule(num_temperatures)
-    num_steps = num_temperatures - 1
-    length = -(-num_steps // _NUM_SCANS)
-    padded = length * -(-num_steps // length)
-    # Padding steps sit at β = 1 with a zero increment: extra transitions at the target change
-    # no weight, and every scan has one length (one compilation).
-    beta = np.ones(padded)
-    beta[:num_steps] = betas[1:]
-    delta = np.zeros(padded)
-    delta[:num_steps] = np.diff(betas)
-    xs = (np.arange(1, padded + 1, dtype=np.int32), beta.astype(dtype), delta.astype(dtype),
-          np.arange(padded) < num_steps)
-
-    if support.is_discrete:
-        carry = _init_discrete(model, params, chain_keys)
-        start_values = carry[1]
-        run = functools.partial(_anneal_discrete, model, params, chain_keys=chain_keys,
-                                num_mcmc_steps=num_mcmc_steps)
-        stat_name = "flip_rate"
-        log_z0 = support.size * math.log(2.0)
-    else:
-        loc, scale = jnp.asarray(loc, dtype), jnp.asarray(scale, dtype)
-        state = _init_continuous(model, params, chain_keys, loc, scale)
-        start_values = state[1]
-        carry = (state, jnp.asarray(math.log(step_size), dtype))
-        run = functools.partial(_anneal_continuous, model, params, chain_keys=chain_keys,
-                                loc=loc, scale=scale,
-                                target_accept=jnp.asarray(target_accept, dtype),
-                                num_mcmc_steps=num_mcmc_steps, num_pilot=num_pilot, adapt=adapt)
-        stat_name = "accept"
-        log_z0 = 0.0
-    _check_start(model, params, np.asarray(start_values)[:num_chains])
-
-    with tqdm(total=num_steps, disable=disabled, desc=f"ais ({num_chains} chains)",
-              unit="temperature") as bar:
-        for start in range(0, padded, length):
-            chunk = tuple(jnp.asarray(a[start:start + length]) for a in xs)
-            carry, stat = run(carry, chunk)
-            if not disabled:
-                jax.block_until_ready(stat)
-                bar.update(min(length, num_steps - start))
-                bar.set_postfix({stat_name: f"{float(jnp.mean(stat)):.2f}"})
-    log_weights = carry[2] if support.is_discrete else carry[0][3]
-    return _summarize(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0)
-
-
-def _check_start(model: Model, params, log_f: np.ndarray) -> None:
-    """Raise before annealing when no chain starts where the energy is finite."""
-    if not np.any(np.isfinite(log_f)):
-        raise ValueError(
-            f"method='ais': the energy is not finite at any of the {log_f.size} starting points "
-            f"drawn from the base distribution on {model.support!r}, so no chain can carry "
-            f"weight.\nParameter values:\n{_format_params(params)}\nCheck the energy for "
-            "log/division of non-positive values, or move the Gaussian base (base_loc, "
-            "base_scale, in the unconstrained space) to where the energy is finite."
-        )
-
-
-def _summarize(log_weights: np.ndarray, log_z0: float) -> LogPartition:
-    """logmeanexp of the weights, the delta-method standard error and the ESS, all computed on
-    w / max(w) so that nothing overflows."""
-    total = log_weights.size
-    dropped = np.isnan(log_weights) | (log_weights == np.inf)
-    kept = log_weights[~dropped]
-    if kept.size == 0 or not np.any(np.isfinite(kept)):
-        raise ValueError(
-            f"method='ais': none of the {total} chains ended with a finite log-weight "
-            f"({int(np.isnan(log_weights).sum())} NaN, {int((log_weights == np.inf).sum())} "
-            f"+inf, {int((log_weights == -np.inf).sum())} -inf), so log Z cannot be estimated "
-            "for these params. NaN or +inf comes from an energy NaN or -inf along a chain's "
-            "path; -inf from an energy +inf wherever the chain went."
-        )
-    if dropped.any():
-        warnings.warn(
-            f"method='ais': {int(dropped.sum())} of {total} chains ended with a NaN or +inf "
-            "log-weight (the energy was NaN or -inf on their path) and were dropped; the "
-            f"estimate uses the other {kept.size} and is biased unless the region where the "
-            "energy is NaN is negligible. Return +inf there instead if the density is zero.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    top = float(np.max(kept))
-    w = np.exp(kept - top)
-    mean = float(np.mean(w))
-    estimate = log_z0 + top + math.log(mean)
-    n = w.size
-    stderr = float(np.std(w, ddof=1)) / (math.sqrt(n) * mean) if n > 1 else math.inf
-    ess = float(np.sum(w) ** 2 / np.sum(w**2))
-    return LogPartition(float(estimate), float(stderr), "ais", ess)
-
-
-def _log_base(u, loc, scale):
-    """log N(u; loc, diag(scale²)), normalized: the base's log Z0 is 0."""
-    z = (u - loc) / scale
-    return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(scale)) - 0.5 * z.size * math.log(2 * math.pi)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _init_continuous(model: Model, params, chain_keys, loc, scale):
-    """u_0 ~ N(loc, scale²) per chain, with log f and its gradient; log-weights 0."""
-    log_f = unconstrained_logdensity(model, params)
-
-    def one(key):
-        u = loc + scale * jax.random.normal(jax.random.fold_in(key, 0), loc.shape, loc.dtype)
-        value, grad = jax.value_and_grad(log_f)(u)
-        return u, value, grad
-
-    u, value, grad = jax.vmap(one)(chain_keys)
-    return u, value, grad, jnp.zeros_like(value)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps", "num_pilot", "adapt"))
-def _anneal_continuous(model: Model, params, carry, xs, *, chain_keys, loc, scale,
-                       target_accept, num_mcmc_steps: int, num_pilot: int, adapt: bool):
-    """Temperatures ``xs`` of the annealing for all chains: weight increment at the state
-    before the transition, then MALA steps targeting γ_β."""
-    log_f = unconstrained_logdensity(model, params)
-    num_counted = chain_keys.shape[0] - num_pilot
-
-    def grad_base(u):
-        return -(u - loc) / scale**2
-
-    def one_temperature(carry, x):
-        (u, lf, glf, logw), log_step = carry
-        step, beta, delta, valid = x
-        lp0 = jax.vmap(lambda v: _log_base(v, loc, scale))(u)
-        logw = logw + jnp.where(valid, delta * (lf - lp0), 0.0)
-
-        def target(v):
-            return (1 - beta) * _log_base(v, loc, scale) + beta * log_f(v)
-
-        step_size = jnp.exp(log_step)
-
-        def transition(key, u, lf, glf, lp0):
-            # γ_β and its gradient are assembled from the cached log f, so a new β costs no
-            # extra gradient evaluation.
-            state = langevin.LangevinState(u, (1 - beta) * lp0 + beta * lf,
-                                           (1 - beta) * grad_base(u) + beta * glf)
-
-            def mcmc(state, k):
-                state, info = langevin.mala_step(k, state, target, step_size)
-                return state, info.acceptance_rate
-
-            keys = jax.random.split(jax.random.fold_in(key, step), num_mcmc_steps)
-            state, accept = jax.lax.scan(mcmc, state, keys)
-            v = state.position
-            # log f back from γ_β = (1-β) log p0 + β log f (β > 0 at every transition): saves
-            # one gradient per temperature; the rounding, about eps·|log p0|/β, enters the next
-            # increment multiplied by Δβ, and Δβ/β is at most about 1 on the sigmoid schedule.
-            lf = (state.logdensity - (1 - beta) * _log_base(v, loc, scale)) / beta
-            glf = (state.logdensity_grad - (1 - beta) * grad_base(v)) / beta
-            return v, lf, glf, jnp.mean(accept)
-
-        u, lf, glf, accept = jax.vmap(transition)(chain_keys, u, lf, glf, lp0)
-        if adapt:
-            pilot_accept = jnp.mean(accept[num_counted:])
-            log_step = jnp.clip(log_step + (pilot_accept - target_accept), *_LOG_STEP_BOUNDS)
-        return ((u, lf, glf, logw), log_step), jnp.mean(accept[:num_counted])
-
-    return jax.lax.scan(one_temperature, carry, xs)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _init_discrete(model: Model, params, chain_keys):
-    """x_0 uniform on the support per chain, with -E(x_0); log-weights 0."""
-    low, high = model.support.values
-    shape = model.support.event_shape
-    dtype = jnp.result_type(float)
-
-    def one(key):
-        on = jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, shape)
-        x = jnp.where(on, high, low).astype(dtype)
-        return x, -model.energy(params, x)
-
-    x, neg_energy = jax.vmap(one)(chain_keys)
-    return x, neg_energy, jnp.zeros_like(neg_energy)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps"))
-def _anneal_discrete(model: Model, params, carry, xs, *, chain_keys, num_mcmc_steps: int):
-    """Temperatures ``xs`` for all chains: weight increment, then Gibbs sweeps targeting
-    γ_β(x) = -β E(x) (the uniform base is a constant)."""
-    values = model.support.values
-
-    def one_temperature(carry, x):
-        positions, neg_energy, logw = carry
-        step, beta, delta, valid = x
-        logw = logw + jnp.where(valid, delta * neg_energy, 0.0)
-
-        def target(y):
-            return -beta * model.energy(params, y)
-
-        def transition(key, position, neg_energy):
-            def sweep(state, k):
-                state, info = gibbs.step(k, state, target, values)
-                return state, info.flip_rate
-
-            keys = jax.random.split(jax.random.fold_in(key, step), num_mcmc_steps)
-            state = gibbs.GibbsState(position, beta * neg_energy)
-            state, flips = jax.lax.scan(sweep, state, keys)
-            # The sweep carries -βE at the final point exactly; dividing by β > 0 is exact to
-            # an ulp and spares an energy evaluation.
-            return state.position, state.logdensity / beta, jnp.mean(flips)
-
-        positions, neg_energy, flips = jax.vmap(transition)(chain_keys, positions, neg_energy)
-        return (positions, neg_energy, logw), jnp.mean(flips)
-
-    return jax.lax.scan(one_temperature, carry, xs)
