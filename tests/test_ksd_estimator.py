@@ -17,7 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import unnorm as un
-from unnorm import stein
+from unnorm import stein_kernels
 from unnorm.estimators.stein import _derivatives, median_heuristic
 
 KEY = jax.random.key(0)
@@ -160,7 +160,7 @@ def test_closed_form_derivatives_match_autodiff(kernel):
     def row_means(f):
         params = model.to_constrained(unravel(f))
         scores = jax.vmap(lambda xi: model.score(params, xi))(x)
-        return stein.stein_row_means(scores, x, kernel=kernel, bandwidth=0.9)
+        return stein_kernels.stein_row_means(scores, x, kernel=kernel, bandwidth=0.9)
 
     def objective(f):
         return jnp.mean(row_means(f))
@@ -178,7 +178,7 @@ def test_closed_form_derivatives_match_autodiff(kernel):
 def test_median_heuristic_matches_median_bandwidth():
     x = np.random.default_rng(1).normal(size=(300, 3)).astype(np.float32)
     assert float(median_heuristic(jnp.asarray(x))) == pytest.approx(
-        stein.median_bandwidth(x), rel=1e-5)
+        stein_kernels.median_bandwidth(x), rel=1e-5)
     # more than half of the pairs coincide: the mean distance keeps the kernel proper
     ties = jnp.asarray([[0.0]] * 8 + [[1.0], [3.0]])
     assert float(median_heuristic(ties)) > 0

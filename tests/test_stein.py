@@ -1,4 +1,4 @@
-"""The kernel Stein discrepancy and ``un.ksd_test`` (unnorm/stein.py).
+"""The kernel Stein discrepancy and ``un.ksd_test`` (unnorm/stein.py and unnorm/stein_kernels.py).
 
 Exact identities are checked against autodiff to float32 precision; statistical claims are
 checked with tolerances from a standard error (DESIGN.md): the Stein identity with the exact
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import unnorm as un
-from unnorm import stein
+from unnorm import stein_kernels
 
 KERNELS = ("imq", "rbf")
 GAUSS2 = un.models.gaussian(2)
@@ -30,7 +30,7 @@ def _autodiff_stein(kernel: str, bandwidth: float):
     forms (Liu, Lee & Jordan 2016, eq. for u_q)."""
 
     def k(x, y):
-        return stein.kernel_value(x, y, kernel=kernel, bandwidth=bandwidth)
+        return stein_kernels.kernel_value(x, y, kernel=kernel, bandwidth=bandwidth)
 
     def u(sx, x, sy, y):
         grad_x = jax.grad(k, argnums=0)(x, y)
@@ -52,12 +52,12 @@ def test_kernel_derivatives_match_autodiff(kernel, bandwidth):
     ys = ys.at[0].set(xs[0])                                  # include x = y (q = 0)
 
     def k(x, y):
-        return stein.kernel_value(x, y, kernel=kernel, bandwidth=bandwidth)
+        return stein_kernels.kernel_value(x, y, kernel=kernel, bandwidth=bandwidth)
 
     @jax.jit
     @jax.vmap
     def closed_and_autodiff(x, y):
-        closed = stein.kernel_and_derivatives(x, y, kernel=kernel, bandwidth=bandwidth)
+        closed = stein_kernels.kernel_and_derivatives(x, y, kernel=kernel, bandwidth=bandwidth)
         cross = jax.jacfwd(jax.grad(k, argnums=1), argnums=0)(x, y)   # ∂²k / ∂x_a ∂y_b
         auto = (k(x, y), jax.grad(k, argnums=0)(x, y), jax.grad(k, argnums=1)(x, y),
                 jnp.trace(cross))
@@ -71,9 +71,9 @@ def test_kernel_derivatives_match_autodiff(kernel, bandwidth):
 def test_kernel_values_by_hand():
     x, y = jnp.zeros(2), jnp.array([3.0, 4.0])               # ‖x - y‖ = 5
     # IMQ (1 + 25/h²)^(-1/2) with h = 5: 2^(-1/2); RBF exp(-25 / (2·25)) = e^(-1/2)
-    assert float(stein.kernel_value(x, y, kernel="imq", bandwidth=5.0)) == pytest.approx(
+    assert float(stein_kernels.kernel_value(x, y, kernel="imq", bandwidth=5.0)) == pytest.approx(
         2**-0.5, rel=1e-6)
-    assert float(stein.kernel_value(x, y, kernel="rbf", bandwidth=5.0)) == pytest.approx(
+    assert float(stein_kernels.kernel_value(x, y, kernel="rbf", bandwidth=5.0)) == pytest.approx(
         np.exp(-0.5), rel=1e-6)
 
 
@@ -87,7 +87,7 @@ def test_stein_kernel_matrix_matches_autodiff(kernel):
     u = _autodiff_stein(kernel, h)
     pair = jax.vmap(jax.vmap(u, in_axes=(None, None, 0, 0)), in_axes=(0, 0, None, None))
     expected = jax.jit(pair)(s, x, s, x)
-    got = stein.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
+    got = stein_kernels.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
     assert got.shape == (n, n)
     scale = float(jnp.max(jnp.abs(expected)))
     np.testing.assert_allclose(got, expected, rtol=_rtol(x.dtype), atol=2e-6 * scale)
@@ -100,18 +100,18 @@ def test_blocks_cross_and_translation_agree_with_the_full_matrix(kernel):
     n, d, h = 11, 2, 0.9
     x = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
     s = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
-    full = stein.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
+    full = stein_kernels.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
     off = full - jnp.diag(jnp.diag(full))
     rows = off.sum(axis=1) / (n - 1)
     for block in (None, 1, 4, 50):                     # 4 leaves a padded last block
-        got = stein.stein_row_means(s, x, kernel=kernel, bandwidth=h, block_size=block)
+        got = stein_kernels.stein_row_means(s, x, kernel=kernel, bandwidth=h, block_size=block)
         np.testing.assert_allclose(got, rows, rtol=1e-5, atol=1e-6)
-    ustat = stein.ksd_ustat(s, x, kernel=kernel, bandwidth=h, block_size=3)
+    ustat = stein_kernels.ksd_ustat(s, x, kernel=kernel, bandwidth=h, block_size=3)
     assert float(ustat) == pytest.approx(float(off.sum()) / (n * (n - 1)), rel=1e-5, abs=1e-6)
-    cross = stein.stein_kernel_cross(s[:4], x[:4], s[4:], x[4:], kernel=kernel, bandwidth=h)
+    cross = stein_kernels.stein_kernel_cross(s[:4], x[:4], s[4:], x[4:], kernel=kernel, bandwidth=h)
     np.testing.assert_allclose(cross, full[:4, 4:], rtol=1e-5, atol=1e-6)
     # distances are translation invariant; the centring keeps float32 accurate far from 0
-    shifted = stein.stein_kernel_matrix(s, x + 50.0, kernel=kernel, bandwidth=h)
+    shifted = stein_kernels.stein_kernel_matrix(s, x + 50.0, kernel=kernel, bandwidth=h)
     np.testing.assert_allclose(shifted, full, rtol=1e-3, atol=1e-3)
 
 
@@ -127,7 +127,7 @@ def test_ustat_is_jittable_and_differentiable_in_theta(kernel):
     mask = 1.0 - jnp.eye(n)
 
     def closed(mu):
-        return stein.ksd_ustat(-(x - mu), x, kernel=kernel, bandwidth=h, block_size=16)
+        return stein_kernels.ksd_ustat(-(x - mu), x, kernel=kernel, bandwidth=h, block_size=16)
 
     @jax.jit
     def reference(mu):
@@ -141,11 +141,11 @@ def test_ustat_is_jittable_and_differentiable_in_theta(kernel):
 
 
 def test_median_bandwidth():
-    assert stein.median_bandwidth(np.array([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)
+    assert stein_kernels.median_bandwidth(np.array([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)
     x = np.random.default_rng(4).normal(size=(60, 3))
     i, j = np.triu_indices(60, k=1)
     truth = np.median(np.linalg.norm(x[i] - x[j], axis=1))
-    assert stein.median_bandwidth(x) == pytest.approx(truth, rel=1e-5)
+    assert stein_kernels.median_bandwidth(x) == pytest.approx(truth, rel=1e-5)
     test = un.ksd_test(un.models.gaussian(3), None, x, key=jax.random.key(0), num_bootstrap=10)
     assert test.bandwidth == pytest.approx(truth, rel=1e-5)
 
@@ -163,9 +163,9 @@ def test_stein_identity_null_and_alternative():
     for kernel in KERNELS:
         for shift, null in ((0.0, True), (0.5, False)):
             x = x0 + np.array([shift, 0.0])
-            h = stein.median_bandwidth(x)
+            h = stein_kernels.median_bandwidth(x)
             scores = -(x - mean) @ prec
-            full = np.asarray(stein.stein_kernel_matrix(
+            full = np.asarray(stein_kernels.stein_kernel_matrix(
                 jnp.asarray(scores, dtype=float), jnp.asarray(x, dtype=float),
                 kernel=kernel, bandwidth=h), dtype=np.float64)
             np.fill_diagonal(full, 0.0)

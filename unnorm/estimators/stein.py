@@ -6,11 +6,11 @@ the data and the model (Liu, Lee & Jordan 2016; Chwialkowski, Strathmann & Grett
     Û(θ) = Σ_{i≠j} u_θ(x_i, x_j) / (n(n-1)),
     u_θ(x, y) = s(x)ᵀs(y) k(x, y) + s(x)ᵀ∇_y k(x, y) + s(y)ᵀ∇_x k(x, y) + tr ∇_x∇_y k(x, y),
 
-with the model's score ``s(x) = -∇ₓE(x; θ)`` and a radial kernel ``k`` of :mod:`unnorm.stein`
-whose bandwidth is fixed from the data (it must not move with θ). Like score matching it needs
-no normalizing constant, and it resists outliers in location (Barp et al. 2019 study the
-robustness of minimum Stein discrepancy estimators): an observation far from the others gets a
-kernel weight that decays with its distance.
+with the model's score ``s(x) = -∇ₓE(x; θ)`` and a radial kernel ``k`` of
+:mod:`unnorm.stein_kernels` whose bandwidth is fixed from the data (it must not move with
+θ). Like score matching it needs no normalizing constant, and it resists outliers in location
+(Barp et al. 2019 study the robustness of minimum Stein discrepancy estimators): an observation
+far from the others gets a kernel weight that decays with its distance.
 
 ``Û`` is a pairwise statistic, not a mean of per-observation terms, so the per-observation
 machinery of :mod:`unnorm.solvers` (closed form, Newton refinement and sandwich covariance built
@@ -51,7 +51,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
-from ..stein import (
+from ..stein_kernels import (
     KERNELS,
     _block_rows,
     _profile,
@@ -83,9 +83,9 @@ def median_heuristic(points: jax.Array) -> jax.Array:
 
     Above ``MEDIAN_MAX_ROWS`` observations the pairs of every ``⌈n / 1000⌉``-th one are used
     (deterministic, at most 1000 rows). Up to 1000 rows this is
-    :func:`unnorm.stein.median_bandwidth`, the bandwidth of :func:`unnorm.ksd_test`. When more
-    than half of the pairs coincide (the median is 0) the mean distance is used instead, so the
-    kernel stays proper.
+    :func:`unnorm.stein_kernels.median_bandwidth`, the bandwidth of :func:`unnorm.ksd_test`.
+    When more than half of the pairs coincide (the median is 0) the mean distance is used
+    instead, so the kernel stays proper.
 
     Example
     -------
@@ -219,9 +219,9 @@ class KSD(Estimator):
     Parameters
     ----------
     kernel : {"imq", "rbf"}
-        The base kernel (:mod:`unnorm.stein`): ``"imq"``, ``(1 + ‖x - y‖²/h²)^(-1/2)``, whose
-        estimator is robust to outliers (Barp et al. 2019, §4); ``"rbf"``,
-        ``exp(-‖x - y‖²/(2h²))``.
+        The base kernel (:mod:`unnorm.stein_kernels`): ``"imq"``,
+        ``(1 + ‖x - y‖²/h²)^(-1/2)``, whose estimator is robust to outliers (Barp et al. 2019,
+        §4); ``"rbf"``, ``exp(-‖x - y‖²/(2h²))``.
     bandwidth : "median" or float
         ``h``, fixed during the fit (it must not depend on θ). ``"median"``: the median pairwise
         distance of the data (:func:`median_heuristic`: all pairs up to 1000 observations, a
