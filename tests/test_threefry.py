@@ -52,6 +52,16 @@ def test_other_generators_go_to_jax_random():
     np.testing.assert_array_equal(threefry.uniform(key, (4,)), jax.random.uniform(key, (4,)))
 
 
+def test_legacy_keys_and_other_dtypes_go_to_jax_random():
+    legacy = jax.random.PRNGKey(4)
+    np.testing.assert_array_equal(threefry.fold_in(legacy, 2), jax.random.fold_in(legacy, 2))
+    np.testing.assert_array_equal(threefry.uniform(legacy, (6,)),
+                                  jax.random.uniform(legacy, (6,)))
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(threefry.uniform(key, (6,), jnp.float16),
+                                  jax.random.uniform(key, (6,), jnp.float16))
+
+
 def test_uniform_draws_are_uniform():
     # 10^5 draws: the mean within 4 SE (1/sqrt(12 n)) of 1/2, every draw in [0, 1)
     draws = np.asarray(threefry.uniform(jax.random.key(8), (100_000,), partitionable=False))

@@ -11,7 +11,8 @@ code, which XLA fuses with its consumers.
 Its outputs equal ``jax.random``'s bit for bit, in both of JAX's counter layouts
 (``jax.threefry_partitionable``), so the draws of every sampler are what ``jax.random`` would
 give (tests/test_threefry.py checks this on every JAX version the CI runs). Keys of another
-generator (``jax.random.key(0, impl="rbg")``) and float64 draws go to ``jax.random`` itself.
+generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and float64 draws go to
+``jax.random`` itself.
 
 Example
 -------
@@ -63,7 +64,9 @@ def hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.A
 
 
 def _is_threefry(key) -> bool:
-    return str(jax.random.key_impl(key)) == "threefry2x32"
+    """A typed Threefry key; legacy ``uint32[2]`` keys and other generators go to jax.random."""
+    return (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and str(jax.random.key_impl(key)) == "threefry2x32")
 
 
 def fold_in(key, data) -> jax.Array:
