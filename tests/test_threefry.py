@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unnorm.samplers import threefry
+from unnorm import threefry
 
 KEYS = [jax.random.key(0), jax.random.key(1), jax.random.key(2**31 + 12345)]
 
@@ -67,3 +67,33 @@ def test_uniform_draws_are_uniform():
     draws = np.asarray(threefry.uniform(jax.random.key(8), (100_000,), partitionable=False))
     assert draws.min() >= 0.0 and draws.max() < 1.0
     assert abs(draws.mean() - 0.5) < 4 / np.sqrt(12 * draws.size)
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("num", [1, 2, 3, 5])
+def test_split_matches_jax(partitionable, num):
+    key = jax.random.key(13)
+    with jax.threefry_partitionable(partitionable):
+        np.testing.assert_array_equal(jax.random.key_data(threefry.split(key, num)),
+                                      jax.random.key_data(jax.random.split(key, num)))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("shape", [(1,), (7,), (256, 2), (2, 3, 4)])
+def test_normal_matches_jax(partitionable, shape):
+    key = jax.random.key(17)
+    with jax.threefry_partitionable(partitionable):
+        np.testing.assert_array_equal(jax.jit(lambda k: threefry.normal(k, shape))(key),
+                                      jax.random.normal(key, shape))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("bounds", [(0, 3), (0, 2048), (-5, 1000), (10, 11), (0, 65536),
+                                    (3, 100_000), (0, 2**31 - 1), (-(2**31), 2**31 - 1)])
+def test_randint_matches_jax(partitionable, bounds):
+    key = jax.random.key(19)
+    with jax.threefry_partitionable(partitionable):
+        ours = jax.jit(lambda k: threefry.randint(k, (256,), *bounds))(key)
+        theirs = jax.random.randint(key, (256,), *bounds)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _checks
+from . import _checks, threefry
 from .model import Model, _format_params
-from .samplers import gibbs, langevin, threefry
+from .samplers import gibbs, langevin
 from .samplers.run import _progress_disabled, unconstrained_logdensity
 
 __all__ = ["annealed_log_partition"]

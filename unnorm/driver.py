@@ -27,7 +27,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, solvers
+from . import _checks, solvers, threefry
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, _format_params
 from .result import FitResult
@@ -122,11 +122,12 @@ def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model
 
     def one_step(train: TrainState, i):
         step = start + i
-        step_key = jax.random.fold_in(key, step)
+        # the unrolled generator (unnorm.threefry): jax.random's draws, without JAX's CPU loop
+        step_key = threefry.fold_in(key, step)
         if batch_size is None:
             batch = Batch(data, jnp.arange(n))
         else:
-            index = jax.random.randint(jax.random.fold_in(step_key, 1), (batch_size,), 0, n)
+            index = threefry.randint(threefry.fold_in(step_key, 1), (batch_size,), 0, n)
             batch = Batch(data[index], index)
         (loss, (est_state, _)), grads = value_and_grad(train.unconstrained, train.est_state,
                                                        batch, step_key)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
+from .. import threefry
 from ..model import Model
 
 __all__ = ["Batch", "Objective", "Estimator", "PostFit"]
@@ -135,4 +136,4 @@ def observation_keys(noise_key, batch: Batch, key, resample: bool) -> jax.Array:
     """One key per observation: keyed on its row index (common noise across steps, so the
     objective is a fixed M-estimation criterion) or on the step key (fresh noise)."""
     base = key if resample else noise_key
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(batch.index)
+    return jax.vmap(lambda i: threefry.fold_in(base, i))(batch.index)

@@ -26,7 +26,7 @@ import folx
 import jax
 import jax.numpy as jnp
 
-from .. import _checks
+from .. import _checks, threefry
 from ..model import Model
 from ..supports import Support
 from .base import Estimator, Objective, observation_keys
@@ -307,7 +307,7 @@ class DSM(Estimator):
             return lambda y: model.energy(params, y)
 
         def one_level(params, x, key, sigma):
-            z = jax.random.normal(key, x.shape, x.dtype)
+            z = threefry.normal(key, x.shape, x.dtype)
             energy_x = energy_at(params, sigma)
             residual = z / sigma - jax.grad(energy_x)(x + sigma * z)
             value = 0.5 * jnp.sum(residual**2)
@@ -321,7 +321,7 @@ class DSM(Estimator):
         def term(params, x, key):
             if len(sigmas) == 1:
                 return one_level(params, x, key, sigmas[0])
-            keys = jax.random.split(key, len(sigmas))
+            keys = threefry.split(key, len(sigmas))
             levels = [sigma**2 * one_level(params, x, k, sigma)
                       for k, sigma in zip(keys, sigmas, strict=True)]
             return jnp.mean(jnp.stack(levels))
@@ -389,7 +389,7 @@ class SSM(Estimator):
             if rademacher:
                 vs = jax.random.rademacher(key, shape, dtype=x.dtype)
             else:
-                vs = jax.random.normal(key, shape, x.dtype)
+                vs = threefry.normal(key, shape, x.dtype)
             energy_x = lambda y: model.energy(params, y)  # noqa: E731
             if weight is None:
                 h, dh = 1.0, 0.0

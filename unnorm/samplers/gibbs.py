@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import threefry
+from .. import threefry
 
 __all__ = ["GibbsState", "GibbsInfo", "init", "step", "blocked_step"]
 
@@ -62,7 +62,7 @@ def _uniforms(key, size: int) -> jax.Array:
 
     ``jax.random.uniform``'s draws in the classic (non-partitionable) counter layout, which
     hashes half as many counters (the layout matters only for sharding one draw across
-    devices), computed by :mod:`unnorm.samplers.threefry`'s unrolled hash: together 2.3× faster
+    devices), computed by :mod:`unnorm.threefry`'s unrolled hash: together 2.3× faster
     than ``jax.random.uniform`` in the default layout for 256 chains × 100 spins, where the
     random numbers were half the sweep (benchmarks/README.md).
     """

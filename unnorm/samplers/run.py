@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import _checks
+from .. import _checks, threefry
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
-from . import structure, threefry
+from . import structure
 from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
 
 __all__ = ["sample", "unconstrained_logdensity"]

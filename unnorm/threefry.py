@@ -1,15 +1,16 @@
-"""JAX's default generator, Threefry-2x32, with its 20 rounds unrolled, for the samplers' loops.
+"""JAX's default generator, Threefry-2x32, with its 20 rounds unrolled, for the inner loops.
 
-The samplers draw a key per chain and step (``fold_in``) and a few random numbers from it. On
-the CPU, JAX lowers the Threefry hash as a loop of five steps of four rounds, which keeps
-compile times short; inside a sampler's own loop that inner loop ran several separately
-launched XLA kernels per step, more than the arithmetic of a Gibbs sweep
-(benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011, "Parallel
-random numbers: as easy as 1, 2, 3", Threefry-2x32 with 20 rounds) as straight-line array
-code, which XLA fuses with its consumers.
+The samplers draw a key per chain and step (``fold_in``) and a few random numbers from it; the
+fit driver draws a minibatch and the estimators' noise at every step. On the CPU, JAX lowers
+the Threefry hash as a loop of five steps of four rounds, which keeps compile times short;
+inside a sampler's own loop that inner loop ran several separately launched XLA kernels per
+step, more than the arithmetic of a Gibbs sweep, and a DSM training step of a small MLP ran four
+such loops (benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011,
+"Parallel random numbers: as easy as 1, 2, 3", Threefry-2x32 with 20 rounds) as straight-line
+array code, which XLA fuses with its consumers.
 
 Its outputs equal ``jax.random``'s bit for bit, in both of JAX's counter layouts
-(``jax.threefry_partitionable``), so the draws of every sampler are what ``jax.random`` would
+(``jax.threefry_partitionable``), so every draw is what ``jax.random`` would
 give (tests/test_threefry.py checks this on every JAX version the CI runs). Keys of another
 generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and float64 draws go to
 ``jax.random`` itself.
@@ -17,7 +18,7 @@ generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and flo
 Example
 -------
 >>> import jax, numpy as np
->>> from unnorm.samplers import threefry
+>>> from unnorm import threefry
 >>> key = jax.random.key(0)
 >>> bool(np.array_equal(jax.random.key_data(threefry.fold_in(key, 3)),
 ...                     jax.random.key_data(jax.random.fold_in(key, 3))))
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["hash_2x32", "fold_in", "uniform"]
+__all__ = ["hash_2x32", "fold_in", "split", "uniform", "normal", "randint"]
 
 # The rotation constants of Threefry-2x32 (Salmon et al. 2011, table 4), four rounds each,
 # alternating, and the key-schedule parity constant.
@@ -79,6 +80,29 @@ def fold_in(key, data) -> jax.Array:
     return jax.random.wrap_key_data(jnp.stack([y0, y1]), impl="threefry2x32")
 
 
+def split(key, num: int = 2) -> jax.Array:
+    """``jax.random.split(key, num)``, bit for bit, in JAX's current counter layout."""
+    if not _is_threefry(key):
+        return jax.random.split(key, num)
+    words = jax.random.key_data(key)
+    if jax.config.jax_threefry_partitionable:
+        y0, y1 = hash_2x32(words, jnp.zeros(num, jnp.uint32), jnp.arange(num, dtype=jnp.uint32))
+        data = jnp.stack([y0, y1], axis=1)
+    else:
+        data = _classic_bits(words, 2 * num).reshape(num, 2)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+def _classic_bits(words: jax.Array, size: int) -> jax.Array:
+    """The classic layout: counters 0..size-1 (an odd count padded with one 0) split into two
+    halves, hashed pairwise; both outputs kept."""
+    half = (size + 1) // 2
+    count = jnp.concatenate([jnp.arange(size, dtype=jnp.uint32),
+                             jnp.zeros(2 * half - size, jnp.uint32)])
+    y0, y1 = hash_2x32(words, count[:half], count[half:])
+    return jnp.concatenate([y0, y1])[:size]
+
+
 def _bits_32(key, size: int, partitionable: bool) -> jax.Array:
     """``size`` uniform uint32 words, in JAX's partitionable or classic counter layout."""
     words = jax.random.key_data(key)
@@ -86,13 +110,7 @@ def _bits_32(key, size: int, partitionable: bool) -> jax.Array:
         # one hash per word: counters (high, low) of the word's index, the two outputs XORed
         y0, y1 = hash_2x32(words, jnp.zeros(size, jnp.uint32), jnp.arange(size, dtype=jnp.uint32))
         return y0 ^ y1
-    # the classic layout: counters 0..size-1 (an odd count padded with one 0) split into two
-    # halves, hashed pairwise; both outputs kept
-    half = (size + 1) // 2
-    count = jnp.concatenate([jnp.arange(size, dtype=jnp.uint32),
-                             jnp.zeros(2 * half - size, jnp.uint32)])
-    y0, y1 = hash_2x32(words, count[:half], count[half:])
-    return jnp.concatenate([y0, y1])[:size]
+    return _classic_bits(words, size)
 
 
 def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, minval=0.0, maxval=1.0, *,
@@ -117,3 +135,34 @@ def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, minval=0.0, maxval=1
     minval = jnp.asarray(minval, dtype)
     maxval = jnp.asarray(maxval, dtype)
     return jnp.maximum(minval, (floats * (maxval - minval) + minval).reshape(shape))
+
+
+def normal(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, bit for bit: ``√2 erf⁻¹(w)`` with ``w``
+    uniform on ``(-1, 1)``."""
+    dtype = jnp.dtype(dtype)
+    if dtype != jnp.float32 or not _is_threefry(key):
+        return jax.random.normal(key, shape, dtype)
+    low = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    w = uniform(key, shape, dtype, low, 1.0)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(w)
+
+
+def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:
+    """``jax.random.randint(key, shape, minval, maxval)`` (int32), bit for bit: 64 random bits
+    per value, reduced modulo the span ``maxval - minval`` as JAX does."""
+    bounded = (isinstance(minval, int) and isinstance(maxval, int)
+               and -(2**31) <= minval < maxval < 2**31)
+    if not bounded or not _is_threefry(key) or jnp.result_type(int) != jnp.int32:
+        return jax.random.randint(key, shape, minval, maxval)
+    size = math.prod(shape)
+    partitionable = bool(jax.config.jax_threefry_partitionable)
+    high_key, low_key = split(key)
+    high = _bits_32(high_key, size, partitionable).reshape(shape)
+    low = _bits_32(low_key, size, partitionable).reshape(shape)
+    span = np.uint32(maxval - minval)
+    # JAX's "2^32 mod span" as (2^16 mod span)² mod span, the square wrapping in uint32 as
+    # JAX's does (which makes it 0, not 2^32 mod span, for spans of 2^16 and more)
+    multiplier = np.uint32(((2**16 % int(span)) ** 2 % 2**32) % int(span))
+    offset = ((high % span) * multiplier + low % span) % span
+    return jnp.int32(minval) + offset.astype(jnp.int32)
