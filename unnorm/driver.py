@@ -27,7 +27,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, solvers, threefry
+from . import _checks, _xla, solvers, threefry
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, _format_params
 from .result import FitResult
@@ -107,10 +107,8 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "objective", "optimizer", "batch_size",
-                                             "length"))
-def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model,
-                 objective: Objective, optimizer, batch_size: int | None, length: int):
+def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: Model,
+                      objective: Objective, optimizer, batch_size: int | None, length: int):
     """``length`` optimizer steps in one ``lax.scan``; steps at or past ``num_steps`` are no-ops
     (so one compiled chunk serves any number of steps)."""
     n = data.shape[0]
@@ -164,6 +162,15 @@ def _train_chunk(train: TrainState, data, key, start, num_steps, *, model: Model
         return train, jnp.where(finite, loss, jnp.nan)
 
     return jax.lax.scan(one_step, train, jnp.arange(length))
+
+
+@functools.cache
+def _train_chunk():
+    """``_train_chunk_impl`` jitted with unnorm's CPU compile options (:mod:`unnorm._xla`),
+    built once so that every fit shares its compilation cache."""
+    return jax.jit(_train_chunk_impl,
+                   static_argnames=("model", "objective", "optimizer", "batch_size", "length"),
+                   compiler_options=_xla.training_compiler_options())
 
 
 def _has_converged(losses: np.ndarray, window: int, tol: float) -> bool:
@@ -390,7 +397,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     with tqdm(total=num_steps, disable=_progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         while done < num_steps:
-            train, chunk_losses = _train_chunk(
+            train, chunk_losses = _train_chunk()(
                 train, data, key, jnp.asarray(done), jnp.asarray(num_steps), model=model,
                 objective=objective, optimizer=optimizer, batch_size=batch_size, length=length)
             taken = min(length, num_steps - done)
