@@ -125,6 +125,21 @@ def test_same_key_same_result_and_other_key_other_result():
     assert a.num_steps == 200 and not a.converged  # minibatch losses run all steps
 
 
+def test_training_compile_options_leave_the_fit_unchanged(monkeypatch):
+    from unnorm import _xla, driver
+
+    assert _xla.training_compiler_options() in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    common = dict(optimizer=OPTIMIZER, num_steps=300, batch_size=64, stderr=False,
+                  method="optimizer", progress_bar=False)
+    tuned = un.fit(SCALE, SCALE_DATA, un.estimators.DSM(0.1), key=KEY, **common)
+    plain = jax.jit(driver._train_chunk_impl, static_argnames=driver._TRAIN_CHUNK_STATIC)
+    monkeypatch.setattr(driver, "_train_chunk", lambda: plain)
+    default = un.fit(SCALE, SCALE_DATA, un.estimators.DSM(0.1), key=KEY, **common)
+    # other fusions round differently, nothing more: float32 losses and the estimate agree
+    np.testing.assert_allclose(tuned.loss, default.loss, rtol=1e-4)
+    np.testing.assert_allclose(tuned.params["prec"], default.params["prec"], rtol=1e-5)
+
+
 def test_minibatch_fit_with_fresh_noise_still_finds_the_optimum():
     fit = un.fit(SCALE, SCALE_DATA, un.estimators.SSM(), key=KEY, optimizer=optax.adam(0.01),
                  num_steps=2000, batch_size=100, resample=True, stderr=False,

@@ -164,12 +164,14 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: 
     return jax.lax.scan(one_step, train, jnp.arange(length))
 
 
+_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length")
+
+
 @functools.cache
 def _train_chunk():
     """``_train_chunk_impl`` jitted with unnorm's CPU compile options (:mod:`unnorm._xla`),
     built once so that every fit shares its compilation cache."""
-    return jax.jit(_train_chunk_impl,
-                   static_argnames=("model", "objective", "optimizer", "batch_size", "length"),
+    return jax.jit(_train_chunk_impl, static_argnames=_TRAIN_CHUNK_STATIC,
                    compiler_options=_xla.training_compiler_options())
 
 
