@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["hash_2x32", "fold_in", "split", "uniform", "normal", "randint"]
+__all__ = ["fold_in", "split", "uniform", "normal", "randint"]
 
 # The rotation constants of Threefry-2x32 (Salmon et al. 2011, table 4), four rounds each,
 # alternating, and the key-schedule parity constant.
@@ -47,7 +47,7 @@ def _rotate_left(word: jax.Array, distance: int) -> jax.Array:
     return (word << np.uint32(distance)) | (word >> np.uint32(32 - distance))
 
 
-def hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)`` under the key
     ``key_words`` (two uint32 words): five groups of four mix rounds, each group followed by a
     key injection."""
@@ -76,7 +76,7 @@ def fold_in(key, data) -> jax.Array:
     if not _is_threefry(key):
         return jax.random.fold_in(key, data)
     words = jax.random.key_data(key)
-    y0, y1 = hash_2x32(words, jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
+    y0, y1 = _hash_2x32(words, jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
     return jax.random.wrap_key_data(jnp.stack([y0, y1]), impl="threefry2x32")
 
 
@@ -86,11 +86,16 @@ def split(key, num: int = 2) -> jax.Array:
         return jax.random.split(key, num)
     words = jax.random.key_data(key)
     if jax.config.jax_threefry_partitionable:
-        y0, y1 = hash_2x32(words, jnp.zeros(num, jnp.uint32), jnp.arange(num, dtype=jnp.uint32))
-        data = jnp.stack([y0, y1], axis=1)
+        data = jnp.stack(_partitionable_hash(words, num), axis=1)
     else:
         data = _classic_bits(words, 2 * num).reshape(num, 2)
     return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+def _partitionable_hash(words: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """The partitionable layout: one hash per index, of the counters (high, low) of the index
+    (high = 0 below 2^32)."""
+    return _hash_2x32(words, jnp.zeros(size, jnp.uint32), jnp.arange(size, dtype=jnp.uint32))
 
 
 def _classic_bits(words: jax.Array, size: int) -> jax.Array:
@@ -99,7 +104,7 @@ def _classic_bits(words: jax.Array, size: int) -> jax.Array:
     half = (size + 1) // 2
     count = jnp.concatenate([jnp.arange(size, dtype=jnp.uint32),
                              jnp.zeros(2 * half - size, jnp.uint32)])
-    y0, y1 = hash_2x32(words, count[:half], count[half:])
+    y0, y1 = _hash_2x32(words, count[:half], count[half:])
     return jnp.concatenate([y0, y1])[:size]
 
 
@@ -107,9 +112,8 @@ def _bits_32(key, size: int, partitionable: bool) -> jax.Array:
     """``size`` uniform uint32 words, in JAX's partitionable or classic counter layout."""
     words = jax.random.key_data(key)
     if partitionable:
-        # one hash per word: counters (high, low) of the word's index, the two outputs XORed
-        y0, y1 = hash_2x32(words, jnp.zeros(size, jnp.uint32), jnp.arange(size, dtype=jnp.uint32))
-        return y0 ^ y1
+        y0, y1 = _partitionable_hash(words, size)
+        return y0 ^ y1   # one word per hash: its two outputs XORed
     return _classic_bits(words, size)
 
 
