@@ -514,6 +514,25 @@ def test_progress_bar_chunking_does_not_change_draws(run, monkeypatch):
     assert np.array_equal(_stat(plain, "lp"), _stat(with_bar, "lp"))
 
 
+@pytest.mark.parametrize("run", ["mala-2d", "gibbs-ising"])
+def test_chain_groups_do_not_change_draws(run, monkeypatch):
+    # chain_method="parallel" splits the chains into one group per core; with 3 cores, 5 chains
+    # are groups of 2, 2 and 1 (the last padded with a copy of chain 4). Each chain's draws must
+    # be those of the single vectorized computation.
+    from unnorm.samplers import chain_groups
+
+    monkeypatch.setattr(chain_groups, "available_cores", lambda: 3)
+    model, key, sampler, kwargs, _ = SHARED_RUNS[run]
+    kwargs = {**kwargs, "num_chains": 5}
+    assert chain_groups.choose_layout(5, "parallel").num_groups == 3
+    grouped = _sample(model, key, sampler, **kwargs)
+    vectorized = _sample(model, key, sampler, chain_method="vectorized", **kwargs)
+    assert _draws(grouped).shape[:2] == (5, kwargs["num_samples"])
+    assert np.array_equal(_draws(grouped), _draws(vectorized))
+    for stat in ("lp", "acceptance_rate", "diverging"):
+        assert np.array_equal(_stat(grouped, stat), _stat(vectorized, stat)), stat
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["nuts", "hmc", "rwmh", "langevin"])
 def test_progress_bar_chunking_does_not_change_draws_slow(sampler, monkeypatch):

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from .. import _checks, threefry
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
-from . import structure
+from . import chain_groups, structure
 from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
 
 __all__ = ["sample", "unconstrained_logdensity"]
@@ -52,16 +52,18 @@ def _to_position(model: Model, u: jax.Array) -> jax.Array:
     return u if model.support.is_discrete else model.support.transform(u)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "num_chains"))
+@functools.partial(jax.jit, static_argnames=("model", "spec", "layout"))
 def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrained,
-             num_chains: int):
+             layout: chain_groups.GroupLayout):
     """Everything before the first step, in one compiled function: the keys, the starting
     points (``positions``, or when it is None the dispersed ``unconstrained`` ones), their
     checks and the chains' states.
 
-    Returns ``(positions, unconstrained, value_ok, grad_ok, states, warmup_keys,
-    sampling_keys)``; ``value_ok`` / ``grad_ok`` say per chain whether the energy and the
-    log-density (and, for gradient-based samplers, its gradient) are finite at the start."""
+    Returns ``(positions, unconstrained, value_ok, grad_ok, groups)``; ``value_ok`` /
+    ``grad_ok`` say per chain whether the energy and the log-density (and, for gradient-based
+    samplers, its gradient) are finite at the start; ``groups`` holds per chain group
+    ``(states, warmup_keys, sampling_keys)``."""
+    num_chains = layout.num_chains
     # one split for every key (each split is a generator call, compiled in full)
     keys = jax.random.split(key, 3 * num_chains)
     chain_keys, warmup_keys, sampling_keys = keys.reshape(3, num_chains, *keys.shape[1:])
@@ -79,7 +81,8 @@ def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrai
         grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
         grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
     states = jax.vmap(lambda k, u: spec.init(u, logdensity_fn, k))(chain_keys, unconstrained)
-    return positions, unconstrained, value_ok, grad_ok, states, warmup_keys, sampling_keys
+    groups = chain_groups.split((states, warmup_keys, sampling_keys), layout)
+    return positions, unconstrained, value_ok, grad_ok, groups
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "length", "thinning"))
@@ -212,6 +215,7 @@ def sample(
     init: Any = None,
     progress_bar: bool = True,
     warn: bool = True,
+    chain_method: str = "parallel",
     step_size: float | None = None,
     target_accept: float | None = None,
     **sampler_options: Any,
@@ -239,6 +243,11 @@ def sample(
         Show a tqdm bar (always off when the ``CI`` environment variable is set).
     warn : bool
         Warn after sampling about R-hat > 1.01, ESS per chain < 100 and divergences.
+    chain_method : {"parallel", "vectorized"}
+        ``"parallel"`` (default): on the CPU, the chains are split into one group per
+        available core, each group vectorized, the groups run at the same time in threads.
+        ``"vectorized"``: all chains in one vectorized computation. The same on accelerators;
+        each chain's draws are the same either way, to floating-point rounding.
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -288,6 +297,7 @@ def sample(
             f"{model.support!r}. Use 'nuts', 'hmc', 'mala', 'langevin' or 'rwmh'."
         )
     num_chains = _checks.check_int(num_chains, "num_chains", 1)
+    _checks.check_choice(chain_method, "chain_method", chain_groups.CHAIN_METHODS)
     num_samples = _checks.check_int(num_samples, "num_samples", 1)
     num_warmup = _checks.check_int(num_warmup, "num_warmup", 0)
     thinning = _checks.check_int(thinning, "thinning", 1)
@@ -309,22 +319,24 @@ def sample(
     if positions is None:
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
-    positions, _, value_ok, grad_ok, states, warmup_keys, sampling_keys = _prepare(
-        model, spec, params, key, positions, dispersed, num_chains)
+    layout = chain_groups.choose_layout(num_chains, chain_method)
+    positions, _, value_ok, grad_ok, groups = _prepare(
+        model, spec, params, key, positions, dispersed, layout)
     _check_initial_state(params, positions, value_ok, grad_ok)
+    states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*groups, strict=True))
 
     disabled = _progress_disabled(progress_bar)
     length = _chunk_length(num_warmup, num_samples, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
+              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar, \
+            chain_groups.executor(layout) as pool:
+        run = _PhaseRunner(model, spec, params, layout, pool, length, bar, disabled)
         # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
         # their adaptation window in steps.
-        states, _, _ = _run_phase(model, spec, params, states, warmup_keys, num_warmup, 1,
-                                  _WARMUP, length, bar, disabled)
-        states, (draws, stats), finite = _run_phase(model, spec, params, states, sampling_keys,
-                                                    num_samples, thinning, _SAMPLING, length,
-                                                    bar, disabled)
+        states, _, _ = run(states, warmup_keys, num_warmup, 1, _WARMUP)
+        states, (draws, stats), finite = run(states, sampling_keys, num_samples, thinning,
+                                             _SAMPLING)
     elapsed = time.perf_counter() - started
 
     if not finite:  # kernels reject non-finite moves; this guards the guard
@@ -365,39 +377,56 @@ def _gibbs_blocks(model: Model, params, tuning: dict):
     return blocks
 
 
-def _run_phase(model, spec, params, states, chain_keys, total, thinning, phase, length, bar,
-               disabled):
-    """Run one phase in chunks. Returns the final states, (for sampling) the draws and the
-    statistics as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
-    outputs, finite, done = [], True, 0
-    warmup = jnp.asarray(phase == _WARMUP)
-    for chunk in _phase_chunks(total, length, not disabled):
-        try:
+class _PhaseRunner(NamedTuple):
+    """Runs one phase (warmup or sampling) of every chain group, in chunks."""
+
+    model: Model
+    spec: SamplerSpec
+    params: Any
+    layout: chain_groups.GroupLayout
+    pool: Any
+    length: int
+    bar: Any
+    disabled: bool
+
+    def __call__(self, states: tuple, chain_keys: tuple, total: int, thinning: int,
+                 phase: str):
+        """Returns the final states (one per group), for sampling the draws and the statistics
+        as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
+        sink = chain_groups.DrawSink(self.layout, total) if phase == _SAMPLING else None
+        finite, done = True, 0
+        warmup = jnp.asarray(phase == _WARMUP)
+        for chunk in _phase_chunks(total, self.length, not self.disabled):
             # The first sampling chunk ends the warmup (fixes the adapted step size) first.
-            states, out, ok = _run_chunk(model, spec, params, chain_keys, states, done, warmup,
-                                         phase == _SAMPLING and done == 0, chunk, thinning)
-            out = jax.block_until_ready(out)
-        except Exception as err:
-            raise RuntimeError(
-                f"sampler {spec.name!r} failed during {phase} at draws {done}..{done + chunk} "
-                f"of {total}: {type(err).__name__}: {err}"
-            ) from err
-        done += chunk
-        if phase == _SAMPLING:
-            outputs.append(out)
-            finite = finite and bool(ok)
-        bar.update(chunk)
-        if not disabled:
-            accept, diverging = out[1]["acceptance_rate"], out[1]["diverging"]
-            bar.set_postfix(phase=phase, accept=f"{float(jnp.mean(accept)):.2f}",
-                            divergent=int(jnp.sum(diverging)))
-    if phase != _SAMPLING:
-        return states, None, True
+            finalize = phase == _SAMPLING and done == 0
 
-    def to_numpy(*parts):
-        # (draw, chain, ...) chunks -> one (chain, draw, ...) array; a single chunk is a view.
-        joined = np.asarray(parts[0]) if len(parts) == 1 else np.concatenate(
-            [np.asarray(p) for p in parts])
-        return np.swapaxes(joined, 0, 1)
+            def run_group(g, states=states, chunk=chunk, done=done, finalize=finalize):
+                state, out, ok = jax.block_until_ready(_run_chunk(
+                    self.model, self.spec, self.params, chain_keys[g], states[g], done, warmup,
+                    finalize, chunk, thinning))
+                if sink is not None:
+                    sink.write(out, done, g)
+                return state, out[1], ok
 
-    return states, jax.tree_util.tree_map(to_numpy, *outputs), finite
+            try:
+                results = chain_groups.map_groups(run_group, self.layout, self.pool)
+            except Exception as err:
+                raise RuntimeError(
+                    f"sampler {self.spec.name!r} failed during {phase} at draws "
+                    f"{done}..{done + chunk} of {total}: {type(err).__name__}: {err}"
+                ) from err
+            states = tuple(state for state, _, _ in results)
+            done += chunk
+            finite = finite and all(bool(ok) for _, _, ok in results)
+            self.bar.update(chunk)
+            if not self.disabled:
+                real = [(stats, self.layout.real_chains(g))
+                        for g, (_, stats, _) in enumerate(results)]
+                accept = np.mean(np.concatenate(
+                    [np.asarray(stats["acceptance_rate"])[:, :n].ravel() for stats, n in real]))
+                diverging = sum(int(np.sum(np.asarray(stats["diverging"])[:, :n]))
+                                for stats, n in real)
+                self.bar.set_postfix(phase=phase, accept=f"{accept:.2f}", divergent=diverging)
+        if phase != _SAMPLING:
+            return states, None, True
+        return states, sink.result(), finite

@@ -1,0 +1,85 @@
+"""Chain groups: the layout arithmetic, splitting and gathering, and failures inside a group."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import unnorm as un
+from unnorm.samplers import chain_groups
+from unnorm.samplers import run as sample_run
+
+
+@given(num_chains=st.integers(1, 300), cores=st.integers(1, 16))
+def test_layout_covers_every_chain_once_with_no_empty_group(num_chains, cores):
+    layout = chain_groups.choose_layout(num_chains, "parallel", cores=cores)
+    real = [layout.real_chains(g) for g in range(layout.num_groups)]
+    assert sum(real) == num_chains
+    assert all(n >= 1 for n in real)
+    assert 1 <= layout.num_groups <= min(num_chains, cores)
+    # only the last group is padded, by less than a group
+    assert all(n == layout.group_size for n in real[:-1])
+    assert layout.num_groups * layout.group_size - num_chains < layout.group_size
+
+
+def test_vectorized_is_one_group(monkeypatch):
+    monkeypatch.setattr(chain_groups, "available_cores", lambda: 8)
+    assert chain_groups.choose_layout(64, "vectorized").num_groups == 1
+    assert chain_groups.choose_layout(64, "parallel").num_groups == 8
+    assert chain_groups.choose_layout(1, "parallel").num_groups == 1
+
+
+@pytest.mark.parametrize("num_chains,num_groups", [(7, 3), (6, 2), (1, 1), (5, 5)])
+def test_split_then_gather_returns_every_chain_in_order(num_chains, num_groups):
+    layout = chain_groups.GroupLayout(num_chains, num_groups)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(num_chains, 9, 2, 3)).astype(np.float32)   # (chain, draw, ...)
+    flags = rng.random((num_chains, 9)) < 0.5
+    tree = {"x": jnp.asarray(draws), "stats": {"diverging": jnp.asarray(flags)}}
+    groups = chain_groups.split(tree, layout)
+    assert len(groups) == num_groups
+    sink = chain_groups.DrawSink(layout, total=9)
+    for g, group in enumerate(groups):
+        assert group["x"].shape[0] == layout.group_size
+        # a chunk's outputs are (draw, chain, ...): write draws 0..4 and 4..9 separately
+        as_outputs = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group)
+        for start, stop in ((0, 4), (4, 9)):
+            sink.write(jax.tree_util.tree_map(lambda a, s=start, e=stop: a[s:e], as_outputs),
+                       start, g)
+    out = sink.result()
+    np.testing.assert_array_equal(out["x"], draws)
+    np.testing.assert_array_equal(out["stats"]["diverging"], flags)
+
+
+def test_padding_repeats_the_last_chain():
+    layout = chain_groups.GroupLayout(5, 2)
+    groups = chain_groups.split(jnp.arange(5.0), layout)
+    np.testing.assert_array_equal(groups[0], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(groups[1], [3.0, 4.0, 4.0])
+
+
+def test_a_failure_in_one_group_says_where(monkeypatch):
+    monkeypatch.setattr(chain_groups, "available_cores", lambda: 2)
+    real_chunk = sample_run._run_chunk
+    calls = []
+
+    def failing_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second group of the first chunk
+            raise FloatingPointError("boom in a group")
+        return real_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(sample_run, "_run_chunk", failing_chunk)
+    model = un.models.gaussian(2)
+    with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.50 of 50: "
+                                           r"FloatingPointError: boom in a group"):
+        un.sample(model, key=jax.random.key(0), sampler="mala", num_chains=4, num_warmup=50,
+                  num_samples=50, progress_bar=False, warn=False)
+
+
+def test_chain_method_is_checked():
+    model = un.models.gaussian(2)
+    with pytest.raises(ValueError, match=r"chain_method.*'threads'.*parallel.*vectorized"):
+        un.sample(model, key=jax.random.key(0), sampler="mala", chain_method="threads")
