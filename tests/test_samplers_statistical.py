@@ -533,6 +533,24 @@ def test_chain_groups_do_not_change_draws(run, monkeypatch):
         assert np.array_equal(_stat(grouped, stat), _stat(vectorized, stat)), stat
 
 
+@pytest.mark.parametrize("run", ["mala-2d", "gibbs-ising"])
+def test_sampling_compile_options_leave_the_draws_unchanged(run, monkeypatch):
+    # The sampling chunks prefer 512-bit vectors on the CPU (unnorm._xla); other vector code
+    # may round differently, nothing more. For these runs the draws come out identical.
+    from unnorm import _xla
+    from unnorm.samplers import run as sample_run
+
+    assert _xla.sampling_compiler_options() in ({}, {"xla_cpu_prefer_vector_width": 512})
+    model, key, sampler, kwargs, shared = SHARED_RUNS[run]
+    tuned = shared()
+    plain = jax.jit(sample_run._run_chunk_impl,
+                    static_argnames=("model", "spec", "length", "thinning"))
+    monkeypatch.setattr(sample_run, "_chunk_runner", lambda: plain)
+    default = _sample(model, key, sampler, **kwargs)
+    np.testing.assert_allclose(_draws(tuned), _draws(default), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_stat(tuned, "lp"), _stat(default, "lp"), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["nuts", "hmc", "rwmh", "langevin"])
 def test_progress_bar_chunking_does_not_change_draws_slow(sampler, monkeypatch):

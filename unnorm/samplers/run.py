@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import _checks, threefry
+from .. import _checks, _xla, threefry
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
@@ -85,9 +85,8 @@ def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrai
     return positions, unconstrained, value_ok, grad_ok, groups
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "length", "thinning"))
-def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, start, warmup,
-               finalize, length: int, thinning: int):
+def _run_chunk_impl(model: Model, spec: SamplerSpec, params, chain_keys, states, start,
+                    warmup, finalize, length: int, thinning: int):
     """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
 
     ``warmup`` and ``finalize`` (end the warmup before the first step) are traced, so warmup
@@ -137,6 +136,15 @@ def _run_chunk(model: Model, spec: SamplerSpec, params, chain_keys, states, star
     # Discrete kernels only ever write one of the support's two values: no pass over the draws.
     finite = jnp.array(True) if model.support.is_discrete else jnp.all(jnp.isfinite(positions))
     return states, (positions, stats), finite
+
+
+@functools.cache
+def _chunk_runner():
+    """``_run_chunk_impl`` jitted with unnorm's CPU sampling compile options
+    (:mod:`unnorm._xla`), built once so that every call of ``un.sample`` shares its
+    compilation cache."""
+    return jax.jit(_run_chunk_impl, static_argnames=("model", "spec", "length", "thinning"),
+                   compiler_options=_xla.sampling_compiler_options())
 
 
 def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int:
@@ -329,9 +337,9 @@ def sample(
     length = _chunk_length(num_warmup, num_samples, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar, \
-            chain_groups.executor(layout) as pool:
-        run = _PhaseRunner(model, spec, params, layout, pool, length, bar, disabled)
+              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
+        run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), length,
+                           bar, disabled)
         # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
         # their adaptation window in steps.
         states, _, _ = run(states, warmup_keys, num_warmup, 1, _WARMUP)
@@ -401,7 +409,7 @@ class _PhaseRunner(NamedTuple):
             finalize = phase == _SAMPLING and done == 0
 
             def run_group(g, states=states, chunk=chunk, done=done, finalize=finalize):
-                state, out, ok = jax.block_until_ready(_run_chunk(
+                state, out, ok = jax.block_until_ready(_chunk_runner()(
                     self.model, self.spec, self.params, chain_keys[g], states[g], done, warmup,
                     finalize, chunk, thinning))
                 if sink is not None:
