@@ -62,7 +62,7 @@ def test_padding_repeats_the_last_chain():
 
 def test_a_failure_in_one_group_says_where(monkeypatch):
     monkeypatch.setattr(chain_groups, "available_cores", lambda: 2)
-    real_chunk = sample_run._run_chunk
+    real_chunk = sample_run._chunk_runner()
     calls = []
 
     def failing_chunk(*args, **kwargs):
@@ -71,7 +71,7 @@ def test_a_failure_in_one_group_says_where(monkeypatch):
             raise FloatingPointError("boom in a group")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(sample_run, "_run_chunk", failing_chunk)
+    monkeypatch.setattr(sample_run, "_chunk_runner", lambda: failing_chunk)
     model = un.models.gaussian(2)
     with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.50 of 50: "
                                            r"FloatingPointError: boom in a group"):
