@@ -404,12 +404,15 @@ class _PhaseRunner(NamedTuple):
         sink = chain_groups.DrawSink(self.layout, total) if phase == _SAMPLING else None
         finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
+        # Built here, not in the workers: two first calls at once could build two jitted
+        # functions, and compile twice.
+        run_chunk = _chunk_runner()
         for chunk in _phase_chunks(total, self.length, not self.disabled):
             # The first sampling chunk ends the warmup (fixes the adapted step size) first.
             finalize = phase == _SAMPLING and done == 0
 
             def run_group(g, states=states, chunk=chunk, done=done, finalize=finalize):
-                state, out, ok = jax.block_until_ready(_chunk_runner()(
+                state, out, ok = jax.block_until_ready(run_chunk(
                     self.model, self.spec, self.params, chain_keys[g], states[g], done, warmup,
                     finalize, chunk, thinning))
                 if sink is not None:
