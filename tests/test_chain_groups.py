@@ -83,3 +83,31 @@ def test_chain_method_is_checked():
     model = un.models.gaussian(2)
     with pytest.raises(ValueError, match=r"chain_method.*'threads'.*parallel.*vectorized"):
         un.sample(model, key=jax.random.key(0), sampler="mala", chain_method="threads")
+
+
+@pytest.mark.parametrize("files,expected", [
+    ({"cpu.max": "200000 100000\n"}, 2.0),                       # cgroup v2, 2 CPUs
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),                          # v2, no quota
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),                                                    # no control group files
+])
+def test_cgroup_cpu_quota_is_read(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert chain_groups.cgroup_cpu_limit(str(tmp_path)) == expected
+
+
+def test_cores_are_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(chain_groups, "cgroup_cpu_limit", lambda: 1.5)
+    assert chain_groups.available_cores() == min(2, _affinity())
+    monkeypatch.setattr(chain_groups, "cgroup_cpu_limit", lambda: None)
+    assert chain_groups.available_cores() == _affinity()
+
+
+def _affinity() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -28,17 +28,19 @@ Example
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["CHAIN_METHODS", "GroupLayout", "available_cores", "choose_layout", "split",
-           "executor", "map_groups", "host_view", "DrawSink"]
+__all__ = ["CHAIN_METHODS", "GroupLayout", "available_cores", "cgroup_cpu_limit",
+           "choose_layout", "split", "executor", "map_groups", "host_view", "DrawSink"]
 
 #: ``un.sample``'s ``chain_method`` values.
 CHAIN_METHODS = ("parallel", "vectorized")
@@ -60,11 +62,34 @@ class GroupLayout(NamedTuple):
         return max(0, min(self.group_size, self.num_chains - start))
 
 
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPUs a Linux control group's quota allows (cgroup v2 ``cpu.max``, or v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None when there is no quota.
+
+    A container limited to 2 CPUs on a 64-core host still sees 64 cores in its affinity mask;
+    64 groups would then share 2 CPUs."""
+    base = Path(root)
+    try:
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """The CPU cores this process may run on: its affinity mask (where the OS has one), capped
+    by a control group's CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores or 1, math.ceil(limit))
+    return max(1, cores or 1)
 
 
 def choose_layout(num_chains: int, chain_method: str, cores: int | None = None) -> GroupLayout:
