@@ -9,9 +9,9 @@ d = 32 and 2.42-2.59 against 3.36-3.60 at d = 256 (benchmarks/README.md).
 Sampling chunks. A sampler's step is elementwise work over (chains, coordinates) arrays: the
 random numbers' hash rounds, the proposal, the acceptance test. XLA's CPU backend asks LLVM for
 256-bit vectors by default; where the CPU has 512-bit ones (AVX-512), preferring them ran 400
-blocked-Gibbs sweeps of 128 chains × 100 spins in 32-35 ms against 38-39 ms, and the 256-chain
-benchmark in 48 ms against 56 ms (benchmarks/README.md). On a CPU without 512-bit vectors the
-preference has no effect.
+blocked-Gibbs sweeps of 128 chains × 100 spins in 32-35 ms against 38-41 ms, and a 256-chain
+`un.sample` call in 48 ms against 56 ms (medians; benchmarks/README.md). On a CPU without
+512-bit vectors the preference has no effect.
 
 The options are XLA's, some experimental, so each set is used only when the installed jaxlib
 accepts it, and only on the CPU backend; elsewhere nothing is changed.

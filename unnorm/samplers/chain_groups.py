@@ -69,17 +69,26 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
     A container limited to 2 CPUs on a 64-core host still sees 64 cores in its affinity mask;
     64 groups would then share 2 CPUs."""
     base = Path(root)
-    try:
-        quota, period = (base / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
+    v2 = _read_text(base / "cpu.max")
+    if v2 is not None:  # "<quota> <period>", or "max <period>" for no quota
+        fields = v2.split()
+        if len(fields) >= 2 and fields[0] != "max" and fields[0].isdigit() and fields[1].isdigit():
+            return int(fields[0]) / int(fields[1])
         return None
-    return None if quota <= 0 or period <= 0 else quota / period
+    quota = _read_text(base / "cpu" / "cpu.cfs_quota_us")
+    period = _read_text(base / "cpu" / "cpu.cfs_period_us")
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except (TypeError, ValueError):  # no v1 files either, or unreadable ones
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def available_cores() -> int:

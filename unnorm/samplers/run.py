@@ -138,12 +138,15 @@ def _run_chunk_impl(model: Model, spec: SamplerSpec, params, chain_keys, states,
     return states, (positions, stats), finite
 
 
+_RUN_CHUNK_STATIC = ("model", "spec", "length", "thinning")
+
+
 @functools.cache
 def _chunk_runner():
     """``_run_chunk_impl`` jitted with unnorm's CPU sampling compile options
     (:mod:`unnorm._xla`), built once so that every call of ``un.sample`` shares its
     compilation cache."""
-    return jax.jit(_run_chunk_impl, static_argnames=("model", "spec", "length", "thinning"),
+    return jax.jit(_run_chunk_impl, static_argnames=_RUN_CHUNK_STATIC,
                    compiler_options=_xla.sampling_compiler_options())
 
 
