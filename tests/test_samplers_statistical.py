@@ -585,6 +585,26 @@ def test_lp_is_minus_energy_gibbs(name):
     _assert_lp_is_minus_energy(model, gibbs_run(name))
 
 
+def _assert_flip_rate_counts_changed_sites(idata):
+    # flip_rate of draw t is the fraction of sites that differ from draw t - 1 (a sweep visits
+    # every site once); draw 0 is compared with the end of the warmup, which is not returned.
+    x = np.asarray(idata.posterior["x"]).reshape(NUM_CHAINS, -1, np.prod(
+        idata.posterior["x"].shape[2:], dtype=int))
+    changed = np.mean(x[:, 1:] != x[:, :-1], axis=-1)
+    np.testing.assert_allclose(np.asarray(idata.sample_stats["flip_rate"])[:, 1:], changed,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ising", "boltzmann"])
+def test_gibbs_flip_rate_counts_changed_sites(name):
+    _assert_flip_rate_counts_changed_sites(gibbs_run(name))
+
+
+@pytest.mark.parametrize("name", list(BLOCKED))
+def test_blocked_gibbs_flip_rate_counts_changed_sites(name):
+    _assert_flip_rate_counts_changed_sites(blocked_run(name))
+
+
 def test_lp_is_minus_energy_positive_support():
     # lp is -E(x) of the drawn x, not the unconstrained log-density (which adds log|dx/du|).
     idata = gamma_run()

@@ -212,7 +212,11 @@ def blocked_step(
     # one loop that ran 2× slower at 256 chains × 100 spins (benchmarks/README.md).
     (updated, divergent), _ = jax.lax.scan(update, carry, xs, unroll=unroll)
     # Every site is in exactly one colour, so it changed in the sweep iff it differs at the end.
-    flips = jnp.sum(updated != flat)
+    # A changed site differs by ±(high - low): the count is a sum of squares, exact in floating
+    # point, and as a dot product it ran 3-4 ms faster per 128 chains × 400 sweeps than a
+    # comparison and a row reduction on XLA's CPU backend (benchmarks/README.md).
+    change = (updated - flat) / (high - low)
+    flips = jnp.dot(change, change)
     position = updated.reshape(shape)
     info = GibbsInfo(jnp.ones(()), flips / size, jnp.any(divergent))
     return GibbsState(position, logdensity_fn(position)), info
