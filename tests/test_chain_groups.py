@@ -53,6 +53,27 @@ def test_split_then_gather_returns_every_chain_in_order(num_chains, num_groups):
     np.testing.assert_array_equal(out["stats"]["diverging"], flags)
 
 
+@pytest.mark.parametrize("num_groups,chunks", [(1, ((0, 6),)), (1, ((0, 2), (2, 6))),
+                                               (2, ((0, 6),)), (3, ((0, 4), (4, 6)))])
+def test_the_sink_stores_compact_leaves_in_their_host_dtype(num_groups, chunks):
+    # Discrete draws leave the chunks as int8 and are stored in the position's dtype; every
+    # path of the sink (one group in one chunk keeps the buffer) must convert them.
+    layout = chain_groups.GroupLayout(5, num_groups)
+    rng = np.random.default_rng(1)
+    spins = rng.choice(np.array([-1, 1], np.int8), size=(5, 6, 3))       # (chain, draw, ...)
+    lp = rng.normal(size=(5, 6)).astype(np.float32)
+    sink = chain_groups.DrawSink(layout, total=6, host_dtypes={np.int8: np.float32})
+    for g, group in enumerate(chain_groups.split((jnp.asarray(spins), jnp.asarray(lp)), layout)):
+        as_outputs = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group)
+        for start, stop in chunks:
+            sink.write(jax.tree_util.tree_map(lambda a, s=start, e=stop: a[s:e], as_outputs),
+                       start, g)
+    x, stored_lp = sink.result()
+    assert x.dtype == np.float32 and stored_lp.dtype == np.float32
+    np.testing.assert_array_equal(x, spins.astype(np.float32))
+    np.testing.assert_array_equal(stored_lp, lp)
+
+
 def test_padding_repeats_the_last_chain():
     layout = chain_groups.GroupLayout(5, 2)
     groups = chain_groups.split(jnp.arange(5.0), layout)

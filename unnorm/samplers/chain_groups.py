@@ -171,10 +171,14 @@ class DrawSink:
 
     The groups' workers write their own chunks (:meth:`write`), so the copies run at the same
     time, on the cores that computed them. A run of one group in one chunk keeps the device's
-    buffer as it is (no copy)."""
+    buffer as it is (no copy) unless its dtype is to change.
 
-    def __init__(self, layout: GroupLayout, total: int):
+    ``host_dtypes`` maps a leaf dtype to the dtype it is stored in (e.g. int8 -> float32);
+    other leaves keep theirs."""
+
+    def __init__(self, layout: GroupLayout, total: int, host_dtypes: dict | None = None):
         self.layout, self.total = layout, total
+        self._host_dtypes = {np.dtype(k): np.dtype(v) for k, v in (host_dtypes or {}).items()}
         self._lock = threading.Lock()
         self._treedef = None
         self._arrays: list | None = None
@@ -185,16 +189,22 @@ class DrawSink:
         leaves, treedef = jax.tree_util.tree_flatten(out)
         length = leaves[0].shape[0]
         if self.layout.num_groups == 1 and length == self.total:
-            self._treedef, self._arrays = treedef, [host_view(leaf) for leaf in leaves]
+            views = [host_view(leaf) for leaf in leaves]
+            self._treedef = treedef
+            self._arrays = [view.astype(self._host_dtype(view.dtype), copy=False)
+                            for view in views]
             return
         with self._lock:
             if self._arrays is None:
                 self._treedef = treedef
                 self._arrays = [np.empty((self.total, self.layout.num_chains, *leaf.shape[2:]),
-                                         leaf.dtype) for leaf in leaves]
+                                         self._host_dtype(leaf.dtype)) for leaf in leaves]
         chains, offset = self.layout.real_chains(group), group * self.layout.group_size
         for target, leaf in zip(self._arrays, leaves, strict=True):
             target[start:start + length, offset:offset + chains] = host_view(leaf)[:, :chains]
+
+    def _host_dtype(self, dtype) -> np.dtype:
+        return self._host_dtypes.get(np.dtype(dtype), np.dtype(dtype))
 
     def result(self) -> Any:
         """The outputs as NumPy arrays of dims (chain, draw, ...) (views of the stored ones)."""

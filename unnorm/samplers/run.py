@@ -118,6 +118,10 @@ def _run_chunk_impl(model: Model, spec: SamplerSpec, params, chain_keys, states,
         stats = spec.stats(state, info)
         stats["diverging"] = diverged
         position = _to_position(model, spec.position(state))
+        if model.support.is_discrete:
+            # The support's two values are small integers: int8 draws are a quarter of the
+            # memory to fill and write (the host stores them in the position's dtype).
+            position = position.astype(jnp.int8)
         stats["lp"] = spec.logdensity(state) if exact_lp else -model.energy(params, position)
         return state, (position, stats)
 
@@ -342,7 +346,7 @@ def sample(
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
         run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), length,
-                           bar, disabled)
+                           bar, disabled, positions.dtype)
         # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
         # their adaptation window in steps.
         states, _, _ = run(states, warmup_keys, num_warmup, 1, _WARMUP)
@@ -399,12 +403,18 @@ class _PhaseRunner(NamedTuple):
     length: int
     bar: Any
     disabled: bool
+    position_dtype: Any
 
     def __call__(self, states: tuple, chain_keys: tuple, total: int, thinning: int,
                  phase: str):
         """Returns the final states (one per group), for sampling the draws and the statistics
         as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
-        sink = chain_groups.DrawSink(self.layout, total) if phase == _SAMPLING else None
+        sink = None
+        if phase == _SAMPLING:
+            # Discrete draws come out of the chunks as int8 (see _run_chunk_impl).
+            host = {np.dtype(np.int8): self.position_dtype} if self.model.support.is_discrete \
+                else None
+            sink = chain_groups.DrawSink(self.layout, total, host_dtypes=host)
         finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
         # Built here, not in the workers: two first calls at once could build two jitted
