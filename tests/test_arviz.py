@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
+import xarray.testing as xr_testing
 
 import unnorm as un
 from unnorm import _compat
@@ -67,6 +68,34 @@ def test_netcdf_round_trip(idata, tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded.sample_stats["diverging"]),
                                   np.asarray(idata.sample_stats["diverging"]))
     assert loaded.posterior.attrs["sampler"] == "nuts"
+
+
+def _groups(idata):
+    return {name: idata[name] if _compat.ARVIZ_MAJOR < 1 else idata[name].to_dataset()
+            for name in ("posterior", "sample_stats")}
+
+
+def _without_attrs(dataset):
+    dataset = dataset.copy()
+    dataset.attrs = {}
+    return dataset
+
+
+def test_inference_data_matches_what_arviz_from_dict_builds():
+    # unnorm builds the datasets itself (faster); they must be what az.from_dict gives.
+    rng = np.random.default_rng(0)
+    posterior = {"x": rng.normal(size=(3, 5, 2, 4)).astype(np.float32)}
+    stats = {"lp": rng.normal(size=(3, 5)), "diverging": rng.random((3, 5)) < 0.5,
+             "tree_depth": rng.integers(0, 5, size=(3, 5))}
+    ours = _compat.to_inference_data(posterior, stats, attrs={"sampler": "nuts"})
+    data = {"posterior": posterior, "sample_stats": stats}
+    theirs = az.from_dict(data) if _compat.ARVIZ_MAJOR >= 1 else az.from_dict(**data)
+    assert type(ours) is type(theirs)
+    for name, dataset in _groups(ours).items():
+        reference = _groups(theirs)[name]
+        assert set(dataset.attrs) == set(reference.attrs) | {"sampler"}
+        xr_testing.assert_identical(_without_attrs(dataset), _without_attrs(reference))
+        assert dataset.attrs["sampler"] == "nuts"
 
 
 def test_gibbs_output_on_a_multidimensional_support():

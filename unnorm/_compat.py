@@ -12,6 +12,7 @@ from typing import Any
 
 import arviz as az
 import numpy as np
+import xarray as xr
 
 __all__ = [
     "ARVIZ_MAJOR",
@@ -26,11 +27,25 @@ __all__ = [
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 
 if ARVIZ_MAJOR >= 1:
-    import xarray as xr
+    from arviz_base import make_attrs as _make_attrs
 
     InferenceData = xr.DataTree
+
+    def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
+        return _make_attrs(dict(attrs or {}), sample_dims=("chain", "draw"))
+
+    def _assemble(groups: dict):
+        return xr.DataTree.from_dict(groups)
 else:
+    from arviz.data.base import make_attrs as _make_attrs
+
     InferenceData = az.InferenceData
+
+    def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
+        return _make_attrs(dict(attrs or {}))
+
+    def _assemble(groups: dict):
+        return az.InferenceData(**groups)
 
 
 def to_inference_data(
@@ -40,16 +55,33 @@ def to_inference_data(
 ):
     """Build ArviZ's InferenceData from dicts of ``(chain, draw, ...)`` arrays.
 
-    Returns ``az.InferenceData`` on ArviZ 0.2x and ``xarray.DataTree`` on ArviZ 1.x. Event
-    dimensions get ArviZ's default names (``x_dim_0``, ...).
+    Returns ``az.InferenceData`` on ArviZ 0.2x and ``xarray.DataTree`` on ArviZ 1.x, with what
+    ``az.from_dict`` would give: dims ``chain``, ``draw`` and ArviZ's default names for the
+    event dims (``x_dim_0``, ...), integer coordinates from 0, ArviZ's group attributes plus
+    ``attrs``. The datasets are built directly: ``az.from_dict`` aligned and merged one
+    DataArray per variable, 2-4 ms a call, a tenth of a 256-chain Gibbs run
+    (benchmarks/README.md). ``tests/test_arviz.py`` checks the two agree.
     """
-    groups = {"posterior": {k: np.asarray(v) for k, v in posterior.items()}}
+    groups = {"posterior": _dataset(posterior, attrs)}
     if sample_stats:
-        groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
-    idata = az.from_dict(groups) if ARVIZ_MAJOR >= 1 else az.from_dict(**groups)
-    for name in groups:
-        idata[name].attrs.update(dict(attrs or {}))
-    return idata
+        groups["sample_stats"] = _dataset(sample_stats, attrs)
+    return _assemble(groups)
+
+
+def _dataset(variables: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None):
+    arrays = {name: np.asarray(value) for name, value in variables.items()}
+    first = next(iter(arrays.values()))
+    coords = {"chain": np.arange(first.shape[0]), "draw": np.arange(first.shape[1])}
+    data_vars = {}
+    for name, array in arrays.items():
+        if array.shape[:2] != first.shape[:2]:
+            raise ValueError(f"{name} has shape {array.shape}; every variable of a group needs "
+                             f"the (chain, draw) shape {first.shape[:2]} first.")
+        event_dims = [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
+        coords.update({dim: np.arange(size) for dim, size in zip(event_dims, array.shape[2:],
+                                                                  strict=True)})
+        data_vars[name] = (("chain", "draw", *event_dims), array)
+    return xr.Dataset(data_vars, coords=coords, attrs=_group_attrs(attrs))
 
 
 def is_inference_data(obj: Any) -> bool:
@@ -61,8 +93,6 @@ def rhat_and_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalized split R-hat and bulk ESS of every coordinate of ``(chain, draw, ...)``
     draws, flattened over the event dims. Coordinates constant across all draws give NaN."""
     import warnings
-
-    import xarray as xr
 
     arr = np.asarray(draws, dtype=float)
     flat = arr.reshape(arr.shape[0], arr.shape[1], -1)
