@@ -74,6 +74,46 @@ def test_the_sink_stores_compact_leaves_in_their_host_dtype(num_groups, chunks):
     np.testing.assert_array_equal(stored_lp, lp)
 
 
+def _write_all(sink, tree, layout):
+    for g, group in enumerate(chain_groups.split(tree, layout)):
+        sink.write(jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group), 0, g)
+
+
+@pytest.mark.parametrize("event_shape,dtype,used", [((3,), np.float32, True),
+                                                    ((4,), np.float32, False),
+                                                    ((3,), np.float64, False)])
+def test_the_reserved_draws_array_is_used_when_it_fits(event_shape, dtype, used):
+    layout = chain_groups.GroupLayout(5, 2)
+    draws = np.random.default_rng(2).normal(size=(5, 6, 3)).astype(np.float32)
+    sink = chain_groups.DrawSink(layout, total=6)
+    sink.reserve_first(event_shape, dtype)
+    reserved = sink._reserved
+    _write_all(sink, (jnp.asarray(draws), jnp.zeros((5, 6))), layout)
+    x, _ = sink.result()
+    assert (x.base is reserved) == used
+    np.testing.assert_array_equal(x, draws)
+
+
+def test_a_reservation_after_the_first_write_is_dropped():
+    layout = chain_groups.GroupLayout(4, 2)
+    sink = chain_groups.DrawSink(layout, total=2)
+    groups = chain_groups.split(jnp.ones((4, 2, 3)), layout)
+    sink.write(jnp.swapaxes(groups[0], 0, 1), 0, 0)
+    sink.reserve_first((3,), np.float32)
+    sink.write(jnp.swapaxes(groups[1], 0, 1), 0, 1)
+    assert sink._reserved is None
+    np.testing.assert_array_equal(sink.result(), np.ones((4, 2, 3)))
+
+
+@pytest.mark.parametrize("num_groups", [1, 3])
+def test_map_groups_runs_while_waiting_once(num_groups):
+    layout = chain_groups.GroupLayout(6, num_groups)
+    calls = []
+    out = chain_groups.map_groups(lambda g: g * 10, layout, chain_groups.executor(layout),
+                                  lambda: calls.append(1))
+    assert out == [10 * g for g in range(num_groups)] and calls == [1]
+
+
 def test_padding_repeats_the_last_chain():
     layout = chain_groups.GroupLayout(5, 2)
     groups = chain_groups.split(jnp.arange(5.0), layout)

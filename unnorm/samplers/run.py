@@ -432,8 +432,14 @@ class _PhaseRunner(NamedTuple):
                     sink.write(out, done, g)
                 return state, out[1], ok
 
+            reserve = None
+            if sink is not None and done == 0 and (self.layout.num_groups > 1 or chunk < total):
+                # The draws' array is allocated, and its pages mapped, by this thread while the
+                # groups compute (see DrawSink.reserve_first).
+                reserve = functools.partial(sink.reserve_first, self.model.support.event_shape,
+                                            self.position_dtype)
             try:
-                results = chain_groups.map_groups(run_group, self.layout, self.pool)
+                results = chain_groups.map_groups(run_group, self.layout, self.pool, reserve)
             except Exception as err:
                 raise RuntimeError(
                     f"sampler {self.spec.name!r} failed during {phase} at draws "
