@@ -8,8 +8,10 @@ of chains dispatched from threads of their own run at the same time on different
 vectorized, dispatched from a thread pool kept for the process. Measured on 2 cores
 (benchmarks/README.md): the sampling chunk of 256 Gibbs chains on a 100-spin Ising chain, 400
 sweeps, in 27–35 ms as two groups of 128 against 60–100 ms as one vectorized call; a whole
-``un.sample`` call in 40–60 ms against 70–90 ms. Each worker also copies its group's draws into
-the output arrays, so the copies run in parallel too.
+``un.sample`` call in 40–60 ms against 70–90 ms (28–30 ms since the later changes listed there).
+Each worker also copies its group's draws into the output arrays, so the copies run in parallel
+too; the dispatching thread, which only waits, allocates the draws' array meanwhile
+(:meth:`DrawSink.reserve_first`).
 
 Every group has the same size, so one compilation serves them all: when the chains do not
 divide evenly, the last group is padded with copies of the last chain, whose draws are dropped.

@@ -64,7 +64,9 @@ def _uniforms(key, size: int) -> jax.Array:
     hashes half as many counters (the layout matters only for sharding one draw across
     devices), computed by :mod:`unnorm.threefry`'s unrolled hash: 2.3× faster than
     ``jax.random.uniform`` in the same layout, 3.5× than in the default one, for 256 chains ×
-    100 spins, where the random numbers were half the sweep (benchmarks/README.md).
+    100 spins, where the random numbers were half the sweep (benchmarks/README.md). They are
+    still 40 % of a blocked sweep: XLA's CPU backend fuses the hash into the code that uses its
+    two words, and computes it once per word.
     """
     return threefry.uniform(key, (size,), partitionable=False)
 
