@@ -9,5 +9,7 @@ Example
 
 from .gaussian import gaussian
 from .pairwise import boltzmann, ising, ising_chain, pair_indices
+from .rbm import gaussian_rbm, gaussian_rbm_mixture, rbm
 
-__all__ = ["gaussian", "boltzmann", "ising", "ising_chain", "pair_indices"]
+__all__ = ["gaussian", "boltzmann", "ising", "ising_chain", "pair_indices", "rbm",
+           "gaussian_rbm", "gaussian_rbm_mixture"]
