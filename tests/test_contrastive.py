@@ -62,6 +62,41 @@ def test_pcd_tracks_the_gaussian_mle(gaussian_data):
     assert az.summary(fit.chains).shape[0] == 2
 
 
+def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
+    # without restarts from noise the buffered chains are still a stochastic approximation of
+    # the MLE: the same bounds as plain PCD
+    x, mean, prec = gaussian_data
+    fit = un.fit(un.models.gaussian(2), x,
+                 un.estimators.PCD(k=5, num_chains=64, buffer_size=1000, reinit=0.0),
+                 key=jax.random.key(0), num_steps=2000, progress_bar=False)
+    _assert_near_truth(fit, {"mu": MU, "prec": np.linalg.inv(COV)})
+    _assert_near_truth(fit, {"mu": mean, "prec": prec}, bound=1.0)
+
+
+@pytest.mark.parametrize("reinit", [0.0, 1.0])
+@pytest.mark.parametrize("model", [un.models.gaussian(2), un.models.ising_chain(2)],
+                         ids=["mala", "gibbs"])
+def test_replay_buffer_step_writes_the_chains_back_where_they_started(model, reinit):
+    estimator = un.estimators.PCD(k=2, num_chains=8, buffer_size=50, reinit=reinit)
+    objective = estimator.build(model, resample=True)
+    state = objective.init(model.params, jax.random.key(0))
+    assert state.buffer.shape == (50, 2)
+    if model.support.is_discrete:
+        assert set(np.unique(np.asarray(state.buffer))) <= {-1.0, 1.0}
+    batch = un.estimators.Batch(jnp.zeros((4, 2)), jnp.arange(4))
+    _, (new_state, aux) = objective.loss(model.params, state, batch, jax.random.key(1))
+    before, after = np.asarray(state.buffer), np.asarray(new_state.buffer)
+    changed = np.flatnonzero(np.any(before != after, axis=1))
+    # MALA's state sits inside the step-size adaptation's; Gibbs has none
+    chains = np.asarray(getattr(new_state.chains, "kernel", new_state.chains).position)
+    # a rewritten entry may equal its old value by chance on two spins
+    assert changed.size <= 8 and (changed.size >= 1 or model.support.is_discrete)
+    # every rewritten entry holds the end of one of this step's chains
+    for row in after[changed]:
+        assert np.any(np.all(np.isclose(chains, row), axis=1))
+    assert 0.0 < float(aux["acceptance_rate"]) <= 1.0
+
+
 def test_mle_reaches_the_gaussian_mle(gaussian_data):
     x, mean, prec = gaussian_data
     fit = un.fit(un.models.gaussian(2), x, un.estimators.MLE(sampler="mala"),
@@ -130,6 +165,8 @@ def test_chain_estimators_reject_bad_samplers(estimator, model, error, match):
     [
         (lambda: un.estimators.CD(k=0), "k must be"),
         (lambda: un.estimators.PCD(num_chains=0), "num_chains must be"),
+        (lambda: un.estimators.PCD(num_chains=64, buffer_size=10), "buffer_size must be >= 64"),
+        (lambda: un.estimators.PCD(buffer_size=100, reinit=1.5), "reinit must be a probability"),
         (lambda: un.estimators.MLE(num_samples=5), "num_samples must be"),
         (lambda: un.estimators.MLE(max_rounds=0), "max_rounds must be"),
         (lambda: un.estimators.MLE(num_warmup=-1), "num_warmup must be"),

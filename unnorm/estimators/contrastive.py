@@ -49,18 +49,40 @@ __all__ = ["CD", "PCD", "ChainState"]
 
 class ChainState(NamedTuple):
     """The persistent chains (PCD, MLE): the kernels' states, vmapped over chains, in the
-    unconstrained space; ``()`` for CD, which starts afresh at the data."""
+    unconstrained space; ``()`` for CD, which starts afresh at the data. ``buffer``: PCD's
+    replay buffer of past chain positions (unconstrained), ``()`` without one."""
 
     chains: Any
+    buffer: Any = ()
+
+
+def _step_size(states):
+    """The step size of every chain's kernel state (the adaptive kernels keep it in
+    ``step_size``, NumPyro's HMC in ``adapt_state.step_size``)."""
+    return states.step_size if hasattr(states, "step_size") else states.adapt_state.step_size
+
+
+def _with_step_size(states, step_size):
+    if hasattr(states, "step_size"):
+        return states._replace(step_size=step_size)
+    return states._replace(adapt_state=states.adapt_state._replace(step_size=step_size))
 
 
 def _scale_step_size(states, factor):
-    """Multiply the step size of every chain's kernel state by ``factor`` (the adaptive
-    kernels keep it in ``step_size``, NumPyro's HMC in ``adapt_state.step_size``)."""
-    if hasattr(states, "step_size"):
-        return states._replace(step_size=states.step_size * factor)
-    adapt = states.adapt_state
-    return states._replace(adapt_state=adapt._replace(step_size=adapt.step_size * factor))
+    """Multiply the step size of every chain's kernel state by ``factor``."""
+    return _with_step_size(states, _step_size(states) * factor)
+
+
+def _noise_starts(support, key, num: int) -> jax.Array:
+    """Fresh starting points inside a compiled step, as ``initial_unconstrained`` draws them on
+    the host: Uniform(-2, 2) in the unconstrained space, or each coordinate uniform over the
+    two values of a discrete support."""
+    shape = (num, *support.event_shape)
+    dtype = jnp.result_type(float)
+    if support.is_discrete:
+        lo, hi = support.values
+        return jnp.where(jax.random.bernoulli(key, 0.5, shape), hi, lo).astype(dtype)
+    return jax.random.uniform(key, shape, dtype, minval=-2.0, maxval=2.0)
 
 
 #: gain of the persistent chains' step-size control: after each optimizer step the shared step
@@ -232,6 +254,8 @@ class _ChainEstimator(Estimator):
         spec = build_sampler(sampler, warmup, values, **tuning)
         k = int(self.k)
         persistent = self.persistent
+        buffer_size = getattr(self, "buffer_size", None)
+        reinit = float(getattr(self, "reinit", 0.0))
         target_accept = SAMPLERS[sampler].tuning.get("target_accept")
 
         def to_unconstrained(x):
@@ -255,7 +279,9 @@ class _ChainEstimator(Estimator):
             frozen = jax.lax.stop_gradient(params)
             logdensity_fn = unconstrained_logdensity(model, frozen)
             start_key, run_key = jax.random.split(key)
-            if persistent:
+            if buffer_size is not None:
+                states, slots = replay_starts(state, logdensity_fn, start_key)
+            elif persistent:
                 states = jax.vmap(lambda st: spec.refresh(st, logdensity_fn))(state.chains)
             else:
                 # CD's chains start at the data with the initial step size
@@ -267,8 +293,29 @@ class _ChainEstimator(Estimator):
                     STEP_SIZE_GAIN * (acceptance - target_accept)))
             ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(
                 jax.vmap(spec.position)(states)))
-            new_state = ChainState(states) if persistent else state
+            new_state = state
+            if buffer_size is not None:
+                positions = jax.vmap(spec.position)(states)
+                new_state = ChainState(states, state.buffer.at[slots].set(positions))
+            elif persistent:
+                new_state = ChainState(states)
             return ys, new_state, acceptance
+
+        def replay_starts(state, logdensity_fn, key):
+            """Du & Mordatch (2019)'s replay buffer (seed 004 §3): each chain starts at a random
+            entry of the buffer, or with probability ``reinit`` at a fresh noise point, and
+            carries the shared step size; its end is written back to the entry it came from."""
+            pick_key, reinit_key, noise_key, init_key = jax.random.split(key, 4)
+            num = jax.tree_util.tree_leaves(state.chains)[0].shape[0]
+            slots = jax.random.randint(pick_key, (num,), 0, buffer_size)
+            fresh = jax.random.bernoulli(reinit_key, reinit, (num,))
+            fresh = fresh.reshape(num, *([1] * len(support.event_shape)))
+            starts = jnp.where(fresh, _noise_starts(support, noise_key, num),
+                               state.buffer[slots])
+            states = start_chains(starts, logdensity_fn, init_key)
+            if target_accept is not None:
+                states = _with_step_size(states, _step_size(state.chains))
+            return states, slots
 
         def contrast(params, xs, ys):
             # E(x_i) - mean_j E(ỹ_j): eq. 3-4's gradient with the draws held fixed
@@ -294,7 +341,13 @@ class _ChainEstimator(Estimator):
             logdensity_fn = unconstrained_logdensity(model, params)
             starts = jnp.asarray(support.initial_unconstrained(key, num_chains),
                                  dtype=jnp.result_type(float))
-            return ChainState(start_chains(starts, logdensity_fn, jax.random.fold_in(key, 1)))
+            chains = start_chains(starts, logdensity_fn, jax.random.fold_in(key, 1))
+            if buffer_size is None:
+                return ChainState(chains)
+            buffer = jnp.asarray(support.initial_unconstrained(jax.random.fold_in(key, 2),
+                                                               buffer_size),
+                                 dtype=jnp.result_type(float))
+            return ChainState(chains, buffer)
 
         def post_fit(params, state, data, key, compute_se, progress_bar):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
@@ -384,6 +437,18 @@ class PCD(_ChainEstimator):
     and follows ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)`` (eq. 3-4). With a slowly moving θ the chains
     stay near ``p_θ``: a stochastic approximation of the MLE (Younes 1999).
 
+    With ``buffer_size``, the replay buffer of Du & Mordatch (2019) (seed 004 §3): the chains'
+    positions are kept in a buffer of ``buffer_size`` entries, started from noise; at each step
+    every chain starts at a random entry, runs ``k`` steps, and its end replaces the entry it
+    came from. The buffer holds many more states than there are chains, so the draws of one
+    step are less correlated with the last step's; it is still a stochastic approximation of
+    the MLE. ``reinit > 0`` adds Du & Mordatch's restarts: each chain starts with that
+    probability at a fresh noise point (Uniform(-2, 2) in the unconstrained space). They keep
+    modes the chains have left within reach (multimodal, neural energies), but draws only
+    ``k`` steps from noise bias the fit, and when ``k`` is short of the mixing time they can
+    drive it away: on a 1-D Gaussian, MALA with ``k=2`` and ``reinit=0.05`` sent the precision
+    to 10^6 (docs/likelihood.md).
+
     Parameters
     ----------
     k : int
@@ -395,6 +460,11 @@ class PCD(_ChainEstimator):
         ``"gibbs"`` (sequential scan) on binary and spin ones. Step sizes keep adapting.
     step_size : float, optional
         The kernel's initial step size.
+    buffer_size : int, optional
+        Entries of the replay buffer, at least ``num_chains``; None (default) for plain PCD.
+    reinit : float
+        With a buffer, the probability that a chain restarts from noise: default 0 (seed 004's
+        buffer); Du & Mordatch used 0.05.
 
     Examples
     --------
@@ -410,8 +480,15 @@ class PCD(_ChainEstimator):
     num_chains: int = 64
     sampler: str | None = None
     step_size: float | None = None
+    buffer_size: int | None = None
+    reinit: float = 0.0
     name = "pcd"
 
     def __post_init__(self):
         _check_k(self.k)
         _checks.check_int(self.num_chains, "num_chains", minimum=1)
+        if self.buffer_size is not None:
+            _checks.check_int(self.buffer_size, "buffer_size", minimum=self.num_chains)
+        if not (isinstance(self.reinit, (int, float)) and not isinstance(self.reinit, bool)
+                and 0.0 <= self.reinit <= 1.0):
+            raise ValueError(f"reinit must be a probability in [0, 1]; got {self.reinit!r}.")
