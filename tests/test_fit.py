@@ -183,3 +183,21 @@ def test_no_warning_for_a_clean_closed_form_fit():
         warnings.simplefilter("error")
         fit = un.fit(SCALE, SCALE_DATA, "sm", key=KEY, progress_bar=False)
     assert fit.method == "closed form" and fit.converged and fit.num_steps == 0
+
+
+def test_newton_from_the_start_only_for_energies_linear_in_the_parameters():
+    # An energy affine in θ makes every deterministic objective convex, and Newton may start
+    # anywhere; otherwise (an RBM's free energy) the optimizer goes first and Newton refines.
+    from unnorm import solvers
+
+    spins = np.where(np.random.default_rng(0).random((500, 4)) < 0.5, -1.0, 1.0)
+    ising = un.models.ising(J=np.zeros(6), h=np.zeros(4))
+    rbm = un.models.rbm(4, 2)
+    assert solvers.energy_is_linear(ising, ising.params, jnp.asarray(spins))
+    assert not solvers.energy_is_linear(rbm, rbm.params, jnp.asarray((spins + 1) / 2))
+    assert not solvers.energy_is_linear(un.models.gaussian(2), un.models.gaussian(2).params,
+                                        jnp.ones((5, 2)))
+    linear = un.fit(ising, spins, "pl", key=jax.random.key(0), progress_bar=False)
+    assert linear.method == "newton" and linear.converged
+    refined = un.fit(rbm, (spins + 1) / 2, "pl", key=jax.random.key(0), progress_bar=False)
+    assert refined.method == "optimizer + newton"

@@ -306,8 +306,11 @@ def fit(
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
     theta0 = _initial_theta(model, params0, nuisance0)
     if (fitted is None and solve_directly and compute_se and objective.deterministic
-            and default_optimizer):
-        # a small deterministic objective: Newton from the start is both faster and exact
+            and default_optimizer and solvers.energy_is_linear(model, params0, data)):
+        # a small deterministic objective, convex in θ: Newton from the start is both faster
+        # and exact. A non-convex one (an RBM's NCE) took Newton from the start to a local
+        # minimum of log-likelihood -29 where the optimizer's basin gave -3.68: the optimizer
+        # goes first there, and Newton refines.
         if objective.post_fit is not None:
             # the estimator's own finish refines by Newton (KSD's U-statistic)
             fitted, route = objective_params(model, objective, theta0), "newton"

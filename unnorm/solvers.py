@@ -18,19 +18,22 @@ from jax.flatten_util import ravel_pytree
 from .estimators import Batch, Objective, objective_params
 from .model import Model
 
-__all__ = ["score_is_linear", "closed_form", "newton", "derivatives",
+__all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
            "observation_grads", "constrained_jacobian"]
 
 
 # ---- closed form --------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _score_secondderivatives(theta0, template, xs, directions, *, model: Model):
+@functools.partial(jax.jit, static_argnames=("model", "of"))
+def _second_derivatives(theta0, template, xs, directions, *, model: Model, of: str):
+    """Second directional derivatives in θ of ``model.score`` or ``model.energy`` (``of``) at
+    ``xs`` along ``directions``, and the values at θ0."""
     _, unravel = ravel_pytree(template)
+    quantity = model.score if of == "score" else model.energy
 
     def second_derivative(x, v):
         def along(t):
-            return model.score(unravel(theta0 + t * v), x)
+            return quantity(unravel(theta0 + t * v), x)
 
         def first(t):
             return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
@@ -39,23 +42,35 @@ def _score_secondderivatives(theta0, template, xs, directions, *, model: Model):
         return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
 
     second = jax.vmap(jax.vmap(second_derivative, (None, 0)), (0, None))(xs, directions)
-    scores = jax.vmap(lambda x: model.score(unravel(theta0), x))(xs)
-    return second, scores
+    values = jax.vmap(lambda x: quantity(unravel(theta0), x))(xs)
+    return second, values
+
+
+def _is_affine_in_params(model: Model, params: dict, data: jax.Array, of: str) -> bool:
+    theta0, _ = ravel_pytree(params)
+    xs = data[: min(8, data.shape[0])]
+    directions = jnp.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
+                             dtype=theta0.dtype)
+    second, values = _second_derivatives(theta0, params, xs, directions, model=model, of=of)
+    second = np.asarray(second)
+    scale = 1.0 + float(np.max(np.abs(np.asarray(values))))
+    tol = float(jnp.finfo(theta0.dtype).eps) ** 0.5 * scale
+    return bool(np.all(np.isfinite(second)) and np.max(np.abs(second)) <= tol)
 
 
 def score_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
     """Whether ``-∇ₓE(x; θ)`` is affine in the flattened constrained θ, checked by second
     directional derivatives along random directions at a few observations (they vanish
     identically for an affine map, and almost never by accident otherwise)."""
-    theta0, _ = ravel_pytree(params)
-    xs = data[: min(8, data.shape[0])]
-    directions = jnp.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
-                             dtype=theta0.dtype)
-    second, scores = _score_secondderivatives(theta0, params, xs, directions, model=model)
-    second = np.asarray(second)
-    scale = 1.0 + float(np.max(np.abs(np.asarray(scores))))
-    tol = float(jnp.finfo(theta0.dtype).eps) ** 0.5 * scale
-    return bool(np.all(np.isfinite(second)) and np.max(np.abs(second)) <= tol)
+    return _is_affine_in_params(model, params, data, "score")
+
+
+def energy_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
+    """Whether ``E(x; θ)`` is affine in the flattened constrained θ (an exponential family),
+    checked as :func:`score_is_linear` is. The estimators' full-data objectives are then convex
+    in θ (SM's family and KSD quadratic, pseudo-likelihood a sum of log-sum-exps, NCE a logistic
+    regression), so a local minimum found by Newton's method from any start is the minimum."""
+    return _is_affine_in_params(model, params, data, "energy")
 
 
 def closed_form(objective: Objective, model: Model, params: dict, state, data, key):
