@@ -98,6 +98,13 @@ def test_inference_data_matches_what_arviz_from_dict_builds():
         assert dataset.attrs["sampler"] == "nuts"
 
 
+def test_inference_data_rejects_variables_of_other_chain_draw_shapes():
+    with pytest.raises(ValueError, match=r"lp has shape \(3, 4\); every variable of a group "
+                                         r"needs the \(chain, draw\) shape \(3, 5\)"):
+        _compat.to_inference_data({"x": np.zeros((3, 5, 2))},
+                                  {"acceptance_rate": np.zeros((3, 5)), "lp": np.zeros((3, 4))})
+
+
 def test_gibbs_output_on_a_multidimensional_support():
     model = un.Model(lambda p, x: -p["J"] * jnp.sum(x[:, :-1] * x[:, 1:]),
                      params={"J": jnp.asarray(0.2)}, support=un.supports.spin((2, 3)))

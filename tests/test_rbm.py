@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _exact import exact_draws
+from scipy.special import logsumexp
 from test_samplers_statistical import assert_mcse_z
 
 import unnorm as un
@@ -24,11 +25,6 @@ def _hidden(num_hidden: int) -> np.ndarray:
     return np.array(list(itertools.product((0.0, 1.0), repeat=num_hidden)))
 
 
-def _log_sum_exp(values: np.ndarray, axis=None) -> np.ndarray:
-    top = np.max(values, axis=axis, keepdims=True)
-    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(values - top), axis=axis))
-
-
 def _bernoulli_joint_neg_energy(v, h, W, b, c):
     # -E(v, h) = vᵀWh + bᵀv + cᵀh (seed 001), for every pair of rows of v and h
     return v @ W @ h.T + (v @ b)[:, None] + (h @ c)[None, :]
@@ -37,7 +33,7 @@ def _bernoulli_joint_neg_energy(v, h, W, b, c):
 def test_rbm_free_energy_sums_the_hidden_units_out():
     model = un.models.rbm(6, 3, W=W6, b=B6, c=C6)
     v = np.asarray(model.support.enumerate())
-    exact = -_log_sum_exp(_bernoulli_joint_neg_energy(v, _hidden(3), W6, B6, C6), axis=1)
+    exact = -logsumexp(_bernoulli_joint_neg_energy(v, _hidden(3), W6, B6, C6), axis=1)
     ours = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)))
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
 
@@ -45,7 +41,7 @@ def test_rbm_free_energy_sums_the_hidden_units_out():
 def test_rbm_exact_log_partition_is_the_joint_sum():
     model = un.models.rbm(6, 3, W=W6, b=B6, c=C6)
     v = np.asarray(model.support.enumerate())
-    joint = _log_sum_exp(_bernoulli_joint_neg_energy(v, _hidden(3), W6, B6, C6))
+    joint = logsumexp(_bernoulli_joint_neg_energy(v, _hidden(3), W6, B6, C6))
     lz = un.log_partition(model, method="exact")
     assert lz.stderr == 0.0
     assert abs(lz.estimate - joint) < 1e-4 * abs(joint)   # float32 sums of 64 terms
@@ -56,7 +52,7 @@ def test_rbm_gibbs_matches_exact_moments():
     v = np.asarray(model.support.enumerate())
     log_p = -np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)),
                         dtype=float)
-    p = np.exp(log_p - _log_sum_exp(log_p))
+    p = np.exp(log_p - logsumexp(log_p))
     idata = un.sample(model, key=jax.random.key(3), sampler="gibbs", num_chains=4,
                       num_warmup=1000, num_samples=3000, progress_bar=False, warn=False)
     x = np.asarray(idata.posterior["x"], dtype=float)
@@ -73,7 +69,7 @@ def test_gaussian_rbm_free_energy_integrates_to_the_mixture_constant():
     grid = np.linspace(-12.0, 12.0, 24001)
     energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(
         jnp.asarray(grid[:, None])), dtype=float)
-    numeric = _log_sum_exp(-energies) + np.log(grid[1] - grid[0])
+    numeric = logsumexp(-energies) + np.log(grid[1] - grid[0])
     _, _, _, log_z = un.models.gaussian_rbm_mixture(model.params, sigma=sigma)
     assert abs(numeric - log_z) < 1e-4
 
@@ -88,7 +84,7 @@ def test_gaussian_rbm_free_energy_sums_the_hidden_units_out():
     # seed 001's Gaussian-Bernoulli energy, for every (v, h)
     joint = (np.sum((v - b) ** 2 / (2 * sigma ** 2), axis=1)[:, None]
              - (v / sigma) @ W @ h.T - (h @ c)[None, :])
-    exact = -_log_sum_exp(-joint, axis=1)
+    exact = -logsumexp(-joint, axis=1)
     ours = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)))
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
 
@@ -119,17 +115,19 @@ def test_rbm_defaults_break_the_hidden_symmetry_and_are_seeded():
     np.testing.assert_array_equal(first.params["b"], np.zeros(4))
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: un.models.rbm(0, 2), "num_visible must be a positive integer; got 0"),
-    (lambda: un.models.rbm(3, 2.5), "num_hidden must be a positive integer; got 2.5"),
-    (lambda: un.models.rbm(3, 2, W=np.zeros((2, 3))), r"W must have shape \(3, 2\)"),
-    (lambda: un.models.gaussian_rbm(3, 2, c=np.zeros(3)), r"c must have shape \(2,\)"),
-    (lambda: un.models.gaussian_rbm(2, 1, sigma=[1.0, 0.0]), "sigma must be positive"),
-    (lambda: un.models.gaussian_rbm_mixture(un.models.gaussian_rbm(2, 17).params),
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: un.models.rbm(0, 2), ValueError, "num_visible must be >= 1; got 0"),
+    (lambda: un.models.rbm(3, 2.5), TypeError, "num_hidden must be an integer >= 1; got 2.5"),
+    (lambda: un.models.rbm(3, 2, W=np.zeros((2, 3))), ValueError, r"W must have shape \(3, 2\)"),
+    (lambda: un.models.gaussian_rbm(3, 2, c=np.zeros(3)), ValueError,
+     r"c must have shape \(2,\)"),
+    (lambda: un.models.gaussian_rbm(2, 1, sigma=[1.0, 0.0]), ValueError,
+     "sigma must be positive"),
+    (lambda: un.models.gaussian_rbm_mixture(un.models.gaussian_rbm(2, 17).params), ValueError,
      "num_hidden must be at most max_hidden = 16"),
 ])
-def test_rbm_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_rbm_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
         call()
 
 
@@ -144,7 +142,7 @@ def _gaussian_rbm_log_lik(params, data) -> float:
     z = (data[:, None, :] - means[None]) / scale
     per_component = log_w[None] - 0.5 * np.sum(z ** 2, axis=-1) - np.sum(
         np.log(np.sqrt(2 * np.pi) * scale))
-    return float(np.mean(_log_sum_exp(per_component, axis=1)))
+    return float(np.mean(logsumexp(per_component, axis=1)))
 
 
 def test_gaussian_rbm_ssm_fit_recovers_the_density():

@@ -69,7 +69,18 @@ def energy_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
     """Whether ``E(x; θ)`` is affine in the flattened constrained θ (an exponential family),
     checked as :func:`score_is_linear` is. The estimators' full-data objectives are then convex
     in θ (SM's family and KSD quadratic, pseudo-likelihood a sum of log-sum-exps, NCE a logistic
-    regression), so a local minimum found by Newton's method from any start is the minimum."""
+    regression), so a local minimum found by Newton's method from any start is the minimum.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> import unnorm as un
+    >>> ising = un.models.ising(J=jnp.zeros(3), h=jnp.zeros(3))
+    >>> energy_is_linear(ising, ising.params, jnp.ones((4, 3)))
+    True
+    >>> energy_is_linear(un.models.rbm(3, 2), un.models.rbm(3, 2).params, jnp.ones((4, 3)))
+    False
+    """
     return _is_affine_in_params(model, params, data, "energy")
 
 

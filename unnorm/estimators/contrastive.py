@@ -291,12 +291,11 @@ class _ChainEstimator(Estimator):
             if persistent and target_accept is not None:
                 states = _scale_step_size(states, jnp.exp(
                     STEP_SIZE_GAIN * (acceptance - target_accept)))
-            ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(
-                jax.vmap(spec.position)(states)))
+            ends = jax.vmap(spec.position)(states)
+            ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(ends))
             new_state = state
             if buffer_size is not None:
-                positions = jax.vmap(spec.position)(states)
-                new_state = ChainState(states, state.buffer.at[slots].set(positions))
+                new_state = ChainState(states, state.buffer.at[slots].set(ends))
             elif persistent:
                 new_state = ChainState(states)
             return ys, new_state, acceptance

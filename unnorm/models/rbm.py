@@ -33,16 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _checks
 from ..model import Model
 from ..supports import binary, real
 
 __all__ = ["rbm", "gaussian_rbm", "gaussian_rbm_mixture"]
-
-
-def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
 
 
 def _initial_params(num_visible: int, num_hidden: int, W, b, c, seed: int) -> dict:
@@ -85,8 +80,8 @@ def rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, seed: int = 0
     >>> round(float(m.energy(m.params, jnp.array([1.0, 0.0]))), 4)   # -log(1 + e)
     -1.3133
     """
-    num_visible = _check_size(num_visible, "num_visible")
-    num_hidden = _check_size(num_hidden, "num_hidden")
+    num_visible = _checks.check_int(num_visible, "num_visible")
+    num_hidden = _checks.check_int(num_hidden, "num_hidden")
     params = _initial_params(num_visible, num_hidden, W, b, c, seed)
 
     def free_energy(params, v):
@@ -119,8 +114,8 @@ def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigm
     >>> round(float(m.energy(m.params, jnp.array([1.0, 1.0]))), 4)   # -log 2
     -0.6931
     """
-    num_visible = _check_size(num_visible, "num_visible")
-    num_hidden = _check_size(num_hidden, "num_hidden")
+    num_visible = _checks.check_int(num_visible, "num_visible")
+    num_hidden = _checks.check_int(num_hidden, "num_hidden")
     params = _initial_params(num_visible, num_hidden, W, b, c, seed)
     scale = np.broadcast_to(np.asarray(sigma, dtype=float), (num_visible,)).copy()
     if not np.all(np.isfinite(scale) & (scale > 0)):
@@ -164,7 +159,6 @@ def gaussian_rbm_mixture(params, sigma=1.0, max_hidden: int = 16):
     hidden = np.array(list(itertools.product((0.0, 1.0), repeat=num_hidden)))
     shift = hidden @ W.T                                            # (2^F, D): (Wh)_i
     log_unnormalized = hidden @ c + shift @ (b / scale) + 0.5 * np.sum(shift ** 2, axis=1)
-    top = log_unnormalized.max()
-    log_norm = top + np.log(np.sum(np.exp(log_unnormalized - top)))
+    log_norm = np.logaddexp.reduce(log_unnormalized)
     log_partition = log_norm + np.sum(np.log(np.sqrt(2 * np.pi) * scale))
     return log_unnormalized - log_norm, b + scale * shift, np.array(scale), float(log_partition)

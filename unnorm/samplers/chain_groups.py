@@ -194,6 +194,11 @@ class DrawSink:
         self._arrays: list | None = None
         self._reserved: np.ndarray | None = None
 
+    def keeps_device_buffer(self, length: int) -> bool:
+        """Whether chunks of ``length`` draws are stored as the device's buffers (one group,
+        one chunk): no output array is allocated then."""
+        return self.layout.num_groups == 1 and length == self.total
+
     def reserve_first(self, event_shape: tuple, dtype) -> None:
         """Allocate the first leaf's array (the draws: ``event_shape`` per chain and draw, in
         ``dtype``) now, and touch each of its memory pages.
@@ -213,7 +218,7 @@ class DrawSink:
         from ``start`` on."""
         leaves, treedef = jax.tree_util.tree_flatten(out)
         length = leaves[0].shape[0]
-        if self.layout.num_groups == 1 and length == self.total:
+        if self.keeps_device_buffer(length):
             views = [host_view(leaf) for leaf in leaves]
             self._treedef = treedef
             self._arrays = [view.astype(self._host_dtype(view.dtype), copy=False)

@@ -31,6 +31,8 @@ from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
 __all__ = ["sample", "unconstrained_logdensity"]
 
 _WARMUP, _SAMPLING = "warmup", "sampling"
+#: the dtype discrete draws leave the compiled chunks in (see _run_chunk_impl)
+_DISCRETE_DRAW_DTYPE = np.int8
 
 
 def unconstrained_logdensity(model: Model, params) -> Callable[[jax.Array], jax.Array]:
@@ -118,11 +120,11 @@ def _run_chunk_impl(model: Model, spec: SamplerSpec, params, chain_keys, states,
         stats = spec.stats(state, info)
         stats["diverging"] = diverged
         position = _to_position(model, spec.position(state))
-        if model.support.is_discrete:
-            # The support's two values are small integers: int8 draws are a quarter of the
-            # memory to fill and write (the host stores them in the position's dtype).
-            position = position.astype(jnp.int8)
         stats["lp"] = spec.logdensity(state) if exact_lp else -model.energy(params, position)
+        if model.support.is_discrete:
+            # The support's two values are small integers: compact draws are a quarter of the
+            # memory to fill and write (the host stores them in the position's dtype).
+            position = position.astype(_DISCRETE_DRAW_DTYPE)
         return state, (position, stats)
 
     def one_draw_all_chains(states, index):
@@ -411,9 +413,8 @@ class _PhaseRunner(NamedTuple):
         as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
         sink = None
         if phase == _SAMPLING:
-            # Discrete draws come out of the chunks as int8 (see _run_chunk_impl).
-            host = {np.dtype(np.int8): self.position_dtype} if self.model.support.is_discrete \
-                else None
+            host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
+                    if self.model.support.is_discrete else None)
             sink = chain_groups.DrawSink(self.layout, total, host_dtypes=host)
         finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
@@ -433,7 +434,7 @@ class _PhaseRunner(NamedTuple):
                 return state, out[1], ok
 
             reserve = None
-            if sink is not None and done == 0 and (self.layout.num_groups > 1 or chunk < total):
+            if sink is not None and done == 0 and not sink.keeps_device_buffer(chunk):
                 # The draws' array is allocated, and its pages mapped, by this thread while the
                 # groups compute (see DrawSink.reserve_first).
                 reserve = functools.partial(sink.reserve_first, self.model.support.event_shape,
