@@ -141,7 +141,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: 
         failed = active & ~finite
         unconstrained = choose(unconstrained, train.unconstrained)
         average, num_averaged = train.average, train.num_averaged
-        if objective.average_iterates:
+        if objective.traits.monte_carlo_gradient:
             # the running mean of the iterates of the second half of the run
             counted = accept & (2 * step >= num_steps)
             count = num_averaged + counted.astype(num_averaged.dtype)
@@ -301,12 +301,13 @@ def fit(
 
     fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
     chains = None
-    if (solve_directly and objective.quadratic_if_linear_score and objective.deterministic
+    if (solve_directly and objective.traits.quadratic_if_linear_score and objective.traits.deterministic
             and solvers.score_is_linear(model, params0, data)):
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
     theta0 = _initial_theta(model, params0, nuisance0)
-    if (fitted is None and solve_directly and compute_se and objective.deterministic
-            and default_optimizer and solvers.energy_is_linear(model, params0, data)):
+    if (fitted is None and solve_directly and compute_se and objective.traits.deterministic
+            and objective.traits.convex_if_linear_energy and default_optimizer
+            and solvers.energy_is_linear(model, params0, data)):
         # a small deterministic objective, convex in θ: Newton from the start is both faster
         # and exact. A non-convex one (an RBM's NCE) took Newton from the start to a local
         # minimum of log-likelihood -29 where the optimizer's basin gave -3.68: the optimizer
@@ -324,7 +325,7 @@ def fit(
         theta, losses, converged, steps, skipped, est_state = _optimize(
             model, objective, optimizer, theta0, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
-        if compute_se and objective.deterministic and objective.post_fit is None:
+        if compute_se and objective.traits.deterministic and objective.post_fit is None:
             theta, converged = _refine(model, objective, theta, est_state, data, train_key)
             route = "optimizer + newton"
         fitted = objective_params(model, objective, theta)
@@ -332,7 +333,7 @@ def fit(
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
-    if not converged and objective.deterministic and batch_size is None:
+    if not converged and objective.traits.deterministic and batch_size is None:
         # a stochastic loss rarely meets a relative-change rule; only a deterministic one
         # that does not is worth a warning
         warnings.warn(
@@ -346,7 +347,7 @@ def fit(
         fitted, covariance, chains = post.params, post.covariance, post.chains
         if post.method is not None:
             route = post.method
-        elif route == "optimizer" and objective.deterministic:
+        elif route == "optimizer" and objective.traits.deterministic:
             route = "optimizer + newton"
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
@@ -393,7 +394,7 @@ def _initial_theta(model: Model, params0, nuisance0):
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
     u = theta0
-    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.average_iterates else ((), ()))
+    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.traits.monte_carlo_gradient else ((), ()))
     train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
                        jnp.zeros((), jnp.int32), *averaging)
     length = min(num_steps, 100)
@@ -431,7 +432,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                 converged = True
                 break
     theta = train.unconstrained
-    if objective.average_iterates and int(train.num_averaged) > 0:
+    if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
     return theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state
 

@@ -17,7 +17,7 @@ name     class                                       needs
 
 from __future__ import annotations
 
-from .base import Batch, Estimator, Objective, PostFit, objective_params
+from .base import Batch, Estimator, Objective, PostFit, Traits, objective_params
 from .contrastive import CD, PCD
 from .mle import MLE
 from .nce import NCE
@@ -26,7 +26,7 @@ from .score_matching import DSM, SM, SSM
 from .stein import KSD
 
 __all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "NCE", "Objective", "PCD", "PostFit",
-           "PseudoLikelihood", "SM", "SSM", "ESTIMATORS", "objective_params", "resolve"]
+           "PseudoLikelihood", "SM", "SSM", "Traits", "ESTIMATORS", "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {

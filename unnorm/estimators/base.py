@@ -34,7 +34,7 @@ import jax
 from .. import threefry
 from ..model import Model
 
-__all__ = ["Batch", "Objective", "Estimator", "PostFit"]
+__all__ = ["Batch", "Objective", "Estimator", "PostFit", "Traits"]
 
 
 class Batch(NamedTuple):
@@ -43,6 +43,35 @@ class Batch(NamedTuple):
 
     x: jax.Array
     index: jax.Array
+
+
+class Traits(NamedTuple):
+    """What an estimator's objective is, declared once; the fit driver plans its stages from it.
+
+    Attributes
+    ----------
+    deterministic : bool
+        The loss does not depend on the step key (any noise is keyed on the state and the
+        observation index), so the objective is an ordinary M-estimation criterion: Newton can
+        refine the optimizer's answer and the sandwich describes its minimizer.
+    convex_if_linear_energy : bool
+        The full-data objective is convex in θ whenever ``E(x; θ)`` is affine in θ (an
+        exponential family): Newton from the initial values then finds the minimum. Ratio
+        matching, whose loss is not convex in θ, says False.
+    quadratic_if_linear_score : bool
+        The loss depends on θ only through the score ``-∇ₓE`` and is quadratic in it; a score
+        linear in θ then gives a closed-form minimizer.
+    monte_carlo_gradient : bool
+        The gradient is a Monte Carlo estimate (MCMC draws inside the loss): the driver returns
+        the average of the iterates over the second half of the steps (Polyak & Juditsky 1992)
+        instead of the last one, whose Monte Carlo jitter does not vanish at a constant
+        learning rate.
+    """
+
+    deterministic: bool = True
+    convex_if_linear_energy: bool = False
+    quadratic_if_linear_score: bool = False
+    monte_carlo_gradient: bool = False
 
 
 class Objective(NamedTuple):
@@ -58,13 +87,10 @@ class Objective(NamedTuple):
     terms : callable
         ``terms(params, state, batch, key) -> array (b,)``, the per-observation terms whose mean
         is the loss; with a fixed ``state`` they are a deterministic function of the data when
-        ``deterministic`` is true.
-    deterministic : bool
-        True when the loss does not depend on ``key`` (noise, if any, is keyed on the state
-        and the observation index), so the objective is an ordinary M-estimation criterion.
-    quadratic_if_linear_score : bool
-        True when the loss depends on θ only through the score ``-∇ₓE`` and is quadratic in it;
-        an energy whose score is linear in θ then has a closed-form minimizer.
+        ``traits.deterministic`` is true.
+    traits : Traits
+        What the objective is (deterministic, convex or quadratic in θ for which energies,
+        Monte Carlo gradient): the driver's plan of stages is read from it.
     nuisance : callable, optional
         ``nuisance(params, state, data) -> (state, values)``: the initial values of the
         estimator's own real parameters (a dict), optimized with θ (``loss`` and ``terms`` then
@@ -73,21 +99,14 @@ class Objective(NamedTuple):
     post_fit : callable, optional
         ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
         the optimizer in place of the driver's Newton refinement and sandwich covariance.
-    average_iterates : bool
-        The gradient is a Monte Carlo estimate (chain-based estimators): the driver returns the
-        average of the iterates over the second half of the steps (Polyak & Juditsky 1992)
-        instead of the last one, whose Monte Carlo jitter does not vanish at a constant
-        learning rate.
     """
 
     init: Callable
     loss: Callable
     terms: Callable
-    deterministic: bool
-    quadratic_if_linear_score: bool
+    traits: Traits
     nuisance: Callable | None = None
     post_fit: Callable | None = None
-    average_iterates: bool = False
 
 
 class PostFit(NamedTuple):

@@ -42,7 +42,7 @@ from ..model import Model
 from ..samplers.registry import SAMPLERS, build_sampler
 from ..samplers.run import _to_position, sample, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance
-from .base import Estimator, Objective, PostFit
+from .base import Estimator, Objective, PostFit, Traits
 
 __all__ = ["CD", "PCD", "ChainState"]
 
@@ -357,9 +357,9 @@ class _ChainEstimator(Estimator):
                 num_samples, progress_bar)
             return PostFit(params, covariance, idata, method)
 
-        return Objective(init, loss, terms, deterministic=False,
-                         quadratic_if_linear_score=False, post_fit=post_fit,
-                         average_iterates=True)
+        return Objective(init, loss, terms,
+                         Traits(deterministic=False, monte_carlo_gradient=True),
+                         post_fit=post_fit)
 
     def _sample_fitted(self, model, params, state, spec, sampler, key, chains, num_warmup,
                        num_samples, progress_bar):

@@ -35,7 +35,7 @@ import numpyro.distributions as dist
 from .. import _checks
 from ..model import Model
 from ..supports import Support
-from .base import Batch, Estimator, Objective, observation_keys
+from .base import Batch, Estimator, Objective, Traits, observation_keys
 
 __all__ = ["NCE"]
 
@@ -245,5 +245,6 @@ class NCE(Estimator):
         def loss(theta, state, batch, key):
             return jnp.mean(terms(theta, state, batch, key)), (state, {})
 
-        return Objective(init, loss, terms, deterministic=not resample,
-                         quadratic_if_linear_score=False, nuisance=nuisance)
+        return Objective(init, loss, terms,
+                         Traits(deterministic=not resample, convex_if_linear_energy=True),
+                         nuisance=nuisance)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ..model import Model
-from .base import Estimator, Objective
+from .base import Estimator, Objective, Traits
 
 
 def _flip_energy_gaps(model: Model, params, x: jax.Array) -> jax.Array:
@@ -71,4 +71,4 @@ class PseudoLikelihood(Estimator):
         def loss(params, state, batch, key):
             return jnp.mean(terms(params, state, batch, key)), (state, {})
 
-        return Objective(init, loss, terms, deterministic=True, quadratic_if_linear_score=False)
+        return Objective(init, loss, terms, Traits(convex_if_linear_energy=True))

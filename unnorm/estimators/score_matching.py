@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from .. import _checks, threefry
 from ..model import Model
 from ..supports import Support
-from .base import Estimator, Objective, observation_keys
+from .base import Estimator, Objective, Traits, observation_keys
 
 __all__ = ["SM", "DSM", "SSM", "boundary_weight", "grad_and_hessian_diagonal", "grad_and_laplacian"]
 
@@ -166,8 +166,9 @@ def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
     def loss(params, state, batch, key):
         return jnp.mean(terms(params, state, batch, key)), (state, {})
 
-    return Objective(init, loss, terms, deterministic=not (resample and uses_noise),
-                     quadratic_if_linear_score=True)
+    return Objective(init, loss, terms, Traits(
+        deterministic=not (resample and uses_noise), convex_if_linear_energy=True,
+        quadratic_if_linear_score=True))
 
 
 # ---- SM -----------------------------------------------------------------------------------------

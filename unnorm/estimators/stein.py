@@ -60,7 +60,7 @@ from ..stein_kernels import (
     stein_row_means,
 )
 from ..uncertainty import delta_method, sandwich_covariance
-from .base import Batch, Estimator, Objective, PostFit
+from .base import Batch, Estimator, Objective, PostFit, Traits
 
 __all__ = ["KSD", "median_heuristic"]
 
@@ -331,5 +331,5 @@ class KSD(Estimator):
             # "optimizer + newton")
             return PostFit(fitted, covariance, None, None)
 
-        return Objective(init, loss, terms, deterministic=True, quadratic_if_linear_score=False,
+        return Objective(init, loss, terms, Traits(convex_if_linear_energy=True),
                          post_fit=post_fit)
