@@ -17,8 +17,8 @@ import numpy as np
 
 __all__ = ["main", "demo"]
 
-# Steps per kept draw: the local samplers move less per step than NUTS/HMC.
-_THINNING = {"nuts": 1, "hmc": 1, "mala": 4, "langevin": 10, "rwmh": 5}
+# The samplers the demo shows on its continuous model.
+_DEMO_SAMPLERS = ("nuts", "hmc", "mala", "langevin", "rwmh")
 
 
 def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> None:
@@ -85,11 +85,13 @@ def demo(seed: int = 0, num_samples: int = 1000, progress_bar: bool = False, out
     _fit_table(un, say, seed, np.array([1.0, -0.5]), np.asarray(jnp.linalg.inv(cov)))
     say(f"unnorm {un.__version__} demo: the energy E(x) = ½ xᵀ Σ⁻¹ x with unit variances and "
         f"correlation {rho}.")
+    # steps per kept draw, as each sampler's spec says: the local samplers move less per step
+    thinnings = {name: un.samplers.SAMPLERS[name].thinning for name in _DEMO_SAMPLERS}
     say(f"Each sampler: 4 chains, 500 warmup steps, {num_samples} kept draws (thinning: "
-        + ", ".join(f"{name} {k}" for name, k in _THINNING.items() if k > 1) + ").\n")
+        + ", ".join(f"{name} {k}" for name, k in thinnings.items() if k > 1) + ").\n")
     rows = []
     key = jax.random.key(seed)
-    for index, (sampler, thinning) in enumerate(_THINNING.items()):
+    for index, (sampler, thinning) in enumerate(thinnings.items()):
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", un.ConvergenceWarning)

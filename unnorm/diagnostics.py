@@ -32,22 +32,18 @@ class ConvergenceWarning(UserWarning):
 
 
 def convergence_problems(
-    draws: np.ndarray, diverging: np.ndarray, sampler: str = "nuts"
+    draws: np.ndarray, diverging: np.ndarray,
+    divergence_advice: str = "Increase target_accept or reparameterize.",
 ) -> list[str]:
-    """Sentences describing each problem found in ``(chain, draw, ...)`` draws; empty if none."""
+    """Sentences describing each problem found in ``(chain, draw, ...)`` draws; empty if none.
+    ``divergence_advice`` ends the sentence on divergences (each sampler's spec has its own)."""
     problems = []
     num_chains = draws.shape[0]
     num_divergent = int(np.sum(diverging))
     if num_divergent:
-        advice = (
-            "Increase target_accept or reparameterize."
-            if sampler in ("nuts", "hmc")
-            else "The energy (or its gradient) was not finite at the rejected proposals: check "
-            "its domain, or declare a support that matches it."
-        )
         problems.append(
             f"There were {num_divergent} divergences after warmup "
-            f"({num_divergent / diverging.size:.1%} of draws). {advice}"
+            f"({num_divergent / diverging.size:.1%} of draws). {divergence_advice}"
         )
     rhat, ess = rhat_and_ess(draws)
     if num_chains >= 2:
@@ -68,7 +64,9 @@ def convergence_problems(
     return problems
 
 
-def warn_convergence(draws: np.ndarray, diverging: np.ndarray, sampler: str) -> None:
-    """Issue one :class:`ConvergenceWarning` per problem found by :func:`convergence_problems`."""
-    for problem in convergence_problems(draws, diverging, sampler):
+def warn_convergence(draws: np.ndarray, diverging: np.ndarray, sampler: str,
+                     divergence_advice: str) -> None:
+    """Issue one :class:`ConvergenceWarning` per problem found by :func:`convergence_problems`,
+    each prefixed with the ``sampler``'s name."""
+    for problem in convergence_problems(draws, diverging, divergence_advice):
         warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=3)

@@ -13,6 +13,7 @@ The model is seed 004, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -218,9 +219,23 @@ class Model:
         return self._energy_fn
 
     # ---- the energy and what follows from it ---------------------------------------------------
-    def energy(self, params: Params, x: jax.Array) -> jax.Array:
-        """Energy ``E(x; θ)`` of one observation (a scalar); density ∝ exp(-E) (eq. 1)."""
-        return self._energy_fn(params, x)
+    @property
+    def noise_conditional(self) -> bool:
+        """Whether the energy takes a noise level, ``energy(params, x, sigma)``: a
+        noise-conditional energy (Song & Ermon 2019), trained by multi-level DSM and sampled by
+        annealed Langevin dynamics."""
+        try:
+            return "sigma" in inspect.signature(self._energy_fn).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def energy(self, params: Params, x: jax.Array, sigma=None) -> jax.Array:
+        """Energy ``E(x; θ)`` of one observation (a scalar); density ∝ exp(-E) (eq. 1). For a
+        noise-conditional energy, ``sigma`` is the noise level it is told (None: the energy's
+        own default)."""
+        if sigma is None:
+            return self._energy_fn(params, x)
+        return self._energy_fn(params, x, sigma=sigma)
 
     def score(self, params: Params, x: jax.Array) -> jax.Array:
         """Score ``∇_x log p(x; θ) = -∇_x E(x; θ)`` (seed 004, eq. 5), shape ``event_shape``."""

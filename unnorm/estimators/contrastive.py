@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
-from ..samplers.registry import SAMPLERS, build_sampler
+from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
 from ..samplers.run import _to_position, sample, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Estimator, Objective, PostFit, Traits
@@ -54,23 +54,6 @@ class ChainState(NamedTuple):
 
     chains: Any
     buffer: Any = ()
-
-
-def _step_size(states):
-    """The step size of every chain's kernel state (the adaptive kernels keep it in
-    ``step_size``, NumPyro's HMC in ``adapt_state.step_size``)."""
-    return states.step_size if hasattr(states, "step_size") else states.adapt_state.step_size
-
-
-def _with_step_size(states, step_size):
-    if hasattr(states, "step_size"):
-        return states._replace(step_size=step_size)
-    return states._replace(adapt_state=states.adapt_state._replace(step_size=step_size))
-
-
-def _scale_step_size(states, factor):
-    """Multiply the step size of every chain's kernel state by ``factor``."""
-    return _with_step_size(states, _step_size(states) * factor)
 
 
 def _noise_starts(support, key, num: int) -> jax.Array:
@@ -94,35 +77,16 @@ def _noise_starts(support, key, num: int) -> jax.Array:
 #: dependence on its own past negligible.
 STEP_SIZE_GAIN = 0.1
 
-#: steps per kept draw when the fitted model is sampled: the local samplers move less per step
-#: than NUTS/HMC, and the Monte Carlo error of the likelihood's pieces falls with the chains'
-#: effective sample size, not with the number of draws stored
-THINNING = {"mala": 4, "langevin": 10, "rwmh": 5}
-
-
 # ---- checks and defaults ------------------------------------------------------------------------
 
 def _default_sampler(model: Model, preferred: str) -> str:
     return "gibbs" if model.support.is_discrete else preferred
 
 
-def _check_sampler(estimator, model: Model, sampler: str) -> None:
-    discrete = model.support.is_discrete
-    valid = [name for name, entry in SAMPLERS.items() if entry.discrete == discrete]
-    if sampler not in SAMPLERS:
-        raise ValueError(f"estimator {estimator.name!r}: unknown sampler {sampler!r}; choose one "
-                         f"of {valid} for the model's support {model.support!r}.")
-    if sampler not in valid:
-        raise ValueError(f"estimator {estimator.name!r}: sampler {sampler!r} does not apply to "
-                         f"the model's support {model.support!r}; choose one of {valid}.")
-
-
-def _sampler_tuning(sampler: str, step_size) -> dict:
-    if step_size is None:
-        return {}
-    if sampler == "gibbs":
-        raise ValueError("step_size does not apply to sampler 'gibbs' (it has no step size).")
-    return {"step_size": _checks.check_positive_float(step_size, "step_size")}
+def _sampler_spec(estimator, model: Model, sampler: str):
+    spec = check_sampler(sampler, model.support, where=f"estimator {estimator.name!r}: ")
+    check_step_options(spec, step_size=estimator.step_size)
+    return spec
 
 
 # ---- the likelihood's sandwich from model draws -------------------------------------------------
@@ -212,11 +176,13 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
 
 def _sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
                  num_samples: int, init, progress_bar: bool):
-    """Draws of the fitted model with :func:`unnorm.sample` (thinned for the local samplers,
-    ``THINNING``): ``fit.chains`` and the source of the standard errors."""
+    """Draws of the fitted model with :func:`unnorm.sample` (thinned as the sampler's spec
+    says: the local samplers move less per step than NUTS): ``fit.chains`` and the source of
+    the standard errors."""
     return sample(model, params, key=key, sampler=sampler, num_chains=chains,
                   num_warmup=num_warmup, num_samples=num_samples,
-                  thinning=THINNING.get(sampler, 1), init=init, progress_bar=progress_bar)
+                  thinning=check_sampler(sampler, model.support).thinning, init=init,
+                  progress_bar=progress_bar)
 
 
 # ---- the shared machinery -----------------------------------------------------------------------
@@ -234,8 +200,7 @@ class _ChainEstimator(Estimator):
             model, self.preferred_sampler)
 
     def check(self, model: Model) -> None:
-        _check_sampler(self, model, self._resolved_sampler(model))
-        _sampler_tuning(self._resolved_sampler(model), self.step_size)
+        _sampler_spec(self, model, self._resolved_sampler(model))
 
     def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
         """Chains, warmup and draws per chain of the sampling at θ̂."""
@@ -244,19 +209,21 @@ class _ChainEstimator(Estimator):
     def build(self, model: Model, resample: bool) -> Objective:
         support = model.support
         sampler = self._resolved_sampler(model)
-        tuning = _sampler_tuning(sampler, self.step_size)
-        if sampler == "gibbs":
-            # the sequential scan is exact for every θ; a colouring certified at one θ (a
-            # coupling that starts at zero) need not hold at the next
-            tuning["scan"] = "sequential"
+        sampler_spec = _sampler_spec(self, model, sampler)
+        # no prepare step: Gibbs' sequential scan is exact for every θ, where a colouring
+        # certified at one θ (a coupling that starts at zero) need not hold at the next
+        tuning = check_tuning(sampler_spec, check_step_options(sampler_spec,
+                                                               step_size=self.step_size))
         values = support.values if support.is_discrete else None
-        warmup = 100 if sampler in ("nuts", "hmc") else 0
-        spec = build_sampler(sampler, warmup, values, **tuning)
+        # NumPyro's kernels adapt inside their first num_warmup steps (here the chain steps of
+        # the first optimizer steps); the other kernels ignore it, their step size is steered
+        # below
+        spec = build_kernel(sampler_spec, 100, values, tuning)
         k = int(self.k)
         persistent = self.persistent
         buffer_size = getattr(self, "buffer_size", None)
         reinit = float(getattr(self, "reinit", 0.0))
-        target_accept = SAMPLERS[sampler].tuning.get("target_accept")
+        target_accept = tuning.get("target_accept")
 
         def to_unconstrained(x):
             return x if support.is_discrete else support.transform.inv(x)
@@ -289,7 +256,7 @@ class _ChainEstimator(Estimator):
                                       start_key)
             states, acceptance = run_chains(states, logdensity_fn, run_key, jnp.asarray(False))
             if persistent and target_accept is not None:
-                states = _scale_step_size(states, jnp.exp(
+                states = spec.set_step_size(states, spec.get_step_size(states) * jnp.exp(
                     STEP_SIZE_GAIN * (acceptance - target_accept)))
             ends = jax.vmap(spec.position)(states)
             ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(ends))
@@ -313,7 +280,7 @@ class _ChainEstimator(Estimator):
                                state.buffer[slots])
             states = start_chains(starts, logdensity_fn, init_key)
             if target_accept is not None:
-                states = _with_step_size(states, _step_size(state.chains))
+                states = spec.set_step_size(states, spec.get_step_size(state.chains))
             return states, slots
 
         def contrast(params, xs, ys):

@@ -17,7 +17,6 @@ which reduces to eq. 8 for ``h ≡ 1``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -229,13 +228,6 @@ class SM(Estimator):
 
 # ---- DSM ----------------------------------------------------------------------------------------
 
-def _accepts_sigma(energy: Callable) -> bool:
-    try:
-        return "sigma" in inspect.signature(energy).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @dataclasses.dataclass(frozen=True)
 class DSM(Estimator):
     """Denoising score matching (Vincent 2011; seed 004, eq. 10-11).
@@ -299,12 +291,12 @@ class DSM(Estimator):
 
     def build(self, model: Model, resample: bool) -> Objective:
         sigmas = self._sigmas()
-        conditional = len(sigmas) > 1 and _accepts_sigma(model.energy_fn)
+        conditional = len(sigmas) > 1 and model.noise_conditional
         control_variate = self.control_variate
 
         def energy_at(params, sigma):
             if conditional:
-                return lambda y: model.energy_fn(params, y, sigma=sigma)
+                return lambda y: model.energy(params, y, sigma=sigma)
             return lambda y: model.energy(params, y)
 
         def one_level(params, x, key, sigma):

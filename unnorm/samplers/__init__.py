@@ -11,8 +11,9 @@ chains in contrastive divergence do this).
 """
 
 from . import adaptation, gibbs, hmc, langevin, rwmh
-from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
+from .registry import SAMPLERS, build_sampler, check_sampler, sampler_names
 from .run import sample, unconstrained_logdensity
+from .spec import Kernel, SamplerSpec
 
 __all__ = [
     "adaptation",
@@ -20,8 +21,10 @@ __all__ = [
     "hmc",
     "langevin",
     "rwmh",
+    "Kernel",
     "SAMPLERS",
     "SamplerSpec",
+    "check_sampler",
     "build_sampler",
     "sampler_names",
     "sample",

@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc_util import dual_averaging
 
-__all__ = ["AdaptiveState", "step_size_adaptation"]
+from .spec import Kernel
+
+__all__ = ["AdaptiveState", "adaptive_kernel", "step_size_adaptation"]
 
 
 class AdaptiveState(NamedTuple):
@@ -82,3 +84,40 @@ def step_size_adaptation(
         return state._replace(step_size=averaged)
 
     return init, step, finalize
+
+
+def adaptive_kernel(name: str, uses_gradient: bool, kernel_init: Callable,
+                    kernel_step: Callable, tuning: dict) -> Kernel:
+    """The :class:`~unnorm.samplers.spec.Kernel` of a kernel with one step size
+    (``kernel_step(key, state, logdensity_fn, step_size)``: MALA, ULA, random-walk Metropolis),
+    adapted by dual averaging during warmup (``tuning``: ``step_size``, ``target_accept``,
+    ``adapt_step_size``)."""
+    init_adapt, step, finalize = step_size_adaptation(
+        kernel_step,
+        target_accept=tuning["target_accept"],
+        initial_step_size=tuning["step_size"],
+        adapt=tuning["adapt_step_size"],
+    )
+
+    def init(position, logdensity_fn, key):
+        return init_adapt(kernel_init(position, logdensity_fn))
+
+    def stats(state, info):
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.is_divergent,
+            "step_size": state.step_size,
+        }
+
+    def refresh(state, logdensity_fn):
+        return state._replace(kernel=kernel_init(state.kernel.position, logdensity_fn))
+
+    return Kernel(
+        name, False, uses_gradient, init, step, finalize,
+        position=lambda state: state.kernel.position,
+        logdensity=lambda state: state.kernel.logdensity,
+        stats=stats,
+        refresh=refresh,
+        get_step_size=lambda state: state.step_size,
+        set_step_size=lambda state, value: state._replace(step_size=value),
+    )

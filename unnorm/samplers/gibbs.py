@@ -38,9 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import threefry
+from .. import _checks, threefry
+from . import structure
+from .spec import Kernel, SamplerSpec, option_checks
 
-__all__ = ["GibbsState", "GibbsInfo", "init", "step", "blocked_step"]
+__all__ = ["GibbsState", "GibbsInfo", "init", "step", "blocked_step", "GIBBS"]
 
 
 class GibbsState(NamedTuple):
@@ -222,3 +224,67 @@ def blocked_step(
     position = updated.reshape(shape)
     info = GibbsInfo(jnp.ones(()), flips / size, jnp.any(divergent))
     return GibbsState(position, logdensity_fn(position)), info
+
+
+def _prepare(model, params, tuning: dict) -> dict:
+    """Resolve the ``scan`` option to "sequential" or "blocked", with the colouring of the
+    blocked scan in ``tuning["blocks"]`` (None for the sequential one)."""
+    tuning = dict(tuning)
+    scan = _checks.check_choice(tuning.get("scan", "auto"), "scan",
+                                ["auto", "sequential", "blocked"])
+    blocks = None
+    if scan != "sequential":
+        found = structure.gibbs_structure(model, params, scan)
+        if found.blocks is None and scan == "blocked":
+            raise ValueError(
+                f"scan='blocked' needs the interaction graph of the energy, which could not be "
+                f"certified: {found.reason} (only real-analytic operations of x are). Use "
+                "scan='sequential', exact for any energy."
+            )
+        blocks = found.blocks
+        # "auto": a graph that needs one colour per site gains nothing from blocking.
+        if scan == "auto" and blocks is not None and len(blocks.colors) == model.support.size:
+            blocks = None
+    tuning["scan"] = "sequential" if blocks is None else "blocked"
+    tuning["blocks"] = blocks
+    return tuning
+
+
+def _kernel(tuning: dict, num_warmup: int, values: tuple[float, float]) -> Kernel:
+    blocks = tuning.get("blocks")
+    if tuning["scan"] == "blocked" and blocks is None:
+        raise ValueError("scan='blocked' needs the colouring found by the sampler's prepare "
+                         "step; use scan='sequential' to build the kernel directly.")
+    if tuning["scan"] != "blocked":
+        blocks = None
+
+    def kernel_step(key, state, logdensity_fn, warmup):
+        if blocks is not None:
+            return blocked_step(key, state, logdensity_fn, blocks.colors, values=values,
+                                multilinear=blocks.multilinear, unroll=tuning["unroll"])
+        return step(key, state, logdensity_fn, values=values, unroll=tuning["unroll"])
+
+    def stats(state, info):
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "flip_rate": info.flip_rate,
+            "diverging": info.is_divergent,
+        }
+
+    return Kernel(
+        "gibbs", True, False, lambda position, logdensity_fn, key: init(position, logdensity_fn),
+        kernel_step, lambda state: state,
+        position=lambda state: state.position,
+        logdensity=lambda state: state.logdensity,
+        stats=stats,
+        refresh=lambda state, logdensity_fn: init(state.position, logdensity_fn),
+    )
+
+
+_DEFAULTS = {"unroll": 1, "scan": "auto"}
+
+#: ``sampler="gibbs"``: binary and spin supports
+GIBBS = SamplerSpec(
+    name="gibbs", description="Gibbs, sequential or blocked scan (binary / spin supports)",
+    discrete=True, uses_gradient=False, defaults=_DEFAULTS, checks=option_checks(_DEFAULTS),
+    build=_kernel, has_step_size=False, prepare=_prepare)

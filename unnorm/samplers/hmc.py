@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
-__all__ = ["HMCKernel", "HMCInfo", "build"]
+from .spec import Kernel, SamplerSpec, option_checks
+
+__all__ = ["HMCKernel", "HMCInfo", "build", "NUTS", "HMC"]
 
 
 class HMCInfo(NamedTuple):
@@ -127,3 +129,69 @@ def build(
         return state, info
 
     return HMCKernel(init, step)
+
+
+def _kernel(name: str, tuning: dict, num_warmup: int) -> Kernel:
+    """The chain runner's :class:`~unnorm.samplers.spec.Kernel` of NUTS or HMC."""
+    kernel = build(name, **tuning)
+
+    def init(position, logdensity_fn, key):
+        return kernel.init(position, logdensity_fn, num_warmup, key)
+
+    def step(key, state, logdensity_fn, warmup):
+        # NumPyro adapts inside the kernel during its first num_warmup steps.
+        return kernel.step(key, state, logdensity_fn)
+
+    def stats(state, info):
+        out = {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.is_divergent,
+            "step_size": info.step_size,
+            "n_steps": info.num_steps,
+            "energy": info.energy,
+        }
+        if name == "nuts":
+            # A tree of depth j holds 2**(j-1) .. 2**j - 1 leapfrog steps.
+            out["tree_depth"] = jnp.floor(jnp.log2(jnp.maximum(info.num_steps, 1))).astype(
+                jnp.int32
+            ) + 1
+        return out
+
+    def refresh(state, logdensity_fn):
+        logdensity, grad = jax.value_and_grad(logdensity_fn)(state.z)
+        return state._replace(potential_energy=-logdensity, z_grad=-grad)
+
+    return Kernel(
+        name, False, True, init, step, lambda state: state,
+        position=lambda state: state.z,
+        logdensity=lambda state: -state.potential_energy,
+        stats=stats,
+        refresh=refresh,
+        get_step_size=lambda state: state.adapt_state.step_size,
+        set_step_size=lambda state, value: state._replace(
+            adapt_state=state.adapt_state._replace(step_size=value)),
+    )
+
+
+_ADVICE = "Increase target_accept or reparameterize."
+_NUTS_DEFAULTS = {"step_size": 1.0, "target_accept": 0.8, "max_tree_depth": 10,
+                  "dense_mass": False, "adapt_mass_matrix": True, "adapt_step_size": True}
+
+#: ``sampler="nuts"``: the No-U-Turn sampler (NumPyro)
+NUTS = SamplerSpec(
+    name="nuts", description="No-U-Turn sampler (NumPyro)", discrete=False, uses_gradient=True,
+    defaults=_NUTS_DEFAULTS, checks=option_checks(_NUTS_DEFAULTS),
+    build=lambda tuning, num_warmup, values: _kernel("nuts", tuning, num_warmup),
+    divergence_advice=_ADVICE)
+
+_HMC_DEFAULTS = {"step_size": 1.0, "target_accept": 0.8, "num_steps": None,
+                 "trajectory_length": float(jnp.pi), "jitter": 0.5, "dense_mass": False,
+                 "adapt_mass_matrix": True, "adapt_step_size": True}
+
+#: ``sampler="hmc"``: Hamiltonian Monte Carlo with a static (jittered) path length (NumPyro)
+HMC = SamplerSpec(
+    name="hmc", description="Hamiltonian Monte Carlo, static path length (NumPyro)",
+    discrete=False, uses_gradient=True, defaults=_HMC_DEFAULTS,
+    checks=option_checks(_HMC_DEFAULTS),
+    build=lambda tuning, num_warmup, values: _kernel("hmc", tuning, num_warmup),
+    divergence_advice=_ADVICE)

@@ -32,9 +32,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .adaptation import adaptive_kernel
 from .draws import noise_and_uniform
+from .spec import SamplerSpec, option_checks
 
-__all__ = ["LangevinState", "LangevinInfo", "init", "mala_step", "ula_step"]
+__all__ = ["LangevinState", "LangevinInfo", "init", "mala_step", "ula_step", "MALA", "ULA"]
 
 
 class LangevinState(NamedTuple):
@@ -106,3 +108,25 @@ def ula_step(
     noise = jax.random.normal(key, state.position.shape, state.position.dtype)
     proposal, finite, _, acceptance = _propose(noise, state, logdensity_fn, step_size)
     return _select(finite, proposal, state), LangevinInfo(acceptance, finite, ~finite)
+
+
+_DEFAULTS = {"step_size": 0.1, "target_accept": 0.574, "adapt_step_size": True}
+
+#: ``sampler="mala"``: Metropolis-adjusted Langevin
+MALA = SamplerSpec(
+    name="mala", description="Metropolis-adjusted Langevin", discrete=False, uses_gradient=True,
+    defaults=_DEFAULTS, checks=option_checks(_DEFAULTS),
+    build=lambda tuning, num_warmup, values: adaptive_kernel("mala", True, init, mala_step,
+                                                             tuning),
+    thinning=4)
+
+_ULA_DEFAULTS = {**_DEFAULTS, "target_accept": 0.99}
+
+#: ``sampler="langevin"``: unadjusted Langevin. Its step size is tuned towards the acceptance
+#: MALA would have (0.99), which keeps the discretization bias small.
+ULA = SamplerSpec(
+    name="langevin", description="unadjusted Langevin (ULA)", discrete=False,
+    uses_gradient=True, defaults=_ULA_DEFAULTS, checks=option_checks(_ULA_DEFAULTS),
+    build=lambda tuning, num_warmup, values: adaptive_kernel("langevin", True, init, ula_step,
+                                                             tuning),
+    thinning=10)

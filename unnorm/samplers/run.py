@@ -25,8 +25,9 @@ from .. import _checks, _xla, threefry
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, _format_params
-from . import chain_groups, structure
-from .registry import SAMPLERS, SamplerSpec, build_sampler, sampler_names
+from . import chain_groups
+from .registry import build_kernel, check_sampler, check_step_options, check_tuning
+from .spec import Kernel
 
 __all__ = ["sample", "unconstrained_logdensity"]
 
@@ -35,17 +36,21 @@ _WARMUP, _SAMPLING = "warmup", "sampling"
 _DISCRETE_DRAW_DTYPE = np.int8
 
 
-def unconstrained_logdensity(model: Model, params) -> Callable[[jax.Array], jax.Array]:
+def unconstrained_logdensity(model: Model, params) -> Callable[..., jax.Array]:
     """The log-density a kernel targets: ``-E(T(u)) + log|det J_T(u)|`` (continuous supports)
-    or ``-E(x)`` (discrete supports), up to the constant ``-log Z``."""
+    or ``-E(x)`` (discrete supports), up to the constant ``-log Z``.
+
+    The function takes an optional noise ``level``, ``logdensity(u, level)``, which a
+    noise-conditional energy is told as ``sigma`` (annealed samplers); the other kernels call
+    ``logdensity(u)``."""
     support = model.support
     if support.is_discrete:
-        return lambda x: -model.energy(params, x)
+        return lambda x, level=None: -model.energy(params, x, level)
     transform = support.transform
 
-    def logdensity(u):
+    def logdensity(u, level=None):
         x = transform(u)
-        return -model.energy(params, x) + transform.log_abs_det_jacobian(u, x)
+        return -model.energy(params, x, level) + transform.log_abs_det_jacobian(u, x)
 
     return logdensity
 
@@ -55,7 +60,7 @@ def _to_position(model: Model, u: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "layout"))
-def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrained,
+def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
              layout: chain_groups.GroupLayout):
     """Everything before the first step, in one compiled function: the keys, the starting
     points (``positions``, or when it is None the dispersed ``unconstrained`` ones), their
@@ -87,7 +92,7 @@ def _prepare(model: Model, spec: SamplerSpec, params, key, positions, unconstrai
     return positions, unconstrained, value_ok, grad_ok, groups
 
 
-def _run_chunk_impl(model: Model, spec: SamplerSpec, params, chain_keys, states, start,
+def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, start,
                     warmup, finalize, length: int, thinning: int):
     """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
 
@@ -301,35 +306,19 @@ def sample(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     params = model.params if params is None else model.check_params(params)
     key = _checks.check_key(key)
-    _checks.check_choice(sampler, "sampler", sampler_names())
-    entry = SAMPLERS[sampler]
-    if entry.discrete != model.support.is_discrete:
-        if model.support.is_discrete:
-            raise ValueError(
-                f"sampler {sampler!r} needs a continuous support, but the model's support is "
-                f"{model.support!r}; use sampler='gibbs' for binary and spin models."
-            )
-        raise ValueError(
-            f"sampler 'gibbs' works on binary and spin supports only; the model's support is "
-            f"{model.support!r}. Use 'nuts', 'hmc', 'mala', 'langevin' or 'rwmh'."
-        )
+    sampler_spec = check_sampler(sampler, model.support)
     num_chains = _checks.check_int(num_chains, "num_chains", 1)
     _checks.check_choice(chain_method, "chain_method", chain_groups.CHAIN_METHODS)
     num_samples = _checks.check_int(num_samples, "num_samples", 1)
     num_warmup = _checks.check_int(num_warmup, "num_warmup", 0)
     thinning = _checks.check_int(thinning, "thinning", 1)
-    tuning = dict(sampler_options)
-    if step_size is not None:
-        if sampler == "gibbs":
-            raise ValueError("step_size does not apply to sampler 'gibbs' (it has no step size).")
-        tuning["step_size"] = _checks.check_positive_float(step_size, "step_size")
-    if target_accept is not None:
-        if sampler == "gibbs":
-            raise ValueError("target_accept does not apply to sampler 'gibbs'.")
-        tuning["target_accept"] = _checks.check_probability(target_accept, "target_accept")
+    tuning = check_tuning(sampler_spec, {
+        **sampler_options,
+        **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
+    if sampler_spec.prepare is not None:
+        tuning = sampler_spec.prepare(model, params, tuning)
     values = model.support.values if model.support.is_discrete else None
-    blocks = _gibbs_blocks(model, params, tuning) if sampler == "gibbs" else None
-    spec = build_sampler(sampler, num_warmup, values, blocks=blocks, **tuning)
+    spec = build_kernel(sampler_spec, num_warmup, values, tuning)
 
     positions = _initial_positions(model, init, num_chains)
     dispersed = None
@@ -368,37 +357,15 @@ def sample(
                "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
     )
     if warn:
-        warn_convergence(draws, stats["diverging"], sampler)
+        warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice)
     return idata
-
-
-def _gibbs_blocks(model: Model, params, tuning: dict):
-    """Resolve gibbs' ``scan`` option (in place, to "sequential" or "blocked") and return the
-    colouring of the blocked scan, or None for the sequential one."""
-    scan = _checks.check_choice(tuning.get("scan", "auto"), "scan",
-                                ["auto", "sequential", "blocked"])
-    blocks = None
-    if scan != "sequential":
-        found = structure.gibbs_structure(model, params, scan)
-        if found.blocks is None and scan == "blocked":
-            raise ValueError(
-                f"scan='blocked' needs the interaction graph of the energy, which could not be "
-                f"certified: {found.reason} (only real-analytic operations of x are). Use "
-                "scan='sequential', exact for any energy."
-            )
-        blocks = found.blocks
-        # "auto": a graph that needs one colour per site gains nothing from blocking.
-        if scan == "auto" and blocks is not None and len(blocks.colors) == model.support.size:
-            blocks = None
-    tuning["scan"] = "sequential" if blocks is None else "blocked"
-    return blocks
 
 
 class _PhaseRunner(NamedTuple):
     """Runs one phase (warmup or sampling) of every chain group, in chunks."""
 
     model: Model
-    spec: SamplerSpec
+    spec: Kernel
     params: Any
     layout: chain_groups.GroupLayout
     pool: Any

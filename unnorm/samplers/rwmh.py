@@ -24,9 +24,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .adaptation import adaptive_kernel
 from .draws import noise_and_uniform
+from .spec import SamplerSpec, option_checks
 
-__all__ = ["RWMHState", "RWMHInfo", "init", "step"]
+__all__ = ["RWMHState", "RWMHInfo", "init", "step", "RWMH"]
 
 
 class RWMHState(NamedTuple):
@@ -59,3 +61,13 @@ def step(key, state: RWMHState, logdensity_fn: Callable, step_size) -> tuple[RWM
         jnp.where(accept, logdensity, state.logdensity),
     )
     return new, RWMHInfo(acceptance, accept, ~finite)
+
+
+_DEFAULTS = {"step_size": 0.5, "target_accept": 0.234, "adapt_step_size": True}
+
+#: ``sampler="rwmh"``
+RWMH = SamplerSpec(
+    name="rwmh", description="random-walk Metropolis-Hastings", discrete=False,
+    uses_gradient=False, defaults=_DEFAULTS, checks=option_checks(_DEFAULTS),
+    build=lambda tuning, num_warmup, values: adaptive_kernel("rwmh", False, init, step, tuning),
+    thinning=5)

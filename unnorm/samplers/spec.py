@@ -1,0 +1,133 @@
+"""The sampler contract: the record each kernel module exports, and the kernel it builds.
+
+A sampler is declared once, by its own module, as a :class:`SamplerSpec` record (BlackJAX's
+"the module is the registry entry"): its name, whether it works on discrete or continuous
+supports, whether it needs gradients, its tuning options with their defaults and checks, how to
+build its :class:`Kernel`, whether it has a step size, how many steps to take per kept draw when
+a fitted model is sampled, and what to tell a user about divergences. Everything that used to be
+decided by testing a sampler's name is a lookup of one of these fields.
+
+The built :class:`Kernel` is what the chain runner (:mod:`unnorm.samplers.chains`) calls:
+pure functions over NamedTuple states, with the log-density an argument of every step, so the
+same compiled step serves a training loop whose θ changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from .. import _checks
+
+__all__ = ["Kernel", "SamplerSpec", "OPTION_CHECKS", "option_checks"]
+
+
+class Kernel(NamedTuple):
+    """A sampler built with its options.
+
+    ``init(position, logdensity_fn, key)``; ``step(key, state, logdensity_fn, warmup)
+    -> (state, info)`` where ``warmup`` (a bool, possibly traced) switches adaptation on, so one
+    compiled step serves both phases; ``finalize(state)`` at the end of warmup;
+    ``position(state)``, ``logdensity(state)`` and ``stats(state, info) -> dict`` of per-draw
+    sample statistics named as ArviZ names them; ``refresh(state, logdensity_fn)`` re-evaluates
+    the log-density (and gradient) a state caches, keeping its position and adaptation, for a
+    chain whose target has changed (θ moved in a training loop: CD, PCD, MLE).
+    ``get_step_size(state)`` and ``set_step_size(state, value)`` read and write the step size of
+    a sampler that has one (None otherwise).
+    """
+
+    name: str
+    discrete: bool
+    uses_gradient: bool
+    init: Callable
+    step: Callable
+    finalize: Callable
+    position: Callable
+    logdensity: Callable
+    stats: Callable
+    refresh: Callable
+    get_step_size: Callable | None = None
+    set_step_size: Callable | None = None
+
+
+#: the default advice of a divergence: a local sampler rejects non-finite proposals
+LOCAL_DIVERGENCE_ADVICE = ("The energy (or its gradient) was not finite at the rejected proposals: "
+                           "check its domain, or declare a support that matches it.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SamplerSpec:
+    """One sampler, as its kernel module declares it (hashed by identity: built kernels are
+    cached per spec).
+
+    Attributes
+    ----------
+    name : str
+        The name of ``un.sample(..., sampler=name)``.
+    description : str
+        One line for tables and error messages.
+    discrete : bool or None
+        True for binary and spin supports, False for continuous ones, None for both (a
+        sampler built over a base kernel, such as parallel tempering).
+    uses_gradient : bool
+        The kernel evaluates ``∇ log p`` (the starting points' gradients are checked).
+    defaults : mapping
+        Every tuning option the sampler takes, with its default value.
+    checks : mapping
+        Option name → ``check(value, name)`` returning the plain Python value (hashable, so
+        built kernels are cached) or raising a ``ValueError``/``TypeError`` naming the option;
+        :func:`option_checks` picks the common ones.
+    build : callable
+        ``build(tuning, num_warmup, values) -> Kernel``, with ``tuning`` the checked options
+        merged over the defaults (plus what ``prepare`` added) and ``values`` the discrete
+        support's two values (None on continuous supports).
+    has_step_size : bool
+        The sampler takes ``step_size`` and ``target_accept`` (the kernel's
+        ``get_step_size``/``set_step_size`` then work).
+    thinning : int
+        Steps per kept draw when a fitted model is sampled for its standard errors: local
+        samplers move less per step than NUTS.
+    divergence_advice : str
+        What a user should do about divergences of this sampler.
+    prepare : callable, optional
+        ``prepare(model, params, tuning) -> tuning``: options that depend on the model, resolved
+        in plain Python before building (Gibbs' scan order and colouring).
+    """
+
+    name: str
+    description: str
+    discrete: bool | None
+    uses_gradient: bool
+    defaults: Mapping[str, Any]
+    checks: Mapping[str, Callable]
+    build: Callable
+    has_step_size: bool = True
+    thinning: int = 1
+    divergence_advice: str = LOCAL_DIVERGENCE_ADVICE
+    prepare: Callable | None = None
+
+
+def _check_unroll(value, name: str) -> int | bool:
+    return value if isinstance(value, bool) else _checks.check_int(value, name, 1)
+
+
+#: Each tuning option's check: plain Python values out (hashable, so kernels can be cached).
+OPTION_CHECKS: dict[str, Callable] = {
+    "step_size": _checks.check_positive_float,
+    "target_accept": _checks.check_probability,
+    "max_tree_depth": lambda v, k: _checks.check_int(v, k, 1),
+    "num_steps": lambda v, k: _checks.check_int(v, k, 1),
+    "trajectory_length": _checks.check_positive_float,
+    "jitter": _checks.check_fraction,
+    "dense_mass": _checks.check_bool,
+    "adapt_mass_matrix": _checks.check_bool,
+    "adapt_step_size": _checks.check_bool,
+    "unroll": _check_unroll,
+    "scan": lambda v, k: _checks.check_choice(v, k, ["auto", "sequential", "blocked"]),
+}
+
+
+def option_checks(defaults: Mapping[str, Any]) -> dict[str, Callable]:
+    """The checks of :data:`OPTION_CHECKS` for every option in ``defaults``."""
+    return {name: OPTION_CHECKS[name] for name in defaults}
