@@ -79,7 +79,7 @@ def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
 def test_replay_buffer_step_writes_the_chains_back_where_they_started(model, reinit):
     estimator = un.estimators.PCD(k=2, num_chains=8, buffer_size=50, reinit=reinit)
     objective = estimator.build(model, resample=True)
-    state = objective.init(model.params, jax.random.key(0))
+    state = objective.init(model.params, jax.random.key(0), jnp.zeros((4, 2)))
     assert state.buffer.shape == (50, 2)
     if model.support.is_discrete:
         assert set(np.unique(np.asarray(state.buffer))) <= {-1.0, 1.0}

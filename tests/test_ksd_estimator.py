@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 import unnorm as un
 from unnorm import stein_kernels
-from unnorm.estimators.stein import _derivatives, median_heuristic
+from unnorm.estimators.stein import _derivatives
 
 KEY = jax.random.key(0)
 COV = np.array([[1.0, 0.6], [0.6, 2.0]])
@@ -175,13 +175,19 @@ def test_closed_form_derivatives_match_autodiff(kernel):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_median_heuristic_matches_median_bandwidth():
-    x = np.random.default_rng(1).normal(size=(300, 3)).astype(np.float32)
-    assert float(median_heuristic(jnp.asarray(x))) == pytest.approx(
-        stein_kernels.median_bandwidth(x), rel=1e-5)
-    # more than half of the pairs coincide: the mean distance keeps the kernel proper
-    ties = jnp.asarray([[0.0]] * 8 + [[1.0], [3.0]])
-    assert float(median_heuristic(ties)) > 0
+def test_estimator_and_test_share_one_bandwidth_rule():
+    # 6000 rows: beyond the 5000 the median heuristic looks at, where two rules could differ
+    x = _gaussian_draws(6000, seed=1)
+    objective = un.estimators.KSD().build(GAUSSIAN, resample=False)
+    state = objective.init(GAUSSIAN.params, KEY, jnp.asarray(x))
+    rule = stein_kernels.median_bandwidth(x)
+    assert float(state.bandwidth) == pytest.approx(rule, rel=1e-6)
+    test = un.ksd_test(GAUSSIAN, GAUSSIAN.params, x[:200], key=KEY, num_bootstrap=10)
+    assert test.bandwidth == pytest.approx(stein_kernels.median_bandwidth(x[:200]), rel=1e-12)
+    # more than half of the pairs coincide: both say so instead of using a degenerate kernel
+    ties = np.asarray([[0.0, 0.0]] * 8 + [[1.0, 0.0], [3.0, 0.0]])
+    with pytest.raises(ValueError, match="median heuristic gives bandwidth 0"):
+        un.fit(GAUSSIAN, ties, "ksd", key=KEY, progress_bar=False)
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,9 @@ def check_choice(value, name: str, choices) -> str:
         valid = ", ".join(map(repr, choices))
         raise ValueError(f"unknown {name} {value!r}; choose one of {valid}.")
     return value
+
+
+def progress_disabled(progress_bar: bool) -> bool:
+    """Whether a tqdm bar stays hidden: when the user asked for none, or under CI (the ``CI``
+    environment variable), where bars only clutter the logs."""
+    return not progress_bar or bool(os.environ.get("CI"))

@@ -20,9 +20,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _checks, threefry
-from .model import Model, _format_params
+from .model import Model, format_params
 from .samplers import gibbs, langevin
-from .samplers.run import _progress_disabled, unconstrained_logdensity
+from .samplers.target import unconstrained_logdensity
 
 __all__ = ["annealed_log_partition"]
 
@@ -80,7 +80,7 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
     num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2)
     num_mcmc_steps = _checks.check_int(num_mcmc_steps, "num_mcmc_steps", 1)
     adapt = _checks.check_bool(adapt_step_size, "adapt_step_size")
-    disabled = _progress_disabled(_checks.check_bool(progress_bar, "progress_bar"))
+    disabled = _checks.progress_disabled(_checks.check_bool(progress_bar, "progress_bar"))
     dtype = jnp.result_type(float)
     if support.is_discrete:
         for name, value in (("step_size", step_size), ("base_loc", base_loc),
@@ -160,7 +160,7 @@ def _check_start(model: Model, params, log_f: np.ndarray) -> None:
         raise ValueError(
             f"method='ais': the energy is not finite at any of the {log_f.size} starting points "
             f"drawn from the base distribution on {model.support!r}, so no chain can carry "
-            f"weight.\nParameter values:\n{_format_params(params)}\nCheck the energy for "
+            f"weight.\nParameter values:\n{format_params(params)}\nCheck the energy for "
             "log/division of non-positive values, or move the Gaussian base (base_loc, "
             "base_scale, in the unconstrained space) to where the energy is finite."
         )

@@ -1,16 +1,21 @@
 """The fit driver: θ̂ from data with any estimator, then standard errors.
 
-``fit`` works in the unconstrained space of the parameters (NumPyro's ``biject_to``). Three
-routes, chosen in this order:
+``fit`` works in the unconstrained space of the parameters (NumPyro's ``biject_to``) and reads
+as a plan of stages, chosen from the estimator's declared :class:`~unnorm.estimators.Traits`
+before anything runs (:func:`_plan`):
 
-1. **closed form** — for the score-matching family when the score ``-∇ₓE`` is linear in the
-   (constrained) parameters, as for exponential families: the objective is then quadratic in θ
-   and one linear solve gives its minimizer exactly;
-2. **optimizer** — any optax transformation in jitted ``lax.scan`` chunks, full batch or
-   minibatches, stopping when the loss stops changing;
-3. **optimizer + newton** — when standard errors are wanted and the objective is deterministic,
-   the optimizer's answer is refined by damped Newton steps on the full-data objective, so that
-   the sandwich formula is evaluated at the exact minimizer it assumes.
+1. **solve** — ``closed form`` for a quadratic objective (the score-matching family when the
+   score ``-∇ₓE`` is linear in θ: one linear solve); ``newton`` from the initial values for a
+   small deterministic objective that is convex for this energy (E affine in θ and the
+   estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
+   ``lax.scan`` chunks, full batch or minibatches), refined by ``newton`` steps on the full-data
+   objective when standard errors are wanted and the objective is deterministic, so that the
+   sandwich formula is evaluated at the exact minimizer it assumes;
+2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
+   likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
+   sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
+   nuisance parameters (NCE's log Z) included as part of one parameter pytree;
+3. **result** — ``FitResult``, whose ``stages`` lists what ran.
 """
 
 from __future__ import annotations
@@ -29,9 +34,8 @@ from tqdm.auto import tqdm
 
 from . import _checks, _xla, solvers, threefry
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
-from .model import Model, _format_params
+from .model import Model, format_params
 from .result import FitResult
-from .samplers.run import _progress_disabled
 from .uncertainty import delta_method, sandwich_covariance
 
 __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
@@ -294,41 +298,38 @@ def fit(
     n = data.shape[0]
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
-    est_state = objective.init(params0, est_key)
+    est_state = objective.init(params0, est_key, data)
     nuisance0 = None
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, data)
+    plan = _plan(objective, model, params0, data, solve_directly=solve_directly,
+                 compute_se=compute_se, default_optimizer=default_optimizer)
 
-    fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
-    chains = None
-    traits = objective.traits
-    if (solve_directly and traits.quadratic_if_linear_score and traits.deterministic
-            and solvers.score_is_linear(model, params0, data)):
+    # ---- solve: θ̂ by the planned stages --------------------------------------------------
+    stages: list[str] = []
+    losses, converged, steps, skipped = np.zeros(0), True, 0, 0
+    theta = _initial_theta(model, params0, nuisance0)
+    fitted = None
+    if plan.start == "closed form":
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
-    theta0 = _initial_theta(model, params0, nuisance0)
-    if (fitted is None and solve_directly and compute_se and objective.traits.deterministic
-            and objective.traits.convex_if_linear_energy and default_optimizer
-            and solvers.energy_is_linear(model, params0, data)):
-        # a small deterministic objective, convex in θ: Newton from the start is both faster
-        # and exact. A non-convex one (an RBM's NCE) took Newton from the start to a local
-        # minimum of log-likelihood -29 where the optimizer's basin gave -3.68: the optimizer
-        # goes first there, and Newton refines.
-        if objective.post_fit is not None:
-            # the estimator's own finish refines by Newton (KSD's U-statistic)
-            fitted, route = objective_params(model, objective, theta0), "newton"
-        else:
-            theta, newton_converged = _refine(model, objective, theta0, est_state, data,
-                                              train_key)
-            if newton_converged:
-                fitted, route = objective_params(model, objective, theta), "newton"
+        stages.append("closed form")
+    elif plan.start == "newton" and objective.post_fit is None:
+        refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
+        if newton_converged:
+            theta = refined
+            fitted = objective_params(model, objective, theta)
+            stages.append("newton")
+    elif plan.start == "newton":
+        # the estimator's own finish runs the Newton steps (KSD's U-statistic)
+        fitted = objective_params(model, objective, theta)
     if fitted is None:
-        route = "optimizer"
         theta, losses, converged, steps, skipped, est_state = _optimize(
-            model, objective, optimizer, theta0, est_state, data, train_key, num_steps,
+            model, objective, optimizer, theta, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
-        if compute_se and objective.traits.deterministic and objective.post_fit is None:
+        stages.append("optimizer")
+        if plan.refine:
             theta, converged = _refine(model, objective, theta, est_state, data, train_key)
-            route = "optimizer + newton"
+            stages.append("newton")
         fitted = objective_params(model, objective, theta)
 
     if skipped:
@@ -341,18 +342,17 @@ def fit(
             f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
             "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
 
-    covariance = None
+    # ---- finish: the estimator's own stage, or the driver's sandwich ----------------------
+    covariance, chains = None, None
     if objective.post_fit is not None:
         post = objective.post_fit(fitted, est_state, data, jax.random.split(train_key)[0],
                                   compute_se, progress_bar)
         fitted, covariance, chains = post.params, post.covariance, post.chains
-        if post.method is not None:
-            route = post.method
-        elif route == "optimizer" and objective.traits.deterministic:
-            route = "optimizer + newton"
+        stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
-                                 in_constrained=(route == "closed form"))
+                                 in_constrained=(stages == ["closed form"]))
+        stages.append("sandwich")
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     se_tree = nuisance_se = None
     if covariance is not None:
@@ -373,14 +373,51 @@ def fit(
         num_steps=int(steps),
         wall_time=time.perf_counter() - started,
         estimator=estimator.name,
-        method=route,
+        method=" + ".join(stage for stage in stages if stage in SOLVE_STAGES),
         options=estimator.options(),
         skipped_steps=int(skipped),
         num_observations=int(n),
         chains=chains,
         nuisance=None if nuisance is None else jax.tree_util.tree_map(np.asarray, nuisance),
         nuisance_stderr=nuisance_se,
+        stages=tuple(stages),
     )
+
+
+class Plan(NamedTuple):
+    """The stages of a fit, read from the objective's traits before anything runs.
+
+    ``start``: ``"closed form"`` (a quadratic objective: one linear solve), ``"newton"`` (a
+    small deterministic objective that is convex for this energy: Newton from the initial
+    values, the optimizer only if Newton does not converge) or ``"optimizer"``. ``refine``:
+    after the optimizer, Newton steps on the full-data objective, so that the sandwich is
+    evaluated at the exact minimizer it assumes (deterministic objectives with standard errors,
+    unless the estimator finishes the fit itself)."""
+
+    start: str
+    refine: bool
+
+
+#: the stages that find θ̂ (``FitResult.method`` joins those that ran); the others compute
+#: the covariance
+SOLVE_STAGES = ("closed form", "newton", "optimizer", "Monte Carlo MLE")
+
+
+def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: bool,
+          compute_se: bool, default_optimizer: bool) -> Plan:
+    traits = objective.traits
+    refine = compute_se and traits.deterministic and objective.post_fit is None
+    if not (solve_directly and traits.deterministic):
+        return Plan("optimizer", refine)
+    if traits.quadratic_if_linear_score and solvers.score_is_linear(model, params0, data):
+        return Plan("closed form", False)
+    # A non-convex objective (an RBM's NCE, ratio matching) took Newton from the start to a
+    # local minimum of log-likelihood -29 where the optimizer's basin gave -3.68: Newton goes
+    # first only where the objective is convex.
+    if (compute_se and default_optimizer and traits.convex_if_linear_energy
+            and solvers.energy_is_linear(model, params0, data)):
+        return Plan("newton", refine)
+    return Plan("optimizer", refine)
 
 
 def _initial_theta(model: Model, params0, nuisance0):
@@ -402,7 +439,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     length = min(num_steps, 100)
     losses: list[np.ndarray] = []
     converged, done = False, 0
-    with tqdm(total=num_steps, disable=_progress_disabled(progress_bar),
+    with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         while done < num_steps:
             train, chunk_losses = _train_chunk()(
@@ -425,7 +462,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                     f"estimator {estimator_name!r} stopped at step {done - failures}: from "
                     f"there on {failures} consecutive steps (max_failures={max_failures}) had a "
                     f"non-finite loss or gradient and were skipped. The parameters there "
-                    f"were:\n{_format_params(params)}\nCheck the energy for "
+                    f"were:\n{format_params(params)}\nCheck the energy for "
                     "overflow (e.g. exp of large values), lower the learning rate, or start "
                     "from other init values."
                 )

@@ -31,7 +31,7 @@ __all__ = ["Model", "model", "param"]
 Params = dict[str, Any]
 
 
-def _format_params(params: Mapping[str, Any], limit: int = 6) -> str:
+def format_params(params: Mapping[str, Any], limit: int = 6) -> str:
     """One line per parameter with (a prefix of) its value, for error messages."""
     lines = []
     for name, value in params.items():
@@ -149,7 +149,7 @@ class Model:
                 if not bool(jnp.all(con.check(leaf))):
                     raise ValueError(
                         f"the initial value of params[{key!r}] violates its constraint {con}:\n"
-                        f"{_format_params({key: leaf})}\nGive an initial value inside the "
+                        f"{format_params({key: leaf})}\nGive an initial value inside the "
                         "constraint."
                     )
         for key in checked:
@@ -297,7 +297,7 @@ class Model:
                 if not bool(jnp.all(con.check(leaf))):
                     raise ValueError(
                         f"{name}[{key!r}] violates its constraint {con}:\n"
-                        f"{_format_params({key: leaf})}"
+                        f"{format_params({key: leaf})}"
                     )
             checked[key] = tree
         return checked

@@ -46,9 +46,13 @@ class FitResult:
     estimator : str
         The estimator's name; ``options`` holds its settings.
     method : str
-        ``"closed form"`` (one linear solve), ``"newton"``, ``"optimizer"`` or
-        ``"optimizer + newton"`` (the optimizer's answer refined by Newton steps on the
-        full-data objective).
+        The stages that found θ̂, joined: ``"closed form"`` (one linear solve), ``"newton"``,
+        ``"optimizer"``, ``"optimizer + newton"`` (the optimizer's answer refined by Newton
+        steps on the full-data objective) or ``"optimizer + Monte Carlo MLE"``.
+    stages : tuple of str
+        Every stage that ran, in order: the solve stages of ``method``, then how the covariance
+        was computed (``"sandwich"``, ``"U-statistic sandwich"``, ``"likelihood sandwich from
+        model draws"``); planned by :func:`unnorm.fit` from the estimator's traits.
     chains : InferenceData or None
         The MCMC chains of a chain-based estimator (MLE, CD, PCD): draws from the fitted model,
         which its standard errors are computed from; ``None`` for the estimators that draw no
@@ -73,6 +77,7 @@ class FitResult:
     chains: Any = None
     nuisance: dict[str, Any] | None = None
     nuisance_stderr: dict[str, Any] | None = None
+    stages: tuple[str, ...] = ()
 
     @functools.cached_property
     def names(self) -> list[str]:

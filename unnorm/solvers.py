@@ -8,7 +8,6 @@ second fit of the same model and estimator reuses the compiled code.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 from .estimators import Batch, Objective, objective_params
 from .model import Model
+from .newton import constrained_jacobian as jacobian_of
+from .newton import newton
 
 __all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
            "observation_grads", "constrained_jacobian"]
@@ -161,56 +162,8 @@ def observation_grads(flat, template, data, est_state, key, *, model, objective,
 def constrained_jacobian(flat_u, template_u, *, model, objective=None):
     """Jacobian of the flattened constrained params (and nuisance, if any) in the unconstrained
     ones: the delta method's ``D``."""
-    _, unravel = ravel_pytree(template_u)
+    if objective is None:
+        return jacobian_of(flat_u, template_u, model.to_constrained)
+    return jacobian_of(
+        flat_u, template_u, lambda theta: objective_params(model, objective, theta))
 
-    def constrained(f):
-        theta = unravel(f)
-        if objective is None:
-            return ravel_pytree(model.to_constrained(theta))[0]
-        return ravel_pytree(objective_params(model, objective, theta))[0]
-
-    return jax.jacfwd(constrained)(flat_u)
-
-
-# ---- Newton refinement --------------------------------------------------------------------------
-
-def newton(derivs_fn: Callable, u0: jax.Array, max_iter: int = 100) -> tuple[jax.Array, bool]:
-    """Damped Newton with backtracking on a smooth full-data objective.
-
-    ``derivs_fn(u) -> (value, grad, hessian)``; the line search reuses it (one compiled function
-    instead of two, and an accepted point's derivatives serve the next iteration). Returns the
-    point and whether it is a minimum to working precision (Newton decrement tiny, Hessian
-    positive definite).
-    """
-    eps = float(jnp.finfo(u0.dtype).eps)
-
-    def evaluate(u):
-        return tuple(np.asarray(a, dtype=float) for a in derivs_fn(u))
-
-    u = u0
-    value, grad, hess = evaluate(u)
-    for _ in range(max_iter):
-        if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
-            return u, False
-        hess = 0.5 * (hess + hess.T)
-        eigvals = np.linalg.eigvalsh(hess)
-        positive = eigvals[0] > 0
-        shift = 0.0 if positive else abs(eigvals[0]) + 1e-8 * max(abs(eigvals[-1]), 1.0)
-        direction = -np.linalg.solve(hess + shift * np.eye(hess.shape[0]), grad)
-        decrement = -float(grad @ direction)
-        scale = max(1.0, abs(float(value)))
-        if positive and decrement <= 100 * eps * scale:
-            return u, True
-        step, accepted = 1.0, None
-        for _ in range(40):
-            candidate = u + jnp.asarray(step * direction, dtype=u.dtype)
-            evaluated = evaluate(candidate)
-            if np.isfinite(evaluated[0]) and evaluated[0] <= value - 1e-4 * step * decrement:
-                accepted = evaluated
-                break
-            step *= 0.5
-        if accepted is None:
-            # no decrease at working precision: a minimum if the curvature says so
-            return u, bool(positive and decrement <= 1e4 * eps * scale)
-        u, (value, grad, hess) = candidate, accepted
-    return u, False

@@ -44,11 +44,12 @@ from . import _checks
 from .model import Model
 from .stein_kernels import (
     KERNELS,
-    _block_rows,
-    _off_diagonal_block,
-    _row_blocks,
+    block_rows,
+    check_bandwidth,
     ksd_ustat,
     median_bandwidth,
+    off_diagonal_block,
+    row_blocks,
 )
 
 __all__ = ["KSDTest", "ksd", "ksd_test"]
@@ -87,22 +88,6 @@ class KSDTest(NamedTuple):
     num_bootstrap: int
 
 
-def _check_bandwidth(bandwidth) -> str | float:
-    if isinstance(bandwidth, str):
-        if bandwidth != "median":
-            raise ValueError(
-                f"unknown bandwidth {bandwidth!r}; give 'median' (the median heuristic) or a "
-                "positive number."
-            )
-        return bandwidth
-    try:
-        return _checks.check_positive_float(bandwidth, "bandwidth")
-    except TypeError:
-        raise TypeError(
-            f"bandwidth must be 'median' or a positive number; got {bandwidth!r}."
-        ) from None
-
-
 @functools.partial(jax.jit, static_argnames=("model", "unconstrained"))
 def _scores_and_points(model: Model, params, data, unconstrained: bool):
     """Scores and points, flattened to ``(n, d)``; in the unconstrained space if asked."""
@@ -128,7 +113,7 @@ def _prepare(model, params, data, kernel, bandwidth, unconstrained, where: str):
     if not isinstance(model, Model):
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     _checks.check_choice(kernel, "kernel", KERNELS)
-    bandwidth = _check_bandwidth(bandwidth)
+    bandwidth = check_bandwidth(bandwidth)
     unconstrained = _checks.check_bool(unconstrained, "unconstrained")
     params = model.params if params is None else model.check_params(params)
     support = model.support
@@ -171,11 +156,6 @@ def _prepare(model, params, data, kernel, bandwidth, unconstrained, where: str):
         )
     if bandwidth == "median":
         bandwidth = median_bandwidth(points)
-        if not bandwidth > 0:
-            raise ValueError(
-                "the median heuristic gives bandwidth 0: more than half of the pairs of "
-                "observations coincide. Pass bandwidth=<positive float> instead."
-            )
     return jnp.asarray(scores), jnp.asarray(points), float(bandwidth)
 
 
@@ -242,12 +222,12 @@ def _wild_bootstrap(scores, points, bandwidth, key, kernel: str, num_bootstrap: 
     x = points - jnp.mean(points, axis=0)
     # the (block, n) slab times the (n, 1 + B) weights is one matrix product per block; memory
     # is the slab plus (block, 1 + B), never n² when n is large
-    block = _block_rows(n, None)
-    index, s_blocks, x_blocks, w_blocks = _row_blocks(n, block, scores, x, weights)
+    block = block_rows(n, None)
+    index, s_blocks, x_blocks, w_blocks = row_blocks(n, block, scores, x, weights)
 
     def forms(args):
         idx, sa, xa, wa = args
-        u = _off_diagonal_block(idx, sa, xa, scores, x, kernel, bandwidth)
+        u = off_diagonal_block(idx, sa, xa, scores, x, kernel, bandwidth)
         return jnp.sum(wa * (u @ weights), axis=0)
 
     return jnp.sum(jax.lax.map(forms, (index, s_blocks, x_blocks, w_blocks)), axis=0) / (n - 1)

@@ -31,8 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _checks
+
 __all__ = [
-    "KERNELS", "kernel_and_derivatives", "kernel_value", "ksd_ustat", "median_bandwidth",
+    "KERNELS", "check_bandwidth", "kernel_and_derivatives", "kernel_value", "ksd_ustat",
+    "median_bandwidth",
     "stein_kernel_cross", "stein_kernel_matrix", "stein_row_means",
 ]
 
@@ -51,7 +54,7 @@ _MEDIAN_MAX_POINTS = 5000
 
 # ---- kernels ------------------------------------------------------------------------------------
 
-def _profile(kernel: str, q: jax.Array, bandwidth) -> tuple[jax.Array, jax.Array, jax.Array]:
+def kernel_profile(kernel: str, q: jax.Array, bandwidth) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``φ(q)``, ``φ'(q)``, ``φ''(q)`` of the radial kernel ``k(x, y) = φ(‖x - y‖²)``."""
     h2 = jnp.asarray(bandwidth, dtype=q.dtype) ** 2
     if kernel == "imq":
@@ -81,7 +84,7 @@ def kernel_value(x: jax.Array, y: jax.Array, *, kernel: str = "imq", bandwidth) 
     0.7071067...
     """
     r = jnp.ravel(x) - jnp.ravel(y)
-    return _profile(kernel, jnp.sum(r * r), bandwidth)[0]
+    return kernel_profile(kernel, jnp.sum(r * r), bandwidth)[0]
 
 
 def kernel_and_derivatives(
@@ -105,7 +108,7 @@ def kernel_and_derivatives(
     """
     r = jnp.ravel(x) - jnp.ravel(y)
     q = jnp.sum(r * r)
-    phi, d1, d2 = _profile(kernel, q, bandwidth)
+    phi, d1, d2 = kernel_profile(kernel, q, bandwidth)
     grad_x = (2.0 * d1 * r).reshape(jnp.shape(x))
     return phi, grad_x, -grad_x, -4.0 * d2 * q - 2.0 * r.size * d1
 
@@ -133,7 +136,7 @@ def _cross(sa, xa, sb, xb, kernel: str, bandwidth) -> jax.Array:
     q = jnp.maximum(sq_a[:, None] + sq_b[None, :] - 2.0 * (xa @ xb.T), 0.0)
     mixed = (xa @ sb.T + sa @ xb.T
              - jnp.sum(sa * xa, axis=1)[:, None] - jnp.sum(sb * xb, axis=1)[None, :])
-    phi, d1, d2 = _profile(kernel, q, bandwidth)
+    phi, d1, d2 = kernel_profile(kernel, q, bandwidth)
     return phi * (sa @ sb.T) + 2.0 * d1 * mixed - 4.0 * d2 * q - 2.0 * d * d1
 
 
@@ -190,13 +193,13 @@ def stein_kernel_matrix(
     return stein_kernel_cross(scores, points, scores, points, kernel=kernel, bandwidth=bandwidth)
 
 
-def _block_rows(n: int, block_size: int | None) -> int:
+def block_rows(n: int, block_size: int | None) -> int:
     if block_size is None:
         return n if n * n <= _MAX_BLOCK_ENTRIES else max(1, _MAX_BLOCK_ENTRIES // n)
     return max(1, min(int(block_size), n))
 
 
-def _row_blocks(n: int, block: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+def row_blocks(n: int, block: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     """Each ``(n, ...)`` array padded with zero rows to a multiple of ``block`` and reshaped to
     ``(num_blocks, block, ...)``, plus the global row index of every block row."""
     num = -(-n // block)
@@ -208,7 +211,7 @@ def _row_blocks(n: int, block: int, *arrays: jax.Array) -> tuple[jax.Array, ...]
     return (jnp.arange(num * block).reshape(num, block), *out)
 
 
-def _off_diagonal_block(index, sa, xa, scores, x, kernel, bandwidth) -> jax.Array:
+def off_diagonal_block(index, sa, xa, scores, x, kernel, bandwidth) -> jax.Array:
     """Rows ``index`` of the Stein matrix with the diagonal (and padding rows) set to 0."""
     u = _cross(sa, xa, scores, x, kernel, bandwidth)
     keep = (index[:, None] != jnp.arange(x.shape[0])[None, :]) & (index[:, None] < x.shape[0])
@@ -239,12 +242,12 @@ def stein_row_means(
     if n < 2:
         raise ValueError(f"stein_row_means needs n >= 2 observations; got {n}.")
     x = points - jnp.mean(points, axis=0)
-    block = _block_rows(n, block_size)
-    index, s_blocks, x_blocks = _row_blocks(n, block, scores, x)
+    block = block_rows(n, block_size)
+    index, s_blocks, x_blocks = row_blocks(n, block, scores, x)
 
     def rows(args):
         idx, sa, xa = args
-        return jnp.sum(_off_diagonal_block(idx, sa, xa, scores, x, kernel, bandwidth), axis=1)
+        return jnp.sum(off_diagonal_block(idx, sa, xa, scores, x, kernel, bandwidth), axis=1)
 
     sums = jax.lax.map(rows, (index, s_blocks, x_blocks)).reshape(-1)[:n]
     return sums / (n - 1)
@@ -279,8 +282,9 @@ def median_bandwidth(points) -> float:
     taken over all pairs of 5000 observations drawn without replacement with a fixed seed (so the
     result is deterministic): the median over their 12.5 million pairs differs from the full one
     by sampling noise far below what matters for a bandwidth, and the cost stays bounded.
-    Returns a Python float (0.0 when more than half of the pairs coincide); computed outside
-    ``jit``.
+    Returns a Python float, computed outside ``jit``; raises ``ValueError`` when more than
+    half of the pairs coincide (the median is 0). It is the one bandwidth rule of the library:
+    :func:`unnorm.ksd_test` and the KSD estimator both use it.
 
     Example
     -------
@@ -296,18 +300,41 @@ def median_bandwidth(points) -> float:
         rows = np.random.default_rng(0).choice(x.shape[0], _MEDIAN_MAX_POINTS, replace=False)
         x = x[np.sort(rows)]
     n = x.shape[0]
-    q = np.asarray(_squared_distances(jnp.asarray(x, dtype=jnp.result_type(float)))).ravel()
+    q = np.asarray(squared_distances(jnp.asarray(x, dtype=jnp.result_type(float)))).ravel()
     # the n diagonal zeros sort first; the n(n-1) off-diagonal entries (each pair twice) follow,
     # so their median is at positions n + (m-1)//2 and n + m//2 — found by partition, O(n²)
     # rather than a sort; the two middle distances are averaged, as np.median does
     m = n * (n - 1)
     lo, hi = n + (m - 1) // 2, n + m // 2
     part = np.partition(q, (lo, hi)).astype(np.float64)
-    return float(0.5 * (np.sqrt(part[lo]) + np.sqrt(part[hi])))
+    median = float(0.5 * (np.sqrt(part[lo]) + np.sqrt(part[hi])))
+    if not median > 0:
+        raise ValueError(
+            "the median heuristic gives bandwidth 0: more than half of the pairs of "
+            "observations coincide. Pass bandwidth=<positive float> instead."
+        )
+    return median
+
+
+def check_bandwidth(bandwidth) -> str | float:
+    """``"median"`` or the bandwidth as a positive Python float; a clear error otherwise."""
+    if isinstance(bandwidth, str):
+        if bandwidth != "median":
+            raise ValueError(
+                f"unknown bandwidth {bandwidth!r}; give 'median' (the median heuristic) or a "
+                "positive number."
+            )
+        return bandwidth
+    try:
+        return _checks.check_positive_float(bandwidth, "bandwidth")
+    except TypeError:
+        raise TypeError(
+            f"bandwidth must be 'median' or a positive number; got {bandwidth!r}."
+        ) from None
 
 
 @jax.jit
-def _squared_distances(x: jax.Array) -> jax.Array:
+def squared_distances(x: jax.Array) -> jax.Array:
     x = x - jnp.mean(x, axis=0)
     sq = jnp.sum(x * x, axis=1)
     q = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)

@@ -4,7 +4,7 @@ An estimator is a frozen dataclass of options (``SM()``, ``DSM(sigma=0.1)``...).
 with :meth:`Estimator.build`, it yields an :class:`Objective`, a pair of pure functions in the
 optax shape of DESIGN.md::
 
-    init(params, key) -> state
+    init(params, key, data) -> state
     loss(params, state, batch, key) -> (scalar, (state, info))
 
 so ``jax.value_and_grad(loss, has_aux=True)`` plus any optax optimizer trains it. ``terms`` gives
@@ -80,7 +80,8 @@ class Objective(NamedTuple):
     Attributes
     ----------
     init : callable
-        ``init(params, key) -> state``, the estimator's state (a pytree).
+        ``init(params, key, data) -> state``, the estimator's state (a pytree), set from the
+        initial params and the full data (KSD's bandwidth is the data's median heuristic).
     loss : callable
         ``loss(params, state, batch, key) -> (scalar, (state, info))``; ``params`` are in the
         constrained space, ``key`` changes at every optimizer step.
@@ -112,13 +113,15 @@ class Objective(NamedTuple):
 class PostFit(NamedTuple):
     """What an estimator's ``post_fit`` returns: the final (constrained) ``params``, their
     ``covariance`` (flattened in ``ravel_pytree`` order; None without standard errors) and the
-    MCMC ``chains`` it ran, as InferenceData (or None); ``method`` replaces the driver's
-    description of the route (``FitResult.method``) when given."""
+    MCMC ``chains`` it ran, as InferenceData (or None). ``refined_by`` names the solve stage it
+    ran after the driver's (``"newton"``, ``"Monte Carlo MLE"``; None for none) and
+    ``covariance_from`` how it computed the covariance (``FitResult.stages`` lists both)."""
 
     params: Any
     covariance: Any
     chains: Any
-    method: str | None = None
+    refined_by: str | None = None
+    covariance_from: str | None = None
 
 
 def objective_params(model: Model, objective: Objective, theta):

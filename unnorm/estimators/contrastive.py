@@ -39,8 +39,10 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
+from ..newton import constrained_jacobian
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
-from ..samplers.run import _to_position, sample, unconstrained_logdensity
+from ..samplers.run import sample
+from ..samplers.target import to_position, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Estimator, Objective, PostFit, Traits
 
@@ -146,7 +148,7 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
     return h_pinv @ variance @ h_pinv
 
 
-def _flat_draws(idata, model: Model) -> np.ndarray:
+def flat_draws(idata, model: Model) -> np.ndarray:
     x = np.asarray(idata.posterior["x"].values)
     return x.reshape(-1, *model.support.event_shape)
 
@@ -157,7 +159,7 @@ def _energies(params, xs, *, model: Model) -> jax.Array:
     return jax.vmap(lambda x: model.energy(params, x))(xs)
 
 
-def _reference_energies(model: Model, params, draws) -> jax.Array:
+def reference_energies(model: Model, params, draws) -> jax.Array:
     return _energies(params, draws, model=model)
 
 
@@ -166,15 +168,13 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
     of the model at ``params``."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
-    ref = _reference_energies(model, params, draws)
+    ref = reference_energies(model, params, draws)
     _, _, hessian, grads, *_ = likelihood_pieces(flat, u, data, draws, ref, model=model)
-    from ..solvers import constrained_jacobian  # here: solvers imports this package
-
     cov_u = sandwich_covariance(grads, hessian).covariance
-    return delta_method(constrained_jacobian(flat, u, model=model), cov_u)
+    return delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
 
 
-def _sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
+def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
                  num_samples: int, init, progress_bar: bool):
     """Draws of the fitted model with :func:`unnorm.sample` (thinned as the sampler's spec
     says: the local samplers move less per step than NUTS): ``fit.chains`` and the source of
@@ -188,7 +188,7 @@ def _sample_model(model: Model, params, key, sampler: str, chains: int, num_warm
 # ---- the shared machinery -----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class _ChainEstimator(Estimator):
+class ChainEstimator(Estimator):
     """What CD, PCD and MLE share: MCMC draws inside the loss, iterate averaging, and the
     post-fit sampling that gives ``fit.chains`` and the standard errors."""
 
@@ -259,7 +259,7 @@ class _ChainEstimator(Estimator):
                 states = spec.set_step_size(states, spec.get_step_size(states) * jnp.exp(
                     STEP_SIZE_GAIN * (acceptance - target_accept)))
             ends = jax.vmap(spec.position)(states)
-            ys = jax.lax.stop_gradient(jax.vmap(lambda u: _to_position(model, u))(ends))
+            ys = jax.lax.stop_gradient(jax.vmap(lambda u: to_position(model, u))(ends))
             new_state = state
             if buffer_size is not None:
                 new_state = ChainState(states, state.buffer.at[slots].set(ends))
@@ -301,7 +301,7 @@ class _ChainEstimator(Estimator):
 
         num_chains = int(self.num_chains) if persistent else 0
 
-        def init(params, key):
+        def init(params, key, data):
             if not persistent:
                 return ChainState(())
             logdensity_fn = unconstrained_logdensity(model, params)
@@ -319,10 +319,11 @@ class _ChainEstimator(Estimator):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             idata = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, method, idata = self._finish(
+            params, covariance, refined_by, idata = self._finish(
                 model, params, data, idata, key, compute_se, sampler, chains, num_warmup,
                 num_samples, progress_bar)
-            return PostFit(params, covariance, idata, method)
+            return PostFit(params, covariance, idata, refined_by,
+                           "likelihood sandwich from model draws" if compute_se else None)
 
         return Objective(init, loss, terms,
                          Traits(deterministic=False, monte_carlo_gradient=True),
@@ -334,26 +335,26 @@ class _ChainEstimator(Estimator):
         if self.persistent:
             # the persistent chains are already near p_θ̂: start there
             positions = jax.vmap(spec.position)(state.chains)[:chains]
-            init = np.asarray(jax.vmap(lambda u: _to_position(model, u))(positions))
-        return _sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
+            init = np.asarray(jax.vmap(lambda u: to_position(model, u))(positions))
+        return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
                             progress_bar)
 
     def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
-        """The final params, their covariance, the route's description and the draws of the
-        fitted model the covariance comes from."""
+        """The final params, their covariance, the solve stage run on the draws (None for
+        none) and the draws of the fitted model the covariance comes from."""
         covariance = None
         if compute_se:
-            covariance = _sandwich(model, params, data, _flat_draws(idata, model))
+            covariance = _sandwich(model, params, data, flat_draws(idata, model))
         return params, covariance, None, idata
 
 
-def _check_k(k) -> int:
+def check_k(k) -> int:
     return _checks.check_int(k, "k", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class CD(_ChainEstimator):
+class CD(ChainEstimator):
     """Contrastive divergence, CD-k (Hinton 2002; seed 004 §3): each step starts one chain at
     every observation of the minibatch, runs ``k`` MCMC steps at the current θ and follows the
     surrogate gradient ``mean ∇E(x_i) - mean ∇E(ỹ_i)`` (eq. 3-4 with the chains' ends as draws).
@@ -393,11 +394,11 @@ class CD(_ChainEstimator):
     persistent = False
 
     def __post_init__(self):
-        _check_k(self.k)
+        check_k(self.k)
 
 
 @dataclasses.dataclass(frozen=True)
-class PCD(_ChainEstimator):
+class PCD(ChainEstimator):
     """Persistent contrastive divergence, PCD-k (Tieleman 2008; seed 004 §3): ``num_chains``
     chains persist across optimizer steps, each step runs ``k`` more MCMC steps at the current θ
     and follows ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)`` (eq. 3-4). With a slowly moving θ the chains
@@ -451,7 +452,7 @@ class PCD(_ChainEstimator):
     name = "pcd"
 
     def __post_init__(self):
-        _check_k(self.k)
+        check_k(self.k)
         _checks.check_int(self.num_chains, "num_chains", minimum=1)
         if self.buffer_size is not None:
             _checks.check_int(self.buffer_size, "buffer_size", minimum=self.num_chains)

@@ -35,15 +35,16 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
+from ..newton import constrained_jacobian, newton
 from ..uncertainty import delta_method, sandwich_covariance
 from .contrastive import (
-    _ChainEstimator,
-    _check_k,
-    _flat_draws,
-    _reference_energies,
-    _sample_model,
+    ChainEstimator,
+    check_k,
+    flat_draws,
     likelihood_pieces,
     monte_carlo_covariance,
+    reference_energies,
+    sample_model,
 )
 
 __all__ = ["MLE"]
@@ -66,7 +67,7 @@ def _monte_carlo_share(statistical: np.ndarray, monte_carlo: np.ndarray) -> floa
 
 
 @dataclasses.dataclass(frozen=True)
-class MLE(_ChainEstimator):
+class MLE(ChainEstimator):
     """Maximum likelihood with MCMC: persistent-chain stochastic approximation, then Monte Carlo
     MLE by importance-sampling Newton steps (seed 004 §3, eq. 3-4; Geyer 1991).
 
@@ -113,7 +114,7 @@ class MLE(_ChainEstimator):
     preferred_sampler = "nuts"
 
     def __post_init__(self):
-        _check_k(self.k)
+        check_k(self.k)
         _checks.check_int(self.num_chains, "num_chains", minimum=1)
         _checks.check_int(self.num_warmup, "num_warmup", minimum=0)
         if self.num_samples is not None:
@@ -128,13 +129,11 @@ class MLE(_ChainEstimator):
 
     def _finish(self, model: Model, params, data, idata, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
-        from ..solvers import constrained_jacobian, newton  # here: solvers imports this package
-
         u = model.to_unconstrained(params)
         flat, unravel = ravel_pytree(u)
         for round_index in range(int(self.max_rounds)):
-            draws = _flat_draws(idata, model)
-            reference = _reference_energies(model, params, draws)
+            draws = flat_draws(idata, model)
+            reference = reference_energies(model, params, draws)
 
             def derivatives(f, draws=draws, reference=reference):
                 return likelihood_pieces(f, u, data, draws, reference, model=model)[:3]
@@ -157,11 +156,11 @@ class MLE(_ChainEstimator):
             if more:
                 num_samples = int(min(MAX_SAMPLES_PER_CHAIN, np.ceil(
                     num_samples * share / MAX_MONTE_CARLO_SHARE)))
-            idata = _sample_model(model, params, jax.random.fold_in(key, round_index + 1),
+            idata = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
                                   sampler, chains, num_warmup, num_samples,
                                   np.asarray(idata.posterior["x"].values)[:, -1], progress_bar)
         covariance = None
         if compute_se:
-            covariance = delta_method(constrained_jacobian(flat, u, model=model),
+            covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained),
                                       cov_u + mc_cov_u)
-        return params, covariance, "optimizer + Monte Carlo MLE", idata
+        return params, covariance, "Monte Carlo MLE", idata

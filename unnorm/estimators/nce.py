@@ -221,7 +221,7 @@ class NCE(Estimator):
                 log_ratio(params, log_z, noise_params, y)))(ys)
             return data_term + nu * jnp.mean(noise_terms)
 
-        def init(params, key):
+        def init(params, key, data):
             return NCEState(jax.random.fold_in(key, 0x9C3), ())
 
         @jax.jit

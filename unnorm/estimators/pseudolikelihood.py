@@ -65,7 +65,7 @@ class PseudoLikelihood(Estimator):
             gaps = jax.vmap(lambda x: _flip_energy_gaps(model, params, x))(batch.x)
             return jnp.sum(jax.nn.softplus(-gaps).reshape(gaps.shape[0], -1), axis=1)
 
-        def init(params, key):
+        def init(params, key, data):
             return ()
 
         def loss(params, state, batch, key):

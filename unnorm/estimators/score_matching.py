@@ -155,7 +155,7 @@ def _check_truncation(truncation) -> float | None:
 def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
     """An :class:`Objective` from a per-observation term ``term(params, x, key) -> scalar``."""
 
-    def init(params, key):
+    def init(params, key, data):
         return NoiseState(jax.random.fold_in(key, 0x5EED))
 
     def terms(params, state, batch, key):

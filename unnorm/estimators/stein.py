@@ -51,75 +51,27 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
+from ..newton import constrained_jacobian, newton
 from ..stein_kernels import (
     KERNELS,
-    _block_rows,
-    _profile,
-    _row_blocks,
-    _squared_distances,
+    block_rows,
+    check_bandwidth,
+    kernel_profile,
+    median_bandwidth,
+    row_blocks,
     stein_row_means,
 )
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Batch, Estimator, Objective, PostFit, Traits
 
-__all__ = ["KSD", "median_heuristic"]
-
-#: The median heuristic looks at all pairs of at most this many observations (an even stride
-#: through the data beyond it): one sort of ``1000²`` distances, done once per fit.
-MEDIAN_MAX_ROWS = 1000
-
+__all__ = ["KSD"]
 
 class KSDState(NamedTuple):
-    """The kernel bandwidth: the user's value, or 0 until the median heuristic has been taken on
-    the first batch the loss sees (then carried unchanged through the optimizer's steps)."""
+    """The kernel bandwidth: the user's value, or the median heuristic of the full data
+    (:func:`unnorm.stein_kernels.median_bandwidth`, the rule :func:`unnorm.ksd_test` uses),
+    fixed for the whole fit."""
 
     bandwidth: jax.Array
-
-
-# ---- the bandwidth ------------------------------------------------------------------------------
-
-def median_heuristic(points: jax.Array) -> jax.Array:
-    """The median Euclidean distance over pairs ``i ≠ j`` of ``points`` ``(n, d)``; jit-able.
-
-    Above ``MEDIAN_MAX_ROWS`` observations the pairs of every ``⌈n / 1000⌉``-th one are used
-    (deterministic, at most 1000 rows). Up to 1000 rows this is
-    :func:`unnorm.stein_kernels.median_bandwidth`, the bandwidth of :func:`unnorm.ksd_test`.
-    When more than half of the pairs coincide (the median is 0) the mean distance is used
-    instead, so the kernel stays proper.
-
-    Example
-    -------
-    >>> import jax.numpy as jnp
-    >>> float(median_heuristic(jnp.array([[0.0], [1.0], [3.0]])))    # distances 1, 2, 3
-    2.0
-    """
-    n = points.shape[0]
-    x = points[:: -(-n // MEDIAN_MAX_ROWS)]
-    k = x.shape[0]
-    q = _squared_distances(x)
-    # the k diagonal zeros sort first and each pair appears twice, so the median of the
-    # k(k-1) off-diagonal entries sits at positions k + (m-1)//2 and k + m//2
-    m = k * (k - 1)
-    ordered = jnp.sort(q.ravel())
-    median = 0.5 * (jnp.sqrt(ordered[k + (m - 1) // 2]) + jnp.sqrt(ordered[k + m // 2]))
-    mean = jnp.sum(jnp.sqrt(q)) / m
-    return jnp.where(median > 0, median, mean)
-
-
-_median_heuristic_jit = jax.jit(median_heuristic)
-
-
-def _check_bandwidth(bandwidth) -> str | float:
-    if isinstance(bandwidth, str):
-        if bandwidth != "median":
-            raise ValueError(f"unknown bandwidth {bandwidth!r}; give 'median' (the median "
-                             "heuristic) or a positive number.")
-        return bandwidth
-    try:
-        return _checks.check_positive_float(bandwidth, "bandwidth")
-    except TypeError:
-        raise TypeError(
-            f"bandwidth must be 'median' or a positive number; got {bandwidth!r}.") from None
 
 
 def _check_pairs(size: int, what: str) -> None:
@@ -144,7 +96,7 @@ def _kernel_sums(index, sa, xa, scores, jac, jac_x, x, kernel: str, bandwidth):
     sq_a, sq = jnp.sum(xa * xa, axis=1), jnp.sum(x * x, axis=1)
     q = jnp.maximum(sq_a[:, None] + sq[None, :] - 2.0 * (xa @ x.T), 0.0)
     keep = (index[:, None] != jnp.arange(n)[None, :]) & (index[:, None] < n)
-    phi, d1, d2 = (jnp.where(keep, a, 0.0) for a in _profile(kernel, q, bandwidth))
+    phi, d1, d2 = (jnp.where(keep, a, 0.0) for a in kernel_profile(kernel, q, bandwidth))
     mixed = (xa @ scores.T + sa @ x.T
              - jnp.sum(sa * xa, axis=1)[:, None] - jnp.sum(scores * x, axis=1)[None, :])
     u = phi * (sa @ scores.T) + 2.0 * d1 * mixed - 4.0 * d2 * q - 2.0 * d * d1
@@ -175,8 +127,8 @@ def _derivatives(flat, template, data, bandwidth, *, model: Model, kernel: str,
         jnp.eye(flat.size, dtype=flat.dtype)), 0, -1)
     jac_x = jnp.einsum("ndp,nd->np", jac, x)
 
-    block = _block_rows(n, block_size)
-    index, s_blocks, x_blocks = _row_blocks(n, block, scores, x)
+    block = block_rows(n, block_size)
+    index, s_blocks, x_blocks = row_blocks(n, block, scores, x)
     sums = jax.lax.map(
         lambda a: _kernel_sums(*a, scores, jac, jac_x, x, kernel, bandwidth),
         (index, s_blocks, x_blocks))
@@ -224,10 +176,9 @@ class KSD(Estimator):
         §4); ``"rbf"``, ``exp(-‖x - y‖²/(2h²))``.
     bandwidth : "median" or float
         ``h``, fixed during the fit (it must not depend on θ). ``"median"``: the median pairwise
-        distance of the data (:func:`median_heuristic`: all pairs up to 1000 observations, a
-        stride through the data beyond). In full-batch fits it is taken once from the data; with
-        minibatches the optimizer uses that of its first minibatch and the Newton stage and the
-        standard errors that of the full data.
+        distance of the full data, taken once before the fit
+        (:func:`unnorm.stein_kernels.median_bandwidth`, the rule of :func:`unnorm.ksd_test`:
+        all pairs up to 5000 observations, a fixed random subset of 5000 beyond).
 
     Examples
     --------
@@ -247,7 +198,7 @@ class KSD(Estimator):
     def __post_init__(self):
         _checks.check_choice(self.kernel, "kernel", KERNELS)
         # a plain float: the estimator is hashed (compiled objectives are cached on it)
-        object.__setattr__(self, "bandwidth", _check_bandwidth(self.bandwidth))
+        object.__setattr__(self, "bandwidth", check_bandwidth(self.bandwidth))
 
     def check(self, model: Model) -> None:
         support = model.support
@@ -270,27 +221,20 @@ class KSD(Estimator):
         kernel = self.kernel
         fixed = None if self.bandwidth == "median" else float(self.bandwidth)
 
-        def init(params, key):
+        def init(params, key, data):
             dtype = ravel_pytree(params)[0].dtype
-            return KSDState(jnp.asarray(0.0 if fixed is None else fixed, dtype=dtype))
-
-        def bandwidth_for(state: KSDState, points: jax.Array) -> jax.Array:
-            if fixed is not None:
-                return state.bandwidth
-            # taken once, on the first batch (the full data in full-batch fits): a sort of up
-            # to 1000² distances is dearer than a whole optimizer step
-            points = jax.lax.stop_gradient(points)
-            return jax.lax.cond(state.bandwidth > 0, lambda: state.bandwidth,
-                                lambda: median_heuristic(points).astype(state.bandwidth.dtype))
+            n = data.shape[0]
+            _check_pairs(n, "data set")
+            h = fixed if fixed is not None else median_bandwidth(np.asarray(data).reshape(n, -1))
+            return KSDState(jnp.asarray(h, dtype=dtype))
 
         def row_means(params, state, batch: Batch):
             b = batch.x.shape[0]
             _check_pairs(b, "batch")
             points = batch.x.reshape(b, -1)
-            h = bandwidth_for(state, points)
             means = stein_row_means(_flat_scores(model, params, batch.x), points, kernel=kernel,
-                                    bandwidth=h)
-            return means, state._replace(bandwidth=h)
+                                    bandwidth=state.bandwidth)
+            return means, state
 
         def terms(params, state, batch, key):
             # ℓ_i = Σ_{j≠i} u(x_i, x_j) / (b-1): their mean is the U-statistic of the batch
@@ -301,16 +245,13 @@ class KSD(Estimator):
             return jnp.mean(means), (state, {})
 
         def post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit:
-            from ..solvers import constrained_jacobian, newton  # here: solvers imports estimators
-
             n = data.shape[0]
             _check_pairs(n, "data set")
             if not compute_se:
                 # as the driver does for the other estimators: without standard errors (a
                 # large model) no p × p Newton steps, the optimizer's answer stands
-                return PostFit(params, None, None, "optimizer")
-            h = (jnp.asarray(fixed, data.dtype) if fixed is not None
-                 else _median_heuristic_jit(data.reshape(n, -1)))
+                return PostFit(params, None, None)
+            h = state.bandwidth
             u = model.to_unconstrained(params)
             flat, unravel = ravel_pytree(u)
             static = dict(model=model, kernel=kernel)
@@ -326,10 +267,9 @@ class KSD(Estimator):
             fitted = model.to_constrained(unravel(flat))
             _, _, hessian, h1 = _derivatives(flat, u, data, h, **static)
             cov_u = sandwich_covariance(2.0 * np.asarray(h1), np.asarray(hessian)).covariance
-            covariance = delta_method(constrained_jacobian(flat, u, model=model), cov_u)
-            # method None: the driver names the route ("newton" from the initial values, or
-            # "optimizer + newton")
-            return PostFit(fitted, covariance, None, None)
+            covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
+            return PostFit(fitted, covariance, None, refined_by="newton",
+                           covariance_from="U-statistic sandwich")
 
         return Objective(init, loss, terms, Traits(convex_if_linear_energy=True),
                          post_fit=post_fit)

@@ -12,8 +12,9 @@ chains in contrastive divergence do this).
 
 from . import adaptation, gibbs, hmc, langevin, rwmh
 from .registry import SAMPLERS, build_sampler, check_sampler, sampler_names
-from .run import sample, unconstrained_logdensity
+from .run import sample
 from .spec import Kernel, SamplerSpec
+from .target import to_position, unconstrained_logdensity
 
 __all__ = [
     "adaptation",
@@ -28,5 +29,6 @@ __all__ = [
     "build_sampler",
     "sampler_names",
     "sample",
+    "to_position",
     "unconstrained_logdensity",
 ]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,39 +22,17 @@ from tqdm.auto import tqdm
 from .. import _checks, _xla, threefry
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
-from ..model import Model, _format_params
+from ..model import Model, format_params
 from . import chain_groups
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
 from .spec import Kernel
+from .target import to_position, unconstrained_logdensity
 
-__all__ = ["sample", "unconstrained_logdensity"]
+__all__ = ["sample"]
 
 _WARMUP, _SAMPLING = "warmup", "sampling"
 #: the dtype discrete draws leave the compiled chunks in (see _run_chunk_impl)
 _DISCRETE_DRAW_DTYPE = np.int8
-
-
-def unconstrained_logdensity(model: Model, params) -> Callable[..., jax.Array]:
-    """The log-density a kernel targets: ``-E(T(u)) + log|det J_T(u)|`` (continuous supports)
-    or ``-E(x)`` (discrete supports), up to the constant ``-log Z``.
-
-    The function takes an optional noise ``level``, ``logdensity(u, level)``, which a
-    noise-conditional energy is told as ``sigma`` (annealed samplers); the other kernels call
-    ``logdensity(u)``."""
-    support = model.support
-    if support.is_discrete:
-        return lambda x, level=None: -model.energy(params, x, level)
-    transform = support.transform
-
-    def logdensity(u, level=None):
-        x = transform(u)
-        return -model.energy(params, x, level) + transform.log_abs_det_jacobian(u, x)
-
-    return logdensity
-
-
-def _to_position(model: Model, u: jax.Array) -> jax.Array:
-    return u if model.support.is_discrete else model.support.transform(u)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "layout"))
@@ -124,7 +100,7 @@ def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, star
             )
         stats = spec.stats(state, info)
         stats["diverging"] = diverged
-        position = _to_position(model, spec.position(state))
+        position = to_position(model, spec.position(state))
         stats["lp"] = spec.logdensity(state) if exact_lp else -model.energy(params, position)
         if model.support.is_discrete:
             # The support's two values are small integers: compact draws are a quarter of the
@@ -214,14 +190,10 @@ def _check_initial_state(params, positions, value_ok, grad_ok) -> None:
         raise ValueError(
             f"Initial evaluation failed: the {what} is not finite at the starting point of "
             f"chain(s) {bad.tolist()} (chain {bad[0]} starts at x = {point}).\n"
-            f"Parameter values:\n{_format_params(params)}\n"
+            f"Parameter values:\n{format_params(params)}\n"
             "Check the energy for log/division of non-positive values, or pass init= points "
             "where it is finite."
         )
-
-
-def _progress_disabled(progress_bar: bool) -> bool:
-    return not progress_bar or bool(os.environ.get("CI"))
 
 
 def sample(
@@ -331,7 +303,7 @@ def sample(
     _check_initial_state(params, positions, value_ok, grad_ok)
     states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*groups, strict=True))
 
-    disabled = _progress_disabled(progress_bar)
+    disabled = _checks.progress_disabled(progress_bar)
     length = _chunk_length(num_warmup, num_samples, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
