@@ -40,6 +40,7 @@ from jax.flatten_util import ravel_pytree
 from .. import _checks
 from ..model import Model
 from ..newton import constrained_jacobian
+from ..samplers import chains as chain_runner
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
 from ..samplers.run import sample
 from ..samplers.target import to_position, unconstrained_logdensity
@@ -230,17 +231,14 @@ class ChainEstimator(Estimator):
 
         def start_chains(positions_u, logdensity_fn, key):
             keys = jax.random.split(key, positions_u.shape[0])
-            return jax.vmap(lambda u, kk: spec.init(u, logdensity_fn, kk))(positions_u, keys)
+            return chain_runner.start(spec, positions_u, logdensity_fn, keys)
 
-        def run_chains(states, logdensity_fn, key, adapting):
-            def one_step(states, step_key):
-                keys = jax.random.split(step_key, jax.tree_util.tree_leaves(states)[0].shape[0])
-                states, info = jax.vmap(
-                    lambda kk, st: spec.step(kk, st, logdensity_fn, adapting))(keys, states)
-                return states, jnp.mean(info.acceptance_rate)
-
-            states, acceptance = jax.lax.scan(one_step, states, jax.random.split(key, k))
-            return states, jnp.mean(acceptance)
+        def run_chains(states, logdensity_fn, key):
+            # k steps of every chain at the frozen θ, with the same runner as un.sample
+            chain_keys = jax.random.split(key, jax.tree_util.tree_leaves(states)[0].shape[0])
+            states, infos = chain_runner.advance(spec, states, logdensity_fn, chain_keys,
+                                                 jnp.arange(k))
+            return states, jnp.mean(infos.acceptance_rate)
 
         def draw(params, state, batch, key):
             frozen = jax.lax.stop_gradient(params)
@@ -254,7 +252,7 @@ class ChainEstimator(Estimator):
                 # CD's chains start at the data with the initial step size
                 states = start_chains(jax.vmap(to_unconstrained)(batch.x), logdensity_fn,
                                       start_key)
-            states, acceptance = run_chains(states, logdensity_fn, run_key, jnp.asarray(False))
+            states, acceptance = run_chains(states, logdensity_fn, run_key)
             if persistent and target_accept is not None:
                 states = spec.set_step_size(states, spec.get_step_size(states) * jnp.exp(
                     STEP_SIZE_GAIN * (acceptance - target_accept)))

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import _checks, _xla, threefry
+from .. import _checks, _xla
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence
 from ..model import Model, format_params
-from . import chain_groups
+from . import chain_groups, chains
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
 from .spec import Kernel
 from .target import to_position, unconstrained_logdensity
@@ -79,25 +79,7 @@ def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, star
     exact_lp = model.support.is_discrete or model.support.kind == "real"
     states = jax.lax.cond(finalize, jax.vmap(spec.finalize), lambda s: s, states)
 
-    def one_step(key, state):
-        return spec.step(key, state, logdensity_fn, warmup)
-
-    def one_draw(state, draw_keys):
-        if thinning == 1:
-            state, info = one_step(draw_keys[0], state)
-            diverged = info.is_divergent
-        else:
-            def inner(i, carry):
-                state, _, diverged = carry
-                state, info = one_step(draw_keys[i], state)
-                return state, info, diverged | info.is_divergent
-
-            # Zeros of the info's shape start the loop, so the step is traced only once.
-            _, info_shape = jax.eval_shape(one_step, draw_keys[0], state)
-            info = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
-            state, info, diverged = jax.lax.fori_loop(
-                0, thinning, inner, (state, info, jnp.zeros((), bool))
-            )
+    def record(state, info, diverged):
         stats = spec.stats(state, info)
         stats["diverging"] = diverged
         position = to_position(model, spec.position(state))
@@ -106,15 +88,16 @@ def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, star
             # The support's two values are small integers: compact draws are a quarter of the
             # memory to fill and write (the host stores them in the position's dtype).
             position = position.astype(_DISCRETE_DRAW_DTYPE)
-        return state, (position, stats)
+        return position, stats
 
     def one_draw_all_chains(states, index):
-        # Step keys are fold_in(chain_key, global step): the stream does not depend on how the
-        # run is chunked.
+        # Step numbers are global: the stream does not depend on how the run is chunked.
         steps = (start + index) * thinning + jnp.arange(thinning)
-        keys = jax.vmap(lambda k: jax.vmap(lambda i: threefry.fold_in(k, i))(steps))(
-            chain_keys)
-        return jax.vmap(one_draw)(states, keys)
+        states, infos = chains.advance(spec, states, logdensity_fn, chain_keys, steps, warmup)
+        # the statistics of the draw's last step; a divergence at any of its steps counts
+        info = jax.tree_util.tree_map(lambda a: a[-1], infos)
+        diverged = jnp.any(infos.is_divergent, axis=0)
+        return states, jax.vmap(record)(states, info, diverged)
 
     # A scan over draws with the chains vmapped inside: the draws come out as (draw, chain, ...)
     # with no transposition on the device; the caller swaps the axes of the NumPy array (a
