@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from . import _checks, threefry
 from .model import Model, format_params
-from .samplers import gibbs, langevin
+from .samplers import chains as chain_runner
+from .samplers import langevin
+from .samplers.registry import build_sampler
 from .samplers.target import unconstrained_logdensity
 
 __all__ = ["annealed_log_partition"]
@@ -290,7 +292,7 @@ def _init_discrete(model: Model, params, chain_keys):
 def _anneal_discrete(model: Model, params, carry, xs, *, chain_keys, num_mcmc_steps: int):
     """Temperatures ``xs`` for all chains: weight increment, then Gibbs sweeps targeting
     γ_β(x) = -β E(x) (the uniform base is a constant)."""
-    values = model.support.values
+    kernel = build_sampler("gibbs", 0, model.support.values, scan="sequential")
 
     def one_temperature(carry, x):
         positions, neg_energy, logw = carry
@@ -300,19 +302,17 @@ def _anneal_discrete(model: Model, params, carry, xs, *, chain_keys, num_mcmc_st
         def target(y):
             return -beta * model.energy(params, y)
 
-        def transition(key, position, neg_energy):
-            def sweep(state, k):
-                state, info = gibbs.step(k, state, target, values)
-                return state, info.flip_rate
-
-            keys = jax.random.split(threefry.fold_in(key, step), num_mcmc_steps)
-            state = gibbs.GibbsState(position, beta * neg_energy)
-            state, flips = jax.lax.scan(sweep, state, keys)
-            # The sweep carries -βE at the final point exactly; dividing by β > 0 is exact to
-            # an ulp and spares an energy evaluation.
-            return state.position, state.logdensity / beta, jnp.mean(flips)
-
-        positions, neg_energy, flips = jax.vmap(transition)(chain_keys, positions, neg_energy)
-        return (positions, neg_energy, logw), jnp.mean(flips)
+        # the chain runner of un.sample and the estimators, with the sequential Gibbs sweep
+        # (exact for any energy); starting the states costs one energy per chain, against a
+        # sweep's one per site
+        states = chain_runner.start(kernel, positions, target, chain_keys)
+        temperature_keys = jax.vmap(lambda key: threefry.fold_in(key, step))(chain_keys)
+        states, infos = chain_runner.advance(kernel, states, target, temperature_keys,
+                                             jnp.arange(num_mcmc_steps))
+        # the state carries -βE at the final point exactly; dividing by β > 0 is exact to an
+        # ulp and spares an energy evaluation
+        positions = jax.vmap(kernel.position)(states)
+        neg_energy = jax.vmap(kernel.logdensity)(states) / beta
+        return (positions, neg_energy, logw), jnp.mean(infos.flip_rate)
 
     return jax.lax.scan(one_temperature, carry, xs)
