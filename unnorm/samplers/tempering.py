@@ -278,7 +278,8 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
     num = len(ladder)
 
     def tempered(logdensity_fn: Callable, beta) -> Callable:
-        return lambda u: beta * logdensity_fn(u)
+        # further arguments (a noise level) pass through to the model's log-density
+        return lambda u, *args: beta * logdensity_fn(u, *args)
 
     def each_replica(fn, *args):
         """``fn(*args_k, β_k)`` for every replica k, vectorized."""
