@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from . import gibbs, hmc, langevin, rwmh
+from . import gibbs, hmc, langevin, rwmh, tempering
 from .spec import Kernel, SamplerSpec
 
 __all__ = ["SAMPLERS", "SamplerSpec", "build_kernel", "build_sampler", "check_sampler",
@@ -23,6 +23,7 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
     langevin.ULA,
     rwmh.RWMH,
     gibbs.GIBBS,
+    tempering.TEMPERING,
 )}
 
 
