@@ -109,8 +109,9 @@ def adaptive_kernel(name: str, uses_gradient: bool, kernel_init: Callable,
             "step_size": state.step_size,
         }
 
-    def refresh(state, logdensity_fn):
-        return state._replace(kernel=kernel_init(state.kernel.position, logdensity_fn))
+    def refresh(state, logdensity_fn, position=None):
+        position = state.kernel.position if position is None else position
+        return state._replace(kernel=kernel_init(position, logdensity_fn))
 
     return Kernel(
         name, False, uses_gradient, init, step, finalize,

@@ -277,7 +277,8 @@ def _kernel(tuning: dict, num_warmup: int, values: tuple[float, float]) -> Kerne
         position=lambda state: state.position,
         logdensity=lambda state: state.logdensity,
         stats=stats,
-        refresh=lambda state, logdensity_fn: init(state.position, logdensity_fn),
+        refresh=lambda state, logdensity_fn, position=None: init(
+            state.position if position is None else position, logdensity_fn),
     )
 
 

@@ -157,9 +157,10 @@ def _kernel(name: str, tuning: dict, num_warmup: int) -> Kernel:
             ) + 1
         return out
 
-    def refresh(state, logdensity_fn):
-        logdensity, grad = jax.value_and_grad(logdensity_fn)(state.z)
-        return state._replace(potential_energy=-logdensity, z_grad=-grad)
+    def refresh(state, logdensity_fn, position=None):
+        z = state.z if position is None else position
+        logdensity, grad = jax.value_and_grad(logdensity_fn)(z)
+        return state._replace(z=z, potential_energy=-logdensity, z_grad=-grad)
 
     return Kernel(
         name, False, True, init, step, lambda state: state,

@@ -30,9 +30,10 @@ class Kernel(NamedTuple):
     -> (state, info)`` where ``warmup`` (a bool, possibly traced) switches adaptation on, so one
     compiled step serves both phases; ``finalize(state)`` at the end of warmup;
     ``position(state)``, ``logdensity(state)`` and ``stats(state, info) -> dict`` of per-draw
-    sample statistics named as ArviZ names them; ``refresh(state, logdensity_fn)`` re-evaluates
-    the log-density (and gradient) a state caches, keeping its position and adaptation, for a
-    chain whose target has changed (θ moved in a training loop: CD, PCD, MLE).
+    sample statistics named as ArviZ names them; ``refresh(state, logdensity_fn, position=None)``
+    re-evaluates the log-density (and gradient) a state caches, keeping its adaptation, at
+    ``position`` (default: the state's own), for a chain whose target has changed (θ moved in a
+    training loop: CD, PCD, MLE) or that is handed another point (parallel tempering's swaps).
     ``get_step_size(state)`` and ``set_step_size(state, value)`` read and write the step size of
     a sampler that has one (None otherwise).
     """

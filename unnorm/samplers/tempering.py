@@ -243,25 +243,6 @@ def _prepare(model, params, tuning: dict) -> dict:
     return tuning
 
 
-def _replace_position(kernel: Kernel, state, position):
-    """``state`` with its position replaced by ``position``.
-
-    The Kernel contract reads a position (``kernel.position``) but has no setter. Every kernel's
-    position is one leaf of its state (``state.position``, ``state.kernel.position``, NumPyro's
-    ``state.z``): it is found by reading the position of a copy of the state whose leaves are
-    their own indices (plain Python, at trace time)."""
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    try:
-        index = kernel.position(jax.tree_util.tree_unflatten(treedef, list(range(len(leaves)))))
-    except (AttributeError, TypeError, IndexError, ValueError):
-        index = None
-    if not isinstance(index, int):
-        raise TypeError(f"sampler {_NAME!r} cannot exchange the positions of base "
-                        f"{kernel.name!r}: its position(state) is not one leaf of its state.")
-    leaves[index] = position
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
 # ---- the kernel --------------------------------------------------------------------------------
 
 def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
@@ -311,9 +292,9 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
         # step's Metropolis ratios compare two points under one target. Every replica is
         # refreshed: those that kept their position recompute the same values, and under vmap
         # a select would compute both branches anyway.
-        replicas = _replace_position(base, replicas, positions[order])
-        replicas = each_replica(lambda s, beta: base.refresh(s, tempered(logdensity_fn, beta)),
-                                replicas)
+        replicas = each_replica(
+            lambda s, u, beta: base.refresh(s, tempered(logdensity_fn, beta), u),
+            replicas, positions[order])
         info = TemperingInfo(
             acceptance_rate=infos.acceptance_rate[0],
             is_divergent=jnp.any(infos.is_divergent),
@@ -335,9 +316,14 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
             out["replica_step_size"] = base.get_step_size(state.replicas)
         return out
 
-    def refresh(state: TemperingState, logdensity_fn) -> TemperingState:
+    def refresh(state: TemperingState, logdensity_fn, position=None) -> TemperingState:
+        positions = jax.vmap(base.position)(state.replicas)
+        if position is not None:
+            # the point is the cold replica's; the hot ones keep theirs
+            positions = positions.at[0].set(position)
         return state._replace(replicas=each_replica(
-            lambda s, beta: base.refresh(s, tempered(logdensity_fn, beta)), state.replicas))
+            lambda s, u, beta: base.refresh(s, tempered(logdensity_fn, beta), u),
+            state.replicas, positions))
 
     get_step_size = set_step_size = None
     if base.get_step_size is not None:
