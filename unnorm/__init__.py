@@ -23,7 +23,7 @@ from .diagnostics import ConvergenceWarning
 from .driver import FitError, fit
 from .model import Model, model, param
 from .partition import LogPartition, log_partition
-from .result import FitResult
+from .result import FitResult, load_fit
 from .samplers import sample
 from .stein import KSDTest, ksd_test
 
@@ -43,6 +43,7 @@ __all__ = [
     "fit",
     "from_netcdf",
     "ksd_test",
+    "load_fit",
     "log_partition",
     "model",
     "models",

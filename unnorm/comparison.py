@@ -139,7 +139,11 @@ def compare(
         table.insert(0, "estimator", label)
         table["time_s"] = result.wall_time
         if truth_flat is not None:
-            table["error"] = table["estimate"].to_numpy() - truth_flat
+            # the model's parameters come first; an estimator's nuisance rows (NCE's log_z)
+            # have no truth
+            error = np.full(len(table), np.nan)
+            error[:truth_flat.size] = table["estimate"].to_numpy()[:truth_flat.size] - truth_flat
+            table["error"] = error
         tables.append(table)
     out = pd.concat(tables, ignore_index=True)
     out = out[COLUMNS + (["error"] if truth_flat is not None else [])]

@@ -32,7 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, _xla, solvers, threefry
+from . import _checks, _xla, intervals, solvers, threefry
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, format_params
 from .result import FitResult
@@ -354,9 +354,10 @@ def fit(
                                  in_constrained=(stages == ["closed form"]))
         stages.append("sandwich")
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
-    se_tree = nuisance_se = None
+    se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
         covariance = np.asarray(covariance, dtype=float)
+        interval_grid = _interval_grid(model, objective, fitted, covariance)
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
         num_model = int(ravel_pytree(params)[0].size)
         se_tree = _unravel_numpy(params, se_flat[:num_model])
@@ -381,6 +382,7 @@ def fit(
         nuisance=None if nuisance is None else jax.tree_util.tree_map(np.asarray, nuisance),
         nuisance_stderr=nuisance_se,
         stages=tuple(stages),
+        interval_grid=interval_grid,
     )
 
 
@@ -500,6 +502,26 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
         return cov
     jacobian = solvers.constrained_jacobian(flat, template, model=model, objective=objective)
     return delta_method(jacobian, cov)
+
+
+def _interval_grid(model: Model, objective: Objective, fitted, covariance: np.ndarray):
+    """The endpoints of the intervals that respect the constraints (:mod:`unnorm.intervals`)
+    from the covariance of the flattened constrained parameters (nuisance ones last); None
+    where the covariance is not finite."""
+    if not np.all(np.isfinite(covariance)):
+        return None
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    theta_u = _initial_theta(model, params, nuisance)
+    flat_u, _ = ravel_pytree(theta_u)
+    jacobian = solvers.constrained_jacobian(flat_u, theta_u, model=model, objective=objective)
+    cov_u = intervals.unconstrained_covariance(np.asarray(jacobian), covariance)
+    # a constraint of event_dim 0 (real, positive, an interval) maps each entry on its own
+    elementwise = [np.full(int(np.size(leaf)), model.constraints[path[0].key].event_dim == 0)
+                   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if nuisance is not None:
+        elementwise.append(np.ones(int(ravel_pytree(nuisance)[0].size), bool))
+    return intervals.endpoint_grid(lambda theta: objective_params(model, objective, theta),
+                                   theta_u, cov_u, np.concatenate(elementwise))
 
 
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
