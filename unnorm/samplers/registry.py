@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from . import gibbs, hmc, langevin, rwmh, tempering
+from . import annealed_langevin, gibbs, hmc, langevin, rwmh, tempering
 from .spec import Kernel, SamplerSpec
 
 __all__ = ["SAMPLERS", "SamplerSpec", "build_kernel", "build_sampler", "check_sampler",
@@ -21,6 +21,7 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
     hmc.HMC,
     langevin.MALA,
     langevin.ULA,
+    annealed_langevin.ANNEALED_LANGEVIN,
     rwmh.RWMH,
     gibbs.GIBBS,
     tempering.TEMPERING,

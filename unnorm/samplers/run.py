@@ -209,7 +209,8 @@ def sample(
         ``jax.random.key(seed)``; the same key gives identical draws.
     sampler : str
         ``"nuts"``, ``"hmc"`` (NumPyro), ``"mala"``, ``"langevin"`` (unadjusted, seed 004 eq. 6),
-        ``"rwmh"`` for continuous supports; ``"gibbs"`` for binary and spin supports.
+        ``"rwmh"`` for continuous supports; ``"annealed_langevin"`` (Song & Ermon 2019) for
+        noise-conditional energies on real supports; ``"gibbs"`` for binary and spin supports.
     num_chains, num_warmup, num_samples, thinning : int
         Chains (run vectorized), warmup steps per chain (adaptation; discarded, never thinned),
         draws kept per chain, and steps per kept draw.
