@@ -193,8 +193,8 @@ def test_energy_must_be_noise_conditional():
 
 
 def test_chain_estimators_get_the_same_message():
-    """CD builds its kernel without the sampler's model check; the energy's missing sigma is
-    still reported as such, not as a TypeError from inside the trace."""
+    """CD checks its sampler against the model as un.sample does (the spec's check): the
+    energy's missing sigma is reported before anything is traced."""
     x = np.random.default_rng(0).normal(size=(50, 2))
     with pytest.raises(ValueError, match=r"needs a noise-conditional energy"):
         un.fit(un.models.gaussian(2), x, un.estimators.CD(sampler="annealed_langevin"),

@@ -87,7 +87,7 @@ def _default_sampler(model: Model, preferred: str) -> str:
 
 
 def _sampler_spec(estimator, model: Model, sampler: str):
-    spec = check_sampler(sampler, model.support, where=f"estimator {estimator.name!r}: ")
+    spec = check_sampler(sampler, model, where=f"estimator {estimator.name!r}: ")
     check_step_options(spec, step_size=estimator.step_size)
     return spec
 
@@ -182,7 +182,7 @@ def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmu
     the standard errors."""
     return sample(model, params, key=key, sampler=sampler, num_chains=chains,
                   num_warmup=num_warmup, num_samples=num_samples,
-                  thinning=check_sampler(sampler, model.support).thinning, init=init,
+                  thinning=check_sampler(sampler, model).thinning, init=init,
                   progress_bar=progress_bar)
 
 

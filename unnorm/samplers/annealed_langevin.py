@@ -269,15 +269,20 @@ def _not_noise_conditional(what: str) -> ValueError:
         f"{what} takes no 'sigma'. Use sampler='mala' or 'nuts' for it.")
 
 
-def _prepare(model, params, tuning: dict) -> dict:
-    """The model-dependent checks: a noise-conditional energy on a real support. The ladder is
-    resolved here too, so a bad combination of options is reported before anything compiles."""
+def _check(model) -> None:
+    """A noise-conditional energy on a real support (run for un.sample and the chain
+    estimators alike, before anything compiles)."""
     if not model.noise_conditional:
         raise _not_noise_conditional(f"the energy of model {model.name!r}")
     if model.support.kind != "real":
         raise ValueError(
             f"sampler 'annealed_langevin' needs a real support: its noise levels are Gaussian "
             f"noise in x, which leaves the model's support {model.support!r}.")
+
+
+def _prepare(model, params, tuning: dict) -> dict:
+    """The ladder, resolved before building, so a bad combination of options is reported before
+    anything compiles."""
     return {**tuning, "sigmas": ladder(tuning), **dict.fromkeys(_LADDER_OPTIONS)}
 
 
@@ -289,15 +294,7 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
                  else float(tuning["step_size"]))
 
     def kernel_init(position, logdensity_fn, key):
-        try:
-            return init(position, logdensity_fn, sigma_min, step_size)
-        except TypeError as err:
-            # The chain estimators (CD, PCD, MLE) build kernels without the spec's prepare, so
-            # an energy without a sigma keyword first fails here, while tracing, with Python's
-            # "unexpected keyword argument 'sigma'": the same message as prepare's instead.
-            if "'sigma'" not in str(err):
-                raise
-            raise _not_noise_conditional("the energy") from err
+        return init(position, logdensity_fn, sigma_min, step_size)
 
     def kernel_step(key, state, logdensity_fn, warmup=False):
         def skip(key, state):
@@ -318,9 +315,10 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
             "step_size": state.step_size,
         }
 
-    def refresh(state, logdensity_fn):
-        return state._replace(logdensity=logdensity_fn(
-            state.position, jnp.asarray(sigma_min, state.position.dtype)))
+    def refresh(state, logdensity_fn, position=None):
+        position = state.position if position is None else position
+        return state._replace(position=position, logdensity=logdensity_fn(
+            position, jnp.asarray(sigma_min, position.dtype)))
 
     return Kernel(
         "annealed_langevin", False, True, kernel_init, kernel_step, lambda state: state,
@@ -342,4 +340,5 @@ ANNEALED_LANGEVIN = SamplerSpec(
     name="annealed_langevin",
     description="annealed Langevin dynamics (noise-conditional energies)",
     discrete=False, uses_gradient=True, defaults=_DEFAULTS, checks=_CHECKS, build=_kernel,
-    has_step_size=True, thinning=1, divergence_advice=_ADVICE, prepare=_prepare)
+    has_step_size=True, thinning=1, divergence_advice=_ADVICE, prepare=_prepare,
+    check=_check)

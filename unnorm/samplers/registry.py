@@ -39,9 +39,11 @@ def _alternatives(names: list[str]) -> str:
     return " or ".join(repr(name) for name in names)
 
 
-def check_sampler(sampler, support, where: str = "") -> SamplerSpec:
-    """The spec of ``sampler`` after checking that it exists and fits ``support``; ``where``
-    names the caller in the messages (e.g. ``"estimator 'pcd': "``)."""
+def check_sampler(sampler, model, where: str = "") -> SamplerSpec:
+    """The spec of ``sampler`` after checking that it exists and can sample ``model`` (its
+    support's kind, and the spec's own ``check``); ``where`` names the caller in the messages
+    (e.g. ``"estimator 'pcd': "``)."""
+    support = model.support
     spec = SAMPLERS.get(sampler) if isinstance(sampler, str) else None
     if spec is None:
         raise ValueError(f"{where}unknown sampler {sampler!r}; choose one of "
@@ -55,6 +57,8 @@ def check_sampler(sampler, support, where: str = "") -> SamplerSpec:
         raise ValueError(
             f"{where}sampler {sampler!r} does not apply to the model's support {support!r}: "
             f"{sampler!r} works on binary and spin supports only; use {valid}.")
+    if spec.check is not None:
+        spec.check(model)
     return spec
 
 

@@ -262,7 +262,7 @@ def sample(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     params = model.params if params is None else model.check_params(params)
     key = _checks.check_key(key)
-    sampler_spec = check_sampler(sampler, model.support)
+    sampler_spec = check_sampler(sampler, model)
     num_chains = _checks.check_int(num_chains, "num_chains", 1)
     _checks.check_choice(chain_method, "chain_method", chain_groups.CHAIN_METHODS)
     num_samples = _checks.check_int(num_samples, "num_samples", 1)

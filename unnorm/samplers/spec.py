@@ -94,6 +94,10 @@ class SamplerSpec:
     prepare : callable, optional
         ``prepare(model, params, tuning) -> tuning``: options that depend on the model, resolved
         in plain Python before building (Gibbs' scan order and colouring).
+    check : callable, optional
+        ``check(model)`` raises a ``ValueError`` when the sampler cannot sample this model
+        beyond its support's kind (annealed Langevin needs a noise-conditional energy); run by
+        :func:`unnorm.samplers.check_sampler` for ``un.sample`` and the chain estimators alike.
     """
 
     name: str
@@ -107,6 +111,7 @@ class SamplerSpec:
     thinning: int = 1
     divergence_advice: str = LOCAL_DIVERGENCE_ADVICE
     prepare: Callable | None = None
+    check: Callable | None = None
 
 
 def _check_unroll(value, name: str) -> int | bool:

@@ -232,6 +232,8 @@ def _prepare(model, params, tuning: dict) -> dict:
     registry = _registry()
     tuning = dict(tuning)
     spec = _base_spec(registry, tuning, model.support.is_discrete, model.support)
+    if spec.check is not None:
+        spec.check(model)
     base = _base_tuning(registry, spec, tuning)
     if spec.prepare is not None:
         # Tempering scales the log-density by β > 0: the interaction graph Gibbs colours, and
