@@ -22,6 +22,7 @@ __all__ = [
     "to_inference_data",
     "to_netcdf",
     "rhat_and_ess",
+    "pareto_khat",
 ]
 
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
@@ -30,6 +31,11 @@ if ARVIZ_MAJOR >= 1:
     from arviz_base import make_attrs as _make_attrs
 
     InferenceData = xr.DataTree
+
+    def _psislw(log_weights: np.ndarray):
+        from arviz_stats.base import array_stats
+
+        return array_stats.psislw(log_weights)
 
     def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
         return _make_attrs(dict(attrs or {}), sample_dims=("chain", "draw"))
@@ -40,6 +46,9 @@ else:
     from arviz.data.base import make_attrs as _make_attrs
 
     InferenceData = az.InferenceData
+
+    def _psislw(log_weights: np.ndarray):
+        return az.psislw(log_weights)
 
     def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
         return _make_attrs(dict(attrs or {}))
@@ -112,3 +121,11 @@ def to_netcdf(idata, path) -> None:
 def from_netcdf(path):
     """Read what :func:`to_netcdf` wrote, as the installed ArviZ's InferenceData."""
     return az.from_netcdf(str(path))
+
+
+def pareto_khat(log_weights: np.ndarray) -> float:
+    """The Pareto k̂ of importance log-weights (Vehtari, Simpson, Gelman, Yao & Gabry 2024,
+    PSIS), by the installed ArviZ line's own PSIS: above 0.7 the weights' variance is too heavy
+    for their mean to be trusted."""
+    _, khat = _psislw(np.asarray(log_weights, dtype=float))
+    return float(khat)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _checks, threefry
+from ._compat import pareto_khat
 from .model import Model, format_params
 from .samplers import chains as chain_runner
 from .samplers import langevin
 from .samplers.registry import build_sampler
 from .samplers.target import unconstrained_logdensity
 
-__all__ = ["annealed_log_partition"]
+__all__ = ["AISRun", "AISSummary", "annealed_log_partition", "summarize"]
 
 # Sigmoid schedule's steepness (Grosse, Ghahramani & Adams 2015 use δ = 4).
 _SIGMOID_DELTA = 4.0
@@ -72,11 +74,19 @@ def _base_array(value, name: str, support, default: float, positive: bool) -> np
     return np.broadcast_to(arr, shape).copy()
 
 
+class AISRun(NamedTuple):
+    """One annealing run: every chain's final log-weight and the base's ``log Z0``."""
+
+    log_weights: np.ndarray
+    log_z0: float
+
+
 def annealed_log_partition(model: Model, params, key, *, num_chains, num_temperatures,
                            num_mcmc_steps, step_size, adapt_step_size, target_accept, base_loc,
-                           base_scale, progress_bar) -> tuple[float, float, float]:
-    """AIS estimate of log Z (see :func:`unnorm.log_partition`, ``method=\"ais\"``): returns
-    ``(estimate, stderr, ess)``. Arguments are checked here; ``params`` already are."""
+                           base_scale, progress_bar) -> AISRun:
+    """One AIS run towards log Z (see :func:`unnorm.log_partition`, ``method=\"ais\"``); the
+    weights are summarized by :func:`summarize`. Arguments are checked here; ``params``
+    already are."""
     support = model.support
     num_chains = _checks.check_int(num_chains, "num_chains", 1)
     num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2)
@@ -153,7 +163,7 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
                 bar.update(min(length, num_steps - start))
                 bar.set_postfix({stat_name: f"{float(jnp.mean(stat)):.2f}"})
     log_weights = carry[2] if support.is_discrete else carry[0][3]
-    return _summarize(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0)
+    return AISRun(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0)
 
 
 def _check_start(model: Model, params, log_f: np.ndarray) -> None:
@@ -168,9 +178,21 @@ def _check_start(model: Model, params, log_f: np.ndarray) -> None:
         )
 
 
-def _summarize(log_weights: np.ndarray, log_z0: float) -> tuple[float, float, float]:
-    """logmeanexp of the weights, the delta-method standard error and the ESS, all computed on
-    w / max(w) so that nothing overflows."""
+class AISSummary(NamedTuple):
+    """log Z from the weights: ``estimate`` (logmeanexp plus log Z0), the delta-method
+    ``stderr``, the effective sample size ``ess`` and the Pareto ``khat`` of the log-weights
+    kept."""
+
+    estimate: float
+    stderr: float
+    ess: float
+    khat: float
+    num_kept: int
+
+
+def summarize(log_weights: np.ndarray, log_z0: float) -> AISSummary:
+    """logmeanexp of the weights, the delta-method standard error, the ESS and the Pareto k̂,
+    computed on w / max(w) so that nothing overflows."""
     total = log_weights.size
     dropped = np.isnan(log_weights) | (log_weights == np.inf)
     kept = log_weights[~dropped]
@@ -198,7 +220,10 @@ def _summarize(log_weights: np.ndarray, log_z0: float) -> tuple[float, float, fl
     n = w.size
     stderr = float(np.std(w, ddof=1)) / (math.sqrt(n) * mean) if n > 1 else math.inf
     ess = float(np.sum(w) ** 2 / np.sum(w**2))
-    return float(estimate), float(stderr), ess
+    finite = kept[np.isfinite(kept)]
+    # PSIS needs a tail to fit: with few weights k̂ is not defined
+    khat = pareto_khat(finite) if finite.size >= 10 else math.nan
+    return AISSummary(float(estimate), float(stderr), ess, khat, int(n))
 
 
 def _log_base(u, loc, scale):

@@ -25,6 +25,7 @@ Example
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -32,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .ais import annealed_log_partition
+from .ais import annealed_log_partition, summarize
+from .diagnostics import ConvergenceWarning
 from .model import Model
 
 __all__ = ["LogPartition", "log_partition", "METHODS", "MAX_EXACT_UNITS"]
@@ -43,13 +45,29 @@ _CHUNK = 2**14
 
 
 class LogPartition(NamedTuple):
-    """An estimate of ``log Z`` with its standard error (0.0 for exact enumeration), and for
-    ``method="ais"`` the effective sample size of the importance weights (None for exact)."""
+    """An estimate of ``log Z`` with its standard error (0.0 for exact enumeration); for
+    ``method="ais"`` also the effective sample size of the importance weights, their Pareto
+    ``pareto_k`` (PSIS) and the number of independent runs pooled (None for exact)."""
 
     estimate: float
     stderr: float
     method: str
     ess: float | None = None
+    pareto_k: float | None = None
+    num_replicates: int | None = None
+
+
+#: AIS weights with a Pareto k̂ above ``min(1 - 1/log10(S), 0.7)`` for S weights have too heavy
+#: a tail for their mean or its standard error to be trusted (Vehtari, Simpson, Gelman, Yao &
+#: Gabry 2024, PSIS, §3: the threshold falls with the sample size, 0.45 for 64 weights)
+PARETO_K_THRESHOLD = 0.7
+
+
+def pareto_k_threshold(num_weights: int) -> float:
+    """The sample-size-dependent k̂ threshold of Vehtari et al. (2024)."""
+    return min(1.0 - 1.0 / np.log10(max(num_weights, 11)), PARETO_K_THRESHOLD)
+#: ... or an effective sample size below this fraction of the chains
+MIN_ESS_FRACTION = 0.1
 
 
 @functools.partial(jax.jit, static_argnames=("model", "size", "total"))
@@ -73,6 +91,7 @@ def log_partition(
     max_units: int = MAX_EXACT_UNITS,
     num_chains: int = 256,
     num_temperatures: int = 1000,
+    num_replicates: int = 1,
     num_mcmc_steps: int = 1,
     step_size: float | None = None,
     adapt_step_size: bool = True,
@@ -127,6 +146,12 @@ def log_partition(
     num_temperatures : int
         ``"ais"``: number of β values including 0 and 1 (default 1000, at least 2; with 2,
         AIS is plain importance sampling from the base).
+    num_replicates : int
+        ``"ais"``: independent runs of ``num_chains`` chains each (keys ``fold_in(key, r)``);
+        the estimate pools every chain's weight, and with 2 or more runs the standard error is
+        the spread of the runs' estimates, ``sd / √num_replicates``, which stays honest when
+        the weights are too heavy-tailed for the delta method (default 1: one run, the
+        delta-method standard error).
     num_mcmc_steps : int
         ``"ais"``: MALA steps or Gibbs sweeps per intermediate temperature (default 1).
     step_size : float, optional
@@ -156,8 +181,11 @@ def log_partition(
         ``estimate`` (float), ``stderr`` (0.0 for exact), ``method``, and ``ess`` (``"ais"``:
         effective sample size ``(Σw)² / Σw²`` of the weights; None for exact). The AIS
         ``stderr`` is the delta-method ``sd(w) / (√N mean(w))``, ``N`` the chains kept; it is
-        ``inf`` when only one chain is kept. It is unreliable when a few weights dominate:
-        check that ``ess`` is a sizeable fraction of ``num_chains``.
+        ``inf`` when only one chain is kept. It is unreliable when a few weights dominate, which
+        ``pareto_k`` (the Pareto k̂ of the log-weights, ArviZ's PSIS) and ``ess`` show: a
+        :class:`~unnorm.diagnostics.ConvergenceWarning` says so when k̂ exceeds
+        ``min(1 - 1/log10 S, 0.7)`` for S weights (Vehtari et al. 2024; 0.45 for 64 chains, 0.58
+        for 256) or the ESS is under 10% of the chains. ``num_replicates`` records the runs pooled.
 
     Raises
     ------
@@ -173,6 +201,10 @@ def log_partition(
         ``"ais"``: some chains ended with a NaN or +inf log-weight (an energy NaN or -inf on
         their path); they are dropped and the estimate uses the others. A log-weight of -inf
         (an energy of +inf) is a weight of zero and is kept.
+    ConvergenceWarning
+        ``"ais"``: the weights are heavy-tailed (Pareto k̂ above its threshold, or ESS under
+        10% of the chains): the delta-method standard error understates the error (an
+        improper density gives such weights too).
 
     Examples
     --------
@@ -204,13 +236,47 @@ def log_partition(
                 "method='ais' draws random numbers and needs key=, a JAX PRNG key such as "
                 "jax.random.key(0) (the same key gives the same estimate); got key=None."
             )
-        estimate, stderr, ess = annealed_log_partition(
-            model, params, key, num_chains=num_chains, num_temperatures=num_temperatures,
+        num_replicates = _checks.check_int(num_replicates, "num_replicates", 1)
+        runs = [annealed_log_partition(
+            model, params, key if num_replicates == 1 else jax.random.fold_in(key, replicate),
+            num_chains=num_chains, num_temperatures=num_temperatures,
             num_mcmc_steps=num_mcmc_steps, step_size=step_size,
             adapt_step_size=adapt_step_size, target_accept=target_accept, base_loc=base_loc,
             base_scale=base_scale, progress_bar=progress_bar)
-        return LogPartition(estimate, stderr, "ais", ess)
+            for replicate in range(num_replicates)]
+        pooled = summarize(np.concatenate([run.log_weights for run in runs]), runs[0].log_z0)
+        stderr = pooled.stderr
+        if num_replicates > 1:
+            # the spread of independent runs: honest where the weights' own variance is not
+            per_run = [summarize(run.log_weights, run.log_z0).estimate for run in runs]
+            stderr = float(np.std(per_run, ddof=1) / np.sqrt(num_replicates))
+        _warn_heavy_weights(pooled, num_replicates)
+        return LogPartition(pooled.estimate, stderr, "ais", pooled.ess, pooled.khat,
+                            num_replicates)
     return _exact(model, params, _checks.check_int(max_units, "max_units", 1))
+
+
+def _warn_heavy_weights(summary, num_replicates: int) -> None:
+    """A :class:`~unnorm.diagnostics.ConvergenceWarning` when the weights' tail is too heavy
+    for the delta-method standard error."""
+    threshold = pareto_k_threshold(summary.num_kept)
+    heavy = summary.khat > threshold
+    few = summary.ess < MIN_ESS_FRACTION * summary.num_kept
+    if not (heavy or few):
+        return
+    remedy = ("the standard error comes from the spread of the independent runs, but the "
+              "estimate itself may still be biased low" if num_replicates > 1 else
+              "its standard error understates the error and the estimate may be biased low; "
+              "pass num_replicates=10 (or more) for a standard error from the spread of "
+              "independent runs")
+    warnings.warn(
+        f"method='ais': the importance weights are heavy-tailed (Pareto k̂ = "
+        f"{summary.khat:.2f}, threshold {threshold:.2f} for {summary.num_kept} weights; "
+        "effective sample size "
+        f"{summary.ess:.1f} of {summary.num_kept} chains, "
+        f"{summary.ess / summary.num_kept:.0%}): {remedy}. Raise num_temperatures (or "
+        "num_mcmc_steps) so the chains stay near each intermediate distribution.",
+        ConvergenceWarning, stacklevel=3)
 
 
 def _exact(model: Model, params, max_units: int) -> LogPartition:
