@@ -93,3 +93,37 @@ def test_nce_rejects_bad_noise():
         un.fit(un.models.gaussian(2), x,
                un.estimators.NCE(noise=dist.Normal(jnp.zeros(3), 1.0).to_event(1)),
                key=jax.random.key(0), progress_bar=False)
+
+
+def _standard_normal_nce(seed: int, n: int = 4000, nu: float = 4.0):
+    x = np.random.default_rng(seed).normal(size=(n, 1))
+    return un.fit(un.models.gaussian(1), x, un.estimators.NCE(nu=nu), key=jax.random.key(seed),
+                  progress_bar=False)
+
+
+def test_nce_precision_and_log_z_standard_errors_on_a_standard_normal():
+    # with the noise fitted to the data, noise and data distributions coincide asymptotically,
+    # and NCE's variance is (1 + 1/ν) times the MLE's (Gutmann & Hyvärinen 2012, the case of
+    # noise equal to the data distribution):
+    # the MLE's of a unit precision is 2/n
+    n, nu = 4000, 4.0
+    fit = _standard_normal_nce(seed=11, n=n, nu=nu)
+    expected = np.sqrt((1 + 1 / nu) * 2 / n)
+    assert fit.stderr["prec"][0, 0] == pytest.approx(expected, rel=0.2)
+    z = (fit.nuisance["log_z"] - 0.5 * np.log(2 * np.pi)) / fit.nuisance_stderr["log_z"]
+    assert abs(z) < 4
+    assert fit.summary().loc["log_z", "std_err"] == pytest.approx(
+        float(fit.nuisance_stderr["log_z"]))
+
+
+@pytest.mark.slow
+def test_nce_log_z_standard_error_matches_its_monte_carlo_spread():
+    # 200 data sets: the Monte Carlo SD of log Ẑ has a relative standard error of 1/√400 = 5%,
+    # well inside the 25% window
+    fits = [_standard_normal_nce(seed) for seed in range(200)]
+    estimates = np.array([float(f.nuisance["log_z"]) for f in fits])
+    ses = np.array([float(f.nuisance_stderr["log_z"]) for f in fits])
+    assert np.mean(ses) == pytest.approx(np.std(estimates, ddof=1), rel=0.25)
+    # and the estimates centre on the truth, within 4 standard errors of their mean
+    truth = 0.5 * np.log(2 * np.pi)
+    assert abs(np.mean(estimates) - truth) < 4 * np.std(estimates, ddof=1) / np.sqrt(200)
