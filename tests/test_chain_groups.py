@@ -172,3 +172,26 @@ def _affinity() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@pytest.mark.parametrize("sampler, model", [
+    ("rwmh", un.models.gaussian(3)),
+    ("gibbs", un.models.ising_chain(6, coupling=0.4)),
+], ids=["rwmh", "gibbs"])
+def test_a_chains_draws_do_not_depend_on_how_many_run_beside_it(sampler, model):
+    # chain c's keys and starting point come from fold_in(key, c) and the c-th child seed:
+    # the first 2 chains of a 5-chain run are a 2-chain run, bit for bit, in groups or not
+    options = dict(key=jax.random.key(7), sampler=sampler, num_warmup=50, num_samples=40,
+                   progress_bar=False, warn=False)
+    two = un.sample(model, num_chains=2, chain_method="vectorized", **options)
+    five = un.sample(model, num_chains=5, chain_method="parallel", **options)
+    np.testing.assert_array_equal(np.asarray(five.posterior["x"])[:2],
+                                  np.asarray(two.posterior["x"]))
+
+
+def test_starting_points_do_not_depend_on_the_number_of_chains():
+    support = un.supports.positive(3)
+    few = support.initial_unconstrained(jax.random.key(1), 2)
+    many = support.initial_unconstrained(jax.random.key(1), 6)
+    np.testing.assert_array_equal(many[:2], few)
+    assert np.all(np.abs(many) <= 2.0) and len(np.unique(many)) == many.size

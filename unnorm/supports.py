@@ -204,6 +204,8 @@ class Support:
         coordinate uniformly from its values. The draw is NumPy's, seeded from the key's data:
         a handful of numbers needs no compiled generator (which costs a first call of
         ``un.sample`` about 0.3 s of compilation), and the same key gives the same points.
+        Chain ``c`` draws from the ``c``-th child of the key's seed sequence, so its point does
+        not depend on ``num_chains``.
 
         Examples
         --------
@@ -211,12 +213,14 @@ class Support:
         >>> un.supports.positive(2).initial_unconstrained(jax.random.key(0), 3).shape
         (3, 2)
         """
-        shape = (num_chains, *self.event_shape)
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+        seeds = np.random.SeedSequence(np.asarray(jax.random.key_data(key)).ravel()).spawn(
+            num_chains)
+        rows = [np.random.default_rng(seed).random(self.event_shape) for seed in seeds]
+        uniform = np.stack(rows) if rows else np.zeros((0, *self.event_shape))
         if self.is_discrete:
             lo, hi = self.values
-            return np.where(rng.random(shape) < 0.5, hi, lo).astype(float)
-        return rng.uniform(-2.0, 2.0, shape)
+            return np.where(uniform < 0.5, hi, lo).astype(float)
+        return -2.0 + 4.0 * uniform
 
     def initial_positions(self, key, num_chains: int) -> jax.Array:
         """Dispersed starting points on the support, shape ``(num_chains, *event_shape)``:

@@ -47,9 +47,10 @@ def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
     samplers, its gradient) are finite at the start; ``groups`` holds per chain group
     ``(states, warmup_keys, sampling_keys)``."""
     num_chains = layout.num_chains
-    # one split for every key (each split is a generator call, compiled in full)
-    keys = jax.random.split(key, 3 * num_chains)
-    chain_keys, warmup_keys, sampling_keys = keys.reshape(3, num_chains, *keys.shape[1:])
+    # chain c's keys come from fold_in(key, c) alone: its draws do not depend on num_chains
+    keys = jax.vmap(lambda c: jax.random.split(jax.random.fold_in(key, c), 3))(
+        jnp.arange(num_chains))
+    chain_keys, warmup_keys, sampling_keys = (keys[:, i] for i in range(3))
     support = model.support
     if positions is None:
         positions = unconstrained if support.is_discrete else support.transform(unconstrained)
