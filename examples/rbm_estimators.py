@@ -1,6 +1,7 @@
 """Fitting a Bernoulli RBM with several estimators, judged by the exact log-likelihood.
 
-The visible units of an RBM follow p(v) ∝ exp(-F(v)) with the free energy F (seed 001), so
+The visible units of an RBM follow p(v) ∝ exp(-F(v)) with the free energy F (Beigy, lecture slides
+on energy-based models), so
 every estimator for binary data applies. The hidden units can be permuted without changing
 p(v), so the fits are compared through the density: with 8 visible units, log Z is exact
 (2^8 terms) and so is the average log-likelihood.

@@ -1,4 +1,5 @@
-"""The normalizing constant ``log Z(θ) = log ∫ exp(-E(x; θ)) dx`` (seed 004, eq. 2; a sum over a
+"""The normalizing constant ``log Z(θ) = log ∫ exp(-E(x; θ)) dx`` (Song & Kingma 2021, eq. 2; a sum
+over a
 discrete support).
 
 ``method="exact"`` enumerates every configuration of a binary or spin support in chunks of
@@ -15,7 +16,7 @@ Example
 -------
 >>> import jax.numpy as jnp
 >>> import unnorm as un
->>> # seed 001's three-unit example: H = -x1x2 - x1x3 + 2 x2x3 + x2, Z = 172.420
+>>> # the three-unit example of Beigy's lecture slides: H = -x1x2 - x1x3 + 2 x2x3 + x2, Z = 172.420
 >>> model = un.models.ising(J=jnp.array([-1.0, -1.0, 2.0]), h=jnp.array([0.0, 1.0, 0.0]))
 >>> lz = un.log_partition(model, model.params, method="exact")
 >>> round(float(jnp.exp(lz.estimate)), 2)
@@ -100,7 +101,8 @@ def log_partition(
     base_scale=None,
     progress_bar: bool = True,
 ) -> LogPartition:
-    r"""Log normalizing constant ``log Z(θ)`` of ``p(x; θ) ∝ exp(-E(x; θ))`` (seed 004, eq. 2).
+    r"""Log normalizing constant ``log Z(θ)`` of ``p(x; θ) ∝ exp(-E(x; θ))`` (Song & Kingma 2021,
+    eq. 2).
 
     ``method="exact"`` enumerates a binary or spin support. ``method="ais"`` is annealed
     importance sampling (Neal 2001) for any support. Each of ``num_chains`` independent chains
@@ -155,7 +157,8 @@ def log_partition(
     num_mcmc_steps : int
         ``"ais"``: MALA steps or Gibbs sweeps per intermediate temperature (default 1).
     step_size : float, optional
-        ``"ais"``, continuous supports: MALA's ε (seed 004, eq. 6) at the first temperature;
+        ``"ais"``, continuous supports: MALA's ε (Song & Kingma 2021, eq. 6) at the first
+        temperature;
         default ``min(base_scale) · d^(-1/6)``, the scaling of the optimal ε on a Gaussian.
     adapt_step_size : bool
         ``"ais"``, continuous supports: after each temperature, multiply ε by

@@ -1,6 +1,6 @@
 """The kernel Stein discrepancy (KSD) and the KSD goodness-of-fit test :func:`ksd_test`.
 
-The Stein discrepancy of seed 004, eq. 30, is
+The Stein discrepancy of Song & Kingma 2021, eq. 30, is
 
     D(q ‖ p) = sup_{f ∈ F} E_{x~q}[ s_p(x)ᵀ f(x) + tr ∇ₓf(x) ],   s_p = ∇ₓ log p = -∇ₓE,
 
@@ -166,7 +166,8 @@ def ksd(
     """The U-statistic estimate ``Û`` of the squared kernel Stein discrepancy KSD²(data ‖ p).
 
     ``Û = Σ_{i≠j} u_p(x_i, x_j) / (n(n-1))`` with the Stein kernel ``u_p`` of the module
-    docstring (the kernelized form of the Stein discrepancy, seed 004 eq. 30; Liu, Lee & Jordan
+    docstring (the kernelized form of the Stein discrepancy, Song & Kingma 2021, eq. 30; Liu, Lee &
+    Jordan
     2016; Chwialkowski, Strathmann & Gretton 2016). It is unbiased for KSD² ≥ 0, which is 0 if
     and only if the data distribution is ``p(·; params)`` (for the IMQ kernel and p with a
     Lipschitz, distantly dissipative score, Gorham & Mackey 2017); ``Û`` itself may be slightly
@@ -241,7 +242,8 @@ def ksd_test(
     """Kernel Stein discrepancy goodness-of-fit test of H0: data ~ p(·; params), i.i.d.
 
     **Statistic.** ``T = n·Û = Σ_{i≠j} u_p(x_i, x_j) / (n - 1)``, with ``Û`` the U-statistic
-    estimate of KSD² (:func:`ksd`; seed 004 eq. 30 kernelized as in Liu, Lee & Jordan 2016 and
+    estimate of KSD² (:func:`ksd`; Song & Kingma 2021, eq. 30 kernelized as in Liu, Lee & Jordan
+    2016 and
     Chwialkowski, Strathmann & Gretton 2016). Under H0, ``E u_p(x, ·) = 0`` (the Stein identity),
     ``Û`` is a degenerate U-statistic and ``T`` converges to ``Σ_k λ_k (Z_k² - 1)``; under an
     alternative ``T`` grows like ``n·KSD²``.

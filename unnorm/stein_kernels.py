@@ -3,7 +3,8 @@
 in θ through ``s(x; θ)``), for the model-level calls of :mod:`unnorm.stein` and for estimators
 that minimize the KSD (:class:`unnorm.estimators.KSD`).
 
-With the score ``s = ∇ₓ log p = -∇ₓE`` and a kernel ``k`` (seed 004, eq. 30; Liu, Lee & Jordan
+With the score ``s = ∇ₓ log p = -∇ₓE`` and a kernel ``k`` (Song & Kingma 2021, eq. 30; Liu, Lee &
+Jordan
 2016; Chwialkowski, Strathmann & Gretton 2016)
 
     u_p(x, y) = s(x)ᵀs(y) k(x, y) + s(x)ᵀ∇_y k(x, y) + s(y)ᵀ∇_x k(x, y) + tr ∇_x∇_y k(x, y),

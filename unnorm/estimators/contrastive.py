@@ -1,6 +1,7 @@
-"""Chain-based estimators: contrastive divergence (CD) and persistent CD (PCD), seed 004 §3.
+"""Chain-based estimators: contrastive divergence (CD) and persistent CD (PCD), Song & Kingma 2021,
+§3.
 
-The log-likelihood gradient of an energy-based model is (seed 004, eq. 3-4)
+The log-likelihood gradient of an energy-based model is (Song & Kingma 2021, eq. 3-4)
 
     ∇_θ log p_θ(x) = -∇_θE(x; θ) + E_{y ~ p_θ}[∇_θE(y; θ)],
 
@@ -266,7 +267,8 @@ class ChainEstimator(Estimator):
             return ys, new_state, acceptance
 
         def replay_starts(state, logdensity_fn, key):
-            """Du & Mordatch (2019)'s replay buffer (seed 004 §3): each chain starts at a random
+            """Du & Mordatch (2019)'s replay buffer (Song & Kingma 2021, §3): each chain starts at
+            a random
             entry of the buffer, or with probability ``reinit`` at a fresh noise point, and
             carries the shared step size; its end is written back to the entry it came from."""
             pick_key, reinit_key, noise_key, init_key = jax.random.split(key, 4)
@@ -353,7 +355,8 @@ def check_k(k) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class CD(ChainEstimator):
-    """Contrastive divergence, CD-k (Hinton 2002; seed 004 §3): each step starts one chain at
+    """Contrastive divergence, CD-k (Hinton 2002; Song & Kingma 2021, §3): each step starts one
+    chain at
     every observation of the minibatch, runs ``k`` MCMC steps at the current θ and follows the
     surrogate gradient ``mean ∇E(x_i) - mean ∇E(ỹ_i)`` (eq. 3-4 with the chains' ends as draws).
 
@@ -397,12 +400,14 @@ class CD(ChainEstimator):
 
 @dataclasses.dataclass(frozen=True)
 class PCD(ChainEstimator):
-    """Persistent contrastive divergence, PCD-k (Tieleman 2008; seed 004 §3): ``num_chains``
+    """Persistent contrastive divergence, PCD-k (Tieleman 2008; Song & Kingma 2021, §3):
+    ``num_chains``
     chains persist across optimizer steps, each step runs ``k`` more MCMC steps at the current θ
     and follows ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)`` (eq. 3-4). With a slowly moving θ the chains
     stay near ``p_θ``: a stochastic approximation of the MLE (Younes 1999).
 
-    With ``buffer_size``, the replay buffer of Du & Mordatch (2019) (seed 004 §3): the chains'
+    With ``buffer_size``, the replay buffer of Du & Mordatch (2019) (Song & Kingma 2021, §3): the
+    chains'
     positions are kept in a buffer of ``buffer_size`` entries, started from noise; at each step
     every chain starts at a random entry, runs ``k`` steps, and its end replaces the entry it
     came from. The buffer holds many more states than there are chains, so the draws of one
@@ -428,7 +433,7 @@ class PCD(ChainEstimator):
     buffer_size : int, optional
         Entries of the replay buffer, at least ``num_chains``; None (default) for plain PCD.
     reinit : float
-        With a buffer, the probability that a chain restarts from noise: default 0 (seed 004's
+        With a buffer, the probability that a chain restarts from noise: default 0 (Song & Kingma's
         buffer); Du & Mordatch used 0.05.
 
     Examples

@@ -1,4 +1,4 @@
-"""Maximum likelihood with MCMC (seed 004 §3, eq. 3-4), finished by Monte Carlo MLE.
+"""Maximum likelihood with MCMC (Song & Kingma 2021, §3, eq. 3-4), finished by Monte Carlo MLE.
 
 Two stages:
 
@@ -69,7 +69,7 @@ def _monte_carlo_share(statistical: np.ndarray, monte_carlo: np.ndarray) -> floa
 @dataclasses.dataclass(frozen=True)
 class MLE(ChainEstimator):
     """Maximum likelihood with MCMC: persistent-chain stochastic approximation, then Monte Carlo
-    MLE by importance-sampling Newton steps (seed 004 §3, eq. 3-4; Geyer 1991).
+    MLE by importance-sampling Newton steps (Song & Kingma 2021, §3, eq. 3-4; Geyer 1991).
 
     Parameters
     ----------

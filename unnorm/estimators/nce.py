@@ -1,8 +1,9 @@
-"""Noise-contrastive estimation (Gutmann & Hyvärinen 2010, 2012; seed 004 §5, eq. 18-24).
+"""Noise-contrastive estimation (Gutmann & Hyvärinen 2010, 2012; Song & Kingma 2021, §5, eq. 18-24).
 
 NCE learns θ by telling the data apart from draws of a noise distribution ``p_n`` whose density
 is known. With ``log p_θ(x) = -E(x; θ) - c``, where ``c`` estimates ``log Z(θ)`` and is learned
-with θ ("Z_θ is treated as a learnable (scalar) parameter", seed 004 §5), and ``ν`` noise draws
+with θ ("Z_θ is treated as a learnable (scalar) parameter", Song & Kingma 2021, §5), and ``ν``
+noise draws
 per observation, the posterior probability that ``x`` is data (eq. 19, with the seed's ratio
 written as noise over data, Gutmann & Hyvärinen's convention) is
 
@@ -136,7 +137,8 @@ def _user_noise(noise):
 
 @dataclasses.dataclass(frozen=True)
 class NCE(Estimator):
-    """Noise-contrastive estimation with a learned log normalizing constant (seed 004, eq. 18-24).
+    """Noise-contrastive estimation with a learned log normalizing constant (Song & Kingma 2021,
+    eq. 18-24).
 
     Minimizes ``mean_i softplus(-G(x_i)) + (ν/K) Σ_k softplus(G(y_ik))`` over θ and ``c``, with
     ``G(x) = -E(x; θ) - c - log p_n(x) - log ν`` and ``K`` noise draws ``y_ik`` per observation.

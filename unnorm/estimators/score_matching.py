@@ -1,4 +1,4 @@
-"""The score-matching family: SM (seed 004 eq. 8), DSM (eq. 10-14) and SSM (eq. 15-17).
+"""The score-matching family: SM (Song & Kingma 2021, eq. 8), DSM (eq. 10-14) and SSM (eq. 15-17).
 
 All three need the score ``s(x) = -∇ₓE(x; θ)`` only, never the normalizing constant. Signs: the
 seed writes eq. 8 and eq. 15 with ``+∂²E``; with ``p ∝ exp(-E)`` integration by parts gives
@@ -55,7 +55,7 @@ def grad_and_hessian_diagonal(energy_x: Callable, x: jax.Array) -> tuple[jax.Arr
 
 def grad_and_laplacian(energy_x: Callable, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``∇ₓE`` and the Laplacian ``tr ∇ₓ²E`` at one observation ``x``: the two terms of SM's
-    objective (seed 004, eq. 8).
+    objective (Song & Kingma 2021, eq. 8).
 
     Computed by the forward Laplacian (Li et al. 2023, "Forward Laplacian"; the ``folx``
     library): one forward pass carries each intermediate value's gradient in ``x`` and its
@@ -90,7 +90,8 @@ def grad_and_laplacian(energy_x: Callable, x: jax.Array) -> tuple[jax.Array, jax
 
 
 def _grad_and_quadratic_forms(energy_x: Callable, x: jax.Array, vs: jax.Array):
-    """``∇ₓE`` and ``vᵀ ∇ₓ²E v`` for each row ``v`` of ``vs`` (seed 004, eq. 16: O(d) each)."""
+    """``∇ₓE`` and ``vᵀ ∇ₓ²E v`` for each row ``v`` of ``vs`` (Song & Kingma 2021, eq. 16: O(d)
+    each)."""
     if vs.shape[0] == 1:
         # one projection: a plain jvp; a vmap over a size-1 axis compiles to a slower step
         grad, hv = jax.jvp(jax.grad(energy_x), (x,), (vs[0],))
@@ -174,7 +175,7 @@ def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
 
 @dataclasses.dataclass(frozen=True)
 class SM(Estimator):
-    """Score matching (Hyvärinen 2005; seed 004, eq. 8), generalized on bounded supports.
+    """Score matching (Hyvärinen 2005; Song & Kingma 2021, eq. 8), generalized on bounded supports.
 
     Minimizes ``mean_i ½‖∇ₓE(x_i)‖² - tr ∇ₓ²E(x_i)``; the trace comes from a forward
     Laplacian pass (:func:`grad_and_laplacian`), the Hessian never formed. On ``positive`` and
@@ -230,7 +231,7 @@ class SM(Estimator):
 
 @dataclasses.dataclass(frozen=True)
 class DSM(Estimator):
-    """Denoising score matching (Vincent 2011; seed 004, eq. 10-11).
+    """Denoising score matching (Vincent 2011; Song & Kingma 2021, eq. 10-11).
 
     Each observation is perturbed, ``x̃ = x + σz`` with ``z ~ N(0, I)``, and the model's score at
     ``x̃`` is regressed on the score of the noise kernel::
@@ -242,7 +243,8 @@ class DSM(Estimator):
     Parameters
     ----------
     sigma : float or sequence of float
-        Noise scale (> 0). A sequence gives the noise-conditional objective of seed 002,
+        Noise scale (> 0). A sequence gives the noise-conditional objective of Amini's lecture
+        notes,
         ``(1/L) Σ_l σ_l² ℓ_{σ_l}``; when the energy function has a ``sigma`` keyword
         (``energy(params, x, sigma)``) it is told the level, as in a noise-conditional score
         network.
@@ -326,7 +328,7 @@ class DSM(Estimator):
 
 @dataclasses.dataclass(frozen=True)
 class SSM(Estimator):
-    """Sliced score matching (Song et al. 2019; seed 004, eq. 15-17).
+    """Sliced score matching (Song et al. 2019; Song & Kingma 2021, eq. 15-17).
 
     With random projections ``v`` (``E[vvᵀ] = I``)::
 

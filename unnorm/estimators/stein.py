@@ -1,4 +1,4 @@
-"""Minimum kernel Stein discrepancy estimation (seed 004 §6.2, eq. 30; Barp et al. 2019).
+"""Minimum kernel Stein discrepancy estimation (Song & Kingma 2021, §6.2, eq. 30; Barp et al. 2019).
 
 The estimator minimizes the U-statistic estimate of the squared kernel Stein discrepancy between
 the data and the model (Liu, Lee & Jordan 2016; Chwialkowski, Strathmann & Gretton 2016):
@@ -153,7 +153,8 @@ def _derivatives(flat, template, data, bandwidth, *, model: Model, kernel: str,
 
 @dataclasses.dataclass(frozen=True)
 class KSD(Estimator):
-    """Minimum kernel Stein discrepancy estimation (seed 004 §6.2, eq. 30; Barp et al. 2019).
+    """Minimum kernel Stein discrepancy estimation (Song & Kingma 2021, §6.2, eq. 30; Barp et al.
+    2019).
 
     Minimizes the U-statistic estimate of the squared kernel Stein discrepancy,
 

@@ -13,7 +13,8 @@ __all__ = ["noise_and_uniform"]
 
 
 def noise_and_uniform(key, shape, dtype) -> tuple[jax.Array, jax.Array]:
-    """The proposal's N(0, I) noise (``z`` of seed 004, eq. 6) and the Metropolis uniform from
+    """The proposal's N(0, I) noise (``z`` of Song & Kingma 2021, eq. 6) and the Metropolis uniform
+    from
     one draw of random bits.
 
     As ``jax.random.normal`` does, ``z = √2 erf⁻¹(w)`` with ``w ~ U(-1, 1)``; one more ``w``

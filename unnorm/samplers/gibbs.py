@@ -1,9 +1,10 @@
 """Gibbs sampling for binary and spin supports, in the BlackJAX shape.
 
 :func:`step` (the sequential scan): one step is a systematic sweep over every coordinate
-(seed 001, "Gibbs sampling": each update uses the values just drawn). The conditional of
+(Beigy's lecture slides, "Gibbs sampling": each update uses the values just drawn). The conditional
+of
 coordinate i comes from an energy difference, so it holds for ANY energy on {a, b}^d, not only
-pairwise ones (seed 001's derivation of p(x_0 = 1 | x_1, x_2)):
+pairwise ones (Beigy's derivation of p(x_0 = 1 | x_1, x_2)):
 
     p(x_i = x̃_i | x_-i) = σ(E(x) - E(x̃)),        x̃ = x with coordinate i flipped,
 

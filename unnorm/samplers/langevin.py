@@ -1,10 +1,11 @@
 """Langevin kernels: unadjusted (ULA) and Metropolis-adjusted (MALA), in the BlackJAX shape.
 
-One step follows seed 004, eq. 6 (also seed 003, Algorithm 2):
+One step follows Song & Kingma 2021, eq. 6 (also Amaires' note, Algorithm 2):
 
     x' = x + (ε² / 2) ∇_x log p(x) + ε z,        z ~ N(0, I),
 
-with ``step_size`` = ε and ``∇_x log p = -∇_x E`` (eq. 5). MALA (Besag 1994; seed 004 §3) accepts
+with ``step_size`` = ε and ``∇_x log p = -∇_x E`` (eq. 5). MALA (Besag 1994; Song & Kingma 2021,
+§3) accepts
 x' with probability ``min(1, p(x') q(x | x') / (p(x) q(x' | x)))`` where
 ``q(x' | x) = N(x'; x + (ε²/2) ∇ log p(x), ε² I)``. BlackJAX's MALA writes the same step with
 ``τ = ε² / 2``.

@@ -1,4 +1,5 @@
-"""Random-walk Metropolis–Hastings in the BlackJAX shape (seed 002, Algorithm 1; seed 003,
+"""Random-walk Metropolis–Hastings in the BlackJAX shape (Amini's lecture notes, Algorithm 1;
+Amaires' note,
 Algorithm 1).
 
 A Gaussian proposal ``x' = x + ε z`` with ``step_size`` = ε, accepted with probability
