@@ -4,7 +4,7 @@ NCE learns θ by telling the data apart from draws of a noise distribution ``p_n
 is known. With ``log p_θ(x) = -E(x; θ) - c``, where ``c`` estimates ``log Z(θ)`` and is learned
 with θ ("Z_θ is treated as a learnable (scalar) parameter", Song & Kingma 2021, §5), and ``ν``
 noise draws
-per observation, the posterior probability that ``x`` is data (eq. 19, with the seed's ratio
+per observation, the posterior probability that ``x`` is data (eq. 19, with Song & Kingma's ratio
 written as noise over data, Gutmann & Hyvärinen's convention) is
 
     h(x) = σ(G(x)),     G(x) = log p_θ(x) - log p_n(x) - log ν,
