@@ -13,7 +13,9 @@ The model is seed 004, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pickle
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -101,7 +103,9 @@ class Model:
     [-1.0, -1.0]
     """
 
-    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name")
+    # _declared: (module, qualname) of the function @un.model turned into this model, which
+    # pickle then finds by name (the function's own name is bound to the Model)
+    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name", "_declared")
 
     def __init_subclass__(cls, **kwargs):
         raise TypeError("unnorm.Model is final; write a function that returns a Model instead.")
@@ -160,10 +164,52 @@ class Model:
         object.__setattr__(self, "_constraints", cons)
         object.__setattr__(self, "_support", support)
         object.__setattr__(self, "_name", name or getattr(energy, "__name__", "model"))
+        object.__setattr__(self, "_declared", None)
         self._check_energy_shape()
 
     def __setattr__(self, key, value):
         raise AttributeError("unnorm.Model is immutable; build a new Model to change it.")
+
+    # ---- copy and pickle -----------------------------------------------------------------------
+    def __copy__(self) -> Model:
+        # Immutable, holding immutable arrays and a function: a copy may be the model itself,
+        # as for a tuple, and keeps the compiled code cached on it.
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Model:
+        return self
+
+    def __reduce__(self):
+        """Pickle through the constructor, the energy stored by its importable name; a model
+        declared with ``@un.model`` at the top level of a module is stored by that name.
+        Lambdas and closures go through cloudpickle when it is installed; otherwise a
+        ``TypeError`` says how to make the model picklable."""
+        if self._declared is not None:
+            module, qualname = self._declared
+            if _lookup(module, qualname) is self:
+                return _declared_model, (module, qualname)
+            what = f"its function {qualname!r} is declared with @un.model inside another function"
+        else:
+            if _pickles_by_name(self._energy_fn):
+                return Model, self._constructor_args()
+            label = getattr(self._energy_fn, "__qualname__", type(self._energy_fn).__name__)
+            what = (f"its energy {label!r} is a lambda or a function defined inside another "
+                    "function (a closure)")
+        try:
+            import cloudpickle
+        except ImportError:
+            raise TypeError(
+                f"cannot pickle the model {self._name!r}: {what}, and pickle stores functions "
+                "only by their importable name. Define it with def at the top level of a module "
+                "(pass what it closes over as params or through functools.partial), or install "
+                "cloudpickle (pip install cloudpickle), which unnorm then uses for such models."
+            ) from None
+        return _from_cloudpickle, (cloudpickle.dumps(self._constructor_args()),)
+
+    def _constructor_args(self) -> tuple:
+        # NumPy leaves: the pickle does not depend on JAX's devices
+        params = {k: jax.tree_util.tree_map(np.asarray, v) for k, v in self._params.items()}
+        return self._energy_fn, params, dict(self._constraints), self._support, self._name
 
     def __repr__(self) -> str:
         shapes = {k: tuple(np.shape(v)) for k, v in self._params.items()}
@@ -303,6 +349,41 @@ class Model:
         return checked
 
 
+def _pickles_by_name(fn: Callable) -> bool:
+    """Whether plain pickle can store ``fn`` (a function by its importable name, a
+    ``functools.partial`` of one with picklable arguments, a picklable callable object)."""
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    """The object named ``module.qualname``, or None when there is none."""
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj
+
+
+def _declared_model(module: str, qualname: str) -> Model:
+    """Unpickle a model declared with ``@un.model`` at the top level of a module."""
+    model = _lookup(module, qualname)
+    if not isinstance(model, Model):
+        raise pickle.UnpicklingError(f"{module}.{qualname} is no longer an unnorm.Model.")
+    return model
+
+
+def _from_cloudpickle(payload: bytes) -> Model:
+    """Unpickle a model whose energy cloudpickle stored (plain pickle reads cloudpickle's
+    output when cloudpickle is importable)."""
+    return Model(*pickle.loads(payload))
+
+
 def _same_leaves(value: Any, stored: Any) -> bool:
     """Whether ``value`` is ``stored`` leaf for leaf (the very same array objects)."""
     leaves, tree = jax.tree_util.tree_flatten(value)
@@ -435,12 +516,14 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
 
         energy.__name__ = fn.__name__
         energy.__doc__ = fn.__doc__
-        return Model(
+        built = Model(
             energy,
             params={k: v[0] for k, v in declared.items()},
             constraints={k: v[1] for k, v in declared.items()},
             support=support,
             name=name or fn.__name__,
         )
+        object.__setattr__(built, "_declared", (fn.__module__, fn.__qualname__))
+        return built
 
     return build(fn) if fn is not None else build

@@ -1,0 +1,158 @@
+"""Robustness: models that copy and pickle, failures that are reported where they happen and
+say what they mean, and runs that end instead of hanging."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import multiprocessing
+import pickle
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unnorm as un
+
+KEY = jax.random.key(0)
+GAUSSIAN_DATA = np.random.default_rng(0).normal([1.0, -0.5], [1.0, 2.0], size=(300, 2))
+
+
+def quadratic(params, x):
+    return 0.5 * jnp.sum((x - params["mu"]) ** 2)
+
+
+@un.model(support=un.supports.real(2))
+def declared(x):
+    mu = un.param("mu", jnp.zeros(2))
+    return 0.5 * jnp.sum((x - mu) ** 2)
+
+
+def _energies(model: un.Model, xs) -> np.ndarray:
+    return np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(xs)))
+
+
+# ---- 1. a Model copies and pickles ------------------------------------------------------------
+
+def _built_in() -> dict[str, tuple[un.Model, np.ndarray]]:
+    # built when a test asks (not at import: worker processes import this module)
+    return {
+        "gaussian": (un.models.gaussian(2, mean=[0.5, 0.0]), GAUSSIAN_DATA[:5]),
+        "functional": (un.Model(quadratic, params={"mu": jnp.ones(2)}, support=un.supports.real(2)),
+                       GAUSSIAN_DATA[:5]),
+        "declared": (declared, GAUSSIAN_DATA[:5]),
+        "ising": (un.models.ising(J=jnp.array([0.3, -0.2, 0.5]), h=jnp.array([0.1, 0.0, -0.1])),
+                  np.array([[1.0, -1.0, 1.0], [-1.0, -1.0, 1.0]])),
+        "boltzmann": (un.models.boltzmann(W=jnp.array([0.4]), b=jnp.array([0.1, -0.2])),
+                      np.array([[1.0, 0.0], [1.0, 1.0]])),
+        "ising_chain": (un.models.ising_chain(4, coupling=0.7, field=0.2, periodic=True),
+                        np.array([[1.0, -1.0, 1.0, 1.0]])),
+        "rbm": (un.models.rbm(3, 2), np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])),
+        "gaussian_rbm": (un.models.gaussian_rbm(2, 2, sigma=[1.0, 2.0]), GAUSSIAN_DATA[:5]),
+    }
+
+
+@pytest.mark.parametrize("name", ["gaussian", "functional", "declared", "ising", "boltzmann",
+                                  "ising_chain", "rbm", "gaussian_rbm"])
+def test_model_pickles_and_copies_to_the_same_energy(name):
+    model, xs = _built_in()[name]
+    expected = _energies(model, xs)
+    restored = pickle.loads(pickle.dumps(model))
+    assert isinstance(restored, un.Model)
+    assert restored.name == model.name and repr(restored) == repr(model)
+    assert restored.support.kind == model.support.kind
+    assert {k: type(v) for k, v in restored.constraints.items()} == {
+        k: type(v) for k, v in model.constraints.items()}
+    np.testing.assert_array_equal(_energies(restored, xs), expected)
+    for copied in (copy.copy(model), copy.deepcopy(model), copy.deepcopy([model])[0]):
+        # immutable: a copy is the model itself, as for a tuple
+        assert copied is model
+
+
+def test_unpickled_model_fits_and_samples():
+    model = pickle.loads(pickle.dumps(un.models.gaussian(2)))
+    fit = un.fit(model, GAUSSIAN_DATA, "sm", key=KEY, stderr=False, progress_bar=False)
+    np.testing.assert_allclose(fit.params["mu"], GAUSSIAN_DATA.mean(axis=0), atol=1e-4)
+    idata = un.sample(model, fit.params, key=KEY, sampler="mala", num_chains=2, num_warmup=20,
+                      num_samples=20, progress_bar=False, warn=False)
+    assert idata.posterior["x"].shape == (2, 20, 2)
+
+
+def _without_cloudpickle(monkeypatch):
+    # None in sys.modules makes `import cloudpickle` raise ImportError
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+
+
+def test_lambda_energy_without_cloudpickle_says_how_to_fix(monkeypatch):
+    _without_cloudpickle(monkeypatch)
+    model = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
+                     params={"mu": jnp.zeros(2)}, support=un.supports.real(2))
+    with pytest.raises(TypeError, match=r"cannot pickle the model '<lambda>': its energy "
+                                        r"'.*<locals>.<lambda>' is a lambda or a function "
+                                        r"defined inside another function \(a closure\).*top "
+                                        r"level of a module.*install cloudpickle"):
+        pickle.dumps(model)
+
+
+def test_local_declared_model_without_cloudpickle_says_how_to_fix(monkeypatch):
+    _without_cloudpickle(monkeypatch)
+
+    @un.model(support=un.supports.real(1))
+    def local(x):
+        return un.param("a", 1.0) * jnp.sum(x**2)
+
+    with pytest.raises(TypeError, match=r"its function '.*<locals>.local' is declared with "
+                                        r"@un.model inside another function.*install "
+                                        "cloudpickle"):
+        pickle.dumps(local)
+
+
+def test_partial_of_a_module_level_energy_pickles_without_cloudpickle(monkeypatch):
+    _without_cloudpickle(monkeypatch)
+    model = un.Model(functools.partial(quadratic), params={"mu": jnp.ones(2)},
+                     support=un.supports.real(2), name="q")
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(_energies(restored, GAUSSIAN_DATA[:3]),
+                                  _energies(model, GAUSSIAN_DATA[:3]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cloudpickle") is None,
+                    reason="cloudpickle is not installed")
+def test_closures_pickle_through_cloudpickle():
+    scale = 2.0
+
+    @un.model(support=un.supports.real(1))
+    def local(x):
+        return un.param("a", 1.0) * jnp.sum(x**2) / scale
+
+    lam = un.Model(lambda p, x: scale * jnp.sum((x - p["mu"]) ** 2),
+                   params={"mu": jnp.ones(1)}, support=un.supports.real(1))
+    xs = np.array([[0.5], [-1.0]])
+    for model in (local, lam):
+        restored = pickle.loads(pickle.dumps(model))
+        np.testing.assert_array_equal(_energies(restored, xs), _energies(model, xs))
+
+
+def _replicate_fit(model: un.Model, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    data = np.random.default_rng(seed).normal(1.0, 1.0, size=(100, 2))
+    fit = un.fit(model, data, "sm", key=jax.random.key(seed), stderr=False, progress_bar=False)
+    return fit.params["mu"], data.mean(axis=0)
+
+
+@pytest.mark.slow  # two fresh processes import JAX and compile: 10-20 s on two shared cores
+def test_replicate_fits_of_one_model_in_worker_processes():
+    # joblib is not a dependency of unnorm (nor installed here); a spawn pool pickles the model
+    # and the function as joblib's processes do
+    model = un.models.gaussian(2)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        results = list(pool.map(_replicate_fit, [model] * 4, range(4)))
+    assert len(results) == 4
+    for mu, mean in results:
+        # score matching's Gaussian mean is the sample mean (closed form)
+        np.testing.assert_allclose(mu, mean, atol=1e-5)
+    assert not np.allclose(results[0][0], results[1][0])
