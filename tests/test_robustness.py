@@ -156,3 +156,39 @@ def test_replicate_fits_of_one_model_in_worker_processes():
         # score matching's Gaussian mean is the sample mean (closed form)
         np.testing.assert_allclose(mu, mean, atol=1e-5)
     assert not np.allclose(results[0][0], results[1][0])
+
+
+# ---- 2. un.compare keeps the table when one estimator fails ------------------------------------
+
+def nan_beyond(params, x):
+    # finite on the data (|x| <= 2); NaN where NCE's noise reaches past 2.5
+    return 0.5 * params["a"] * jnp.sum(x**2) + jnp.where(jnp.abs(x[0]) > 2.5, jnp.nan, 0.0)
+
+
+def test_compare_records_a_failed_estimator_and_goes_on():
+    model = un.Model(nan_beyond, params={"a": 1.0}, constraints={"a": un.constraints.positive},
+                     support=un.supports.real(1))
+    data = np.clip(np.random.default_rng(0).normal(size=(200, 1)), -2.0, 2.0)
+    with pytest.warns(RuntimeWarning, match=r"un.compare: estimator 'nce' failed and its rows "
+                                            r"hold NaN estimates .*FitError: estimator 'nce'"):
+        table, fits = un.compare(model, data, ["sm", "nce"], key=KEY, truth={"a": 1.0},
+                                 progress_bar=False, return_fits=True)
+    assert list(table.columns) == ["estimator", "parameter", "estimate", "std_err", "ci_lower",
+                                   "ci_upper", "time_s", "error", "error_message"]
+    assert list(fits) == ["sm"]
+    sm, nce = (table[table.estimator == name].iloc[0] for name in ("sm", "nce"))
+    assert np.isfinite(sm["estimate"]) and np.isfinite(sm["std_err"])
+    assert sm["error"] == pytest.approx(sm["estimate"] - 1.0)
+    assert sm["error_message"] is None
+    assert nce["parameter"] == "a" and nce["time_s"] > 0
+    assert np.isnan(nce[["estimate", "std_err", "ci_lower", "ci_upper", "error"]].to_numpy(
+        dtype=float)).all()
+    assert nce["error_message"].startswith("FitError: estimator 'nce' stopped")
+
+
+def test_compare_raises_when_every_estimator_fails():
+    model = un.models.gaussian(1)
+    with pytest.warns(RuntimeWarning, match="estimator 'ssm' failed"), \
+            pytest.raises(ValueError, match="num_steps must be >= 1; got 0"):
+        un.compare(model, GAUSSIAN_DATA[:, :1], ["sm", "ssm"], key=KEY, num_steps=0,
+                   progress_bar=False)
