@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import multiprocessing
 import pickle
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
@@ -192,3 +193,45 @@ def test_compare_raises_when_every_estimator_fails():
             pytest.raises(ValueError, match="num_steps must be >= 1; got 0"):
         un.compare(model, GAUSSIAN_DATA[:, :1], ["sm", "ssm"], key=KEY, num_steps=0,
                    progress_bar=False)
+
+
+# ---- 3. data checked in the dtype they are used in; failures counted per step ---------------
+
+def test_data_that_overflow_float32_are_refused_naming_the_row():
+    data = np.ones((10, 2))
+    data[3, 0] = 1e39  # finite in float64, infinite in float32
+    assert un.models.gaussian(2).dtype == np.float32
+    with pytest.raises(ValueError, match=r"data has 1 value\(s\) too large for float32 \(first "
+                                         r"at row 3: 1e\+39; float32 holds magnitudes up to "
+                                         r"3.4e\+38\).*Rescale the data"):
+        un.fit(un.models.gaussian(2), data, "sm", key=KEY, progress_bar=False)
+    with pytest.raises(ValueError, match=r"init has 1 value\(s\) too large for float32"):
+        un.sample(un.models.gaussian(2), key=KEY, init=np.array([1e39, 0.0]), num_chains=1,
+                  progress_bar=False)
+    with pytest.raises(ValueError, match=r"data has 1 value\(s\) too large for float32"):
+        un.ksd_test(un.models.gaussian(2), None, data, key=KEY)
+
+
+def nan_past_half(params, x):
+    # the score is NaN once mu passes 0.5: every step from there on fails
+    return 0.5 * jnp.sum((x - params["mu"]) ** 2) * jnp.where(params["mu"][0] > 0.5, jnp.nan,
+                                                               1.0)
+
+
+@pytest.mark.parametrize("max_failures", [7, 150])
+def test_fit_stops_at_the_step_that_reaches_max_failures(max_failures):
+    model = un.Model(nan_past_half, params={"mu": jnp.zeros(1)}, support=un.supports.real(1))
+    data = np.random.default_rng(0).normal(2.0, 1.0, size=(100, 1))
+    with pytest.raises(un.FitError) as caught:
+        un.fit(model, data, "sm", key=KEY, method="optimizer", max_failures=max_failures,
+               progress_bar=False)
+    pattern = (rf"estimator 'sm' stopped at step (\d+): from there on {max_failures} "
+               rf"consecutive steps \(max_failures={max_failures}\), steps \1 to (\d+) "
+               r"\(numbered from 0\), had a non-finite loss or gradient and were skipped")
+    caught.match(pattern)
+    first, last = (int(g) for g in re.search(pattern, str(caught.value)).groups())
+    assert last - first + 1 == max_failures
+    assert first > 0  # the first steps succeed: mu walks from 0 towards the data's mean
+    # the parameters reported are where the failures began (every later step was skipped)
+    mu = float(re.search(r"mu = \[([-\d.e+]+)", str(caught.value)).group(1))
+    assert mu > 0.5

@@ -135,7 +135,8 @@ def compare(
     for estimator in resolved:  # every one, before the first (possibly long) fit
         estimator.check(model)
     labels = _labels(resolved)
-    model.support.check_data(data, "data")  # once, rather than a failure per estimator
+    # once, rather than a failure per estimator
+    model.support.check_data(data, "data", dtype=model.dtype)
     truth_flat = None
     if truth is not None:
         truth = model.check_params(truth, "truth")

@@ -111,10 +111,12 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: Model,
-                      objective: Objective, optimizer, batch_size: int | None, length: int):
+def _train_chunk_impl(train: TrainState, data, key, start, num_steps, max_failures, *,
+                      model: Model, objective: Objective, optimizer, batch_size: int | None,
+                      length: int):
     """``length`` optimizer steps in one ``lax.scan``; steps at or past ``num_steps`` are no-ops
-    (so one compiled chunk serves any number of steps)."""
+    (so one compiled chunk serves any number of steps), and so are the steps after
+    ``max_failures`` consecutive failures (the fit stops at the step that reached them)."""
     n = data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
@@ -135,7 +137,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: 
                                                        batch, step_key)
         updates, opt_state = optimizer.update(grads, train.opt_state, train.unconstrained)
         unconstrained = optax.apply_updates(train.unconstrained, updates)
-        active = step < num_steps
+        active = (step < num_steps) & (train.consecutive_failures < max_failures)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         accept = active & finite
 
@@ -274,7 +276,8 @@ def fit(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     estimator = resolve(estimator)
     estimator.check(model)
-    data_np = model.support.check_data(data, "data")
+    # checked in the dtype the fit computes in (the params'), where a value can overflow
+    data_np = model.support.check_data(data, "data", dtype=model.dtype)
     key = _checks.check_key(key)
     num_steps = _checks.check_int(num_steps, "num_steps", minimum=1)
     batch_size = _check_batch_size(batch_size, data_np.shape[0])
@@ -443,8 +446,9 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
               desc=f"fit {estimator_name}", leave=False) as bar:
         while done < num_steps:
             train, chunk_losses = _train_chunk()(
-                train, data, key, jnp.asarray(done), jnp.asarray(num_steps), model=model,
-                objective=objective, optimizer=optimizer, batch_size=batch_size, length=length)
+                train, data, key, jnp.asarray(done), jnp.asarray(num_steps),
+                jnp.asarray(max_failures), model=model, objective=objective,
+                optimizer=optimizer, batch_size=batch_size, length=length)
             taken = min(length, num_steps - done)
             chunk_losses = np.asarray(chunk_losses)[:taken]
             losses.append(chunk_losses)
@@ -453,20 +457,24 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
             finite = chunk_losses[np.isfinite(chunk_losses)]
             if finite.size:
                 bar.set_postfix(loss=f"{finite[-1]:.5g}")
-            failures = int(train.consecutive_failures)
-            if failures >= max_failures:
+            history = np.concatenate(losses)
+            if int(train.consecutive_failures) >= max_failures:
+                # the steps after the one that reached max_failures were no-ops: the
+                # parameters are those of that step, which the losses (NaN = failed) locate
+                last = _failure_run_end(history, max_failures)
+                first = last - max_failures + 1
                 params = objective_params(model, objective, train.unconstrained)
                 if objective.nuisance is not None:
                     params = {**params[0], **{f"nuisance.{k}": v for k, v in params[1].items()}}
                 raise FitError(
-                    f"estimator {estimator_name!r} stopped at step {done - failures}: from "
-                    f"there on {failures} consecutive steps (max_failures={max_failures}) had a "
-                    f"non-finite loss or gradient and were skipped. The parameters there "
+                    f"estimator {estimator_name!r} stopped at step {first}: from there on "
+                    f"{max_failures} consecutive steps (max_failures={max_failures}), steps "
+                    f"{first} to {last} (numbered from 0), had a non-finite loss or gradient "
+                    "and were skipped. The parameters there "
                     f"were:\n{format_params(params)}\nCheck the energy for "
                     "overflow (e.g. exp of large values), lower the learning rate, or start "
                     "from other init values."
                 )
-            history = np.concatenate(losses)
             if _has_converged(history, window, tol):
                 converged = True
                 break
@@ -474,6 +482,16 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
     return theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state
+
+
+def _failure_run_end(losses: np.ndarray, run: int) -> int:
+    """The first step that ends ``run`` consecutive failed steps (NaN losses)."""
+    count = 0
+    for step, failed in enumerate(np.isnan(losses)):
+        count = count + 1 if failed else 0
+        if count == run:
+            return step
+    raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
 def _refine(model, objective, u, est_state, data, key):

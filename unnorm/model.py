@@ -260,6 +260,21 @@ class Model:
         return self._name
 
     @property
+    def dtype(self) -> np.dtype:
+        """The floating-point dtype of the parameters, in which fits and samplers compute
+        (float32 unless JAX's x64 mode was on when the model was built); data are checked to
+        fit in it.
+
+        Example
+        -------
+        >>> import unnorm as un
+        >>> un.models.gaussian(2).dtype
+        dtype('float32')
+        """
+        leaves = jax.tree_util.tree_leaves(self._params)
+        return np.dtype(jnp.result_type(*leaves) if leaves else jnp.result_type(float))
+
+    @property
     def energy_fn(self) -> Callable[[Params, jax.Array], jax.Array]:
         """The user's energy function, unchanged."""
         return self._energy_fn

@@ -158,7 +158,7 @@ def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
             f"init has shape {np.shape(init)}; give one point of shape {support.event_shape} "
             f"or one per chain, shape ({num_chains}, {', '.join(map(str, support.event_shape))})."
         )
-    support.check_data(arr, name="init")
+    support.check_data(arr, name="init", dtype=model.dtype)
     return jnp.asarray(arr)
 
 
