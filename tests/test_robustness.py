@@ -235,3 +235,49 @@ def test_fit_stops_at_the_step_that_reaches_max_failures(max_failures):
     # the parameters reported are where the failures began (every later step was skipped)
     mu = float(re.search(r"mu = \[([-\d.e+]+)", str(caught.value)).group(1))
     assert mu > 0.5
+
+
+# ---- 4. complex input is refused, not cut to its real part ------------------------------------
+
+def test_complex_energy_is_refused_at_declaration():
+    with pytest.raises(TypeError, match=r"energy\(params, x\) returned a complex value \(dtype "
+                                        r"complex64\) for x of shape \(2,\); an energy must be "
+                                        "real"):
+        un.Model(lambda p, x: jnp.sum(x**2) * (1.0 + 1j) * p["a"], params={"a": 1.0},
+                 support=un.supports.real(2))
+
+
+@pytest.mark.parametrize("value", [1.0 + 2j, np.array([1.0, 2.0 + 0.5j]),
+                                   jnp.array([1.0, 2.0], dtype=jnp.complex64)])
+def test_complex_params_are_refused(value):
+    with pytest.raises(TypeError, match=r"params\['a'\] is complex \(dtype complex\d+\); "
+                                        "parameters must be real"):
+        un.Model(lambda p, x: jnp.sum(p["a"] * x**2), params={"a": value},
+                 support=un.supports.real(2))
+
+
+def test_complex_init_and_declared_params_are_refused():
+    model = un.models.gaussian(2)
+    with pytest.raises(TypeError, match=r"init\['mu'\] is complex \(dtype complex128\)"):
+        un.fit(model, GAUSSIAN_DATA, "sm", key=KEY, progress_bar=False,
+               init={"mu": np.array([0.0, 1j]), "prec": np.eye(2)})
+    with pytest.raises(TypeError, match=r"params\['mu'\] is complex"):
+        un.sample(model, {"mu": np.array([0.0, 1j]), "prec": np.eye(2)}, key=KEY)
+    with pytest.raises(TypeError, match=r"un.param\('a', init\): init is complex"):
+        @un.model(support=un.supports.real(1))
+        def complex_param(x):
+            return jnp.real(un.param("a", 1.0 + 1j) * jnp.sum(x**2))
+
+
+def test_complex_data_and_init_points_are_refused():
+    model = un.models.gaussian(2)
+    data = GAUSSIAN_DATA.astype(complex)
+    with pytest.raises(TypeError, match=r"data is complex \(dtype complex128\); observations "
+                                        r"must be real numbers.*np.real\(x\)"):
+        un.fit(model, data, "sm", key=KEY, progress_bar=False)
+    with pytest.raises(TypeError, match=r"data is complex"):
+        model.support.check_data([[1.0, 2.0 + 1j]])
+    with pytest.raises(TypeError, match=r"init is complex \(dtype complex128\)"):
+        un.sample(model, key=KEY, init=np.array([0.0, 1j]), num_chains=1, progress_bar=False)
+    with pytest.raises(TypeError, match=r"x is complex"):
+        model.support.check_point(np.array([0.0, 1j]))

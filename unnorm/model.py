@@ -49,19 +49,28 @@ def format_params(params: Mapping[str, Any], limit: int = 6) -> str:
     return "\n".join(lines)
 
 
-def _as_param_tree(name: str, value: Any) -> Any:
-    """Convert the leaves of one parameter to float arrays and reject NaN / inf."""
+def _as_param_tree(name: str, value: Any, arg: str = "params") -> Any:
+    """Convert the leaves of one parameter to float arrays and reject complex values and
+    NaN / inf; ``arg`` names the argument in the messages (``params``, ``init``...)."""
+    for leaf in jax.tree_util.tree_leaves(value):
+        if np.iscomplexobj(leaf):
+            raise TypeError(
+                f"{arg}[{name!r}] is complex (dtype {np.asarray(leaf).dtype}); parameters must "
+                "be real (a float conversion would silently drop the imaginary part). Declare "
+                "the real and imaginary parts as two real parameters and combine them inside "
+                "the energy."
+            )
     try:
         tree = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=float), value)
     except (TypeError, ValueError) as err:
         raise TypeError(
-            f"params[{name!r}] must be an array (or a pytree of arrays) of numbers; got "
+            f"{arg}[{name!r}] must be an array (or a pytree of arrays) of numbers; got "
             f"{type(value).__name__}: {err}"
         ) from None
     for leaf in jax.tree_util.tree_leaves(tree):
         if not bool(jnp.all(jnp.isfinite(leaf))):
             raise ValueError(
-                f"params[{name!r}] contains NaN or infinite values: "
+                f"{arg}[{name!r}] contains NaN or infinite values: "
                 f"{np.array2string(np.asarray(leaf).ravel()[:6], precision=4)}; initial "
                 "parameter values must be finite."
             )
@@ -225,6 +234,12 @@ class Model:
                 f"the support {self._support!r}) and the initial params: "
                 f"{type(err).__name__}: {err}"
             ) from err
+        if jnp.issubdtype(getattr(out, "dtype", np.float32), jnp.complexfloating):
+            raise TypeError(
+                f"energy(params, x) returned a complex value (dtype {out.dtype}) for x of shape "
+                f"{self.event_shape}; an energy must be real (the density is exp(-E)). Return a "
+                "real quantity of any complex intermediate z, e.g. jnp.abs(z) ** 2 or jnp.real(z)."
+            )
         if not hasattr(out, "shape") or out.shape != ():
             shape = getattr(out, "shape", type(out).__name__)
             raise ValueError(
@@ -341,7 +356,7 @@ class Model:
                 # the model's own values, validated when it was built: no eager re-check
                 checked[key] = stored
                 continue
-            tree = _as_param_tree(key, value)
+            tree = _as_param_tree(key, value, name)
             ref = jax.tree_util.tree_structure(stored)
             if jax.tree_util.tree_structure(tree) != ref:
                 raise ValueError(f"{name}[{key!r}] does not have the structure of model.params.")
@@ -502,6 +517,11 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
                 raise ValueError(
                     f"un.param({pname!r}, ...) is declared twice in model {fn.__name__!r}; "
                     "parameter names must be unique."
+                )
+            if any(np.iscomplexobj(leaf) for leaf in jax.tree_util.tree_leaves(init)):
+                raise TypeError(
+                    f"un.param({pname!r}, init): init is complex; parameters must be real. "
+                    "Declare the real and imaginary parts as two real parameters."
                 )
             declared[pname] = (init, constraint)
             return jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype=float), init)

@@ -138,6 +138,7 @@ class Support:
         ...     print(str(err)[:60])
         data has 1 value(s) too large for float32 (first at row 1: 1
         """
+        _refuse_complex(data, name)
         try:
             arr = np.asarray(data, dtype=float)
         except (TypeError, ValueError) as err:
@@ -160,6 +161,7 @@ class Support:
     def check_point(self, x, name: str = "x", dtype=None) -> np.ndarray:
         """Validate a single observation of shape ``event_shape`` (``dtype`` as in
         :meth:`check_data`)."""
+        _refuse_complex(x, name)
         arr = np.asarray(x, dtype=float)
         if arr.shape != self.event_shape:
             raise ValueError(
@@ -282,6 +284,24 @@ class Support:
         shifts = jnp.arange(self.size - 1, -1, -1, dtype=jnp.uint32)
         bits = (jnp.asarray(index, dtype=jnp.uint32)[..., None] >> shifts) & 1
         return jnp.where(bits == 1, hi, lo).reshape((*jnp.shape(index), *self.event_shape))
+
+
+def _refuse_complex(data, name: str) -> None:
+    """A complex array would be cut to its real part by the float conversion, with only a
+    NumPy warning: refuse it."""
+    dtype = getattr(data, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(data).dtype
+        except (TypeError, ValueError):
+            return  # not an array: the float conversion reports it
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"{name} is complex (dtype {dtype}); observations must be real numbers (a float "
+            "conversion would silently drop the imaginary parts). Pass np.real(x) if the "
+            "imaginary parts are zero, or model the real and imaginary parts as separate "
+            "coordinates, e.g. np.concatenate([x.real, x.imag], axis=-1)."
+        )
 
 
 def real(d) -> Support:

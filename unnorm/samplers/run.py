@@ -150,7 +150,7 @@ def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
     support = model.support
     if init is None:
         return None
-    arr = np.asarray(init, dtype=float)
+    arr = np.asarray(init)  # converted to float by check_data, which refuses complex points
     if arr.shape == support.event_shape:
         arr = np.broadcast_to(arr, (num_chains, *support.event_shape))
     if arr.shape != (num_chains, *support.event_shape):
@@ -158,8 +158,7 @@ def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
             f"init has shape {np.shape(init)}; give one point of shape {support.event_shape} "
             f"or one per chain, shape ({num_chains}, {', '.join(map(str, support.event_shape))})."
         )
-    support.check_data(arr, name="init", dtype=model.dtype)
-    return jnp.asarray(arr)
+    return jnp.asarray(support.check_data(arr, name="init", dtype=model.dtype))
 
 
 def _check_initial_state(params, positions, value_ok, grad_ok) -> None:
