@@ -10,6 +10,7 @@ import multiprocessing
 import pickle
 import re
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import jax
@@ -281,3 +282,63 @@ def test_complex_data_and_init_points_are_refused():
         un.sample(model, key=KEY, init=np.array([0.0, 1j]), num_chains=1, progress_bar=False)
     with pytest.raises(TypeError, match=r"x is complex"):
         model.support.check_point(np.array([0.0, 1j]))
+
+
+# ---- 5. linear-algebra failures say which matrix and what it means ---------------------------
+
+def test_closed_form_on_overflowing_data_names_the_hessian_and_the_data_scale():
+    data = np.random.default_rng(0).normal(size=(50, 2)) * 1e30  # x² overflows float32
+    with pytest.raises(un.FitError, match=r"the closed-form solve of estimator 'sm' failed: the "
+                                          r"Hessian of its objective \(6 parameters\) has "
+                                          r"non-finite entries.*overflow float32 at these data "
+                                          r"\(the largest \|value\| in the data is [\d.]+e\+30, "
+                                          r"in row \d+\).*Rescale the data"):
+        un.fit(un.models.gaussian(2), data, "sm", key=KEY, progress_bar=False)
+
+
+def redundant(params, x):
+    # a and b enter only through their sum: the data identify a + b, not a and b
+    return 0.5 * (params["a"] + params["b"]) * jnp.sum(x**2)
+
+
+def test_non_identified_parameters_warn_and_get_nan_standard_errors():
+    model = un.Model(redundant, params={"a": 0.5, "b": 0.5}, support=un.supports.real(1))
+    data = np.random.default_rng(0).normal(0.0, 0.5, size=(400, 1))  # precision a + b = 4
+    with pytest.warns(RuntimeWarning, match=r"the Hessian of the 'nce' objective at the "
+                                            r"estimate is singular \(to float32 precision\): "
+                                            r"the parameters are not identified from these data "
+                                            r"along 0.71·a − 0.71·b .*Their standard errors are "
+                                            r"NaN: a, b\."):
+        fit = un.fit(model, data, "nce", key=KEY, progress_bar=False)
+    assert fit.stages == ("newton", "sandwich")  # Newton's singular step no longer raises
+    assert float(fit.params["a"] + fit.params["b"]) == pytest.approx(
+        1.0 / np.mean(data**2), rel=0.15)
+    assert np.isnan(fit.stderr["a"]) and np.isnan(fit.stderr["b"])
+    assert np.isfinite(fit.nuisance_stderr["log_z"])
+
+
+def natural_gaussian(params, x):
+    return 0.5 * x @ params["K"] @ x - params["h"] @ x
+
+
+def test_identified_constrained_fit_does_not_warn():
+    # solved in the constrained coordinates, where the precision matrix's antisymmetric
+    # direction leaves the objective unchanged; it is outside the parameter space: no warning
+    model = un.Model(natural_gaussian, params={"K": jnp.eye(2), "h": jnp.zeros(2)},
+                     constraints={"K": un.constraints.positive_definite},
+                     support=un.supports.real(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit = un.fit(model, GAUSSIAN_DATA, "sm", key=KEY, progress_bar=False)
+    assert fit.stages == ("closed form", "sandwich")
+    assert np.all(np.isfinite(fit.stderr["K"])) and np.all(fit.stderr["K"] > 0)
+
+
+def test_sandwich_with_a_non_finite_hessian_warns_and_returns_nan():
+    from unnorm.uncertainty import sandwich_covariance
+
+    with pytest.warns(RuntimeWarning, match=r"the Hessian of the objective at the estimate has "
+                                            r"non-finite entries, so the standard errors are "
+                                            r"NaN.*scale of the data"):
+        sandwich = sandwich_covariance(np.ones((5, 2)), np.array([[np.inf, 0.0], [0.0, 1.0]]))
+    assert np.isnan(sandwich.covariance).all()

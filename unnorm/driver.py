@@ -33,10 +33,17 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from . import _checks, _xla, solvers, threefry
+from .errors import FitError, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, format_params
 from .result import FitResult
-from .uncertainty import delta_method, sandwich_covariance
+from .uncertainty import (
+    delta_method,
+    describe_direction,
+    parameter_names,
+    sandwich_covariance,
+    unidentified_directions,
+)
 
 __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
 
@@ -44,10 +51,6 @@ __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
 #: scalar parameters; beyond it the p×p Hessian is too costly and neural energies train better
 #: with fresh noise at every step.
 STDERR_AUTO_LIMIT = 1000
-
-
-class FitError(RuntimeError):
-    """A fit that cannot go on: repeated non-finite losses or gradients."""
 
 
 class TrainState(NamedTuple):
@@ -314,7 +317,8 @@ def fit(
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
     if plan.start == "closed form":
-        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
+        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key,
+                                     label=f"estimator {estimator.name!r}")
         stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
         refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
@@ -354,7 +358,8 @@ def fit(
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
-                                 in_constrained=(stages == ["closed form"]))
+                                 in_constrained=(stages == ["closed form"]),
+                                 label=repr(estimator.name))
         stages.append("sandwich")
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     se_tree = nuisance_se = None
@@ -472,8 +477,9 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                     f"{first} to {last} (numbered from 0), had a non-finite loss or gradient "
                     "and were skipped. The parameters there "
                     f"were:\n{format_params(params)}\nCheck the energy for "
-                    "overflow (e.g. exp of large values), lower the learning rate, or start "
-                    "from other init values."
+                    f"overflow (e.g. exp of large values) and the scale of the data "
+                    f"({data_scale(data)}), lower the learning rate, or start from other "
+                    "init values."
                 )
             if _has_converged(history, window, tol):
                 converged = True
@@ -502,8 +508,10 @@ def _refine(model, objective, u, est_state, data, key):
     return unravel(flat), converged
 
 
-def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool):
-    """Sandwich covariance of the flattened constrained parameters."""
+def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
+                label: str):
+    """Sandwich covariance of the flattened constrained parameters (and nuisance parameters),
+    NaN in the rows and columns of parameters the data do not identify, with a warning."""
     if in_constrained:
         template = fitted
     else:
@@ -512,12 +520,51 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     flat, _ = ravel_pytree(template)
     static = dict(model=model, objective=objective, constrained=in_constrained)
     grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
-    hessian = solvers.derivatives(flat, template, data, est_state, key, **static)[2]
+    hessian = np.asarray(solvers.derivatives(flat, template, data, est_state, key,
+                                             **static)[2], dtype=float)
     cov = sandwich_covariance(grads, hessian).covariance
     if in_constrained:
-        return cov
-    jacobian = solvers.constrained_jacobian(flat, template, model=model, objective=objective)
-    return delta_method(jacobian, cov)
+        # the constrained coordinates can have directions the parameters cannot move in (the
+        # antisymmetric part of a precision matrix): identification is judged in the free,
+        # unconstrained coordinates, H_u = Dᵀ H D at a stationary point
+        u = model.to_unconstrained(fitted)
+        flat_u, _ = ravel_pytree(u)
+        jacobian = np.asarray(solvers.constrained_jacobian(flat_u, u, model=model), dtype=float)
+        free_hessian = jacobian.T @ hessian @ jacobian
+    else:
+        jacobian = np.asarray(solvers.constrained_jacobian(flat, template, model=model,
+                                                           objective=objective), dtype=float)
+        free_hessian = hessian
+        cov = delta_method(jacobian, cov)
+    null = unidentified_directions(free_hessian, flat.dtype)
+    if null.size:
+        cov = _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
+                                 flat.dtype)
+    return cov
+
+
+def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):
+    """NaN the covariance of the parameters that move along ``directions`` (columns, in the
+    constrained coordinates), and say which they are and what it means."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    loadings = np.abs(directions)
+    affected = np.flatnonzero(loadings.max(axis=1) > 1e-3 * loadings.max())
+    described = "; ".join(describe_direction(d, names) for d in directions.T)
+    warnings.warn(
+        f"the Hessian of the {label} objective at the estimate is singular (to "
+        f"{np.dtype(dtype).name} precision): the parameters are not identified from these "
+        f"data along {described} (the objective does not change along it, or too little to "
+        f"tell in {np.dtype(dtype).name}). Their standard errors are NaN: "
+        f"{', '.join(names[i] for i in affected)}. Fix or remove one of the parameters "
+        "involved, or reparameterize so that each enters the energy in its own way.",
+        RuntimeWarning, stacklevel=4)
+    cov = np.array(cov, dtype=float)
+    cov[affected, :] = np.nan
+    cov[:, affected] = np.nan
+    return cov
 
 
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
