@@ -342,3 +342,87 @@ def test_sandwich_with_a_non_finite_hessian_warns_and_returns_nan():
                                             r"NaN.*scale of the data"):
         sandwich = sandwich_covariance(np.ones((5, 2)), np.array([[np.inf, 0.0], [0.0, 1.0]]))
     assert np.isnan(sandwich.covariance).all()
+
+
+# ---- 6. HMC on an improper density ends, and says why ------------------------------------------
+
+_IMPROPER_HMC = """
+import json, warnings
+import jax, jax.numpy as jnp
+import unnorm as un
+
+# exp(x**4) is not normalizable: the chains run off and the adapted step size collapses
+model = un.Model(lambda p, x: -p["a"] * jnp.sum(x**4), params={"a": 1.0},
+                 support=un.supports.real(1))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    idata = un.sample(model, key=jax.random.key(0), sampler="hmc", num_chains=2,
+                      num_warmup=50, num_samples=50, progress_bar=False)
+print(json.dumps({
+    "max_n_steps": int(idata.sample_stats["n_steps"].max()),
+    "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+}))
+"""
+
+
+def test_hmc_on_an_improper_density_ends_with_a_warning():
+    import json
+    import subprocess
+
+    # a subprocess, so that a regression (a draw of millions of leapfrog steps) fails the test
+    # at the timeout instead of hanging the session
+    try:
+        run = subprocess.run([sys.executable, "-c", _IMPROPER_HMC], capture_output=True,
+                             text=True, timeout=180, env=_child_env())
+    except subprocess.TimeoutExpired:
+        pytest.fail("un.sample with HMC on an improper density did not end within 180 s")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["max_n_steps"] == 1024
+    pattern = (r"ConvergenceWarning: \[hmc\] 100% of the draws hit the cap of 1024 leapfrog "
+               r"steps per draw \(max_num_steps=1024\), and the step size adapted down to "
+               r"[\d.]+e-0\d: the density may be improper \(exp\(-E\) not integrable")
+    assert any(re.match(pattern, w) for w in report["warnings"]), report["warnings"]
+
+
+def _child_env() -> dict:
+    import os
+
+    # the child imports this checkout's unnorm, as the tests do
+    root = str(__import__("pathlib").Path(un.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_nuts_at_its_maximum_tree_depth_warns():
+    # the check un.sample runs on NUTS's statistics (end to end for HMC above)
+    from unnorm.diagnostics import warn_step_cap
+    from unnorm.samplers import hmc
+
+    cap = hmc.NUTS.step_cap({"max_tree_depth": 10})
+    assert cap.min_steps == 512  # a tree of depth 10 holds 512 .. 1023 steps
+    n_steps = np.where(np.arange(200).reshape(2, 100) % 4 == 0, 1023, 15)  # 25% at the cap
+    with pytest.warns(un.ConvergenceWarning,
+                      match=r"\[nuts\] 25% of the draws reached the maximum tree depth "
+                            r"\(max_tree_depth=10, up to 1023 leapfrog steps per draw\): the "
+                            "density may be improper"):
+        warn_step_cap(n_steps, np.full((2, 100), 0.3), cap.min_steps, cap.what, "nuts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # 5% of the draws at the cap, a healthy step size: no warning
+        warn_step_cap(np.where(np.arange(200).reshape(2, 100) % 20 == 0, 1023, 15),
+                      np.full((2, 100), 0.3), cap.min_steps, cap.what, "nuts")
+    with pytest.warns(un.ConvergenceWarning, match=r"\[hmc\] The step size adapted down to "
+                                                   r"3e-06: the density may be improper"):
+        warn_step_cap(np.full((2, 100), 15), np.full((2, 100), 3e-6), 1024, "hit the cap",
+                      "hmc")
+    assert hmc.HMC.step_cap({"num_steps": 10, "max_num_steps": 1024}) is None
+
+
+def test_max_num_steps_is_checked():
+    model = un.Model(quadratic, params={"mu": jnp.zeros(1)}, support=un.supports.real(1))
+    with pytest.raises(ValueError, match="max_num_steps must be >= 1; got 0"):
+        un.sample(model, key=KEY, sampler="hmc", max_num_steps=0)
+    with pytest.raises(TypeError, match=r"sampler 'nuts' does not take option\(s\) "
+                                        r"\['max_num_steps'\]"):
+        un.sample(model, key=KEY, sampler="nuts", max_num_steps=10)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks, _xla
 from .._compat import to_inference_data
-from ..diagnostics import warn_convergence
+from ..diagnostics import warn_convergence, warn_step_cap
 from ..model import Model, format_params
 from . import chain_groups, chains
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
@@ -312,6 +312,10 @@ def sample(
     )
     if warn:
         warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice)
+        cap = sampler_spec.step_cap(tuning) if sampler_spec.step_cap is not None else None
+        if cap is not None:
+            warn_step_cap(stats["n_steps"], stats["step_size"], cap.min_steps, cap.what,
+                          sampler)
     return idata
 
 
