@@ -315,6 +315,7 @@ def test_non_identified_parameters_warn_and_get_nan_standard_errors():
         1.0 / np.mean(data**2), rel=0.15)
     assert np.isnan(fit.stderr["a"]) and np.isnan(fit.stderr["b"])
     assert np.isfinite(fit.nuisance_stderr["log_z"])
+    assert fit.converged  # a minimum of the valley of minima, not a failed Newton run
 
 
 def natural_gaussian(params, x):
@@ -426,3 +427,36 @@ def test_max_num_steps_is_checked():
     with pytest.raises(TypeError, match=r"sampler 'nuts' does not take option\(s\) "
                                         r"\['max_num_steps'\]"):
         un.sample(model, key=KEY, sampler="nuts", max_num_steps=10)
+
+
+# ---- 7. a non-convergence warning names the stage, the steps taken and the limit -------------
+
+LINE_DATA = np.random.default_rng(3).normal(1.0, 2.0, size=(200, 1))
+LINE_MODEL = un.Model(quadratic, params={"mu": jnp.zeros(1)}, support=un.supports.real(1))
+
+
+def test_failed_newton_refinement_is_not_reported_as_too_few_optimizer_steps(monkeypatch):
+    from unnorm import driver
+
+    # the optimizer settles early; a Newton refinement that then fails was reported as "did not
+    # converge in <the optimizer's steps> steps; raise num_steps", though num_steps was not hit
+    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args: (u, False))
+    with pytest.warns(RuntimeWarning, match=r"the Newton refinement of the 'sm' fit did not "
+                                            r"reach a minimum of the full-data objective to "
+                                            r"working precision \(the optimizer before it "
+                                            r"stopped at step (\d+) of num_steps=3000, its "
+                                            r"loss settled\)") as caught:
+        fit = un.fit(LINE_MODEL, LINE_DATA, "sm", key=KEY, method="optimizer", num_steps=3000,
+                     progress_bar=False)
+    steps = int(re.search(r"stopped at step (\d+)", str(caught[0].message)).group(1))
+    assert steps == fit.num_steps < 3000 and not fit.converged
+
+
+def test_optimizer_that_runs_out_of_steps_says_so():
+    with pytest.warns(RuntimeWarning, match=r"the 'sm' fit did not converge: the optimizer ran "
+                                            r"all 150 steps \(num_steps=150\) and the mean "
+                                            r"loss of its last 50 steps still changed by more "
+                                            r"than tol=1e-12"):
+        fit = un.fit(LINE_MODEL, LINE_DATA, "sm", key=KEY, method="optimizer", num_steps=150,
+                     tol=1e-12, stderr=False, progress_bar=False)
+    assert fit.num_steps == 150 and not fit.converged

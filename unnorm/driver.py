@@ -329,25 +329,28 @@ def fit(
     elif plan.start == "newton":
         # the estimator's own finish runs the Newton steps (KSD's U-statistic)
         fitted = objective_params(model, objective, theta)
+    optimizer_converged, newton_converged = True, None
     if fitted is None:
-        theta, losses, converged, steps, skipped, est_state = _optimize(
+        theta, losses, optimizer_converged, steps, skipped, est_state = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
+        converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
-            theta, converged = _refine(model, objective, theta, est_state, data, train_key)
+            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+                                              train_key)
+            converged = newton_converged
             stages.append("newton")
         fitted = objective_params(model, objective, theta)
 
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
-    if not converged and objective.traits.deterministic and batch_size is None:
-        # a stochastic loss rarely meets a relative-change rule; only a deterministic one
-        # that does not is worth a warning
-        warnings.warn(
-            f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
-            "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
+    message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
+                               num_steps, window, tol, objective.traits.deterministic
+                               and batch_size is None)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     # ---- finish: the estimator's own stage, or the driver's sandwich ----------------------
     covariance, chains = None, None
@@ -390,6 +393,30 @@ def fit(
         nuisance_stderr=nuisance_se,
         stages=tuple(stages),
     )
+
+
+def _non_convergence(name: str, optimizer_converged: bool, newton_converged: bool | None,
+                     steps: int, num_steps: int, window: int, tol: float,
+                     settles: bool) -> str | None:
+    """The warning of a fit that did not converge, naming the stage that did not: the
+    optimizer (it ran all ``num_steps``) or the Newton refinement after it (whatever the
+    optimizer did, which the message states with its steps and limit). ``settles``: the loss
+    is deterministic and full-batch, so the optimizer's relative-change rule can be met (a
+    stochastic loss rarely meets it: not worth a warning)."""
+    if newton_converged is False:
+        before = (f"the optimizer before it stopped at step {steps} of num_steps={num_steps}, "
+                  "its loss settled" if optimizer_converged else
+                  f"the optimizer before it ran all {steps} steps (num_steps={num_steps})")
+        return (f"the Newton refinement of the {name!r} fit did not reach a minimum of the "
+                f"full-data objective to working precision ({before}); the estimate and its "
+                "standard errors may be off. Lower tol or raise num_steps to let the optimizer "
+                "go further, or start nearer the minimizer (init=...).")
+    if newton_converged is None and not optimizer_converged and settles:
+        return (f"the {name!r} fit did not converge: the optimizer ran all {steps} steps "
+                f"(num_steps={num_steps}) and the mean loss of its last {window} steps still "
+                f"changed by more than tol={tol:g} relative to the {window} before; raise "
+                "num_steps or change the optimizer's learning rate.")
+    return None
 
 
 class Plan(NamedTuple):
