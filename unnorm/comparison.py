@@ -115,7 +115,7 @@ def compare(
     >>> table = un.compare(model, x, ["sm", "ssm"], key=jax.random.key(0),
     ...                    truth={"mu": np.zeros(2), "prec": np.eye(2)}, progress_bar=False)
     >>> table.groupby("estimator").size().to_dict()
-    {'sm': 5, 'ssm': 5}
+    {'sm': 6, 'ssm': 6}
     >>> list(table.columns)[-2:]
     ['time_s', 'error']
     """
