@@ -444,11 +444,11 @@ def test_failed_newton_refinement_is_not_reported_as_too_few_optimizer_steps(mon
     with pytest.warns(RuntimeWarning, match=r"the Newton refinement of the 'sm' fit did not "
                                             r"reach a minimum of the full-data objective to "
                                             r"working precision \(the optimizer before it "
-                                            r"stopped at step (\d+) of num_steps=3000, its "
-                                            r"loss settled\)") as caught:
+                                            r"stopped after (\d+) of num_steps=3000 steps, "
+                                            r"its loss settled\)") as caught:
         fit = un.fit(LINE_MODEL, LINE_DATA, "sm", key=KEY, method="optimizer", num_steps=3000,
                      progress_bar=False)
-    steps = int(re.search(r"stopped at step (\d+)", str(caught[0].message)).group(1))
+    steps = int(re.search(r"stopped after (\d+)", str(caught[0].message)).group(1))
     assert steps == fit.num_steps < 3000 and not fit.converged
 
 

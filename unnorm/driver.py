@@ -404,8 +404,8 @@ def _non_convergence(name: str, optimizer_converged: bool, newton_converged: boo
     is deterministic and full-batch, so the optimizer's relative-change rule can be met (a
     stochastic loss rarely meets it: not worth a warning)."""
     if newton_converged is False:
-        before = (f"the optimizer before it stopped at step {steps} of num_steps={num_steps}, "
-                  "its loss settled" if optimizer_converged else
+        before = (f"the optimizer before it stopped after {steps} of num_steps={num_steps} "
+                  "steps, its loss settled" if optimizer_converged else
                   f"the optimizer before it ran all {steps} steps (num_steps={num_steps})")
         return (f"the Newton refinement of the {name!r} fit did not reach a minimum of the "
                 f"full-data objective to working precision ({before}); the estimate and its "
