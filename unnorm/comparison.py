@@ -2,11 +2,15 @@
 
 Each estimator is fitted with :func:`unnorm.fit` and the same key (common random numbers: the
 same minibatch stream), and the results are stacked in long form, one row per (estimator,
-scalar parameter), as a statistician would tabulate a simulation study.
+scalar parameter), as a statistician would tabulate a simulation study. An estimator whose fit
+fails keeps its rows, with NaN estimates and the error in ``error_message``: one estimator that
+cannot fit the data does not cost the others' results.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +22,12 @@ from .driver import fit
 from .estimators import ESTIMATORS, Estimator, resolve
 from .model import Model
 from .result import FitResult
+from .uncertainty import parameter_names
 
 __all__ = ["compare", "default_estimators"]
 
-#: the columns of the table ``compare`` returns (``error`` is added when ``truth`` is given)
+#: the columns of the table ``compare`` returns (``error`` is added when ``truth`` is given,
+#: ``error_message`` when an estimator failed)
 COLUMNS = ["estimator", "parameter", "estimate", "std_err", "ci_lower", "ci_upper", "time_s"]
 
 
@@ -94,8 +100,12 @@ def compare(
         Long form, one row per (estimator, scalar parameter): ``estimator, parameter,
         estimate, std_err, ci_lower, ci_upper, time_s`` (seconds of that estimator's fit,
         compilation included), and ``error`` when ``truth`` is given. ``std_err`` and the
-        interval are NaN when an estimator's standard errors were not computed. With
-        ``return_fits``, the pair ``(table, fits)``.
+        interval are NaN when an estimator's standard errors were not computed. When an
+        estimator's fit raised, its rows hold NaN estimates, a ``RuntimeWarning`` names the
+        estimator and the error, and the column ``error_message`` (added when some fit
+        failed; None in the rows of the others) holds ``"ExceptionType: message"``; when
+        every fit fails, the first error is raised. With ``return_fits``, the pair
+        ``(table, fits)``, ``fits`` holding the fits that succeeded.
 
     Examples
     --------
@@ -105,7 +115,7 @@ def compare(
     >>> table = un.compare(model, x, ["sm", "ssm"], key=jax.random.key(0),
     ...                    truth={"mu": np.zeros(2), "prec": np.eye(2)}, progress_bar=False)
     >>> table.groupby("estimator").size().to_dict()
-    {'sm': 5, 'ssm': 5}
+    {'sm': 6, 'ssm': 6}
     >>> list(table.columns)[-2:]
     ['time_s', 'error']
     """
@@ -125,26 +135,53 @@ def compare(
     for estimator in resolved:  # every one, before the first (possibly long) fit
         estimator.check(model)
     labels = _labels(resolved)
+    # once, rather than a failure per estimator
+    model.support.check_data(data, "data", dtype=model.dtype)
     truth_flat = None
     if truth is not None:
         truth = model.check_params(truth, "truth")
         truth_flat = np.concatenate([np.ravel(np.asarray(leaf, dtype=float))
                                      for leaf in jax.tree_util.tree_leaves(truth)])
 
-    tables, fits = [], {}
+    tables, fits, failures = [], {}, {}
     for label, estimator in zip(labels, resolved, strict=True):
-        result = fit(model, data, estimator, key=key, **fit_options)
+        started = time.perf_counter()
+        try:
+            result = fit(model, data, estimator, key=key, **fit_options)
+        except Exception as err:  # any failure of one fit (the energy is the user's code)
+            failures[label] = err
+            message = f"{type(err).__name__}: {err}"
+            warnings.warn(f"un.compare: estimator {label!r} failed and its rows hold NaN "
+                          f"estimates (see the column error_message): {message}",
+                          RuntimeWarning, stacklevel=2)
+            tables.append(_failed_rows(model, label, message, time.perf_counter() - started))
+            continue
         fits[label] = result
         table = result.summary(level).reset_index()
         table.insert(0, "estimator", label)
         table["time_s"] = result.wall_time
-        if truth_flat is not None:
+        table["error_message"] = None
+        tables.append(table)
+    if not fits:
+        raise next(iter(failures.values()))
+    if truth_flat is not None:
+        for table in tables:
             # the model's parameters come first; an estimator's nuisance rows (NCE's log_z)
             # have no truth
             error = np.full(len(table), np.nan)
             error[:truth_flat.size] = table["estimate"].to_numpy()[:truth_flat.size] - truth_flat
             table["error"] = error
-        tables.append(table)
     out = pd.concat(tables, ignore_index=True)
-    out = out[COLUMNS + (["error"] if truth_flat is not None else [])]
+    extra = (["error"] if truth_flat is not None else []) + (
+        ["error_message"] if failures else [])
+    out = out[COLUMNS + extra]
     return (out, fits) if return_fits else out
+
+
+def _failed_rows(model: Model, label: str, message: str, seconds: float) -> pd.DataFrame:
+    """The rows of an estimator whose fit failed: every parameter, NaN estimates."""
+    names = parameter_names(model.params)
+    nan = np.full(len(names), np.nan)
+    return pd.DataFrame({"estimator": label, "parameter": names, "estimate": nan,
+                         "std_err": nan, "ci_lower": nan, "ci_upper": nan, "time_s": seconds,
+                         "error_message": message})

@@ -33,10 +33,17 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from . import _checks, _xla, intervals, solvers, threefry
+from .errors import FitError, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, format_params
 from .result import FitResult
-from .uncertainty import delta_method, sandwich_covariance
+from .uncertainty import (
+    delta_method,
+    describe_direction,
+    parameter_names,
+    sandwich_covariance,
+    unidentified_directions,
+)
 
 __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
 
@@ -44,10 +51,6 @@ __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
 #: scalar parameters; beyond it the p×p Hessian is too costly and neural energies train better
 #: with fresh noise at every step.
 STDERR_AUTO_LIMIT = 1000
-
-
-class FitError(RuntimeError):
-    """A fit that cannot go on: repeated non-finite losses or gradients."""
 
 
 class TrainState(NamedTuple):
@@ -111,10 +114,12 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: Model,
-                      objective: Objective, optimizer, batch_size: int | None, length: int):
+def _train_chunk_impl(train: TrainState, data, key, start, num_steps, max_failures, *,
+                      model: Model, objective: Objective, optimizer, batch_size: int | None,
+                      length: int):
     """``length`` optimizer steps in one ``lax.scan``; steps at or past ``num_steps`` are no-ops
-    (so one compiled chunk serves any number of steps)."""
+    (so one compiled chunk serves any number of steps), and so are the steps after
+    ``max_failures`` consecutive failures (the fit stops at the step that reached them)."""
     n = data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
@@ -135,7 +140,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, *, model: 
                                                        batch, step_key)
         updates, opt_state = optimizer.update(grads, train.opt_state, train.unconstrained)
         unconstrained = optax.apply_updates(train.unconstrained, updates)
-        active = step < num_steps
+        active = (step < num_steps) & (train.consecutive_failures < max_failures)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         accept = active & finite
 
@@ -274,7 +279,8 @@ def fit(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     estimator = resolve(estimator)
     estimator.check(model)
-    data_np = model.support.check_data(data, "data")
+    # checked in the dtype the fit computes in (the params'), where a value can overflow
+    data_np = model.support.check_data(data, "data", dtype=model.dtype)
     key = _checks.check_key(key)
     num_steps = _checks.check_int(num_steps, "num_steps", minimum=1)
     batch_size = _check_batch_size(batch_size, data_np.shape[0])
@@ -311,7 +317,8 @@ def fit(
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
     if plan.start == "closed form":
-        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
+        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key,
+                                     label=f"estimator {estimator.name!r}")
         stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
         refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
@@ -322,25 +329,28 @@ def fit(
     elif plan.start == "newton":
         # the estimator's own finish runs the Newton steps (KSD's U-statistic)
         fitted = objective_params(model, objective, theta)
+    optimizer_converged, newton_converged = True, None
     if fitted is None:
-        theta, losses, converged, steps, skipped, est_state = _optimize(
+        theta, losses, optimizer_converged, steps, skipped, est_state = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
+        converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
-            theta, converged = _refine(model, objective, theta, est_state, data, train_key)
+            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+                                              train_key)
+            converged = newton_converged
             stages.append("newton")
         fitted = objective_params(model, objective, theta)
 
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
-    if not converged and objective.traits.deterministic and batch_size is None:
-        # a stochastic loss rarely meets a relative-change rule; only a deterministic one
-        # that does not is worth a warning
-        warnings.warn(
-            f"the {estimator.name!r} fit did not converge in {steps} steps; raise num_steps or "
-            "change the optimizer's learning rate.", RuntimeWarning, stacklevel=2)
+    message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
+                               num_steps, window, tol, objective.traits.deterministic
+                               and batch_size is None)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     # ---- finish: the estimator's own stage, or the driver's sandwich ----------------------
     covariance, chains = None, None
@@ -351,7 +361,8 @@ def fit(
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
-                                 in_constrained=(stages == ["closed form"]))
+                                 in_constrained=(stages == ["closed form"]),
+                                 label=repr(estimator.name))
         stages.append("sandwich")
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     se_tree = nuisance_se = interval_grid = None
@@ -384,6 +395,30 @@ def fit(
         stages=tuple(stages),
         interval_grid=interval_grid,
     )
+
+
+def _non_convergence(name: str, optimizer_converged: bool, newton_converged: bool | None,
+                     steps: int, num_steps: int, window: int, tol: float,
+                     settles: bool) -> str | None:
+    """The warning of a fit that did not converge, naming the stage that did not: the
+    optimizer (it ran all ``num_steps``) or the Newton refinement after it (whatever the
+    optimizer did, which the message states with its steps and limit). ``settles``: the loss
+    is deterministic and full-batch, so the optimizer's relative-change rule can be met (a
+    stochastic loss rarely meets it: not worth a warning)."""
+    if newton_converged is False:
+        before = (f"the optimizer before it stopped after {steps} of num_steps={num_steps} "
+                  "steps, its loss settled" if optimizer_converged else
+                  f"the optimizer before it ran all {steps} steps (num_steps={num_steps})")
+        return (f"the Newton refinement of the {name!r} fit did not reach a minimum of the "
+                f"full-data objective to working precision ({before}); the estimate and its "
+                "standard errors may be off. Lower tol or raise num_steps to let the optimizer "
+                "go further, or start nearer the minimizer (init=...).")
+    if newton_converged is None and not optimizer_converged and settles:
+        return (f"the {name!r} fit did not converge: the optimizer ran all {steps} steps "
+                f"(num_steps={num_steps}) and the mean loss of its last {window} steps still "
+                f"changed by more than tol={tol:g} relative to the {window} before; raise "
+                "num_steps or change the optimizer's learning rate.")
+    return None
 
 
 class Plan(NamedTuple):
@@ -445,8 +480,9 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
               desc=f"fit {estimator_name}", leave=False) as bar:
         while done < num_steps:
             train, chunk_losses = _train_chunk()(
-                train, data, key, jnp.asarray(done), jnp.asarray(num_steps), model=model,
-                objective=objective, optimizer=optimizer, batch_size=batch_size, length=length)
+                train, data, key, jnp.asarray(done), jnp.asarray(num_steps),
+                jnp.asarray(max_failures), model=model, objective=objective,
+                optimizer=optimizer, batch_size=batch_size, length=length)
             taken = min(length, num_steps - done)
             chunk_losses = np.asarray(chunk_losses)[:taken]
             losses.append(chunk_losses)
@@ -455,20 +491,25 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
             finite = chunk_losses[np.isfinite(chunk_losses)]
             if finite.size:
                 bar.set_postfix(loss=f"{finite[-1]:.5g}")
-            failures = int(train.consecutive_failures)
-            if failures >= max_failures:
+            history = np.concatenate(losses)
+            if int(train.consecutive_failures) >= max_failures:
+                # the steps after the one that reached max_failures were no-ops: the
+                # parameters are those of that step, which the losses (NaN = failed) locate
+                last = _failure_run_end(history, max_failures)
+                first = last - max_failures + 1
                 params = objective_params(model, objective, train.unconstrained)
                 if objective.nuisance is not None:
                     params = {**params[0], **{f"nuisance.{k}": v for k, v in params[1].items()}}
                 raise FitError(
-                    f"estimator {estimator_name!r} stopped at step {done - failures}: from "
-                    f"there on {failures} consecutive steps (max_failures={max_failures}) had a "
-                    f"non-finite loss or gradient and were skipped. The parameters there "
+                    f"estimator {estimator_name!r} stopped at step {first}: from there on "
+                    f"{max_failures} consecutive steps (max_failures={max_failures}), steps "
+                    f"{first} to {last} (numbered from 0), had a non-finite loss or gradient "
+                    "and were skipped. The parameters there "
                     f"were:\n{format_params(params)}\nCheck the energy for "
-                    "overflow (e.g. exp of large values), lower the learning rate, or start "
-                    "from other init values."
+                    f"overflow (e.g. exp of large values) and the scale of the data "
+                    f"({data_scale(data)}), lower the learning rate, or start from other "
+                    "init values."
                 )
-            history = np.concatenate(losses)
             if _has_converged(history, window, tol):
                 converged = True
                 break
@@ -476,6 +517,16 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
     return theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state
+
+
+def _failure_run_end(losses: np.ndarray, run: int) -> int:
+    """The first step that ends ``run`` consecutive failed steps (NaN losses)."""
+    count = 0
+    for step, failed in enumerate(np.isnan(losses)):
+        count = count + 1 if failed else 0
+        if count == run:
+            return step
+    raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
 def _refine(model, objective, u, est_state, data, key):
@@ -486,8 +537,10 @@ def _refine(model, objective, u, est_state, data, key):
     return unravel(flat), converged
 
 
-def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool):
-    """Sandwich covariance of the flattened constrained parameters."""
+def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
+                label: str):
+    """Sandwich covariance of the flattened constrained parameters (and nuisance parameters),
+    NaN in the rows and columns of parameters the data do not identify, with a warning."""
     if in_constrained:
         template = fitted
     else:
@@ -496,12 +549,51 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     flat, _ = ravel_pytree(template)
     static = dict(model=model, objective=objective, constrained=in_constrained)
     grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
-    hessian = solvers.derivatives(flat, template, data, est_state, key, **static)[2]
+    hessian = np.asarray(solvers.derivatives(flat, template, data, est_state, key,
+                                             **static)[2], dtype=float)
     cov = sandwich_covariance(grads, hessian).covariance
     if in_constrained:
-        return cov
-    jacobian = solvers.constrained_jacobian(flat, template, model=model, objective=objective)
-    return delta_method(jacobian, cov)
+        # the constrained coordinates can have directions the parameters cannot move in (the
+        # antisymmetric part of a precision matrix): identification is judged in the free,
+        # unconstrained coordinates, H_u = Dᵀ H D at a stationary point
+        u = model.to_unconstrained(fitted)
+        flat_u, _ = ravel_pytree(u)
+        jacobian = np.asarray(solvers.constrained_jacobian(flat_u, u, model=model), dtype=float)
+        free_hessian = jacobian.T @ hessian @ jacobian
+    else:
+        jacobian = np.asarray(solvers.constrained_jacobian(flat, template, model=model,
+                                                           objective=objective), dtype=float)
+        free_hessian = hessian
+        cov = delta_method(jacobian, cov)
+    null = unidentified_directions(free_hessian, flat.dtype)
+    if null.size:
+        cov = _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
+                                 flat.dtype)
+    return cov
+
+
+def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):
+    """NaN the covariance of the parameters that move along ``directions`` (columns, in the
+    constrained coordinates), and say which they are and what it means."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    loadings = np.abs(directions)
+    affected = np.flatnonzero(loadings.max(axis=1) > 1e-3 * loadings.max())
+    described = "; ".join(describe_direction(d, names) for d in directions.T)
+    warnings.warn(
+        f"the Hessian of the {label} objective at the estimate is singular (to "
+        f"{np.dtype(dtype).name} precision): the parameters are not identified from these "
+        f"data along {described} (the objective does not change along it, or too little to "
+        f"tell in {np.dtype(dtype).name}). Their standard errors are NaN: "
+        f"{', '.join(names[i] for i in affected)}. Fix or remove one of the parameters "
+        "involved, or reparameterize so that each enters the energy in its own way.",
+        RuntimeWarning, stacklevel=4)
+    cov = np.array(cov, dtype=float)
+    cov[affected, :] = np.nan
+    cov[:, affected] = np.nan
+    return cov
 
 
 def _interval_grid(model: Model, objective: Objective, fitted, covariance: np.ndarray):

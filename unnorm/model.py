@@ -13,7 +13,9 @@ The model is seed 004, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pickle
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,19 +49,28 @@ def format_params(params: Mapping[str, Any], limit: int = 6) -> str:
     return "\n".join(lines)
 
 
-def _as_param_tree(name: str, value: Any) -> Any:
-    """Convert the leaves of one parameter to float arrays and reject NaN / inf."""
+def _as_param_tree(name: str, value: Any, arg: str = "params") -> Any:
+    """Convert the leaves of one parameter to float arrays and reject complex values and
+    NaN / inf; ``arg`` names the argument in the messages (``params``, ``init``...)."""
+    for leaf in jax.tree_util.tree_leaves(value):
+        if np.iscomplexobj(leaf):
+            raise TypeError(
+                f"{arg}[{name!r}] is complex (dtype {np.asarray(leaf).dtype}); parameters must "
+                "be real (a float conversion would silently drop the imaginary part). Declare "
+                "the real and imaginary parts as two real parameters and combine them inside "
+                "the energy."
+            )
     try:
         tree = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype=float), value)
     except (TypeError, ValueError) as err:
         raise TypeError(
-            f"params[{name!r}] must be an array (or a pytree of arrays) of numbers; got "
+            f"{arg}[{name!r}] must be an array (or a pytree of arrays) of numbers; got "
             f"{type(value).__name__}: {err}"
         ) from None
     for leaf in jax.tree_util.tree_leaves(tree):
         if not bool(jnp.all(jnp.isfinite(leaf))):
             raise ValueError(
-                f"params[{name!r}] contains NaN or infinite values: "
+                f"{arg}[{name!r}] contains NaN or infinite values: "
                 f"{np.array2string(np.asarray(leaf).ravel()[:6], precision=4)}; initial "
                 "parameter values must be finite."
             )
@@ -101,7 +112,9 @@ class Model:
     [-1.0, -1.0]
     """
 
-    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name")
+    # _declared: (module, qualname) of the function @un.model turned into this model, which
+    # pickle then finds by name (the function's own name is bound to the Model)
+    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name", "_declared")
 
     def __init_subclass__(cls, **kwargs):
         raise TypeError("unnorm.Model is final; write a function that returns a Model instead.")
@@ -160,10 +173,52 @@ class Model:
         object.__setattr__(self, "_constraints", cons)
         object.__setattr__(self, "_support", support)
         object.__setattr__(self, "_name", name or getattr(energy, "__name__", "model"))
+        object.__setattr__(self, "_declared", None)
         self._check_energy_shape()
 
     def __setattr__(self, key, value):
         raise AttributeError("unnorm.Model is immutable; build a new Model to change it.")
+
+    # ---- copy and pickle -----------------------------------------------------------------------
+    def __copy__(self) -> Model:
+        # Immutable, holding immutable arrays and a function: a copy may be the model itself,
+        # as for a tuple, and keeps the compiled code cached on it.
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Model:
+        return self
+
+    def __reduce__(self):
+        """Pickle through the constructor, the energy stored by its importable name; a model
+        declared with ``@un.model`` at the top level of a module is stored by that name.
+        Lambdas and closures go through cloudpickle when it is installed; otherwise a
+        ``TypeError`` says how to make the model picklable."""
+        if self._declared is not None:
+            module, qualname = self._declared
+            if _lookup(module, qualname) is self:
+                return _declared_model, (module, qualname)
+            what = f"its function {qualname!r} is declared with @un.model inside another function"
+        else:
+            if _pickles_by_name(self._energy_fn):
+                return Model, self._constructor_args()
+            label = getattr(self._energy_fn, "__qualname__", type(self._energy_fn).__name__)
+            what = (f"its energy {label!r} is a lambda or a function defined inside another "
+                    "function (a closure)")
+        try:
+            import cloudpickle
+        except ImportError:
+            raise TypeError(
+                f"cannot pickle the model {self._name!r}: {what}, and pickle stores functions "
+                "only by their importable name. Define it with def at the top level of a module "
+                "(pass what it closes over as params or through functools.partial), or install "
+                "cloudpickle (pip install cloudpickle), which unnorm then uses for such models."
+            ) from None
+        return _from_cloudpickle, (cloudpickle.dumps(self._constructor_args()),)
+
+    def _constructor_args(self) -> tuple:
+        # NumPy leaves: the pickle does not depend on JAX's devices
+        params = {k: jax.tree_util.tree_map(np.asarray, v) for k, v in self._params.items()}
+        return self._energy_fn, params, dict(self._constraints), self._support, self._name
 
     def __repr__(self) -> str:
         shapes = {k: tuple(np.shape(v)) for k, v in self._params.items()}
@@ -179,6 +234,12 @@ class Model:
                 f"the support {self._support!r}) and the initial params: "
                 f"{type(err).__name__}: {err}"
             ) from err
+        if jnp.issubdtype(getattr(out, "dtype", np.float32), jnp.complexfloating):
+            raise TypeError(
+                f"energy(params, x) returned a complex value (dtype {out.dtype}) for x of shape "
+                f"{self.event_shape}; an energy must be real (the density is exp(-E)). Return a "
+                "real quantity of any complex intermediate z, e.g. jnp.abs(z) ** 2 or jnp.real(z)."
+            )
         if not hasattr(out, "shape") or out.shape != ():
             shape = getattr(out, "shape", type(out).__name__)
             raise ValueError(
@@ -212,6 +273,21 @@ class Model:
     def name(self) -> str:
         """The model's label."""
         return self._name
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The floating-point dtype of the parameters, in which fits and samplers compute
+        (float32 unless JAX's x64 mode was on when the model was built); data are checked to
+        fit in it.
+
+        Example
+        -------
+        >>> import unnorm as un
+        >>> un.models.gaussian(2).dtype
+        dtype('float32')
+        """
+        leaves = jax.tree_util.tree_leaves(self._params)
+        return np.dtype(jnp.result_type(*leaves) if leaves else jnp.result_type(float))
 
     @property
     def energy_fn(self) -> Callable[[Params, jax.Array], jax.Array]:
@@ -280,7 +356,7 @@ class Model:
                 # the model's own values, validated when it was built: no eager re-check
                 checked[key] = stored
                 continue
-            tree = _as_param_tree(key, value)
+            tree = _as_param_tree(key, value, name)
             ref = jax.tree_util.tree_structure(stored)
             if jax.tree_util.tree_structure(tree) != ref:
                 raise ValueError(f"{name}[{key!r}] does not have the structure of model.params.")
@@ -301,6 +377,41 @@ class Model:
                     )
             checked[key] = tree
         return checked
+
+
+def _pickles_by_name(fn: Callable) -> bool:
+    """Whether plain pickle can store ``fn`` (a function by its importable name, a
+    ``functools.partial`` of one with picklable arguments, a picklable callable object)."""
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    """The object named ``module.qualname``, or None when there is none."""
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj
+
+
+def _declared_model(module: str, qualname: str) -> Model:
+    """Unpickle a model declared with ``@un.model`` at the top level of a module."""
+    model = _lookup(module, qualname)
+    if not isinstance(model, Model):
+        raise pickle.UnpicklingError(f"{module}.{qualname} is no longer an unnorm.Model.")
+    return model
+
+
+def _from_cloudpickle(payload: bytes) -> Model:
+    """Unpickle a model whose energy cloudpickle stored (plain pickle reads cloudpickle's
+    output when cloudpickle is importable)."""
+    return Model(*pickle.loads(payload))
 
 
 def _same_leaves(value: Any, stored: Any) -> bool:
@@ -407,6 +518,11 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
                     f"un.param({pname!r}, ...) is declared twice in model {fn.__name__!r}; "
                     "parameter names must be unique."
                 )
+            if any(np.iscomplexobj(leaf) for leaf in jax.tree_util.tree_leaves(init)):
+                raise TypeError(
+                    f"un.param({pname!r}, init): init is complex; parameters must be real. "
+                    "Declare the real and imaginary parts as two real parameters."
+                )
             declared[pname] = (init, constraint)
             return jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype=float), init)
 
@@ -435,12 +551,14 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
 
         energy.__name__ = fn.__name__
         energy.__doc__ = fn.__doc__
-        return Model(
+        built = Model(
             energy,
             params={k: v[0] for k, v in declared.items()},
             constraints={k: v[1] for k, v in declared.items()},
             support=support,
             name=name or fn.__name__,
         )
+        object.__setattr__(built, "_declared", (fn.__module__, fn.__qualname__))
+        return built
 
     return build(fn) if fn is not None else build

@@ -33,13 +33,25 @@ def constrained_jacobian(flat_u: jax.Array, template_u, to_constrained: Callable
     return jax.jacfwd(lambda f: ravel_pytree(to_constrained(unravel(f)))[0])(flat_u)
 
 
+def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``matrix⁻¹ rhs``; for an exactly singular matrix (two parameters that enter the
+    objective only through their sum: not identified) the minimum-norm solution, a step along
+    the identified directions only. The sandwich covariance then reports the unidentified ones
+    (:func:`unnorm.uncertainty.unidentified_directions`)."""
+    try:
+        return np.linalg.solve(matrix, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
+
+
 def newton(derivs_fn: Callable, u0: jax.Array, max_iter: int = 100) -> tuple[jax.Array, bool]:
     """Damped Newton with backtracking on a smooth full-data objective.
 
     ``derivs_fn(u) -> (value, grad, hessian)``; the line search reuses it (one compiled function
     instead of two, and an accepted point's derivatives serve the next iteration). Returns the
     point and whether it is a minimum to working precision (Newton decrement tiny, Hessian
-    positive definite).
+    positive semidefinite to working precision: a flat direction, along which the data do not
+    identify the parameters, leaves a valley of minima, and the point is one of them).
     """
     eps = float(jnp.finfo(u0.dtype).eps)
 
@@ -52,13 +64,18 @@ def newton(derivs_fn: Callable, u0: jax.Array, max_iter: int = 100) -> tuple[jax
         if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
             return u, False
         hess = 0.5 * (hess + hess.T)
-        eigvals = np.linalg.eigvalsh(hess)
+        try:
+            eigvals = np.linalg.eigvalsh(hess)  # finite, so LAPACK converges but in freak cases
+        except np.linalg.LinAlgError:
+            return u, False
         positive = eigvals[0] > 0
+        # a zero eigenvalue computed from rounded derivatives comes out at about ±p ε |λ_max|
+        semidefinite = eigvals[0] >= -100 * eigvals.size * eps * abs(eigvals[-1])
         shift = 0.0 if positive else abs(eigvals[0]) + 1e-8 * max(abs(eigvals[-1]), 1.0)
-        direction = -np.linalg.solve(hess + shift * np.eye(hess.shape[0]), grad)
+        direction = -_solve(hess + shift * np.eye(hess.shape[0]), grad)
         decrement = -float(grad @ direction)
         scale = max(1.0, abs(float(value)))
-        if positive and decrement <= 100 * eps * scale:
+        if semidefinite and decrement <= 100 * eps * scale:
             return u, True
         step, accepted = 1.0, None
         for _ in range(40):
@@ -70,6 +87,6 @@ def newton(derivs_fn: Callable, u0: jax.Array, max_iter: int = 100) -> tuple[jax
             step *= 0.5
         if accepted is None:
             # no decrease at working precision: a minimum if the curvature says so
-            return u, bool(positive and decrement <= 1e4 * eps * scale)
+            return u, bool(semidefinite and decrement <= 1e4 * eps * scale)
         u, (value, grad, hess) = candidate, accepted
     return u, False

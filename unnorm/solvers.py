@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .errors import FitError, data_scale
 from .estimators import Batch, Objective, objective_params
 from .model import Model
 from .newton import constrained_jacobian as jacobian_of
@@ -85,19 +86,35 @@ def energy_is_linear(model: Model, params: dict, data: jax.Array) -> bool:
     return _is_affine_in_params(model, params, data, "energy")
 
 
-def closed_form(objective: Objective, model: Model, params: dict, state, data, key):
+def closed_form(objective: Objective, model: Model, params: dict, state, data, key,
+                label: str = "the objective"):
     """Minimizer of an objective that is quadratic in the flattened constrained θ: one Newton
     step from any point is exact. Returns ``None`` when the quadratic has no minimizer inside
-    the constraints (the caller then optimizes)."""
+    the constraints (the caller then optimizes). Raises :class:`~unnorm.errors.FitError`
+    (naming ``label``) when the gradient or Hessian is not finite."""
     theta0, unravel = ravel_pytree(params)
     _, grad, hessian = derivatives(theta0, params, data, state, key, model=model,
                                     objective=objective, constrained=True)
     hessian = np.asarray(hessian, dtype=float)
+    grad = np.asarray(grad, dtype=float)
+    if not (np.all(np.isfinite(hessian)) and np.all(np.isfinite(grad))):
+        # LAPACK would only say "Eigenvalues did not converge"; the Hessian of a quadratic is
+        # the same at every θ, so no other starting point avoids the overflow
+        matrix = "Hessian" if not np.all(np.isfinite(hessian)) else "gradient"
+        raise FitError(
+            f"the closed-form solve of {label} failed: the {matrix} of its objective "
+            f"({hessian.shape[0]} parameters) has non-finite entries, so the linear system "
+            f"cannot be solved. The energy's derivatives overflow {theta0.dtype} at these "
+            f"data ({data_scale(data)}). Rescale the data (e.g. "
+            "standardize each coordinate), or compute in float64 with "
+            "jax.config.update('jax_enable_x64', True); if the data are of ordinary size, "
+            "check the energy for overflow."
+        )
     hessian = 0.5 * (hessian + hessian.T)
     eigvals = np.linalg.eigvalsh(hessian)
     if eigvals[0] < -1e-8 * max(abs(eigvals[-1]), 1e-300):
         return None  # unbounded below: no minimizer
-    step = np.linalg.lstsq(hessian, -np.asarray(grad, dtype=float), rcond=None)[0]
+    step = np.linalg.lstsq(hessian, -grad, rcond=None)[0]
     theta = jnp.asarray(np.asarray(theta0, dtype=float) + step, dtype=theta0.dtype)
     solution = unravel(theta)
     for name, value in solution.items():

@@ -130,7 +130,7 @@ def _prepare(model, params, data, kernel, bandwidth, unconstrained, where: str):
             "Pass unconstrained=True to test the equivalent hypothesis for y = T⁻¹(x) on R^d "
             "(T the support's bijection, the density including its log-Jacobian)."
         )
-    arr = support.check_data(data, "data")
+    arr = support.check_data(data, "data", dtype=jnp.result_type(float))
     n = arr.shape[0]
     if n < 2:
         raise ValueError(f"data has {n} observation; {where} needs at least 2 (shape {arr.shape}).")

@@ -116,15 +116,29 @@ class Support:
         return f"{self.kind}(d={self.event_shape})"
 
     # ---- checks --------------------------------------------------------------------------------
-    def check_data(self, data, name: str = "data") -> np.ndarray:
+    def check_data(self, data, name: str = "data", dtype=None) -> np.ndarray:
         """Validate a data set of shape ``(n, *event_shape)`` and return it as a float array.
+
+        ``dtype`` is the floating-point type the data will be used in (the parameters'
+        dtype, float32 unless JAX's x64 mode is on); None checks in float64 only.
 
         Raises
         ------
         ValueError
             Naming ``name``, when the shape does not match, a value is NaN or infinite (with the
-            row index), or a value lies outside the support.
+            row index), a value overflows ``dtype`` (it would become infinite there), or a value
+            lies outside the support.
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> try:
+        ...     real(1).check_data(np.array([[1.0], [1e39]]), dtype=np.float32)
+        ... except ValueError as err:
+        ...     print(str(err)[:60])
+        data has 1 value(s) too large for float32 (first at row 1: 1
         """
+        _refuse_complex(data, name)
         try:
             arr = np.asarray(data, dtype=float)
         except (TypeError, ValueError) as err:
@@ -141,21 +155,23 @@ class Support:
             )
         if arr.shape[0] < 1:
             raise ValueError(f"{name} has no observations (shape {arr.shape}).")
-        self._check_values(arr, name, batched=True)
+        self._check_values(arr, name, batched=True, dtype=dtype)
         return arr
 
-    def check_point(self, x, name: str = "x") -> np.ndarray:
-        """Validate a single observation of shape ``event_shape``."""
+    def check_point(self, x, name: str = "x", dtype=None) -> np.ndarray:
+        """Validate a single observation of shape ``event_shape`` (``dtype`` as in
+        :meth:`check_data`)."""
+        _refuse_complex(x, name)
         arr = np.asarray(x, dtype=float)
         if arr.shape != self.event_shape:
             raise ValueError(
                 f"{name} has shape {arr.shape}, but the model's support {self!r} needs shape "
                 f"{self.event_shape}."
             )
-        self._check_values(arr[None], name, batched=False)
+        self._check_values(arr[None], name, batched=False, dtype=dtype)
         return arr
 
-    def _check_values(self, arr: np.ndarray, name: str, batched: bool) -> None:
+    def _check_values(self, arr: np.ndarray, name: str, batched: bool, dtype=None) -> None:
         axes = tuple(range(1, arr.ndim))
 
         def first_bad_row(bad: np.ndarray) -> str:
@@ -168,6 +184,23 @@ class Support:
                 f"{name} contains {int(bad.sum())} NaN or infinite value(s){first_bad_row(bad)}; "
                 "remove or impute them before fitting or sampling."
             )
+        if dtype is not None and np.issubdtype(dtype, np.floating):
+            # finite in float64 but infinite once cast: the failure would surface later as a
+            # non-finite loss, blamed on the energy
+            limit = float(np.finfo(dtype).max)
+            bad = np.abs(arr) > limit
+            if bad.any():
+                kind = np.dtype(dtype).name
+                first = float(arr[bad][0])  # C order: a value of the first bad row
+                where = f"first at row {int(np.argmax(bad.any(axis=axes)))}: " if batched else ""
+                raise ValueError(
+                    f"{name} has {int(bad.sum())} value(s) too large for {kind} ({where}"
+                    f"{first:.3g}; {kind} holds "
+                    f"magnitudes up to {limit:.2g}), where unnorm computes with them (the "
+                    "parameters' dtype): they would become infinite. Rescale the data (e.g. "
+                    "standardize each coordinate), or compute in float64 with "
+                    "jax.config.update('jax_enable_x64', True) before building the model."
+                )
         if self.is_discrete:
             lo, hi = self.values
             bad = (arr != lo) & (arr != hi)
@@ -255,6 +288,24 @@ class Support:
         shifts = jnp.arange(self.size - 1, -1, -1, dtype=jnp.uint32)
         bits = (jnp.asarray(index, dtype=jnp.uint32)[..., None] >> shifts) & 1
         return jnp.where(bits == 1, hi, lo).reshape((*jnp.shape(index), *self.event_shape))
+
+
+def _refuse_complex(data, name: str) -> None:
+    """A complex array would be cut to its real part by the float conversion, with only a
+    NumPy warning: refuse it."""
+    dtype = getattr(data, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(data).dtype
+        except (TypeError, ValueError):
+            return  # not an array: the float conversion reports it
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"{name} is complex (dtype {dtype}); observations must be real numbers (a float "
+            "conversion would silently drop the imaginary parts). Pass np.real(x) if the "
+            "imaginary parts are zero, or model the real and imaginary parts as separate "
+            "coordinates, e.g. np.concatenate([x.real, x.imag], axis=-1)."
+        )
 
 
 def real(d) -> Support:

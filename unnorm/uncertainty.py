@@ -13,12 +13,14 @@ constrained parameters by the delta method, ``Cov(g(u)) ≈ Dg Cov(u) Dgᵀ``.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["Sandwich", "sandwich_covariance", "delta_method", "parameter_names"]
+__all__ = ["Sandwich", "sandwich_covariance", "delta_method", "parameter_names",
+           "symmetric_pinv", "unidentified_directions", "describe_direction"]
 
 
 class Sandwich(NamedTuple):
@@ -52,9 +54,109 @@ def sandwich_covariance(observation_grads, hessian) -> Sandwich:
     n = grads.shape[0]
     hessian = 0.5 * (hessian + hessian.T)
     score_cov = grads.T @ grads / n
-    h_pinv = np.linalg.pinv(hessian, hermitian=True)
+    bad = [name for name, matrix in (("Hessian", hessian), ("per-observation gradients", grads))
+           if not np.all(np.isfinite(matrix))]
+    if bad:
+        # no covariance to compute, but the estimate itself may be fine: NaN standard errors
+        # and a warning, not an exception
+        verb = "has" if bad == ["Hessian"] else "have"
+        warnings.warn(
+            f"the {' and the '.join(bad)} of the objective at the estimate {verb} non-finite "
+            "entries, so the standard errors are NaN: the energy or its derivatives overflow "
+            "there. Check the scale of the data (standardize each coordinate) and the energy "
+            "for overflow.", RuntimeWarning, stacklevel=2)
+        nan = np.full((hessian.shape[0],) * 2, np.nan)
+        return Sandwich(nan, hessian, score_cov, n)
+    h_pinv = symmetric_pinv(hessian)
     cov = h_pinv @ score_cov @ h_pinv / n
     return Sandwich(0.5 * (cov + cov.T), hessian, score_cov, n)
+
+
+def symmetric_pinv(matrix) -> np.ndarray:
+    """Pseudo-inverse of the symmetric part of ``matrix``; all NaN when it has non-finite
+    entries or its eigendecomposition fails (the callers' standard errors are then NaN, which
+    they report, rather than LAPACK's error).
+
+    Example
+    -------
+    >>> symmetric_pinv(np.diag([2.0, 0.0])).tolist()
+    [[0.5, 0.0], [0.0, 0.0]]
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    nan = np.full(matrix.shape, np.nan)
+    if not np.all(np.isfinite(matrix)):
+        return nan
+    try:
+        return np.linalg.pinv(0.5 * (matrix + matrix.T), hermitian=True)
+    except np.linalg.LinAlgError:
+        return nan
+
+
+def unidentified_directions(hessian, dtype=np.float32) -> np.ndarray:
+    """Directions of the parameters along which an objective with this Hessian at its minimum
+    does not change, to the working precision of ``dtype``: the parameters are not identified
+    from the data along them. Rows of the returned ``(k, p)`` array are unit vectors; ``k = 0``
+    when the Hessian is nonsingular.
+
+    The Hessian is first scaled to unit diagonal (``S H S`` with ``S = diag(H)^{-1/2}``), so
+    that parameters of very different scales do not look singular; a parameter with zero
+    curvature is a direction of its own. An eigenvalue of the scaled Hessian within
+    ``100 p ε`` of zero (ε the precision of ``dtype``, in which the objective was evaluated)
+    is taken for zero: a structurally unidentified direction (the energy depends on ``a·b``
+    only) comes out of float32 derivatives at about ``10 p ε``, and a direction that weakly
+    identified would have standard errors hundreds of times those of the others, resting
+    on the rounding of the Hessian.
+
+    Example
+    -------
+    >>> h = np.array([[1.0, 1.0], [1.0, 1.0]])      # the loss depends on a + b only
+    >>> np.round(np.abs(unidentified_directions(h)), 3).tolist()
+    [[0.707, 0.707]]
+    >>> unidentified_directions(np.diag([1.0, 1e-4])).shape
+    (0, 2)
+    """
+    hessian = np.asarray(hessian, dtype=float)
+    p = hessian.shape[0]
+    if p == 0 or not np.all(np.isfinite(hessian)):
+        return np.zeros((0, p))
+    hessian = 0.5 * (hessian + hessian.T)
+    diagonal = np.diag(hessian)
+    flat = diagonal <= 0
+    scale = np.where(flat, 1.0, 1.0 / np.sqrt(np.where(flat, 1.0, diagonal)))
+    scaled = scale[:, None] * hessian * scale[None, :]
+    scaled[flat, :] = 0.0
+    scaled[:, flat] = 0.0
+    eigvals, eigvecs = np.linalg.eigh(scaled)
+    tol = 100 * p * float(np.finfo(dtype).eps)
+    # |λ|: a clearly negative eigenvalue is a saddle, not a flat direction
+    null = eigvecs[:, np.abs(eigvals) <= tol] * scale[:, None]  # in the parameters' coordinates
+    null = null / np.linalg.norm(null, axis=0, keepdims=True)
+    return null.T
+
+
+def describe_direction(direction, names: list[str], limit: int = 4) -> str:
+    """A direction in parameter space as a readable combination, largest components first:
+    ``0.71·a − 0.71·b``.
+
+    Example
+    -------
+    >>> describe_direction(np.array([0.6, -0.8, 0.0]), ["a", "b", "c"])
+    '0.8·b − 0.6·a'
+    """
+    direction = np.asarray(direction, dtype=float)
+    # largest first; equal ones (to rounding) in the parameters' order
+    order = np.argsort(-np.round(np.abs(direction), 6), kind="stable")
+    if direction[order[0]] < 0:
+        direction = -direction  # the sign of a null direction is arbitrary: lead with a plus
+    order = [i for i in order if abs(direction[i]) > 1e-3][:limit]
+    text = ""
+    for i in order:
+        value = direction[i]
+        sign = "" if not text else (" − " if value < 0 else " + ")
+        text += f"{sign}{abs(value):.2g}·{names[i]}"
+    if len(order) < np.sum(np.abs(direction) > 1e-3):
+        text += " + ..."
+    return text
 
 
 def delta_method(jacobian, covariance: np.ndarray) -> np.ndarray:

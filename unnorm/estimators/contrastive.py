@@ -45,7 +45,7 @@ from ..samplers import chains as chain_runner
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
 from ..samplers.run import sample
 from ..samplers.target import to_position, unconstrained_logdensity
-from ..uncertainty import delta_method, sandwich_covariance
+from ..uncertainty import delta_method, sandwich_covariance, symmetric_pinv
 from .base import Estimator, Objective, PostFit, Traits
 
 __all__ = ["CD", "PCD", "ChainState"]
@@ -146,7 +146,7 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
     batches = np.array_split(np.arange(weights.size), num_batches)
     means = np.stack([weights[b] @ draw_grads[b] / weights[b].sum() for b in batches])
     variance = np.cov(means.T, ddof=1).reshape(means.shape[1], means.shape[1]) / num_batches
-    h_pinv = np.linalg.pinv(0.5 * (hessian + hessian.T), hermitian=True)
+    h_pinv = symmetric_pinv(hessian)  # NaN, not a LAPACK error, if hessian is not finite
     return h_pinv @ variance @ h_pinv
 
 

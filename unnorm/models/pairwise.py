@@ -8,6 +8,8 @@ couplings are stored as a vector over the pairs i < j in row-major order (see
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -44,13 +46,15 @@ def _pairwise_model(J, h, support_fn, name: str, names: tuple[str, str]) -> Mode
             f"(pairs i<j); got shape {J.shape}."
         )
     rows, cols = pair_indices(d)
-
     coupling, field = names
-
-    def energy(params, x):
-        return -jnp.sum(params[coupling] * x[rows] * x[cols]) - params[field] @ x
-
+    # a module-level energy with its fixed arguments bound: the model pickles by name
+    energy = functools.partial(_pairwise_energy, rows=rows, cols=cols, coupling=coupling,
+                               field=field)
     return Model(energy, params={coupling: J, field: h}, support=support_fn(d), name=name)
+
+
+def _pairwise_energy(params, x, *, rows, cols, coupling: str, field: str):
+    return -jnp.sum(params[coupling] * x[rows] * x[cols]) - params[field] @ x
 
 
 def ising(J, h) -> Model:
@@ -100,12 +104,13 @@ def ising_chain(n: int, coupling: float = 0.5, field: float = 0.0, periodic: boo
     """
     if n < 2:
         raise ValueError(f"ising_chain needs n >= 2 spins; got {n}.")
-
-    def energy(params, x):
-        neighbours = jnp.roll(x, -1) if periodic else x[1:]
-        bonds = x * neighbours if periodic else x[:-1] * neighbours
-        return -params["coupling"] * jnp.sum(bonds) - params["field"] * jnp.sum(x)
-
+    energy = functools.partial(_chain_energy, periodic=bool(periodic))
     return Model(energy, params={"coupling": jnp.asarray(coupling, dtype=float),
                                  "field": jnp.asarray(field, dtype=float)},
                  support=spin(n), name="ising_chain")
+
+
+def _chain_energy(params, x, *, periodic: bool):
+    neighbours = jnp.roll(x, -1) if periodic else x[1:]
+    bonds = x * neighbours if periodic else x[:-1] * neighbours
+    return -params["coupling"] * jnp.sum(bonds) - params["field"] * jnp.sum(x)

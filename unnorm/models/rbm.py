@@ -27,6 +27,7 @@ compare fits through the density (log-likelihood, moments), not through ``W``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -83,11 +84,12 @@ def rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, seed: int = 0
     num_visible = _checks.check_int(num_visible, "num_visible")
     num_hidden = _checks.check_int(num_hidden, "num_hidden")
     params = _initial_params(num_visible, num_hidden, W, b, c, seed)
+    # module-level free energies: the models pickle by name
+    return Model(_bernoulli_free_energy, params=params, support=binary(num_visible), name="rbm")
 
-    def free_energy(params, v):
-        return -params["b"] @ v - jnp.sum(jax.nn.softplus(params["c"] + v @ params["W"]))
 
-    return Model(free_energy, params=params, support=binary(num_visible), name="rbm")
+def _bernoulli_free_energy(params, v):
+    return -params["b"] @ v - jnp.sum(jax.nn.softplus(params["c"] + v @ params["W"]))
 
 
 def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigma=1.0,
@@ -121,13 +123,13 @@ def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigm
     if not np.all(np.isfinite(scale) & (scale > 0)):
         raise ValueError(f"sigma must be positive and finite (a scalar or one per visible "
                          f"unit); got {sigma!r}.")
-    scale = jnp.asarray(scale)
-
-    def free_energy(params, v):
-        quadratic = 0.5 * jnp.sum(((v - params["b"]) / scale) ** 2)
-        return quadratic - jnp.sum(jax.nn.softplus(params["c"] + (v / scale) @ params["W"]))
-
+    free_energy = functools.partial(_gaussian_free_energy, scale=jnp.asarray(scale))
     return Model(free_energy, params=params, support=real(num_visible), name="gaussian_rbm")
+
+
+def _gaussian_free_energy(params, v, *, scale):
+    quadratic = 0.5 * jnp.sum(((v - params["b"]) / scale) ** 2)
+    return quadratic - jnp.sum(jax.nn.softplus(params["c"] + (v / scale) @ params["W"]))
 
 
 def gaussian_rbm_mixture(params, sigma=1.0, max_hidden: int = 16):

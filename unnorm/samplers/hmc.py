@@ -27,9 +27,12 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
-from .spec import Kernel, SamplerSpec, option_checks
+from .spec import Kernel, SamplerSpec, StepCap, option_checks
 
-__all__ = ["HMCKernel", "HMCInfo", "build", "NUTS", "HMC"]
+__all__ = ["HMCKernel", "HMCInfo", "build", "NUTS", "HMC", "MAX_NUM_STEPS"]
+
+#: HMC's default bound on the leapfrog steps of one draw: NUTS's default 2**max_tree_depth
+MAX_NUM_STEPS = 1024
 
 
 class HMCInfo(NamedTuple):
@@ -63,6 +66,7 @@ def build(
     adapt_step_size: bool = True,
     adapt_mass_matrix: bool = True,
     dense_mass: bool = False,
+    max_num_steps: int = MAX_NUM_STEPS,
 ) -> HMCKernel:
     """Build a NUTS (``algo="nuts"``) or static HMC (``algo="hmc"``) kernel.
 
@@ -84,6 +88,13 @@ def build(
         successive Gaussian draws negatively correlated on average.
     adapt_mass_matrix, dense_mass
         Windowed adaptation of a diagonal (or dense) inverse mass matrix during warmup.
+    max_num_steps : int
+        HMC only, without ``num_steps``: at most this many leapfrog steps per draw (default
+        1024, NUTS's ``2**10``). NumPyro takes ``ceil(trajectory_length / step_size)`` steps,
+        without a bound: where the step size adapts towards zero (an improper density, whose
+        chains run off to infinity) a single draw took millions of steps and the run seemed
+        to hang. Past the cap the path is shortened to ``max_num_steps`` steps of the adapted
+        size; :func:`unnorm.sample` warns when many draws reach it.
     """
     if algo not in ("nuts", "hmc"):
         raise ValueError(f"algo must be 'nuts' or 'hmc'; got {algo!r}.")
@@ -109,15 +120,21 @@ def build(
             rng_key=key,
         )
 
-    jittered = algo == "hmc" and num_steps is None and jitter > 0
+    by_length = algo == "hmc" and num_steps is None
+    jittered = by_length and jitter > 0
 
     def step(key, state, logdensity_fn: Callable):
-        if jittered:
-            key, key_length = jax.random.split(key)
-            length = trajectory_length * jax.random.uniform(
-                key_length, minval=1.0 - jitter, maxval=1.0 + jitter
-            )
-            state = state._replace(trajectory_length=length)
+        if by_length:
+            length = jnp.asarray(trajectory_length, dtype=state.adapt_state.step_size.dtype)
+            if jittered:
+                key, key_length = jax.random.split(key)
+                length = length * jax.random.uniform(
+                    key_length, minval=1.0 - jitter, maxval=1.0 + jitter
+                )
+            # NumPyro takes ceil(length / step_size) steps: a length of (cap - ½) steps of the
+            # adapted size gives exactly cap steps, whatever the rounding of the division
+            cap = (max_num_steps - 0.5) * state.adapt_state.step_size
+            state = state._replace(trajectory_length=jnp.minimum(length, cap))
         state = sample_kernel(state._replace(rng_key=key), model_args=(logdensity_fn,))
         info = HMCInfo(
             acceptance_rate=state.accept_prob,
@@ -178,16 +195,33 @@ _ADVICE = "Increase target_accept or reparameterize."
 _NUTS_DEFAULTS = {"step_size": 1.0, "target_accept": 0.8, "max_tree_depth": 10,
                   "dense_mass": False, "adapt_mass_matrix": True, "adapt_step_size": True}
 
+
+def _nuts_cap(tuning) -> StepCap:
+    # a tree of the maximum depth d holds 2**(d-1) .. 2**d - 1 steps (Stan's "hit max treedepth")
+    depth = tuning["max_tree_depth"]
+    return StepCap(2 ** (depth - 1), f"reached the maximum tree depth (max_tree_depth={depth}, "
+                                     f"up to {2**depth - 1} leapfrog steps per draw)")
+
+
 #: ``sampler="nuts"``: the No-U-Turn sampler (NumPyro)
 NUTS = SamplerSpec(
     name="nuts", description="No-U-Turn sampler (NumPyro)", discrete=False, uses_gradient=True,
     defaults=_NUTS_DEFAULTS, checks=option_checks(_NUTS_DEFAULTS),
     build=lambda tuning, num_warmup, values: _kernel("nuts", tuning, num_warmup),
-    divergence_advice=_ADVICE)
+    divergence_advice=_ADVICE, step_cap=_nuts_cap)
 
 _HMC_DEFAULTS = {"step_size": 1.0, "target_accept": 0.8, "num_steps": None,
                  "trajectory_length": float(jnp.pi), "jitter": 0.5, "dense_mass": False,
-                 "adapt_mass_matrix": True, "adapt_step_size": True}
+                 "adapt_mass_matrix": True, "adapt_step_size": True,
+                 "max_num_steps": MAX_NUM_STEPS}
+
+
+def _hmc_cap(tuning) -> StepCap | None:
+    if tuning["num_steps"] is not None:
+        return None  # the user's fixed number of steps: no cap to reach
+    cap = tuning["max_num_steps"]
+    return StepCap(cap, f"hit the cap of {cap} leapfrog steps per draw (max_num_steps={cap})")
+
 
 #: ``sampler="hmc"``: Hamiltonian Monte Carlo with a static (jittered) path length (NumPyro)
 HMC = SamplerSpec(
@@ -195,4 +229,4 @@ HMC = SamplerSpec(
     discrete=False, uses_gradient=True, defaults=_HMC_DEFAULTS,
     checks=option_checks(_HMC_DEFAULTS),
     build=lambda tuning, num_warmup, values: _kernel("hmc", tuning, num_warmup),
-    divergence_advice=_ADVICE)
+    divergence_advice=_ADVICE, step_cap=_hmc_cap)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks, _xla
 from .._compat import to_inference_data
-from ..diagnostics import warn_convergence
+from ..diagnostics import warn_convergence, warn_step_cap
 from ..model import Model, format_params
 from . import chain_groups, chains
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
@@ -151,7 +151,7 @@ def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
     support = model.support
     if init is None:
         return None
-    arr = np.asarray(init, dtype=float)
+    arr = np.asarray(init)  # converted to float by check_data, which refuses complex points
     if arr.shape == support.event_shape:
         arr = np.broadcast_to(arr, (num_chains, *support.event_shape))
     if arr.shape != (num_chains, *support.event_shape):
@@ -159,8 +159,7 @@ def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
             f"init has shape {np.shape(init)}; give one point of shape {support.event_shape} "
             f"or one per chain, shape ({num_chains}, {', '.join(map(str, support.event_shape))})."
         )
-    support.check_data(arr, name="init")
-    return jnp.asarray(arr)
+    return jnp.asarray(support.check_data(arr, name="init", dtype=model.dtype))
 
 
 def _check_initial_state(params, positions, value_ok, grad_ok) -> None:
@@ -315,6 +314,10 @@ def sample(
     )
     if warn:
         warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice)
+        cap = sampler_spec.step_cap(tuning) if sampler_spec.step_cap is not None else None
+        if cap is not None:
+            warn_step_cap(stats["n_steps"], stats["step_size"], cap.min_steps, cap.what,
+                          sampler)
     return idata
 
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .. import _checks
 
-__all__ = ["Kernel", "SamplerSpec", "OPTION_CHECKS", "option_checks"]
+__all__ = ["Kernel", "SamplerSpec", "StepCap", "OPTION_CHECKS", "option_checks"]
 
 
 class Kernel(NamedTuple):
@@ -50,6 +50,15 @@ class Kernel(NamedTuple):
     refresh: Callable
     get_step_size: Callable | None = None
     set_step_size: Callable | None = None
+
+
+class StepCap(NamedTuple):
+    """The bound on one draw's integration steps that a sampler's options set: a draw with
+    ``n_steps >= min_steps`` reached it, and ``what`` says so in a warning ("reached the
+    maximum tree depth (max_tree_depth=10, ...)")."""
+
+    min_steps: int
+    what: str
 
 
 #: the default advice of a divergence: a local sampler rejects non-finite proposals
@@ -98,6 +107,10 @@ class SamplerSpec:
         ``check(model)`` raises a ``ValueError`` when the sampler cannot sample this model
         beyond its support's kind (annealed Langevin needs a noise-conditional energy); run by
         :func:`unnorm.samplers.check_sampler` for ``un.sample`` and the chain estimators alike.
+    step_cap : callable, optional
+        ``step_cap(tuning) -> StepCap | None``: the bound on the integration steps of one draw
+        (NUTS's tree depth, HMC's ``max_num_steps``), read against the ``n_steps`` statistic
+        after sampling; draws that keep reaching it mean an improper or too stiff target.
     """
 
     name: str
@@ -112,6 +125,7 @@ class SamplerSpec:
     divergence_advice: str = LOCAL_DIVERGENCE_ADVICE
     prepare: Callable | None = None
     check: Callable | None = None
+    step_cap: Callable | None = None
 
 
 def _check_unroll(value, name: str) -> int | bool:
@@ -124,6 +138,7 @@ OPTION_CHECKS: dict[str, Callable] = {
     "target_accept": _checks.check_probability,
     "max_tree_depth": lambda v, k: _checks.check_int(v, k, 1),
     "num_steps": lambda v, k: _checks.check_int(v, k, 1),
+    "max_num_steps": lambda v, k: _checks.check_int(v, k, 1),
     "trajectory_length": _checks.check_positive_float,
     "jitter": _checks.check_fraction,
     "dense_mass": _checks.check_bool,
