@@ -12,6 +12,7 @@ name     class                                       needs
 ``cd``   :class:`CD` (contrastive divergence, §3)    any support (a sampler for it)
 ``pcd``  :class:`PCD` (persistent CD, §3)            any support (a sampler for it)
 ``pl``   :class:`PseudoLikelihood` (Besag 1975)      binary or spin support
+``rm``   :class:`RatioMatching` (Hyvärinen 2007)     binary or spin support
 =======  ==========================================  ==============================
 """
 
@@ -22,15 +23,18 @@ from .contrastive import CD, PCD
 from .mle import MLE
 from .nce import NCE
 from .pseudolikelihood import PseudoLikelihood
+from .ratio_matching import RatioMatching
 from .score_matching import DSM, SM, SSM
 from .stein import KSD
 
-__all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "NCE", "Objective", "PCD", "PostFit",
-           "PseudoLikelihood", "SM", "SSM", "Traits", "ESTIMATORS", "objective_params", "resolve"]
+__all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "NCE", "Objective", "PCD",
+           "PostFit", "PseudoLikelihood", "RatioMatching", "SM", "SSM", "Traits", "ESTIMATORS",
+           "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (SM, DSM, SSM, NCE, KSD, MLE, CD, PCD, PseudoLikelihood)}
+    cls.name: cls
+    for cls in (SM, DSM, SSM, NCE, KSD, MLE, CD, PCD, PseudoLikelihood, RatioMatching)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:
