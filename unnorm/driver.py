@@ -301,7 +301,8 @@ def fit(
 
     fitted, route, losses, converged, steps, skipped = None, "closed form", np.zeros(0), True, 0, 0
     chains = None
-    if (solve_directly and objective.traits.quadratic_if_linear_score and objective.traits.deterministic
+    if (solve_directly and objective.traits.quadratic_if_linear_score
+            and objective.traits.deterministic
             and solvers.score_is_linear(model, params0, data)):
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key)
     theta0 = _initial_theta(model, params0, nuisance0)
@@ -394,7 +395,8 @@ def _initial_theta(model: Model, params0, nuisance0):
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
     u = theta0
-    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.traits.monte_carlo_gradient else ((), ()))
+    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.traits.monte_carlo_gradient
+                 else ((), ()))
     train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
                        jnp.zeros((), jnp.int32), *averaging)
     length = min(num_steps, 100)
