@@ -4,11 +4,12 @@ Score matching compares the derivatives of ``log p`` in ``x``; on ``{0,1}^d`` or
 Hyvärinen (2007, "Some extensions of score matching", Comput. Stat. Data Anal. 51, the
 extension to binary variables) compares instead the ratios ``p(x) / p(x^(j))`` between an
 observation and its neighbours ``x^(j)``, each with coordinate ``j`` flipped. Through
-``g(u) = 1 / (1 + u)`` the expected squared distance ``Σ_j E[(g(data's ratio) - g(model's
-ratio))²]`` loses every term that involves the unknown data distribution: the cross term is
-free of θ because ``g(u) + g(1/u) = 1`` and the pairs ``(x, x^(j))`` enter it symmetrically. What
-is left is the per-observation loss (written this way by Marlin, Swersky, Chen & de Freitas
-2010, "Inductive principles for restricted Boltzmann machine learning")
+``g(u) = 1 / (1 + u)``, in the expected squared distance ``Σ_j E[(g(data's ratio) - g(model's
+ratio))²]`` the data's unknown ratios appear only in terms free of θ: the cross term is
+constant because ``g(u) + g(1/u) = 1`` and the pairs ``(x, x^(j))`` enter it symmetrically.
+What is left, averaged over the data, is the per-observation loss (written this way by Marlin,
+Swersky, Chen & de Freitas 2010, "Inductive principles for restricted Boltzmann machine
+learning")
 
     ℓ(x) = Σ_j g(p(x) / p(x^(j)))² = Σ_j σ(E(x) - E(x^(j)))²,
 
