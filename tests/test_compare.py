@@ -45,7 +45,7 @@ def test_default_estimators_follow_the_support():
 
     assert default_estimators(MODEL) == ["sm", "dsm", "ssm", "nce", "ksd", "mle", "cd", "pcd"]
     assert default_estimators(un.models.ising(J=jnp.ones(3), h=jnp.zeros(3))) == [
-        "nce", "mle", "cd", "pcd", "pl"]
+        "nce", "mle", "cd", "pcd", "pl", "rm", "mpf"]
     positive = un.Model(lambda p, x: p["rate"] * jnp.sum(x), params={"rate": 1.0},
                         constraints={"rate": un.constraints.positive},
                         support=un.supports.positive(1))

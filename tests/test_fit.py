@@ -201,3 +201,14 @@ def test_newton_from_the_start_only_for_energies_linear_in_the_parameters():
     assert linear.method == "newton" and linear.converged
     refined = un.fit(rbm, (spins + 1) / 2, "pl", key=jax.random.key(0), progress_bar=False)
     assert refined.method == "optimizer + newton"
+
+
+def test_newton_reaches_the_minimum_of_an_objective_with_small_values():
+    # f(u) = 0.01 (eᵘ - 2u), minimum at log 2 where f = 0.006: with an absolute floor in its
+    # stopping rule (decrement ≤ 100 eps · max(1, |f|)) Newton stopped 0.014 short; relative
+    # to |f| it runs on to float32 rounding
+    def derivatives(u):
+        return 0.01 * (jnp.exp(u[0]) - 2 * u[0]), 0.01 * (jnp.exp(u) - 2), 0.01 * jnp.exp(u)[None]
+
+    u, converged = un.solvers.newton(derivatives, jnp.array([3.0]))
+    assert converged and abs(float(u[0]) - np.log(2)) < 1e-4

@@ -12,6 +12,8 @@ name     class                                       needs
 ``cd``   :class:`CD` (contrastive divergence, §3)    any support (a sampler for it)
 ``pcd``  :class:`PCD` (persistent CD, §3)            any support (a sampler for it)
 ``pl``   :class:`PseudoLikelihood` (Besag 1975)      binary or spin support
+``rm``   :class:`RatioMatching` (Hyvärinen 2007)     binary or spin support
+``mpf``  :class:`MPF` (Sohl-Dickstein et al. 2011)   binary or spin support
 =======  ==========================================  ==============================
 """
 
@@ -20,17 +22,21 @@ from __future__ import annotations
 from .base import Batch, Estimator, Objective, PostFit, Traits, objective_params
 from .contrastive import CD, PCD
 from .mle import MLE
+from .mpf import MPF
 from .nce import NCE
 from .pseudolikelihood import PseudoLikelihood
+from .ratio_matching import RatioMatching
 from .score_matching import DSM, SM, SSM
 from .stein import KSD
 
-__all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "NCE", "Objective", "PCD", "PostFit",
-           "PseudoLikelihood", "SM", "SSM", "Traits", "ESTIMATORS", "objective_params", "resolve"]
+__all__ = ["Batch", "CD", "DSM", "Estimator", "KSD", "MLE", "MPF", "NCE", "Objective", "PCD",
+           "PostFit", "PseudoLikelihood", "RatioMatching", "SM", "SSM", "Traits", "ESTIMATORS",
+           "objective_params", "resolve"]
 
 #: name -> estimator class; ``un.fit(..., estimator=name)`` uses the class's defaults
 ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (SM, DSM, SSM, NCE, KSD, MLE, CD, PCD, PseudoLikelihood)}
+    cls.name: cls
+    for cls in (SM, DSM, SSM, NCE, KSD, MLE, CD, PCD, PseudoLikelihood, RatioMatching, MPF)}
 
 
 def resolve(estimator, name: str = "estimator") -> Estimator:

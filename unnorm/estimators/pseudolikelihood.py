@@ -21,9 +21,24 @@ import jax.numpy as jnp
 from ..model import Model
 from .base import Estimator, Objective, Traits
 
+__all__ = ["PseudoLikelihood", "flip_energy_gaps"]
 
-def _flip_energy_gaps(model: Model, params, x: jax.Array) -> jax.Array:
-    """``E(x^(j)) - E(x)`` for every coordinate ``j`` (shape ``event_shape``)."""
+
+def flip_energy_gaps(model: Model, params, x: jax.Array) -> jax.Array:
+    """``E(x^(j)) - E(x)`` for every coordinate ``j`` of one observation ``x`` (shape
+    ``event_shape``), where ``x^(j)`` flips coordinate ``j`` to the support's other value.
+
+    The partition-free estimators for binary and spin data (pseudo-likelihood, ratio matching,
+    minimum probability flow) are functions of these ``d`` gaps alone: ``d + 1`` energy
+    evaluations per observation.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp, unnorm as un
+    >>> m = un.models.ising_chain(3, coupling=1.0)
+    >>> flip_energy_gaps(m, m.params, jnp.ones(3))   # an end breaks one bond, the middle two
+    Array([2., 4., 2.], dtype=float32)
+    """
     low, high = model.support.values
     flat = x.reshape(-1)
     flipped = jnp.where(jnp.eye(flat.size, dtype=bool), low + high - flat[None, :], flat[None, :])
@@ -62,7 +77,7 @@ class PseudoLikelihood(Estimator):
 
     def build(self, model: Model, resample: bool) -> Objective:
         def terms(params, state, batch, key):
-            gaps = jax.vmap(lambda x: _flip_energy_gaps(model, params, x))(batch.x)
+            gaps = jax.vmap(lambda x: flip_energy_gaps(model, params, x))(batch.x)
             return jnp.sum(jax.nn.softplus(-gaps).reshape(gaps.shape[0], -1), axis=1)
 
         def init(params, key, data):
