@@ -7,7 +7,7 @@ Two ways lead to the same :class:`Model`:
 * declarative — a function of ``x`` decorated with :func:`model` that declares its parameters
   with :func:`param`, as in a NumPyro model.
 
-The model is seed 004, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq. 5) is
+The model is Song & Kingma 2021, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its score (eq. 5) is
 ``∇_x log p_θ(x) = -∇_x E_θ(x)``, free of the normalizing constant ``Z_θ``.
 """
 
@@ -78,7 +78,7 @@ def _as_param_tree(name: str, value: Any, arg: str = "params") -> Any:
 
 
 class Model:
-    """An unnormalized model ``p(x; θ) ∝ exp(-E(x; θ))`` (seed 004, eq. 1).
+    """An unnormalized model ``p(x; θ) ∝ exp(-E(x; θ))`` (Song & Kingma 2021, eq. 1).
 
     Parameters
     ----------
@@ -314,7 +314,8 @@ class Model:
         return self._energy_fn(params, x, sigma=sigma)
 
     def score(self, params: Params, x: jax.Array) -> jax.Array:
-        """Score ``∇_x log p(x; θ) = -∇_x E(x; θ)`` (seed 004, eq. 5), shape ``event_shape``."""
+        """Score ``∇_x log p(x; θ) = -∇_x E(x; θ)`` (Song & Kingma 2021, eq. 5), shape
+        ``event_shape``."""
         return -jax.grad(self._energy_fn, argnums=1)(params, x)
 
     # ---- constrained <-> unconstrained parameters ----------------------------------------------

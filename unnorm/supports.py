@@ -4,7 +4,7 @@ A support fixes the event shape of one observation and tells every other part of
 it may do: continuous supports (``real``, ``positive``, ``interval``) are sampled by gradient-based
 kernels in an unconstrained space reached through NumPyro's ``biject_to``; discrete supports
 (``binary`` = {0,1}^d, ``spin`` = {-1,+1}^d) are sampled by Gibbs and can be enumerated for an exact
-normalizing constant (seed 004, eq. 2 with the integral a sum).
+normalizing constant (Song & Kingma 2021, eq. 2 with the integral a sum).
 
 Example
 -------

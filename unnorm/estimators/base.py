@@ -2,7 +2,7 @@
 
 An estimator is a frozen dataclass of options (``SM()``, ``DSM(sigma=0.1)``...). Bound to a model
 with :meth:`Estimator.build`, it yields an :class:`Objective`, a pair of pure functions in the
-optax shape of DESIGN.md::
+optax shape (an optimizer is a pair ``init``/``update``)::
 
     init(params, key, data) -> state
     loss(params, state, batch, key) -> (scalar, (state, info))

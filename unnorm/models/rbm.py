@@ -1,7 +1,9 @@
 """Restricted Boltzmann machines as unnormalized models of their visible units.
 
-An RBM (seed 001, "Restricted Boltzmann Machine") has visible units ``v`` and binary hidden
-units ``h ∈ {0, 1}^F`` on a bipartite graph. Its hidden units sum out in closed form (seed 001,
+An RBM (Beigy's lecture slides, "Restricted Boltzmann Machine") has visible units ``v`` and binary
+hidden
+units ``h ∈ {0, 1}^F`` on a bipartite graph. Its hidden units sum out in closed form (Beigy's
+lecture slides,
 the marginal ``p(v)``), so the visible units alone follow ``p(v) ∝ exp(-F(v))`` with the *free
 energy* ``F``: an unnormalized model like any other, to sample with ``un.sample``, fit with
 ``un.fit`` (every estimator that accepts the support) and normalize with ``un.log_partition``.
@@ -62,7 +64,7 @@ def _initial_params(num_visible: int, num_hidden: int, W, b, c, seed: int) -> di
 
 def rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, seed: int = 0) -> Model:
     """Bernoulli–Bernoulli RBM on ``binary(num_visible)``, through its free energy
-    ``F(v) = -bᵀv - Σ_j softplus(c_j + (vᵀW)_j)`` (seed 001, the marginal ``p(v)``).
+    ``F(v) = -bᵀv - Σ_j softplus(c_j + (vᵀW)_j)`` (Beigy's lecture slides, the marginal ``p(v)``).
 
     Parameters
     ----------
@@ -95,7 +97,8 @@ def _bernoulli_free_energy(params, v):
 def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigma=1.0,
                  seed: int = 0) -> Model:
     """Gaussian–Bernoulli RBM on ``real(num_visible)``, through its free energy
-    ``F(v) = Σ_i (v_i - b_i)² / (2σ_i²) - Σ_j softplus(c_j + Σ_i w_ij v_i / σ_i)`` (seed 001,
+    ``F(v) = Σ_i (v_i - b_i)² / (2σ_i²) - Σ_j softplus(c_j + Σ_i w_ij v_i / σ_i)`` (Beigy's lecture
+    slides,
     the Gaussian–Bernoulli energy with ``h`` summed out).
 
     Parameters
