@@ -6,10 +6,9 @@ the full conditionals. With ``x^(j)`` the observation with coordinate ``j`` flip
 
     p(x_j | x_-j) = exp(-E(x)) / (exp(-E(x)) + exp(-E(x^(j)))) = σ(E(x^(j)) - E(x)),
 
-so the per-observation loss is ``ℓ(x) = Σ_j softplus(E(x) - E(x^(j)))``: ``d`` energy
-evaluations, no normalizing constant (Beigy's lecture slides uses the same conditionals for Gibbs
-sampling).
-It is consistent, and its sandwich standard errors come from the same per-observation terms.
+so the per-observation loss is ``ℓ(x) = Σ_j softplus(E(x) - E(x^(j)))``: ``d`` energy evaluations,
+no normalizing constant (Beigy's lecture slides use the same conditionals for Gibbs sampling). It
+is consistent, and its sandwich standard errors come from the same per-observation terms.
 """
 
 from __future__ import annotations

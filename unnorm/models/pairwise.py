@@ -1,9 +1,8 @@
 """Pairwise models on discrete supports: Ising (spins) and Boltzmann machines (binary units).
 
-Both have energy ``E(x) = -Σ_{i<j} J_ij x_i x_j - Σ_i h_i x_i`` (Beigy's lecture slides, "Boltzmann
-machine";
-the three-unit example of Beigy's lecture slides is ``ising(J=[-1, -1, 2], h=[0, 1, 0])`` with Z =
-172.420). The
+Both have energy ``E(x) = -Σ_{i<j} J_ij x_i x_j - Σ_i h_i x_i`` (Beigy's lecture slides on
+energy-based models, "Boltzmann machine"; their three-unit example is
+``ising(J=[-1, -1, 2], h=[0, 1, 0])`` with Z = 172.420). The
 couplings are stored as a vector over the pairs i < j in row-major order (see
 :func:`pair_indices`), so every parameter is identifiable.
 """

@@ -1,12 +1,10 @@
 """Restricted Boltzmann machines as unnormalized models of their visible units.
 
 An RBM (Beigy's lecture slides, "Restricted Boltzmann Machine") has visible units ``v`` and binary
-hidden
-units ``h ∈ {0, 1}^F`` on a bipartite graph. Its hidden units sum out in closed form (Beigy's
-lecture slides,
-the marginal ``p(v)``), so the visible units alone follow ``p(v) ∝ exp(-F(v))`` with the *free
-energy* ``F``: an unnormalized model like any other, to sample with ``un.sample``, fit with
-``un.fit`` (every estimator that accepts the support) and normalize with ``un.log_partition``.
+hidden units ``h ∈ {0, 1}^F`` on a bipartite graph. Its hidden units sum out in closed form (Beigy's
+lecture slides, the marginal ``p(v)``), so the visible units alone follow ``p(v) ∝ exp(-F(v))`` with
+the *free energy* ``F``: an unnormalized model like any other, to sample with ``un.sample``, fit
+with ``un.fit`` (every estimator that accepts the support) and normalize with ``un.log_partition``.
 
 * :func:`rbm` — Bernoulli–Bernoulli, ``v ∈ {0, 1}^D``:
 
@@ -98,8 +96,7 @@ def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigm
                  seed: int = 0) -> Model:
     """Gaussian–Bernoulli RBM on ``real(num_visible)``, through its free energy
     ``F(v) = Σ_i (v_i - b_i)² / (2σ_i²) - Σ_j softplus(c_j + Σ_i w_ij v_i / σ_i)`` (Beigy's lecture
-    slides,
-    the Gaussian–Bernoulli energy with ``h`` summed out).
+    slides, the Gaussian–Bernoulli energy with ``h`` summed out).
 
     Parameters
     ----------

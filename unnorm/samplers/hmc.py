@@ -3,8 +3,7 @@
 No Hamiltonian dynamics are written here: ``numpyro.infer.hmc.hmc(potential_fn_gen=..., algo=...)``
 builds the kernels, with the log-density passed as the model argument of every call, so the same
 compiled step serves a training loop whose parameters change (Song & Kingma 2021, §2.1: MLE with
-HMC).
-Warmup adaptation (dual-averaging step size and a windowed diagonal or dense mass matrix) is
+HMC). Warmup adaptation (dual-averaging step size and a windowed diagonal or dense mass matrix) is
 NumPyro's too: it runs inside the first ``num_warmup`` steps after :func:`init`.
 
 Example

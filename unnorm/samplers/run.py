@@ -208,9 +208,8 @@ def sample(
     key : jax PRNG key
         ``jax.random.key(seed)``; the same key gives identical draws.
     sampler : str
-        ``"nuts"``, ``"hmc"`` (NumPyro), ``"mala"``, ``"langevin"`` (unadjusted, Song & Kingma
-        2021, eq. 6),
-        ``"rwmh"`` for continuous supports; ``"annealed_langevin"`` (Song & Ermon 2019) for
+        ``"nuts"``, ``"hmc"`` (NumPyro), ``"mala"``, ``"langevin"`` (unadjusted, Song & Kingma 2021,
+        eq. 6), ``"rwmh"`` for continuous supports; ``"annealed_langevin"`` (Song & Ermon 2019) for
         noise-conditional energies on real supports; ``"gibbs"`` for binary and spin supports.
     num_chains, num_warmup, num_samples, thinning : int
         Chains (run vectorized), warmup steps per chain (adaptation; discarded, never thinned),
