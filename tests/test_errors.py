@@ -291,3 +291,25 @@ def test_zero_dimensional_arrays_are_numbers(model):
     idata = un.sample(model, model.params, key=KEY, sampler="mala",
                       step_size=jnp.asarray(0.5), adapt_step_size=False, **FAST)
     assert float(idata.sample_stats["step_size"][0, 0]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("estimator", ["sm", "dsm", "ssm", "nce", "ksd", "mle", "cd", "pcd"])
+def test_energy_not_finite_at_data_rows_names_them(estimator):
+    # log|x - 3| is -inf at x = 3 and the energy +inf there: rows 4 and 7 sit on it
+    model = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2) - jnp.log(jnp.abs(x[0] - 3.0)),
+                     params={"mu": jnp.zeros(1)}, support=un.supports.real(1))
+    data = np.random.default_rng(0).normal(size=(20, 1))
+    data[[4, 7]] = 3.0
+    with pytest.raises(ValueError, match=r"energy is not finite at 2 row\(s\) of data "
+                                         r"\(rows 4, 7; row 4 is x = \[3\.\]"):
+        un.fit(model, data, estimator, key=jax.random.key(0), progress_bar=False)
+
+
+@pytest.mark.parametrize("estimator", ["pl", "rm", "mpf"])
+def test_energy_not_finite_at_discrete_data_rows_names_them(estimator):
+    model = un.Model(lambda p, x: p["h"] * jnp.sum(x) + jnp.where(jnp.sum(x) > 2, jnp.nan, 0.0),
+                     params={"h": jnp.asarray(0.0)}, support=un.supports.spin(3))
+    data = np.array([[1, -1, -1], [1, 1, 1], [-1, -1, 1]] * 5, dtype=float)
+    with pytest.raises(ValueError, match=r"energy is not finite at 5 row\(s\) of data "
+                                         r"\(rows 1, 4, 7, 10, 13;"):
+        un.fit(model, data, estimator, key=jax.random.key(0), progress_bar=False)

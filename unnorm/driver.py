@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import _checks, _xla, intervals, solvers, threefry
 from .errors import FitError, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
-from .model import Model, format_params
+from .model import Model, check_finite_energies, format_params
 from .result import FitResult
 from .uncertainty import (
     delta_method,
@@ -302,6 +302,7 @@ def fit(
     dtype = ravel_pytree(params0)[0].dtype
     data = jnp.asarray(data_np, dtype=dtype)
     n = data.shape[0]
+    check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
     est_state = objective.init(params0, est_key, data)

@@ -13,6 +13,7 @@ The model is Song & Kingma 2021, eq. 1: ``p_θ(x) = exp(-E_θ(x)) / Z_θ``; its 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pickle
@@ -28,7 +29,7 @@ from numpyro.distributions.transforms import biject_to
 
 from .supports import Support
 
-__all__ = ["Model", "model", "param"]
+__all__ = ["Model", "model", "param", "energies", "check_finite_energies"]
 
 Params = dict[str, Any]
 
@@ -563,3 +564,39 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
         return built
 
     return build(fn) if fn is not None else build
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _energies_jit(params, xs, *, model: Model) -> jax.Array:
+    return jax.vmap(lambda x: model.energy(params, x))(xs)
+
+
+def energies(model: Model, params, xs) -> jax.Array:
+    """``E(x; params)`` for each row of ``xs`` (one compiled function per model).
+
+    Example
+    -------
+    >>> import jax.numpy as jnp, unnorm as un
+    >>> m = un.models.gaussian(1)
+    >>> [float(e) for e in energies(m, m.params, jnp.array([[0.0], [2.0]]))]
+    [0.0, 2.0]
+    """
+    return _energies_jit(params, xs, model=model)
+
+
+def check_finite_energies(model: Model, params, data, name: str = "data") -> None:
+    """Raise ``ValueError`` when the energy is NaN or infinite at some rows of ``data`` at
+    ``params``, naming the first rows and the parameter values: every estimator's objective
+    would otherwise be undefined there (a closed form computed from NaN, or an optimizer
+    stopped at its first step)."""
+    values = np.asarray(energies(model, params, data))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        rows = ", ".join(str(int(r)) for r in bad[:5]) + (", ..." if bad.size > 5 else "")
+        point = np.array2string(np.asarray(data[bad[0]]).ravel()[:6], precision=4)
+        raise ValueError(
+            f"the energy is not finite at {bad.size} row(s) of {name} (rows {rows}; row "
+            f"{int(bad[0])} is x = {point}, energy {values[bad[0]]}) with the parameter "
+            f"values:\n{format_params(params)}\nCheck the energy's domain (a log or a division "
+            "of values the data reach), drop those rows, or start from other init values."
+        )

@@ -39,7 +39,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import _checks
-from ..model import Model
+from ..model import Model, energies
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
@@ -155,14 +155,8 @@ def flat_draws(idata, model: Model) -> np.ndarray:
     return x.reshape(-1, *model.support.event_shape)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _energies(params, xs, *, model: Model) -> jax.Array:
-    """``E(x; params)`` for each row of ``xs``: one compiled function per model."""
-    return jax.vmap(lambda x: model.energy(params, x))(xs)
-
-
 def reference_energies(model: Model, params, draws) -> jax.Array:
-    return _energies(params, draws, model=model)
+    return energies(model, params, draws)
 
 
 def _sandwich(model: Model, params, data, draws) -> np.ndarray:
