@@ -79,3 +79,15 @@ def test_bad_arguments_fail_before_any_fit(kwargs, error, match):
 
 def test_fit_result_has_no_chains_for_sample_free_estimators():
     assert un.fit(MODEL, DATA[:200], "sm", key=KEY, progress_bar=False).chains is None
+
+
+def test_compare_without_a_list_says_which_estimators_it_runs(capsys):
+    model = un.models.ising_chain(3, coupling=0.2)
+    data = np.asarray(model.support.enumerate())[np.random.default_rng(0).integers(0, 8, 200)]
+    names = un.comparison.default_estimators(model)
+    # the names alone: run none of the fits
+    with pytest.raises(TypeError, match="key must be"):
+        un.compare(model, data, key="not a key", progress_bar=False)
+    assert capsys.readouterr().err.strip() == (
+        f"un.compare: fitting {len(names)} estimators that apply to the support "
+        f"{model.support!r}: {', '.join(names)}")

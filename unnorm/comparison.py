@@ -9,6 +9,7 @@ cannot fit the data does not cost the others' results.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from . import _checks
 from .driver import fit
 from .estimators import ESTIMATORS, Estimator, resolve
 from .model import Model
@@ -80,7 +83,9 @@ def compare(
     estimators : sequence of str or Estimator, optional
         Names (``"sm"``, ``"ssm"``...) or configured instances (``un.estimators.DSM(0.05)``).
         Default: every registered estimator that applies to the model's support
-        (:func:`default_estimators`). All are checked against the model before any is fitted.
+        (:func:`default_estimators`), listed on stderr before the first fit. All are checked
+        against the model before any is fitted; a progress bar runs over them (with
+        ``progress_bar=True``, the default, outside CI).
     key : jax.random key
         Passed unchanged to every fit: the estimators see the same random stream.
     truth : dict, optional
@@ -126,12 +131,16 @@ def compare(
         if not names:
             raise ValueError(f"no registered estimator applies to the support {model.support!r}.")
         estimators = names
+        # the user named none: say which will run (several can take minutes each)
+        print(f"un.compare: fitting {len(names)} estimators that apply to the support "
+              f"{model.support!r}: {', '.join(names)}", file=sys.stderr, flush=True)
     if isinstance(estimators, (str, Estimator)) or not isinstance(estimators, Sequence):
         raise TypeError("estimators must be a list of names or Estimator instances, e.g. "
                         f"['sm', 'ssm']; got {estimators!r}.")
     if len(estimators) == 0:
         raise ValueError("estimators is empty; name at least one, e.g. ['sm', 'ssm'].")
     resolved = [resolve(e, f"estimators[{i}]") for i, e in enumerate(estimators)]
+    key = _checks.check_key(key)
     for estimator in resolved:  # every one, before the first (possibly long) fit
         estimator.check(model)
     labels = _labels(resolved)
@@ -144,7 +153,11 @@ def compare(
                                      for leaf in jax.tree_util.tree_leaves(truth)])
 
     tables, fits, failures = [], {}, {}
-    for label, estimator in zip(labels, resolved, strict=True):
+    show = not _checks.progress_disabled(fit_options.get("progress_bar", True))
+    bar = tqdm(zip(labels, resolved, strict=True), total=len(labels), desc="compare",
+               unit="estimator", disable=not show or len(labels) == 1, leave=False)
+    for label, estimator in bar:
+        bar.set_postfix(estimator=label)
         started = time.perf_counter()
         try:
             result = fit(model, data, estimator, key=key, **fit_options)
