@@ -124,7 +124,7 @@ def objective_terms(estimator, model, xs, params=None) -> np.ndarray:
     objective = estimator.build(model, resample=False)
     xs = jnp.asarray(xs, dtype=jnp.float32)
     batch = Batch(xs, jnp.arange(xs.shape[0]))
-    state = objective.init(params, jax.random.key(0))
+    state = objective.init(params, jax.random.key(0), xs)
     terms = objective.terms(params, state, batch, jax.random.key(0))
     loss, _ = objective.loss(params, state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(loss), float(jnp.mean(terms)), rtol=1e-6)
