@@ -318,9 +318,12 @@ def fit(
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
     if plan.start == "closed form":
+        # None when the solution leaves the parameter space (a precision not positive
+        # definite): the optimizer then takes over
         fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key,
                                      label=f"estimator {estimator.name!r}")
-        stages.append("closed form")
+        if fitted is not None:
+            stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
         refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
         if newton_converged:
@@ -448,7 +451,8 @@ def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: 
     if not (solve_directly and traits.deterministic):
         return Plan("optimizer", refine)
     if traits.quadratic_if_linear_score and solvers.score_is_linear(model, params0, data):
-        return Plan("closed form", False)
+        # refine: for the optimizer that takes over when the solution leaves the parameter space
+        return Plan("closed form", refine)
     # A non-convex objective (an RBM's NCE, ratio matching) took Newton from the start to a
     # local minimum of log-likelihood -29 where the optimizer's basin gave -3.68: Newton goes
     # first only where the objective is convex.

@@ -27,6 +27,7 @@ import numpy as np
 from numpyro.distributions import constraints as _constraints
 from numpyro.distributions.transforms import biject_to
 
+from .errors import data_scale
 from .supports import Support
 
 __all__ = ["Model", "model", "param", "energies", "check_finite_energies"]
@@ -594,9 +595,15 @@ def check_finite_energies(model: Model, params, data, name: str = "data") -> Non
     if bad.size:
         rows = ", ".join(str(int(r)) for r in bad[:5]) + (", ..." if bad.size > 5 else "")
         point = np.array2string(np.asarray(data[bad[0]]).ravel()[:6], precision=4)
+        overflow = ""
+        if np.any(np.isinf(values[bad])):
+            # an infinite energy at large data is most often float overflow, not the domain
+            overflow = (f" An infinite energy can be an overflow of {values.dtype} ("
+                        f"{data_scale(np.asarray(data))}): rescale the data if so.")
         raise ValueError(
             f"the energy is not finite at {bad.size} row(s) of {name} (rows {rows}; row "
             f"{int(bad[0])} is x = {point}, energy {values[bad[0]]}) with the parameter "
             f"values:\n{format_params(params)}\nCheck the energy's domain (a log or a division "
             "of values the data reach), drop those rows, or start from other init values."
+            + overflow
         )
