@@ -47,6 +47,7 @@ def training_compiler_options() -> dict:
     return dict(_cpu_options(_CPU_TRAINING_OPTIONS))
 
 
-def sampling_compiler_options() -> dict:
-    """The options ``un.sample`` compiles its sampling chunks with."""
-    return dict(_cpu_options(_CPU_SAMPLING_OPTIONS))
+def sampling_compiler_options(extra: tuple = ()) -> dict:
+    """The options ``un.sample`` compiles its sampling chunks with, plus a kernel's own
+    (``Kernel.compiler_options``)."""
+    return dict(_cpu_options(_CPU_SAMPLING_OPTIONS + tuple(extra)))

@@ -113,12 +113,12 @@ _RUN_CHUNK_STATIC = ("model", "spec", "length", "thinning")
 
 
 @functools.cache
-def _chunk_runner():
+def _chunk_runner(options: tuple = ()):
     """``_run_chunk_impl`` jitted with unnorm's CPU sampling compile options
-    (:mod:`unnorm._xla`), built once so that every call of ``un.sample`` shares its
-    compilation cache."""
+    (:mod:`unnorm._xla`) and the kernel's own ``options``, built once per set so that every call
+    of ``un.sample`` shares its compilation cache."""
     return jax.jit(_run_chunk_impl, static_argnames=_RUN_CHUNK_STATIC,
-                   compiler_options=_xla.sampling_compiler_options())
+                   compiler_options=_xla.sampling_compiler_options(options))
 
 
 def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int:
@@ -347,7 +347,7 @@ class _PhaseRunner(NamedTuple):
         warmup = jnp.asarray(phase == _WARMUP)
         # Built here, not in the workers: two first calls at once could build two jitted
         # functions, and compile twice.
-        run_chunk = _chunk_runner()
+        run_chunk = _chunk_runner(self.spec.compiler_options)
         for chunk in _phase_chunks(total, self.length, not self.disabled):
             # The first sampling chunk ends the warmup (fixes the adapted step size) first.
             finalize = phase == _SAMPLING and done == 0

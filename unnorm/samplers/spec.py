@@ -35,7 +35,9 @@ class Kernel(NamedTuple):
     ``position`` (default: the state's own), for a chain whose target has changed (θ moved in a
     training loop: CD, PCD, MLE) or that is handed another point (parallel tempering's swaps).
     ``get_step_size(state)`` and ``set_step_size(state, value)`` read and write the step size of
-    a sampler that has one (None otherwise).
+    a sampler that has one (None otherwise). ``compiler_options``: XLA options (name, value)
+    pairs for the CPU compilation of ``un.sample``'s chunks of this kernel, used only where the
+    installed jaxlib accepts them.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Kernel(NamedTuple):
     refresh: Callable
     get_step_size: Callable | None = None
     set_step_size: Callable | None = None
+    compiler_options: tuple = ()
 
 
 class StepCap(NamedTuple):
