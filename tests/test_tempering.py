@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import unnorm as un
+from unnorm import _xla
 from unnorm.samplers import registry, tempering
 
 MAX_Z = 4.0
@@ -245,12 +246,14 @@ def test_after_swaps_every_replica_caches_its_own_tempered_target(mixture):
     logdensity = un.samplers.unconstrained_logdensity(mixture, mixture.params)
     state = kernel.init(jnp.array([MEANS[0]]), logdensity, jax.random.key(0))
 
-    @jax.jit
-    def run(state, key):
+    def scan(state, key):
         def one(state, k):
             state, info = kernel.step(k, state, logdensity, jnp.asarray(True))
             return state, (info.is_swapped, state.step)
         return jax.lax.scan(one, state, jax.random.split(key, 200))
+
+    # the kernel's own compile options, as un.sample's chunks use them (see tempering.py)
+    run = jax.jit(scan, compiler_options=_xla.sampling_compiler_options(kernel.compiler_options))
 
     state, (swapped, steps) = run(state, jax.random.key(1))
     swapped, steps = np.asarray(swapped), np.asarray(steps)
