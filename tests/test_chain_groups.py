@@ -132,7 +132,7 @@ def test_a_failure_in_one_group_says_where(monkeypatch):
             raise FloatingPointError("boom in a group")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(sample_run, "_chunk_runner", lambda: failing_chunk)
+    monkeypatch.setattr(sample_run, "_chunk_runner", lambda options=(): failing_chunk)
     model = un.models.gaussian(2)
     with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.50 of 50: "
                                            r"FloatingPointError: boom in a group"):
