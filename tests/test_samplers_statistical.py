@@ -544,7 +544,7 @@ def test_sampling_compile_options_leave_the_draws_unchanged(run, monkeypatch):
     model, key, sampler, kwargs, shared = SHARED_RUNS[run]
     tuned = shared()
     plain = jax.jit(sample_run._run_chunk_impl, static_argnames=sample_run._RUN_CHUNK_STATIC)
-    monkeypatch.setattr(sample_run, "_chunk_runner", lambda: plain)
+    monkeypatch.setattr(sample_run, "_chunk_runner", lambda options=(): plain)
     default = _sample(model, key, sampler, **kwargs)
     np.testing.assert_allclose(_draws(tuned), _draws(default), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(_stat(tuned, "lp"), _stat(default, "lp"), rtol=1e-6, atol=1e-6)
