@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from ..model import Model
 from .base import Estimator, Objective, Traits
-from .pseudolikelihood import flip_energy_gaps
+from .pseudolikelihood import check_flip_support, flip_objective
 
 __all__ = ["MPF"]
 
@@ -64,28 +63,12 @@ class MPF(Estimator):
     name = "mpf"
 
     def check(self, model: Model) -> None:
-        if not model.support.is_discrete:
-            raise ValueError(
-                f"estimator 'mpf' (minimum probability flow) needs a binary or spin support; "
-                f"the model's support is {model.support!r}. For continuous data use 'sm', "
-                "'ssm' or 'dsm'."
-            )
+        check_flip_support(model, 'mpf', 'minimum probability flow')
 
     def build(self, model: Model, resample: bool) -> Objective:
-        def terms(params, state, batch, key):
-            gaps = jax.vmap(lambda x: flip_energy_gaps(model, params, x))(batch.x)
-            # exp(-gap/2) is computed as it stands: its argument stays below float32's limit
-            # of 88.7 unless a data point is some 1e77 times less probable than a neighbour,
-            # and the driver skips such a non-finite step. A log-sum-exp would not help: the
-            # term itself is the exponential.
-            flows = jnp.exp(-0.5 * gaps).reshape(gaps.shape[0], -1)
-            return jnp.sum(flows, axis=1)
-
-        def init(params, key, data):
-            return ()
-
-        def loss(params, state, batch, key):
-            return jnp.mean(terms(params, state, batch, key)), (state, {})
-
-        return Objective(init, loss, terms,
-                         Traits(deterministic=True, convex_if_linear_energy=True))
+        # exp(-gap/2) is computed as it stands: its argument stays below float32's limit of
+        # 88.7 unless a data point is some 1e77 times less probable than a neighbour, and the
+        # driver skips such a non-finite step. A log-sum-exp would not help: the term itself
+        # is the exponential.
+        return flip_objective(model, lambda gaps: jnp.exp(-0.5 * gaps),
+                              Traits(deterministic=True, convex_if_linear_energy=True))

@@ -47,6 +47,31 @@ def flip_energy_gaps(model: Model, params, x: jax.Array) -> jax.Array:
     return (energies - energy).reshape(x.shape)
 
 
+def check_flip_support(model: Model, name: str, title: str) -> None:
+    """The binary-or-spin check the single-flip estimators (PL, RM, MPF) share."""
+    if not model.support.is_discrete:
+        raise ValueError(
+            f"estimator {name!r} ({title}) needs a binary or spin support; the model's "
+            f"support is {model.support!r}. For continuous data use 'sm', 'ssm' or 'dsm'."
+        )
+
+
+def flip_objective(model: Model, per_site, traits: Traits) -> Objective:
+    """The objective whose per-observation term is ``Σ_j per_site(E(x^(j)) - E(x))`` over the
+    single-flip neighbours (PL, RM, MPF): no state, deterministic."""
+    def terms(params, state, batch, key):
+        gaps = jax.vmap(lambda x: flip_energy_gaps(model, params, x))(batch.x)
+        return jnp.sum(per_site(gaps).reshape(gaps.shape[0], -1), axis=1)
+
+    def init(params, key, data):
+        return ()
+
+    def loss(params, state, batch, key):
+        return jnp.mean(terms(params, state, batch, key)), (state, {})
+
+    return Objective(init, loss, terms, traits)
+
+
 @dataclasses.dataclass(frozen=True)
 class PseudoLikelihood(Estimator):
     """Maximum pseudo-likelihood for binary and spin supports (Besag 1975).
@@ -69,21 +94,9 @@ class PseudoLikelihood(Estimator):
     name = "pl"
 
     def check(self, model: Model) -> None:
-        if not model.support.is_discrete:
-            raise ValueError(
-                f"estimator 'pl' (pseudo-likelihood) needs a binary or spin support; the model's "
-                f"support is {model.support!r}. For continuous data use 'sm', 'ssm' or 'dsm'."
-            )
+        check_flip_support(model, "pl", "pseudo-likelihood")
 
     def build(self, model: Model, resample: bool) -> Objective:
-        def terms(params, state, batch, key):
-            gaps = jax.vmap(lambda x: flip_energy_gaps(model, params, x))(batch.x)
-            return jnp.sum(jax.nn.softplus(-gaps).reshape(gaps.shape[0], -1), axis=1)
-
-        def init(params, key, data):
-            return ()
-
-        def loss(params, state, batch, key):
-            return jnp.mean(terms(params, state, batch, key)), (state, {})
-
-        return Objective(init, loss, terms, Traits(convex_if_linear_energy=True))
+        # -log p(x_j | x_-j) = softplus(-gap)
+        return flip_objective(model, lambda gaps: jax.nn.softplus(-gaps),
+                              Traits(convex_if_linear_energy=True))

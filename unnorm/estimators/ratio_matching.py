@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from ..model import Model
 from .base import Estimator, Objective, Traits
-from .pseudolikelihood import flip_energy_gaps
+from .pseudolikelihood import check_flip_support, flip_objective
 
 __all__ = ["RatioMatching"]
 
@@ -58,24 +57,9 @@ class RatioMatching(Estimator):
     name = "rm"
 
     def check(self, model: Model) -> None:
-        if not model.support.is_discrete:
-            raise ValueError(
-                f"estimator 'rm' (ratio matching) needs a binary or spin support; the model's "
-                f"support is {model.support!r}. For continuous data use 'sm', 'ssm' or 'dsm'."
-            )
+        check_flip_support(model, 'rm', 'ratio matching')
 
     def build(self, model: Model, resample: bool) -> Objective:
-        def terms(params, state, batch, key):
-            gaps = jax.vmap(lambda x: flip_energy_gaps(model, params, x))(batch.x)
-            # g(p(x)/p(x^(j))) = σ(E(x) - E(x^(j))) = σ(-gap): jax's sigmoid is stable both ways
-            ratios = jax.nn.sigmoid(-gaps).reshape(gaps.shape[0], -1)
-            return jnp.sum(ratios**2, axis=1)
-
-        def init(params, key, data):
-            return ()
-
-        def loss(params, state, batch, key):
-            return jnp.mean(terms(params, state, batch, key)), (state, {})
-
-        return Objective(init, loss, terms,
-                         Traits(deterministic=True, convex_if_linear_energy=False))
+        # g(p(x)/p(x^(j))) = σ(E(x) - E(x^(j))) = σ(-gap): jax's sigmoid is stable both ways
+        return flip_objective(model, lambda gaps: jax.nn.sigmoid(-gaps) ** 2,
+                              Traits(deterministic=True, convex_if_linear_energy=False))
