@@ -8,6 +8,7 @@ sandwich standard errors apply. Model objects are shared so compiled code is reu
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ from jax.flatten_util import ravel_pytree
 
 import unnorm as un
 from unnorm import stein_kernels
+from unnorm.estimators import Batch
+from unnorm.estimators import stein as ksd_module
 from unnorm.estimators.stein import _derivatives
 
 KEY = jax.random.key(0)
@@ -173,6 +176,22 @@ def test_closed_form_derivatives_match_autodiff(kernel):
                                     jax.hessian(objective)(f), jax.jacfwd(row_means)(f)))(flat)
     for mine, reference in zip((value, grad, hessian, h1), references, strict=True):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_full_batch_loss_through_the_kernel_matrix_equals_the_pairwise_loss():
+    """The full-batch step reads Û from the data's kernel matrix, made once at init; a data set
+    beyond the matrix's size limit (here: a limit of 0) takes the pairwise path. Same value."""
+    model = _test_model()
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(61, 2)), dtype=jnp.float32)
+    objective = un.estimators.KSD().build(model, False)
+    state = objective.init(model.params, jax.random.key(0), x)
+    assert isinstance(state.gram, stein_kernels.SteinGram)
+    batch = Batch(x, jnp.arange(61))
+    with_gram = objective.loss(model.params, state, batch, None)[0]
+    pairwise = objective.loss(model.params, state._replace(gram=()), batch, None)[0]
+    assert float(with_gram) == pytest.approx(float(pairwise), rel=1e-4, abs=1e-6)
+    with mock.patch.object(ksd_module, "GRAM_MAX_ENTRIES", 0):
+        assert objective.init(model.params, jax.random.key(0), x).gram == ()
 
 
 def test_estimator_and_test_share_one_bandwidth_rule():

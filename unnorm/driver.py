@@ -145,7 +145,10 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, max_failur
         accept = active & finite
 
         def choose(new, old):
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
+            # a leaf the step returned untouched (the same tracer: an estimator's fixed
+            # tables such as KSD's kernel matrix) is kept as is, not copied through a select
+            return jax.tree_util.tree_map(
+                lambda a, b: a if a is b else jnp.where(accept, a, b), new, old)
 
         failed = active & ~finite
         unconstrained = choose(unconstrained, train.unconstrained)
