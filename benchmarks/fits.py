@@ -263,7 +263,8 @@ def sandwich(hessian, grads):
 
 
 def newton_while(value_fn, flat):
-    """Damped Newton steps on ``value_fn`` (the step halved until the value does not rise)
+    """Damped Newton steps on ``value_fn`` (Hessian eigenvalues by their absolute values, the
+    step halved until the value does not rise)
     until the step is below 1e-5 (relative) or ``MAX_NEWTON`` steps, inside jit."""
     import jax
     import jax.numpy as jnp
@@ -276,7 +277,11 @@ def newton_while(value_fn, flat):
         flat, _, i = carry
         value, grad = jax.value_and_grad(value_fn)(flat)
         hess = jax.hessian(value_fn)(flat)
-        step = jnp.linalg.solve(hess, grad)
+        # |eigenvalues| of the Hessian: a descent direction where it is not yet positive
+        # definite (the optimizer's point can be far from the minimum)
+        w, v = jnp.linalg.eigh(0.5 * (hess + hess.T))
+        w = jnp.maximum(jnp.abs(w), 1e-6 * jnp.max(jnp.abs(w)))
+        step = v @ ((v.T @ grad) / w)
         step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
 
         def worse(t):
