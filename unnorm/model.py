@@ -323,17 +323,11 @@ class Model:
     # ---- constrained <-> unconstrained parameters ----------------------------------------------
     def to_unconstrained(self, params: Params) -> Params:
         """Map constrained params to the unconstrained space with NumPyro's ``biject_to``."""
-        return {
-            k: jax.tree_util.tree_map(biject_to(self._constraints[k]).inv, v)
-            for k, v in params.items()
-        }
+        return _to_unconstrained(self, params)
 
     def to_constrained(self, unconstrained: Params) -> Params:
         """Inverse of :meth:`to_unconstrained`."""
-        return {
-            k: jax.tree_util.tree_map(biject_to(self._constraints[k]), v)
-            for k, v in unconstrained.items()
-        }
+        return _to_constrained(self, unconstrained)
 
     def check_params(self, params: Any, name: str = "params") -> Params:
         """Validate a params dict against this model: same names, finite values, constraints.
@@ -607,3 +601,18 @@ def check_finite_energies(model: Model, params, data, name: str = "data") -> Non
             "of values the data reach), drop those rows, or start from other init values."
             + overflow
         )
+
+
+# Jitted, with the model static: outside a trace, NumPyro's bijections run op by op, and each
+# eager op compiles a program of its own the first time it meets a shape (dozens per fit);
+# inside a trace these calls are inlined as before.
+@functools.partial(jax.jit, static_argnums=0)
+def _to_unconstrained(model: Model, params: Params) -> Params:
+    return {k: jax.tree_util.tree_map(biject_to(model._constraints[k]).inv, v)
+            for k, v in params.items()}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _to_constrained(model: Model, unconstrained: Params) -> Params:
+    return {k: jax.tree_util.tree_map(biject_to(model._constraints[k]), v)
+            for k, v in unconstrained.items()}

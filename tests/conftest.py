@@ -1,0 +1,29 @@
+"""Test-session settings.
+
+Every test builds its own model objects, so each fit traces and compiles programs whose XLA is
+identical to one compiled a few tests earlier. JAX's persistent compilation cache, keyed by the
+program's fingerprint, serves those from disk instead of compiling again. It lives in a
+temporary directory of this process (one per pytest-xdist worker: the cache files are not
+written atomically) and is removed at the end of the session. ``UNNORM_TEST_JAX_CACHE=<dir>``
+keeps it in ``<dir>`` across sessions instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import jax
+
+_KEEP = os.environ.get("UNNORM_TEST_JAX_CACHE")
+_CACHE_DIR = _KEEP or tempfile.mkdtemp(prefix="unnorm-test-jax-cache-")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+# every program, however small or quick to compile: the suite compiles thousands of them
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _KEEP:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
