@@ -80,13 +80,16 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     cov_u = np.asarray(cov_u, dtype=float)
     se_u = np.sqrt(np.clip(np.diag(cov_u), 0.0, None))
 
+    # jitted: vmap outside a trace runs op by op, compiling a small program per op
+    @jax.jit
+    @jax.vmap
     def constrained_flat(f):
         return ravel_pytree(to_constrained(unravel(f)))[0]
 
     dtype = flat_u.dtype
     shifted = jnp.asarray(np.asarray(flat_u, dtype=float)[None, :]
                           + Z_GRID[:, None] * se_u[None, :], dtype=dtype)
-    exact = np.asarray(jax.vmap(constrained_flat)(shifted), dtype=float).T
+    exact = np.asarray(constrained_flat(shifted), dtype=float).T
     if np.all(elementwise):
         return np.sort(exact, axis=1)
     # the joint normal of û, mapped through g: a draw of N(0, Σ_u) from its eigendecomposition
@@ -95,7 +98,7 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
     z = np.random.default_rng(seed).standard_normal((NUM_DRAWS, cov_u.shape[0]))
     draws = np.asarray(flat_u, dtype=float)[None, :] + z @ root.T
-    values = np.asarray(jax.vmap(constrained_flat)(jnp.asarray(draws, dtype=dtype)),
+    values = np.asarray(constrained_flat(jnp.asarray(draws, dtype=dtype)),
                         dtype=float)
     probabilities = np.array([NormalDist().cdf(t) for t in Z_GRID])
     simulated = np.quantile(values, probabilities, axis=0).T
