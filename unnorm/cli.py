@@ -29,7 +29,7 @@ def _fit_rows(label: str, table, truth_flat: np.ndarray, seconds: float) -> list
         if row >= truth_flat.size:  # nuisance rows (NCE's log Z) are printed on their own
             break
         z = (entry["estimate"] - truth_flat[row]) / entry["std_err"]
-        lines.append(f"{label if row == 0 else '':<24}{entry['parameter']:<10}"
+        lines.append(f"{label if row == 0 else '':<35}{entry['parameter']:<10}"
                      f"{truth_flat[row]:>8.4f}{entry['estimate']:>10.4f}{entry['std_err']:>9.4f}"
                      f"{z:>8.2f}" + (f"{seconds:>9.1f}" if row == 0 else ""))
     return lines
@@ -53,7 +53,7 @@ def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> N
     say(f"Fitting mu and prec of a 2-D Gaussian from n = {n} simulated observations; each "
         "estimator's lines print as its fit ends\n(z = (estimate - truth) / std_err, seconds "
         "include compilation):\n")
-    say(f"{'estimator':<24}{'parameter':<10}{'truth':>8}{'estimate':>10}{'std_err':>9}"
+    say(f"{'estimator':<35}{'parameter':<10}{'truth':>8}{'estimate':>10}{'std_err':>9}"
         f"{'z':>8}{'seconds':>9}")
     key = jax.random.key(seed)
     model = un.models.gaussian(2)
@@ -70,7 +70,7 @@ def _fit_table(un, say, seed: int, mean: np.ndarray, precision: np.ndarray) -> N
                               float(table["time_s"].iloc[0])):
             say(line)
         if name == "nce":
-            say(f"{'':<24}NCE's learned log Z: {float(fit.nuisance['log_z']):.4f} ± "
+            say(f"{'':<35}NCE's learned log Z: {float(fit.nuisance['log_z']):.4f} ± "
                 f"{float(fit.nuisance_stderr['log_z']):.4f} (exact at the truth: "
                 f"{np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(precision)[1]:.4f})")
     say("(DSM fits the density of x + σz, so its precision is biased by about σ²Λ²; the 95% "
