@@ -154,6 +154,21 @@ def max_error(params: dict, truth: dict, stderr: dict | None) -> float | None:
     return worst
 
 
+def compile_breakdown(events: list[tuple[str, float]], total_s: float) -> dict:
+    """Seconds of tracing, lowering and XLA compilation within a fit of ``total_s`` seconds,
+    the number of programs compiled, and the remainder (dispatch, host work, arithmetic)."""
+    def total(suffix):
+        return float(sum(secs for name, secs in events if name.endswith(suffix)))
+
+    compiles = [secs for name, secs in events if name.endswith("backend_compile_duration")]
+    trace_s = total("jaxpr_trace_duration")
+    lower_s = total("jaxpr_to_mlir_module_duration")
+    compile_s = float(sum(compiles))
+    return {"programs_compiled": len(compiles), "trace_s": trace_s, "lower_s": lower_s,
+            "xla_compile_s": compile_s,
+            "rest_s": total_s - trace_s - lower_s - compile_s}
+
+
 def worker(case: str, cfg: dict) -> dict:
     start = time.perf_counter()
     import jax
@@ -169,15 +184,24 @@ def worker(case: str, cfg: dict) -> dict:
     estimator = make_estimator(est_name, cfg)
     options = {} if cfg["num_steps"] is None else {"num_steps": cfg["num_steps"]}
 
-    fits, seconds = [], []
+    # where the time goes: JAX reports the duration of every tracing, lowering to MLIR and
+    # XLA compilation; the rest of a fit is dispatch and arithmetic
+    compile_events: list[tuple[str, float]] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **_: compile_events.append((name, secs))
+        if name.startswith("/jax/core/compile/") else None)
+
+    fits, seconds, breakdown = [], [], []
     for i, key in enumerate(cfg["fit_keys"]):
         if i >= 2 and seconds[1] > cfg["repeat_below_s"]:
             break       # more warm calls only where one is short (noisy)
+        compile_events.clear()
         start = time.perf_counter()
         fit = un.fit(model, data, estimator, key=jax.random.key(key), progress_bar=False,
                      **options)
         seconds.append(time.perf_counter() - start)
         fits.append(fit)
+        breakdown.append(compile_breakdown(compile_events, seconds[-1]))
     fit = fits[0]
     warm = seconds[1:]
     row = {
@@ -196,6 +220,7 @@ def worker(case: str, cfg: dict) -> dict:
         "truth": {k: np.asarray(v).tolist() for k, v in truth.items()},
         "max_err_se": max_error(fit.params, truth, fit.stderr),
         "warm_max_err_se": max_error(fits[1].params, truth, fits[1].stderr),
+        "cold_breakdown": breakdown[0], "warm_breakdown": breakdown[1],
     }
     plain = PlainFit(model_name, est_name, estimator, fit, data, cfg)
     key = jax.random.key(cfg["plain_key"])
@@ -939,6 +964,20 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r['plain_s'])} ({fmt(r['plain_loop_s'])}) | {fmt(r['ratio'])}"
               f"{mark('ratio')} | {r['method']} | {r['steps']} | {fmt(r['max_err_se'])} "
               f"({fmt(r['plain_max_err_se'])}) |")
+    print()
+    print("where the cold and the warm fit spend their time (seconds; programs compiled):")
+    head = ("| estimator | model | cold s | programs | trace | lower | XLA compile | rest | "
+            "warm s | warm programs | warm rest |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        if "error" in r:
+            continue
+        c, w = r["cold_breakdown"], r["warm_breakdown"]
+        print(f"| {r['estimator']} | {r['model']} | {fmt(r['cold_s'])} | "
+              f"{c['programs_compiled']} | {fmt(c['trace_s'])} | {fmt(c['lower_s'])} | "
+              f"{fmt(c['xla_compile_s'])} | {fmt(c['rest_s'])} | {fmt(r['warm_s'])} | "
+              f"{w['programs_compiled']} | {fmt(w['rest_s'])} |")
 
 
 def summarize(rows: list[dict]) -> dict:
