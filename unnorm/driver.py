@@ -71,6 +71,13 @@ def _objective(estimator: Estimator, model: Model, resample: bool) -> Objective:
     return estimator.build(model, resample)
 
 
+@functools.lru_cache(maxsize=64)
+def _params_map(model: Model, objective: Objective):
+    """``theta ↦ objective_params(model, objective, theta)``, one object per model and
+    objective, so that programs compiled for it (the interval grid's) are found again."""
+    return functools.partial(objective_params, model, objective)
+
+
 @functools.lru_cache(maxsize=4)
 def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
@@ -620,7 +627,7 @@ def _interval_grid(model: Model, objective: Objective, fitted, covariance: np.nd
                    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
     if nuisance is not None:
         elementwise.append(np.ones(int(ravel_pytree(nuisance)[0].size), bool))
-    return intervals.endpoint_grid(lambda theta: objective_params(model, objective, theta),
+    return intervals.endpoint_grid(_params_map(model, objective),
                                    theta_u, cov_u, np.concatenate(elementwise))
 
 

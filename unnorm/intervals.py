@@ -17,6 +17,7 @@ at any level interpolates that grid.
 
 from __future__ import annotations
 
+import functools
 from statistics import NormalDist
 
 import jax
@@ -80,11 +81,8 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     cov_u = np.asarray(cov_u, dtype=float)
     se_u = np.sqrt(np.clip(np.diag(cov_u), 0.0, None))
 
-    # jitted: vmap outside a trace runs op by op, compiling a small program per op
-    @jax.jit
-    @jax.vmap
-    def constrained_flat(f):
-        return ravel_pytree(to_constrained(unravel(f)))[0]
+    def constrained_flat(points):
+        return _constrained_points(to_constrained, theta_u, points)
 
     dtype = flat_u.dtype
     shifted = jnp.asarray(np.asarray(flat_u, dtype=float)[None, :]
@@ -103,6 +101,16 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     probabilities = np.array([NormalDist().cdf(t) for t in Z_GRID])
     simulated = np.quantile(values, probabilities, axis=0).T
     return np.where(np.asarray(elementwise)[:, None], np.sort(exact, axis=1), simulated)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _constrained_points(to_constrained, theta_u, points):
+    """Each row of ``points`` (flat unconstrained parameters shaped like ``theta_u``) mapped to
+    the flat constrained parameters. One program per ``to_constrained`` and shape: outside a
+    trace a vmap runs op by op, compiling a small program per op, and a jitted closure would
+    compile again at every fit (callers pass the same ``to_constrained`` object for a model)."""
+    _, unravel = ravel_pytree(theta_u)
+    return jax.vmap(lambda f: ravel_pytree(to_constrained(unravel(f)))[0])(points)
 
 
 def interval_from_grid(grid: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
