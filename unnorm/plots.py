@@ -541,5 +541,5 @@ def plot_energy(model: Model, params: Mapping[str, Any] | None = None, data=None
     ax.set_ylim(*ranges[1])
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
-    ax.legend(handles=handles, loc="upper right", fontsize="small")
+    ax.legend(handles=handles, loc="upper right", fontsize="small", markerscale=2.5)
     return ax
