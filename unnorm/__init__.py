@@ -16,7 +16,7 @@ Example
 ('chain', 'draw', 'x_dim_0')
 """
 
-from . import constraints, diagnostics, estimators, models, samplers, supports
+from . import constraints, diagnostics, estimators, models, plots, samplers, supports
 from ._compat import from_netcdf, to_netcdf
 from .comparison import compare
 from .diagnostics import ConvergenceWarning
@@ -48,6 +48,7 @@ __all__ = [
     "model",
     "models",
     "param",
+    "plots",
     "sample",
     "samplers",
     "supports",
