@@ -21,7 +21,6 @@ import warnings
 import arviz as az
 import jax
 import numpy as np
-import pandas as pd
 
 from ._compat import to_netcdf
 from .comparison import compare
@@ -248,7 +247,12 @@ def run_fit(args, out) -> None:
           f"steps, {state}; {fit.wall_time:.2f} s", file=out)
     if args.out:
         fit.save(args.out)
-        print(f"wrote {args.out} (load it with unnorm.load_fit)", file=out)
+        path = pathlib.Path(args.out)
+        written = [path.with_suffix(".npz").name]
+        if fit.chains is not None:
+            written.append(path.with_suffix(".chains.nc").name)
+        print(f"wrote {args.out} and, beside it, {' and '.join(written)} (read them back with "
+              f"unnorm.load_fit({str(path)!r}))", file=out)
 
 
 def run_sample(args, out) -> None:
@@ -296,8 +300,9 @@ def run_compare(args, out) -> None:
     options = {} if args.num_steps is None else {"num_steps": args.num_steps}
     table = compare(model, data, estimators, key=jax.random.key(args.seed),
                        progress_bar=_progress_bar(), **options)
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"), file=out)
+    # the CSV keeps every digit; the screen gets the seconds to hundredths
+    shown = table.assign(time_s=table["time_s"].round(2)) if "time_s" in table else table
+    print(shown.to_string(index=False), file=out)
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {args.out}", file=out)
