@@ -1,11 +1,12 @@
-"""A 2-D Gaussian energy for the ``unnorm`` command line.
+r"""A 2-D Gaussian energy for the ``unnorm`` command line.
 
 ``E(x) = ½ (x − μ)ᵀ Λ (x − μ)`` with mean ``mu`` and precision ``prec`` to fit; the file is ordinary
 Python, which the command line executes to find the object named after the colon:
 
     unnorm fit examples/gaussian_model.py:model examples/gaussian_data.csv --estimator sm
     unnorm sample examples/gaussian_model.py:model --sampler nuts
-    unnorm compare examples/gaussian_model.py:model examples/gaussian_data.csv --estimators sm,ssm,nce
+    unnorm compare examples/gaussian_model.py:model examples/gaussian_data.csv \
+        --estimators sm,ssm,nce
 
 Run:  python examples/gaussian_model.py   rewrites examples/gaussian_data.csv, the 500
 observations those commands read (drawn with a fixed seed from the Gaussian with the mean

@@ -106,9 +106,12 @@ def test_compare_prints_the_table_and_writes_csv(tmp_path, capsys):
     assert len(table) == 12
 
 
-def test_model_may_be_a_function_and_data_a_npy_file(tmp_path, capsys):
+def test_model_may_be_a_function_and_data_a_npy_file_of_one_column(tmp_path, capsys):
+    # the model file imports a module beside it
+    (tmp_path / "cli_test_sizes.py").write_text("D = 1\n")
     (tmp_path / "models.py").write_text(
-        "import unnorm as un\n\ndef make():\n    return un.models.gaussian(1)\n")
+        "import unnorm as un\nfrom cli_test_sizes import D\n\n"
+        "def make():\n    return un.models.gaussian(D)\n")
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(2.0, 1.0, size=200))
     assert cli.main(["fit", f"{tmp_path / 'models.py'}:make", str(tmp_path / "x.npy"),
                      "--estimator", "sm", "--no-stderr"]) == 0

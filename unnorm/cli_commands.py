@@ -150,7 +150,8 @@ def _execute(path: pathlib.Path):
         del sys.modules[module_name]
         raise
     finally:
-        sys.path.remove(folder)
+        if folder in sys.path:  # unless the file took it out itself
+            sys.path.remove(folder)
     return module
 
 
