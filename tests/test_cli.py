@@ -230,6 +230,7 @@ def test_help_imports_no_jax():
             "loaded = [name for name in heavy if name in sys.modules]\n"
             "assert not loaded, loaded\n"
             "import unnorm as un\n"
+            "assert callable(un.stein.ksd)  # a submodule no public name has loaded yet\n"
             "from unnorm import model, fit, samplers\n"
             "import unnorm.model\n"
             "assert un.model is model and callable(un.fit) and 'jax' in sys.modules\n")

@@ -22,6 +22,7 @@ Example
 # here, in the order of _PUBLIC.
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -82,6 +83,9 @@ __all__ = [
 
 def __getattr__(name: str):
     if name not in _PUBLIC:
+        # any submodule, as when the eager imports had loaded them all (un.stein.ksd)
+        if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     source = _PUBLIC[name]
     if source is None:
