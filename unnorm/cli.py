@@ -294,6 +294,11 @@ def _run_command(args) -> None:
         cli_commands.run(args, sys.stdout)
     except cli_commands.CommandError as err:
         _fail(str(err), err.code)
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 def main(argv: list[str] | None = None) -> int:
