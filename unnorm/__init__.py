@@ -16,18 +16,45 @@ Example
 ('chain', 'draw', 'x_dim_0')
 """
 
-from . import constraints, diagnostics, estimators, models, plots, samplers, supports
-from ._compat import from_netcdf, to_netcdf
-from .comparison import compare
-from .diagnostics import ConvergenceWarning
-from .driver import FitError, fit
-from .model import Model, model, param
-from .partition import LogPartition, log_partition
-from .result import FitResult, load_fit
-from .samplers import sample
-from .stein import KSDTest, ksd_test
+# The public names are imported on first use (PEP 562): ``import unnorm`` alone loads no JAX,
+# so that ``unnorm --help`` (whose module, unnorm.cli, runs this file first) answers at once.
+# ``un.fit``, ``from unnorm import fit`` and ``dir(un)`` behave as if everything were imported
+# here, in the order of _PUBLIC.
+
+import importlib
+import importlib.util
+import sys
+import types
 
 __version__ = "0.1.0"
+
+# public name -> the submodule it comes from (None: the name is itself a submodule), in the
+# order the names were once imported eagerly
+_PUBLIC = {
+    "constraints": None,
+    "diagnostics": None,
+    "estimators": None,
+    "models": None,
+    "plots": None,
+    "samplers": None,
+    "supports": None,
+    "from_netcdf": "_compat",
+    "to_netcdf": "_compat",
+    "compare": "comparison",
+    "ConvergenceWarning": "diagnostics",
+    "FitError": "driver",
+    "fit": "driver",
+    "Model": "model",
+    "model": "model",
+    "param": "model",
+    "LogPartition": "partition",
+    "log_partition": "partition",
+    "FitResult": "result",
+    "load_fit": "result",
+    "sample": "samplers",
+    "KSDTest": "stein",
+    "ksd_test": "stein",
+}
 
 __all__ = [
     "ConvergenceWarning",
@@ -54,3 +81,46 @@ __all__ = [
     "supports",
     "to_netcdf",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        # any submodule, as when the eager imports had loaded them all (un.stein.ksd)
+        if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    source = _PUBLIC[name]
+    if source is None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
+    globals()[name] = value  # later lookups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    # what the eager imports left in the namespace: every public name, and the submodules
+    # they loaded on the way
+    for name in _PUBLIC:
+        __getattr__(name)
+    return sorted(set(globals()) - _OWN)
+
+
+class _Package(types.ModuleType):
+    """The package's module type: it keeps ``unnorm.model`` the decorator.
+
+    Importing a submodule binds it on its package, so loading ``unnorm/model.py`` (which any
+    lazy name may do) would set ``unnorm.model`` to that module; the eager imports used to
+    rebind the decorator right after. Here the binding of the module is skipped instead: it
+    stays reachable as ``sys.modules["unnorm.model"]`` and by ``from unnorm.model import``.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "model" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+# this file's own machinery, left out of dir()
+_OWN = {"importlib", "sys", "types", "_PUBLIC", "_Package", "_OWN", "__getattr__", "__dir__"}
