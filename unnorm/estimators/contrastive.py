@@ -43,7 +43,7 @@ from ..model import Model, energies
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
-from ..samplers.run import sample
+from ..samplers.run import Draws, reusable_chunk, sample_draws
 from ..samplers.target import to_position, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance, symmetric_pinv
 from .base import Estimator, Objective, PostFit, Traits
@@ -139,7 +139,7 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
 
     θ̂ solves ``mean_i ∇E(x_i) = Σ_j w_j ∇E(y_j)``; the right side's Monte Carlo error ``V``,
     estimated by batch means over consecutive draws (which keeps the chains' autocorrelation
-    in), gives ``H⁺ V H⁺``. The draws must be in chain order, as ``idata.posterior`` holds them.
+    in), gives ``H⁺ V H⁺``. The draws must be in chain order, as :func:`flat_draws` gives them.
     """
     weights = np.asarray(weights, dtype=float)
     draw_grads = np.asarray(draw_grads, dtype=float)
@@ -150,9 +150,9 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
     return h_pinv @ variance @ h_pinv
 
 
-def flat_draws(idata, model: Model) -> np.ndarray:
-    x = np.asarray(idata.posterior["x"].values)
-    return x.reshape(-1, *model.support.event_shape)
+def flat_draws(draws: Draws, model: Model) -> np.ndarray:
+    """The draws of every chain, one after the other: shape ``(chains × draws, *event_shape)``."""
+    return draws.x.reshape(-1, *model.support.event_shape)
 
 
 def reference_energies(model: Model, params, draws) -> jax.Array:
@@ -171,14 +171,17 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
-                 num_samples: int, init, progress_bar: bool):
-    """Draws of the fitted model with :func:`unnorm.sample` (thinned as the sampler's spec
-    says: the local samplers move less per step than NUTS): ``fit.chains`` and the source of
-    the standard errors."""
-    return sample(model, params, key=key, sampler=sampler, num_chains=chains,
-                  num_warmup=num_warmup, num_samples=num_samples,
-                  thinning=check_sampler(sampler, model).thinning, init=init,
-                  progress_bar=progress_bar)
+                 num_samples: int, init, progress_bar: bool) -> Draws:
+    """Draws of the fitted model, as :func:`unnorm.sample` takes them (thinned as the sampler's
+    spec says: the local samplers move less per step than NUTS), kept as arrays: the source of
+    the standard errors, and of ``fit.chains``. In chunks of one length whatever
+    ``num_samples``, so that one compilation serves every sampling of a fit (MLE's rounds
+    differ in length) and every fit of the model."""
+    thinning = check_sampler(sampler, model).thinning
+    return sample_draws(model, params, key=key, sampler=sampler, num_chains=chains,
+                        num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
+                        init=init, progress_bar=progress_bar,
+                        chunk=reusable_chunk(num_warmup, thinning))
 
 
 # ---- the shared machinery -----------------------------------------------------------------------
@@ -311,12 +314,13 @@ class ChainEstimator(Estimator):
 
         def post_fit(params, state, data, key, compute_se, progress_bar):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
-            idata = self._sample_fitted(model, params, state, spec, sampler, key, chains,
+            draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, refined_by, idata = self._finish(
-                model, params, data, idata, key, compute_se, sampler, chains, num_warmup,
+            params, covariance, refined_by, draws = self._finish(
+                model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
                 num_samples, progress_bar)
-            return PostFit(params, covariance, idata, refined_by,
+            # ArviZ only here, once, for the user
+            return PostFit(params, covariance, draws.inference_data(), refined_by,
                            "likelihood sandwich from model draws" if compute_se else None)
 
         return Objective(init, loss, terms,
@@ -333,14 +337,14 @@ class ChainEstimator(Estimator):
         return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
                             progress_bar)
 
-    def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
+    def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
         """The final params, their covariance, the solve stage run on the draws (None for
         none) and the draws of the fitted model the covariance comes from."""
         covariance = None
         if compute_se:
-            covariance = _sandwich(model, params, data, flat_draws(idata, model))
-        return params, covariance, None, idata
+            covariance = _sandwich(model, params, data, flat_draws(draws, model))
+        return params, covariance, None, draws
 
 
 def check_k(k) -> int:
