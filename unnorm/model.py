@@ -323,16 +323,18 @@ class Model:
     # ---- constrained <-> unconstrained parameters ----------------------------------------------
     def to_unconstrained(self, params: Params) -> Params:
         """Map constrained params to the unconstrained space with NumPyro's ``biject_to``."""
-        return {
-            k: jax.tree_util.tree_map(biject_to(self._constraints[k]).inv, v)
-            for k, v in params.items()
-        }
+        return _transformed(params, model=self, inverse=True)
 
     def to_constrained(self, unconstrained: Params) -> Params:
         """Inverse of :meth:`to_unconstrained`."""
+        return _transformed(unconstrained, model=self, inverse=False)
+
+    def _transform(self, params: Params, inverse: bool) -> Params:
         return {
-            k: jax.tree_util.tree_map(biject_to(self._constraints[k]), v)
-            for k, v in unconstrained.items()
+            k: jax.tree_util.tree_map(
+                biject_to(self._constraints[k]).inv if inverse else biject_to(self._constraints[k]),
+                v)
+            for k, v in params.items()
         }
 
     def check_params(self, params: Any, name: str = "params") -> Params:
@@ -565,6 +567,14 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
         return built
 
     return build(fn) if fn is not None else build
+
+
+@functools.partial(jax.jit, static_argnames=("model", "inverse"))
+def _transformed(params: Params, *, model: Model, inverse: bool) -> Params:
+    # One compiled program per model and direction, also where the maps are called outside
+    # compiled code (the fit's post-processing, intervals): run op by op, a positive-definite
+    # matrix's transform compiled dozens of small programs on a model's first fit.
+    return model._transform(params, inverse)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
