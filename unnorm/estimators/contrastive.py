@@ -381,13 +381,19 @@ class ChainEstimator(Estimator):
 
         num_chains = int(self.num_chains) if persistent else 0
 
+        @jax.jit
+        def start_persistent(params, starts, key):
+            # compiled once per objective: run op by op, a kernel's init compiled a few dozen
+            # small programs on a model's first fit
+            return start_chains(starts, unconstrained_logdensity(model, params),
+                                jax.random.fold_in(key, 1))
+
         def init(params, key, data):
             if not persistent:
                 return ChainState(())
-            logdensity_fn = unconstrained_logdensity(model, params)
-            starts = jnp.asarray(support.initial_unconstrained(key, num_chains),
-                                 dtype=jnp.result_type(float))
-            chains = start_chains(starts, logdensity_fn, jax.random.fold_in(key, 1))
+            starts = np.asarray(support.initial_unconstrained(key, num_chains),
+                                dtype=jnp.result_type(float))
+            chains = start_persistent(params, starts, key)
             if buffer_size is None:
                 return ChainState(chains)
             buffer = jnp.asarray(support.initial_unconstrained(jax.random.fold_in(key, 2),
