@@ -376,11 +376,13 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
             "report it with the model."
         )
     if warn:
-        warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice)
+        # stacklevel 4: the warnings point at the caller of sample / sample_draws
+        warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice,
+                         stacklevel=4)
         cap = sampler_spec.step_cap(tuning) if sampler_spec.step_cap is not None else None
         if cap is not None:
             warn_step_cap(stats["n_steps"], stats["step_size"], cap.min_steps, cap.what,
-                          sampler)
+                          sampler, stacklevel=4)
     return Draws(draws, stats, {
         "sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
         "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"})
