@@ -72,11 +72,12 @@ def convergence_problems(
 
 
 def warn_convergence(draws: np.ndarray, diverging: np.ndarray, sampler: str,
-                     divergence_advice: str) -> None:
+                     divergence_advice: str, stacklevel: int = 3) -> None:
     """Issue one :class:`ConvergenceWarning` per problem found by :func:`convergence_problems`,
-    each prefixed with the ``sampler``'s name."""
+    each prefixed with the ``sampler``'s name; ``stacklevel`` as :func:`warnings.warn` takes
+    it, counted from this function's caller's caller (the public function by default)."""
     for problem in convergence_problems(draws, diverging, divergence_advice):
-        warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=3)
+        warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=stacklevel)
 
 
 def step_cap_problems(n_steps: np.ndarray, step_size: np.ndarray, min_steps: int,
@@ -115,8 +116,8 @@ def step_cap_problems(n_steps: np.ndarray, step_size: np.ndarray, min_steps: int
 
 
 def warn_step_cap(n_steps: np.ndarray, step_size: np.ndarray, min_steps: int, what: str,
-                  sampler: str) -> None:
+                  sampler: str, stacklevel: int = 3) -> None:
     """Issue the :class:`ConvergenceWarning` of :func:`step_cap_problems`, if any, prefixed
-    with the ``sampler``'s name."""
+    with the ``sampler``'s name; ``stacklevel`` as in :func:`warn_convergence`."""
     for problem in step_cap_problems(n_steps, step_size, min_steps, what):
-        warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=3)
+        warnings.warn(f"[{sampler}] {problem}", ConvergenceWarning, stacklevel=stacklevel)

@@ -323,11 +323,19 @@ class Model:
     # ---- constrained <-> unconstrained parameters ----------------------------------------------
     def to_unconstrained(self, params: Params) -> Params:
         """Map constrained params to the unconstrained space with NumPyro's ``biject_to``."""
-        return _to_unconstrained(self, params)
+        return _transformed(params, model=self, inverse=True)
 
     def to_constrained(self, unconstrained: Params) -> Params:
         """Inverse of :meth:`to_unconstrained`."""
-        return _to_constrained(self, unconstrained)
+        return _transformed(unconstrained, model=self, inverse=False)
+
+    def _transform(self, params: Params, inverse: bool) -> Params:
+        return {
+            k: jax.tree_util.tree_map(
+                biject_to(self._constraints[k]).inv if inverse else biject_to(self._constraints[k]),
+                v)
+            for k, v in params.items()
+        }
 
     def check_params(self, params: Any, name: str = "params") -> Params:
         """Validate a params dict against this model: same names, finite values, constraints.
@@ -561,6 +569,14 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
     return build(fn) if fn is not None else build
 
 
+@functools.partial(jax.jit, static_argnames=("model", "inverse"))
+def _transformed(params: Params, *, model: Model, inverse: bool) -> Params:
+    # One compiled program per model and direction, also where the maps are called outside
+    # compiled code (the fit's post-processing, intervals): run op by op, a positive-definite
+    # matrix's transform compiled dozens of small programs on a model's first fit.
+    return model._transform(params, inverse)
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _energies_jit(params, xs, *, model: Model) -> jax.Array:
     return jax.vmap(lambda x: model.energy(params, x))(xs)
@@ -601,18 +617,3 @@ def check_finite_energies(model: Model, params, data, name: str = "data") -> Non
             "of values the data reach), drop those rows, or start from other init values."
             + overflow
         )
-
-
-# Jitted, with the model static: outside a trace, NumPyro's bijections run op by op, and each
-# eager op compiles a program of its own the first time it meets a shape (dozens per fit);
-# inside a trace these calls are inlined as before.
-@functools.partial(jax.jit, static_argnums=0)
-def _to_unconstrained(model: Model, params: Params) -> Params:
-    return {k: jax.tree_util.tree_map(biject_to(model._constraints[k]).inv, v)
-            for k, v in params.items()}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _to_constrained(model: Model, unconstrained: Params) -> Params:
-    return {k: jax.tree_util.tree_map(biject_to(model._constraints[k]), v)
-            for k, v in unconstrained.items()}

@@ -39,11 +39,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import _checks
-from ..model import Model, energies
+from ..model import Model
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
-from ..samplers.run import sample
+from ..samplers.run import Draws, reusable_chunk, sample_draws
 from ..samplers.target import to_position, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance, symmetric_pinv
 from .base import Estimator, Objective, PostFit, Traits
@@ -95,7 +95,79 @@ def _sampler_spec(estimator, model: Model, sampler: str):
 
 # ---- the likelihood's sandwich from model draws -------------------------------------------------
 
+#: the likelihood's pieces are computed over blocks of this many draws (and observations),
+#: so that one compiled block serves every number of draws (MLE's rounds differ) and of
+#: observations
+PIECES_BLOCK = 4096
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
+def _block_pieces(flat_u, template_u, points, reference, tilt, mask, *, model: Model):
+    """One block of points ``y_j`` (``mask`` false on padding): their energies ``E_j`` and
+    gradients ``g_j = ∇E_j`` at flat unconstrained parameters, and with the log weights
+    ``lw_j = reference_j - tilt · E_j``, their largest value ``m`` and, with
+    ``a_j = exp(lw_j - m)``, the sums ``Σ a_j``, ``Σ a_j ∇²E_j`` and ``Σ a_j g_j g_jᵀ``."""
+    _, unravel = ravel_pytree(template_u)
+
+    def energy(flat, x):
+        return model.energy(model.to_constrained(unravel(flat)), x)
+
+    values, grads = jax.vmap(jax.value_and_grad(energy), (None, 0))(flat_u, points)
+    log_weights = jnp.where(mask, reference - tilt * values, -jnp.inf)
+    top = jnp.max(log_weights)
+    # a constant to the Hessian below: the weights are not differentiated
+    weights = jnp.where(mask, jnp.exp(log_weights - top), 0.0)
+    hessian = jax.hessian(lambda f: weights @ jax.vmap(lambda x: energy(f, x))(points))(flat_u)
+    outer = (grads * weights[:, None]).T @ grads
+    return values, grads, top, jnp.sum(weights), hessian, outer
+
+
+class _BlockSums(NamedTuple):
+    """:func:`_block_pieces` over every block of a set of points, combined in float64: the
+    per-point energies and gradients, the log weights' maximum ``top`` and, with weights
+    ``exp(lw_j - top)``, the sums of the weights, of the weighted Hessians and of the weighted
+    outer products of the gradients."""
+
+    values: np.ndarray
+    grads: np.ndarray
+    top: float
+    total: float
+    hessian: np.ndarray
+    outer: np.ndarray
+
+
+def _block_sums(flat_u, template_u, points, reference, tilt: float, *, model: Model
+                ) -> _BlockSums:
+    points = np.asarray(points)
+    count = points.shape[0]
+    reference = np.broadcast_to(np.asarray(reference, dtype=points.dtype), (count,))
+    dtype = jnp.asarray(flat_u).dtype
+    outputs = []
+    for start in range(0, count, PIECES_BLOCK):
+        block = points[start:start + PIECES_BLOCK]
+        size = block.shape[0]
+        pad = PIECES_BLOCK - size
+        # padding repeats a real point (finite energy) with zero weight
+        index = np.concatenate([np.arange(size), np.zeros(pad, dtype=int)])
+        mask = np.arange(PIECES_BLOCK) < size
+        outputs.append(_block_pieces(flat_u, template_u, block[index],
+                                     reference[start:start + PIECES_BLOCK][index],
+                                     np.asarray(tilt, dtype=dtype), mask, model=model))
+    outputs = [[np.asarray(a, dtype=float) for a in out] for out in outputs]
+    sizes = [min(PIECES_BLOCK, count - start) for start in range(0, count, PIECES_BLOCK)]
+    tops = np.array([out[2] for out in outputs])
+    top = float(np.max(tops))
+    scale = np.exp(tops - top)
+    return _BlockSums(
+        np.concatenate([out[0][:size] for out, size in zip(outputs, sizes, strict=True)]),
+        np.concatenate([out[1][:size] for out, size in zip(outputs, sizes, strict=True)]),
+        top,
+        float(scale @ np.array([out[3] for out in outputs])),
+        np.einsum("b,bij->ij", scale, np.stack([out[4] for out in outputs])),
+        np.einsum("b,bij->ij", scale, np.stack([out[5] for out in outputs])),
+    )
+
+
 def likelihood_pieces(flat_u, template_u, data, draws, reference_energies, *, model: Model):
     """The Monte Carlo log-likelihood of Geyer (1991) at flat unconstrained parameters, with the
     pieces of its sandwich.
@@ -109,29 +181,36 @@ def likelihood_pieces(flat_u, template_u, data, draws, reference_energies, *, mo
     Hessian (which at ψ = θ is the Fisher information ``Cov_θ(∇E)`` plus ``mean ∇²E_data -
     E_θ[∇²E]``), the per-observation gradients ``∇E(x_i) - Σ_j w_j ∇E(y_j)`` of the sandwich's
     middle, the importance weights' effective sample size, the weights and the per-draw
-    gradients ``∇E(y_j)`` (for the Monte Carlo error, :func:`monte_carlo_covariance`).
+    gradients ``∇E(y_j)`` (for the Monte Carlo error, :func:`monte_carlo_covariance`), as
+    float64 NumPy arrays.
+
+    The energies and their derivatives are computed in blocks of ``PIECES_BLOCK`` points (one
+    compilation for any number of draws and observations) and combined in float64: with
+    ``w_j`` the normalized weights and ``ḡ = Σ_j w_j ∇E(y_j)``, the gradient is
+    ``mean ∇E(x_i) - ḡ`` and the Hessian ``mean ∇²E(x_i) - Σ_j w_j ∇²E(y_j)
+    + Σ_j w_j ∇E(y_j)∇E(y_j)ᵀ - ḡḡᵀ``.
     """
-    _, unravel = ravel_pytree(template_u)
-
-    def energy(flat, x):
-        return model.energy(model.to_constrained(unravel(flat)), x)
-
-    def log_weights(flat):
-        return reference_energies - jax.vmap(lambda y: energy(flat, y))(draws)
-
-    def objective(flat):
-        data_term = jnp.mean(jax.vmap(lambda x: energy(flat, x))(data))
-        lw = log_weights(flat)
-        return data_term + jax.scipy.special.logsumexp(lw) - jnp.log(lw.shape[0])
-
-    value, grad = jax.value_and_grad(objective)(flat_u)
-    hessian = jax.hessian(objective)(flat_u)
-    weights = jax.nn.softmax(log_weights(flat_u))
-    draw_grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, draws)
+    on_data = _block_sums(flat_u, template_u, data, 0.0, 0.0, model=model)
+    on_draws = _block_sums(flat_u, template_u, draws, reference_energies, 1.0, model=model)
+    n = on_data.values.shape[0]
+    log_weights = np.asarray(reference_energies, dtype=float) - on_draws.values
+    log_mean = _logsumexp(log_weights) - np.log(log_weights.size)
+    weights = np.exp(log_weights - np.max(log_weights))
+    weights /= weights.sum()
+    draw_grads = on_draws.grads
     model_mean = weights @ draw_grads
-    observation_grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, data) - model_mean
-    ess = 1.0 / jnp.sum(weights**2)
+    value = float(np.mean(on_data.values)) + log_mean
+    grad = on_data.grads.mean(axis=0) - model_mean
+    hessian = (on_data.hessian / n - on_draws.hessian / on_draws.total
+               + on_draws.outer / on_draws.total - np.outer(model_mean, model_mean))
+    observation_grads = on_data.grads - model_mean
+    ess = 1.0 / float(np.sum(weights**2))
     return value, grad, hessian, observation_grads, ess, weights, draw_grads
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(np.max(values))
+    return top + float(np.log(np.sum(np.exp(values - top))))
 
 
 def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) -> np.ndarray:
@@ -139,7 +218,7 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
 
     θ̂ solves ``mean_i ∇E(x_i) = Σ_j w_j ∇E(y_j)``; the right side's Monte Carlo error ``V``,
     estimated by batch means over consecutive draws (which keeps the chains' autocorrelation
-    in), gives ``H⁺ V H⁺``. The draws must be in chain order, as ``idata.posterior`` holds them.
+    in), gives ``H⁺ V H⁺``. The draws must be in chain order, as :func:`flat_draws` gives them.
     """
     weights = np.asarray(weights, dtype=float)
     draw_grads = np.asarray(draw_grads, dtype=float)
@@ -150,13 +229,17 @@ def monte_carlo_covariance(hessian, weights, draw_grads, num_batches: int = 20) 
     return h_pinv @ variance @ h_pinv
 
 
-def flat_draws(idata, model: Model) -> np.ndarray:
-    x = np.asarray(idata.posterior["x"].values)
-    return x.reshape(-1, *model.support.event_shape)
+def flat_draws(draws: Draws, model: Model) -> np.ndarray:
+    """The draws of every chain, one after the other: shape ``(chains × draws, *event_shape)``."""
+    return draws.x.reshape(-1, *model.support.event_shape)
 
 
-def reference_energies(model: Model, params, draws) -> jax.Array:
-    return energies(model, params, draws)
+def reference_energies(model: Model, params, draws) -> np.ndarray:
+    """``E(y_j; params)`` for the draws, computed as :func:`likelihood_pieces` computes them at
+    the same parameters (the importance weights at ψ = θ are then exactly equal)."""
+    u = model.to_unconstrained(params)
+    flat, _ = ravel_pytree(u)
+    return _block_sums(flat, u, draws, 0.0, 0.0, model=model).values
 
 
 def _sandwich(model: Model, params, data, draws) -> np.ndarray:
@@ -171,14 +254,17 @@ def _sandwich(model: Model, params, data, draws) -> np.ndarray:
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
-                 num_samples: int, init, progress_bar: bool):
-    """Draws of the fitted model with :func:`unnorm.sample` (thinned as the sampler's spec
-    says: the local samplers move less per step than NUTS): ``fit.chains`` and the source of
-    the standard errors."""
-    return sample(model, params, key=key, sampler=sampler, num_chains=chains,
-                  num_warmup=num_warmup, num_samples=num_samples,
-                  thinning=check_sampler(sampler, model).thinning, init=init,
-                  progress_bar=progress_bar)
+                 num_samples: int, init, progress_bar: bool) -> Draws:
+    """Draws of the fitted model, as :func:`unnorm.sample` takes them (thinned as the sampler's
+    spec says: the local samplers move less per step than NUTS), kept as arrays: the source of
+    the standard errors, and of ``fit.chains``. In chunks of one length whatever
+    ``num_samples``, so that one compilation serves every sampling of a fit (MLE's rounds
+    differ in length) and every fit of the model."""
+    thinning = check_sampler(sampler, model).thinning
+    return sample_draws(model, params, key=key, sampler=sampler, num_chains=chains,
+                        num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
+                        init=init, progress_bar=progress_bar,
+                        chunk=reusable_chunk(num_warmup, thinning))
 
 
 # ---- the shared machinery -----------------------------------------------------------------------
@@ -295,13 +381,19 @@ class ChainEstimator(Estimator):
 
         num_chains = int(self.num_chains) if persistent else 0
 
+        @jax.jit
+        def start_persistent(params, starts, key):
+            # compiled once per objective: run op by op, a kernel's init compiled a few dozen
+            # small programs on a model's first fit
+            return start_chains(starts, unconstrained_logdensity(model, params),
+                                jax.random.fold_in(key, 1))
+
         def init(params, key, data):
             if not persistent:
                 return ChainState(())
-            logdensity_fn = unconstrained_logdensity(model, params)
-            starts = jnp.asarray(support.initial_unconstrained(key, num_chains),
-                                 dtype=jnp.result_type(float))
-            chains = start_chains(starts, logdensity_fn, jax.random.fold_in(key, 1))
+            starts = np.asarray(support.initial_unconstrained(key, num_chains),
+                                dtype=jnp.result_type(float))
+            chains = start_persistent(params, starts, key)
             if buffer_size is None:
                 return ChainState(chains)
             buffer = jnp.asarray(support.initial_unconstrained(jax.random.fold_in(key, 2),
@@ -311,12 +403,13 @@ class ChainEstimator(Estimator):
 
         def post_fit(params, state, data, key, compute_se, progress_bar):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
-            idata = self._sample_fitted(model, params, state, spec, sampler, key, chains,
+            draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, refined_by, idata = self._finish(
-                model, params, data, idata, key, compute_se, sampler, chains, num_warmup,
+            params, covariance, refined_by, draws = self._finish(
+                model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
                 num_samples, progress_bar)
-            return PostFit(params, covariance, idata, refined_by,
+            # ArviZ only here, once, for the user
+            return PostFit(params, covariance, draws.inference_data(), refined_by,
                            "likelihood sandwich from model draws" if compute_se else None)
 
         return Objective(init, loss, terms,
@@ -333,14 +426,14 @@ class ChainEstimator(Estimator):
         return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
                             progress_bar)
 
-    def _finish(self, model, params, data, idata, key, compute_se, sampler, chains,
+    def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
         """The final params, their covariance, the solve stage run on the draws (None for
         none) and the draws of the fitted model the covariance comes from."""
         covariance = None
         if compute_se:
-            covariance = _sandwich(model, params, data, flat_draws(idata, model))
-        return params, covariance, None, idata
+            covariance = _sandwich(model, params, data, flat_draws(draws, model))
+        return params, covariance, None, draws
 
 
 def check_k(k) -> int:

@@ -127,26 +127,26 @@ class MLE(ChainEstimator):
         return 4, int(self.num_warmup), int(min(max(1000, -(-5 * num_observations // 4)),
                                                  25_000))
 
-    def _finish(self, model: Model, params, data, idata, key, compute_se, sampler, chains,
+    def _finish(self, model: Model, params, data, draws, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
         u = model.to_unconstrained(params)
         flat, unravel = ravel_pytree(u)
         for round_index in range(int(self.max_rounds)):
-            draws = flat_draws(idata, model)
-            reference = reference_energies(model, params, draws)
+            points = flat_draws(draws, model)
+            reference = reference_energies(model, params, points)
 
-            def derivatives(f, draws=draws, reference=reference):
-                return likelihood_pieces(f, u, data, draws, reference, model=model)[:3]
+            def derivatives(f, points=points, reference=reference):
+                return likelihood_pieces(f, u, data, points, reference, model=model)[:3]
 
             flat, _ = newton(derivatives, flat)
             params = model.to_constrained(unravel(flat))
             _, _, hessian, grads, ess, weights, draw_grads = likelihood_pieces(
-                flat, u, data, draws, reference, model=model)
+                flat, u, data, points, reference, model=model)
             hessian = np.asarray(hessian, dtype=float)
             cov_u = sandwich_covariance(np.asarray(grads), hessian).covariance
             mc_cov_u = monte_carlo_covariance(hessian, weights, draw_grads)
             share = _monte_carlo_share(cov_u, mc_cov_u)
-            degenerate = float(ess) < MIN_WEIGHT_ESS * draws.shape[0]
+            degenerate = float(ess) < MIN_WEIGHT_ESS * points.shape[0]
             # more draws while the Monte Carlo error is a large part of the total, when the
             # number of draws is ours to choose
             more = (share > MAX_MONTE_CARLO_SHARE and self.num_samples is None
@@ -156,11 +156,11 @@ class MLE(ChainEstimator):
             if more:
                 num_samples = int(min(MAX_SAMPLES_PER_CHAIN, np.ceil(
                     num_samples * share / MAX_MONTE_CARLO_SHARE)))
-            idata = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
-                                  sampler, chains, num_warmup, num_samples,
-                                  np.asarray(idata.posterior["x"].values)[:, -1], progress_bar)
+            draws = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
+                                 sampler, chains, num_warmup, num_samples, draws.x[:, -1],
+                                 progress_bar)
         covariance = None
         if compute_se:
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained),
                                       cov_u + mc_cov_u)
-        return params, covariance, "Monte Carlo MLE", idata
+        return params, covariance, "Monte Carlo MLE", draws

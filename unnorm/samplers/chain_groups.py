@@ -215,7 +215,7 @@ class DrawSink:
 
     def write(self, out: Any, start: int, group: int) -> None:
         """Store group ``group``'s outputs (leaves of dims (draw, chain, ...)) for the draws
-        from ``start`` on."""
+        from ``start`` on; those past ``total`` are dropped (a last chunk of full length)."""
         leaves, treedef = jax.tree_util.tree_flatten(out)
         length = leaves[0].shape[0]
         if self.keeps_device_buffer(length):
@@ -230,8 +230,9 @@ class DrawSink:
                 self._arrays = [self._new_array(leaf) for leaf in leaves]
                 self._reserved = None
         chains, offset = self.layout.real_chains(group), group * self.layout.group_size
+        kept = min(length, self.total - start)
         for target, leaf in zip(self._arrays, leaves, strict=True):
-            target[start:start + length, offset:offset + chains] = host_view(leaf)[:, :chains]
+            target[start:start + kept, offset:offset + chains] = host_view(leaf)[:kept, :chains]
 
     def _new_array(self, leaf) -> np.ndarray:
         shape = (self.total, self.layout.num_chains, *leaf.shape[2:])

@@ -28,7 +28,7 @@ from .registry import build_kernel, check_sampler, check_step_options, check_tun
 from .spec import Kernel
 from .target import to_position, unconstrained_logdensity
 
-__all__ = ["sample"]
+__all__ = ["sample", "sample_draws", "reusable_chunk", "Draws"]
 
 _WARMUP, _SAMPLING = "warmup", "sampling"
 #: the dtype discrete draws leave the compiled chunks in (see _run_chunk_impl)
@@ -136,12 +136,18 @@ def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int
     return best if best >= 10 else 0
 
 
-def _phase_chunks(total: int, length: int, show_progress: bool) -> list[int]:
-    """Chunk lengths covering one phase of ``total`` draws."""
+def _phase_chunks(total: int, length: int, show_progress: bool, whole: bool = False
+                  ) -> list[int]:
+    """Chunk lengths covering one phase of ``total`` draws: chunks of ``length`` (0: see
+    below), the last one shorter where ``length`` does not divide ``total``, or with ``whole``
+    as long as the others (its draws past ``total`` are dropped)."""
     if total == 0:
         return []
     if length:
-        return [length] * (total // length)
+        full, rest = divmod(total, length)
+        if rest:
+            return [length] * (full + 1) if whole else [length] * full + [rest]
+        return [length] * full
     size = max(1, -(-total // 20)) if show_progress else total
     return [size] * (total // size) + ([total % size] if total % size else [])
 
@@ -271,6 +277,60 @@ def sample(
     tuning = check_tuning(sampler_spec, {
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
+    return _run(model, params, key, sampler_spec, tuning, num_chains, num_warmup, num_samples,
+                thinning, init, progress_bar, warn, chain_method, None).inference_data()
+
+
+class Draws(NamedTuple):
+    """The draws of a sampling run as NumPy arrays, before ArviZ: ``x`` of dims (chain, draw,
+    *event_shape), the per-draw ``stats`` likewise, and the attributes of the InferenceData
+    that :meth:`inference_data` builds (``un.sample``'s return value)."""
+
+    x: np.ndarray
+    stats: dict
+    attrs: dict
+
+    def inference_data(self):
+        """The draws as ``un.sample`` returns them (see :func:`sample`)."""
+        return to_inference_data({"x": self.x}, self.stats, attrs=self.attrs)
+
+
+def reusable_chunk(num_warmup: int, thinning: int) -> int:
+    """A chunk length (in draws) for :func:`sample_draws` whose one compilation serves every
+    number of draws after a warmup of ``num_warmup`` steps: a divisor of the warmup's draws (of
+    ``thinning`` steps when it divides ``num_warmup``), at most 250, or 250 when no divisor of
+    at least 10 exists (the warmup then ends with a shorter chunk)."""
+    warmup_draws = num_warmup // thinning if num_warmup % thinning == 0 else num_warmup
+    length = math.gcd(warmup_draws, 250)
+    return length if length >= 10 else 250
+
+
+def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, num_warmup: int,
+                 num_samples: int, thinning: int = 1, init: Any = None,
+                 progress_bar: bool = True, warn: bool = True, chunk: int | None = None
+                 ) -> Draws:
+    """:func:`sample` with the sampler's default options for the chain-based estimators: the
+    draws as arrays (:class:`Draws`), no InferenceData.
+
+    ``params`` must be valid values of the model's parameters (they are not checked again: a
+    fit's estimate is, by construction). With ``chunk`` (see :func:`reusable_chunk`) the
+    sampling phase runs in whole chunks of that many draws, the draws past ``num_samples``
+    dropped, and the warmup in chunks of that many draws of ``thinning`` steps where
+    ``thinning`` divides ``num_warmup`` (the same steps, keys and adaptation as single
+    steps): one compilation then serves samplings of any length, such as MLE's rounds. Each
+    chain's draws are those of :func:`sample` with the same arguments.
+    """
+    sampler_spec = check_sampler(sampler, model)
+    tuning = check_tuning(sampler_spec, check_step_options(sampler_spec))
+    return _run(model, params, _checks.check_key(key), sampler_spec, tuning, num_chains,
+                num_warmup, num_samples, thinning, init, progress_bar, warn, "parallel", chunk)
+
+
+def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
+         num_warmup: int, num_samples: int, thinning: int, init, progress_bar: bool, warn: bool,
+         chain_method: str, chunk: int | None) -> Draws:
+    """The sampling run of :func:`sample` and :func:`sample_draws`, arguments checked."""
+    sampler = sampler_spec.name
     if sampler_spec.prepare is not None:
         tuning = sampler_spec.prepare(model, params, tuning)
     values = model.support.values if model.support.is_discrete else None
@@ -288,17 +348,26 @@ def sample(
     states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*groups, strict=True))
 
     disabled = _checks.progress_disabled(progress_bar)
-    length = _chunk_length(num_warmup, num_samples, not disabled)
+    # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count their
+    # adaptation window in steps. With a fixed chunk, it runs as draws of `thinning` steps
+    # where they add up to num_warmup: the same steps, and the sampling's compilation.
+    warmup_thinning = thinning if chunk and num_warmup % thinning == 0 else 1
+    if chunk:
+        warmup_chunks = _phase_chunks(num_warmup // warmup_thinning, chunk, False, whole=False)
+        sampling_chunks = _phase_chunks(num_samples, chunk, False, whole=True)
+    else:
+        length = _chunk_length(num_warmup, num_samples, not disabled)
+        warmup_chunks = _phase_chunks(num_warmup, length, not disabled)
+        sampling_chunks = _phase_chunks(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
-        run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), length,
-                           bar, disabled, positions.dtype)
-        # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count
-        # their adaptation window in steps.
-        states, _, _ = run(states, warmup_keys, num_warmup, 1, _WARMUP)
-        states, (draws, stats), finite = run(states, sampling_keys, num_samples, thinning,
-                                             _SAMPLING)
+        run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
+                           disabled, positions.dtype)
+        states, _, _ = run(states, warmup_keys, num_warmup // warmup_thinning, warmup_chunks,
+                           warmup_thinning, _WARMUP)
+        states, (draws, stats), finite = run(states, sampling_keys, num_samples,
+                                             sampling_chunks, thinning, _SAMPLING)
     elapsed = time.perf_counter() - started
 
     if not finite:  # kernels reject non-finite moves; this guards the guard
@@ -306,19 +375,17 @@ def sample(
             f"sampler {sampler!r} produced non-finite draws; this is a bug in unnorm, please "
             "report it with the model."
         )
-    idata = to_inference_data(
-        {"x": draws},
-        stats,
-        attrs={"sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
-               "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
-    )
     if warn:
-        warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice)
+        # stacklevel 4: the warnings point at the caller of sample / sample_draws
+        warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice,
+                         stacklevel=4)
         cap = sampler_spec.step_cap(tuning) if sampler_spec.step_cap is not None else None
         if cap is not None:
             warn_step_cap(stats["n_steps"], stats["step_size"], cap.min_steps, cap.what,
-                          sampler)
-    return idata
+                          sampler, stacklevel=4)
+    return Draws(draws, stats, {
+        "sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
+        "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"})
 
 
 class _PhaseRunner(NamedTuple):
@@ -329,15 +396,16 @@ class _PhaseRunner(NamedTuple):
     params: Any
     layout: chain_groups.GroupLayout
     pool: Any
-    length: int
     bar: Any
     disabled: bool
     position_dtype: Any
 
-    def __call__(self, states: tuple, chain_keys: tuple, total: int, thinning: int,
-                 phase: str):
-        """Returns the final states (one per group), for sampling the draws and the statistics
-        as NumPy arrays of dims (chain, draw, ...), and whether every draw is finite."""
+    def __call__(self, states: tuple, chain_keys: tuple, total: int, chunks: list[int],
+                 thinning: int, phase: str):
+        """Run ``chunks`` (draws of ``thinning`` steps each; they may run past ``total``, the
+        draws kept). Returns the final states (one per group), for sampling the draws and the
+        statistics as NumPy arrays of dims (chain, draw, ...), and whether every draw is
+        finite."""
         sink = None
         if phase == _SAMPLING:
             host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
@@ -348,7 +416,7 @@ class _PhaseRunner(NamedTuple):
         # Built here, not in the workers: two first calls at once could build two jitted
         # functions, and compile twice.
         run_chunk = _chunk_runner(self.spec.compiler_options)
-        for chunk in _phase_chunks(total, self.length, not self.disabled):
+        for chunk in chunks:
             # The first sampling chunk ends the warmup (fixes the adapted step size) first.
             finalize = phase == _SAMPLING and done == 0
 
@@ -374,9 +442,11 @@ class _PhaseRunner(NamedTuple):
                     f"{done}..{done + chunk} of {total}: {type(err).__name__}: {err}"
                 ) from err
             states = tuple(state for state, _, _ in results)
+            kept = min(chunk, total - done)
             done += chunk
             finite = finite and all(bool(ok) for _, _, ok in results)
-            self.bar.update(chunk)
+            # the bar counts warmup steps and kept draws
+            self.bar.update(kept * (thinning if phase == _WARMUP else 1))
             if not self.disabled:
                 real = [(stats, self.layout.real_chains(g))
                         for g, (_, stats, _) in enumerate(results)]
