@@ -6,11 +6,6 @@ program's fingerprint, serves those from disk instead of compiling again. It liv
 temporary directory of this process (one per pytest-xdist worker: the cache files are not
 written atomically) and is removed at the end of the session. ``UNNORM_TEST_JAX_CACHE=<dir>``
 keeps it in ``<dir>`` across sessions instead.
-
-Nearly all of the suite's time is XLA compiling programs that then run for milliseconds. The
-tests compile with LLVM's optimization level 0 (``--xla_backend_optimization_level=0``): the
-same XLA graph optimizations and the same arithmetic, machine code generated with fewer LLVM
-passes, about a quarter less compile time. Set ``XLA_FLAGS`` yourself to override it.
 """
 
 from __future__ import annotations
@@ -19,12 +14,7 @@ import os
 import shutil
 import tempfile
 
-# before JAX creates its CPU backend, which reads XLA_FLAGS once
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
-
-import jax  # noqa: E402
+import jax
 
 _KEEP = os.environ.get("UNNORM_TEST_JAX_CACHE")
 _CACHE_DIR = _KEEP or tempfile.mkdtemp(prefix="unnorm-test-jax-cache-")
