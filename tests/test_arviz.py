@@ -112,10 +112,56 @@ def test_gibbs_output_on_a_multidimensional_support():
                       num_chains=4, num_warmup=50, num_samples=200, progress_bar=False)
     assert idata.posterior["x"].dims == ("chain", "draw", "x_dim_0", "x_dim_1")
     assert idata.posterior["x"].shape == (4, 200, 2, 3)
-    assert set(np.unique(np.asarray(idata.posterior["x"]))) <= {-1.0, 1.0}
+    assert set(np.unique(np.asarray(idata.posterior["x"]))) <= {-1, 1}
     assert "flip_rate" in idata.sample_stats.data_vars
     summary = az.summary(idata, kind="diagnostics")
     assert len(summary) == 6
+
+
+def test_discrete_draws_are_integers_with_named_dims_and_coords(tmp_path):
+    """Spins come back as int32 (ArviZ treats them as discrete values), the event dims take the
+    names and labels given, and both survive a NetCDF round trip."""
+    model = un.Model(lambda p, x: -p["J"] * jnp.sum(x[:, :-1] * x[:, 1:]),
+                     params={"J": jnp.asarray(0.2)}, support=un.supports.spin((2, 3)))
+    idata = un.sample(model, model.params, key=jax.random.key(1), sampler="gibbs",
+                      num_chains=2, num_warmup=20, num_samples=50, progress_bar=False,
+                      warn=False, dims=["row", "site"], coords={"row": ["top", "bottom"]})
+    x = idata.posterior["x"]
+    assert x.dtype == np.int32 and x.dims == ("chain", "draw", "row", "site")
+    assert list(x.coords["row"].values) == ["top", "bottom"]
+    assert list(x.coords["site"].values) == [0, 1, 2]
+    assert set(np.unique(np.asarray(x))) <= {-1, 1}
+    # the same draws as without names: only the container changed
+    plain = un.sample(model, model.params, key=jax.random.key(1), sampler="gibbs",
+                      num_chains=2, num_warmup=20, num_samples=50, progress_bar=False,
+                      warn=False)
+    np.testing.assert_array_equal(np.asarray(plain.posterior["x"]), np.asarray(x))
+    path = tmp_path / "spins.nc"
+    un.to_netcdf(idata, path)
+    back = un.from_netcdf(path).posterior["x"]
+    assert back.dtype == np.int32 and back.dims == x.dims
+    assert list(back.coords["row"].values) == ["top", "bottom"]
+
+
+@pytest.mark.parametrize("dims, coords, error, match", [
+    (["a"], None, ValueError, r"name each of the 2 axes of the model's event shape \(2, 3\)"),
+    (["a", "a"], None, ValueError, "once"),
+    ("ab", None, TypeError, "list of dimension names"),
+    (["chain", "b"], None, ValueError, "may not use 'chain' or 'draw'"),
+    (["a", "b"], {"c": [0, 1]}, ValueError, "names the dimension 'c'"),
+    (["a", "b"], {"b": [0, 1]}, ValueError, r"coords\['b'\] must hold 3 labels"),
+    (None, {"x_dim_1": [0, 1, 2]}, None, None),
+])
+def test_bad_dims_and_coords_are_refused_before_sampling(dims, coords, error, match):
+    model = un.Model(lambda p, x: -p["J"] * jnp.sum(x[:, :-1] * x[:, 1:]),
+                     params={"J": jnp.asarray(0.2)}, support=un.supports.spin((2, 3)))
+    if error is None:
+        from unnorm.samplers.run import _check_dims
+        assert _check_dims(model, dims, coords)[1]["x_dim_1"].tolist() == [0, 1, 2]
+        return
+    with pytest.raises(error, match=match):
+        un.sample(model, model.params, key=jax.random.key(0), sampler="gibbs", dims=dims,
+                  coords=coords, progress_bar=False)
 
 
 def test_convergence_warnings_fire_for_bad_chains():

@@ -7,7 +7,7 @@ else in unnorm calls the functions here and never branches on the version itself
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import arviz as az
@@ -61,36 +61,42 @@ def to_inference_data(
     posterior: Mapping[str, np.ndarray],
     sample_stats: Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Sequence] | None = None,
 ):
     """Build ArviZ's InferenceData from dicts of ``(chain, draw, ...)`` arrays.
 
     Returns ``az.InferenceData`` on ArviZ 0.2x and ``xarray.DataTree`` on ArviZ 1.x, with what
     ``az.from_dict`` would give: dims ``chain``, ``draw`` and ArviZ's default names for the
     event dims (``x_dim_0``, ...), integer coordinates from 0, ArviZ's group attributes plus
-    ``attrs``. The datasets are built directly: ``az.from_dict`` aligned and merged one
+    ``attrs``; ``dims`` names a posterior variable's event dims and ``coords`` labels them, as
+    in ``az.from_dict``. The datasets are built directly: ``az.from_dict`` aligned and merged one
     DataArray per variable, 2-4 ms a call, a tenth of a 256-chain Gibbs run
     (benchmarks/README.md). ``tests/test_arviz.py`` checks the two agree.
     """
-    groups = {"posterior": _dataset(posterior, attrs)}
+    groups = {"posterior": _dataset(posterior, attrs, dims, coords)}
     if sample_stats:
         groups["sample_stats"] = _dataset(sample_stats, attrs)
     return _assemble(groups)
 
 
-def _dataset(variables: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None):
+def _dataset(variables: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None,
+             dims: Mapping[str, Sequence[str]] | None = None,
+             coords: Mapping[str, Sequence] | None = None):
     arrays = {name: np.asarray(value) for name, value in variables.items()}
+    dims, coords = dims or {}, coords or {}
     first = next(iter(arrays.values()))
-    coords = {"chain": np.arange(first.shape[0]), "draw": np.arange(first.shape[1])}
+    axis_coords = {"chain": np.arange(first.shape[0]), "draw": np.arange(first.shape[1])}
     data_vars = {}
     for name, array in arrays.items():
         if array.shape[:2] != first.shape[:2]:
             raise ValueError(f"{name} has shape {array.shape}; every variable of a group needs "
                              f"the (chain, draw) shape {first.shape[:2]} first.")
-        event_dims = [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
-        coords.update({dim: np.arange(size) for dim, size in zip(event_dims, array.shape[2:],
-                                                                  strict=True)})
+        event_dims = list(dims.get(name, [f"{name}_dim_{i}" for i in range(array.ndim - 2)]))
+        axis_coords.update({dim: np.asarray(coords[dim]) if dim in coords else np.arange(size)
+                            for dim, size in zip(event_dims, array.shape[2:], strict=True)})
         data_vars[name] = (("chain", "draw", *event_dims), array)
-    return xr.Dataset(data_vars, coords=coords, attrs=_group_attrs(attrs))
+    return xr.Dataset(data_vars, coords=axis_coords, attrs=_group_attrs(attrs))
 
 
 def is_inference_data(obj: Any) -> bool:

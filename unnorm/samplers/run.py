@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -201,6 +202,8 @@ def sample(
     chain_method: str = "parallel",
     step_size: float | None = None,
     target_accept: float | None = None,
+    dims: Sequence[str] | None = None,
+    coords: Mapping[str, Sequence] | None = None,
     **sampler_options: Any,
 ):
     """Draw samples ``x ~ p(x; θ) ∝ exp(-E(x; θ))`` and return ArviZ InferenceData.
@@ -227,6 +230,12 @@ def sample(
         Show a tqdm bar (always off when the ``CI`` environment variable is set).
     warn : bool
         Warn after sampling about R-hat > 1.01, ESS per chain < 100 and divergences.
+    dims : sequence of str, optional
+        Names of the event dimensions of ``x`` (one per axis of the model's event shape), as
+        ArviZ's ``dims``: ``dims=["site"]`` gives ``posterior["x"]`` the dims ``("chain",
+        "draw", "site")``. Default ``x_dim_0``, ``x_dim_1``...
+    coords : dict, optional
+        Labels of those dimensions, ``{"site": ["a", "b", "c"]}`` (default 0, 1, 2...).
     chain_method : {"parallel", "vectorized"}
         ``"parallel"`` (default): on the CPU, the chains are split into one group per
         available core, each group vectorized, the groups run at the same time in threads.
@@ -248,7 +257,9 @@ def sample(
     -------
     InferenceData
         ``az.InferenceData`` (ArviZ 0.2x) or ``xarray.DataTree`` (ArviZ 1.x) with
-        ``posterior["x"]`` of dims ``("chain", "draw", "x_dim_0", ...)`` and ``sample_stats``
+        ``posterior["x"]`` of dims ``("chain", "draw", "x_dim_0", ...)`` (integers, int32, on
+        binary and spin supports, so that ArviZ treats the draws as discrete) and
+        ``sample_stats``
         ``lp`` (= -energy), ``acceptance_rate``, ``diverging``, ``step_size`` (not gibbs), and for
         NUTS/HMC ``n_steps``, ``energy`` (and ``tree_depth`` for NUTS); gibbs adds ``flip_rate``.
 
@@ -277,8 +288,43 @@ def sample(
     tuning = check_tuning(sampler_spec, {
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
+    dims, coords = _check_dims(model, dims, coords)
     return _run(model, params, key, sampler_spec, tuning, num_chains, num_warmup, num_samples,
-                thinning, init, progress_bar, warn, chain_method, None).inference_data()
+                thinning, init, progress_bar, warn, chain_method, None).inference_data(
+                    dims, coords)
+
+
+def _check_dims(model: Model, dims, coords) -> tuple[list[str] | None, dict | None]:
+    """``dims`` as a list of one name per event axis, ``coords`` as a dict of label arrays of
+    the event sizes; clear errors otherwise."""
+    shape = model.support.event_shape
+    if dims is not None:
+        if isinstance(dims, str) or not all(isinstance(d, str) for d in dims):
+            raise TypeError(f"dims must be a list of dimension names, one per axis of the "
+                            f"model's event shape {shape}; got {dims!r}.")
+        dims = list(dims)
+        if len(dims) != len(shape) or len(set(dims)) != len(dims):
+            raise ValueError(f"dims must name each of the {len(shape)} axes of the model's "
+                             f"event shape {shape} once; got {dims!r}.")
+        if {"chain", "draw"} & set(dims):
+            raise ValueError(f"dims may not use 'chain' or 'draw' (ArviZ's own); got {dims!r}.")
+    if coords is None:
+        return dims, None
+    if not isinstance(coords, Mapping):
+        raise TypeError(f"coords must be a dict of dimension name -> labels; got {coords!r}.")
+    names = dims if dims is not None else [f"x_dim_{i}" for i in range(len(shape))]
+    checked = {}
+    for name, labels in coords.items():
+        if name not in names:
+            raise ValueError(f"coords names the dimension {name!r}, which x does not have; "
+                             f"its event dims are {names}.")
+        labels = np.asarray(labels)
+        size = shape[names.index(name)]
+        if labels.shape != (size,):
+            raise ValueError(f"coords[{name!r}] must hold {size} labels (the size of that "
+                             f"axis); got shape {labels.shape}.")
+        checked[name] = labels
+    return dims, checked
 
 
 class Draws(NamedTuple):
@@ -289,10 +335,16 @@ class Draws(NamedTuple):
     x: np.ndarray
     stats: dict
     attrs: dict
+    discrete: bool = False
 
-    def inference_data(self):
-        """The draws as ``un.sample`` returns them (see :func:`sample`)."""
-        return to_inference_data({"x": self.x}, self.stats, attrs=self.attrs)
+    def inference_data(self, dims: Sequence[str] | None = None,
+                       coords: Mapping[str, Sequence] | None = None):
+        """The draws as ``un.sample`` returns them (see :func:`sample`): on a discrete support
+        as int32, which ArviZ plots and summarizes as discrete values (int8 would overflow in
+        users' products of draws)."""
+        x = self.x.astype(np.int32) if self.discrete else self.x
+        return to_inference_data({"x": x}, self.stats, attrs=self.attrs,
+                                 dims=None if dims is None else {"x": dims}, coords=coords)
 
 
 def reusable_chunk(num_warmup: int, thinning: int) -> int:
@@ -385,7 +437,8 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
                           sampler, stacklevel=4)
     return Draws(draws, stats, {
         "sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
-        "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"})
+        "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
+        model.support.is_discrete)
 
 
 class _PhaseRunner(NamedTuple):
