@@ -281,8 +281,13 @@ class ChainEstimator(Estimator):
         return self.sampler if self.sampler is not None else _default_sampler(
             model, self.preferred_sampler)
 
+    def _chain_sampler(self, model: Model) -> str:
+        """The sampler of the chains inside the optimizer loop: by default the estimator's."""
+        return self._resolved_sampler(model)
+
     def check(self, model: Model) -> None:
         _sampler_spec(self, model, self._resolved_sampler(model))
+        _sampler_spec(self, model, self._chain_sampler(model))
 
     def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
         """Chains, warmup and draws per chain of the sampling at θ̂."""
@@ -290,8 +295,8 @@ class ChainEstimator(Estimator):
 
     def build(self, model: Model, resample: bool) -> Objective:
         support = model.support
-        sampler = self._resolved_sampler(model)
-        sampler_spec = _sampler_spec(self, model, sampler)
+        sampler = self._resolved_sampler(model)    # the sampling of the fitted model
+        sampler_spec = _sampler_spec(self, model, self._chain_sampler(model))
         # no prepare step: Gibbs' sequential scan is exact for every θ, where a colouring
         # certified at one θ (a coupling that starts at zero) need not hold at the next
         tuning = check_tuning(sampler_spec, check_step_options(sampler_spec,

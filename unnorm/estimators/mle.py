@@ -2,11 +2,12 @@
 
 Two stages:
 
-1. **Stochastic approximation.** Persistent chains and the gradient of eq. 3-4,
-   ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)``, as in :class:`~unnorm.estimators.PCD` (Younes 1999), bring
-   θ near the MLE; the estimate is the average of the second half of the iterates.
+1. **Stochastic approximation.** Persistent chains (MALA, or Gibbs on binary and spin data:
+   ``chain_sampler``) and the gradient of eq. 3-4, ``mean ∇E(x_i) - mean_j ∇E(ỹ_j)``, as in
+   :class:`~unnorm.estimators.PCD` (Younes 1999), bring θ near the MLE; the estimate is the
+   average of the second half of the iterates.
 2. **Monte Carlo MLE** (Geyer & Thompson 1992; Geyer 1991). The fitted model ``p_ψ`` is sampled
-   with :func:`unnorm.sample` (``fit.chains``), and the importance-sampling log-likelihood
+   with ``sampler`` (NUTS by default; ``fit.chains``), and the importance-sampling log-likelihood
 
        f(θ) = mean_i E(x_i; θ) + log mean_j exp(E(y_j; ψ) - E(y_j; θ)),    y_j ~ p_ψ,
 
@@ -76,13 +77,21 @@ class MLE(ChainEstimator):
     sampler : str, optional
         ``"nuts"``, ``"hmc"``, ``"mala"`` (or any sampler of :func:`unnorm.sample` for the
         support); default ``"nuts"`` on continuous supports and ``"gibbs"`` on binary and spin
-        ones. It runs the persistent chains and the final sampling of the fitted model.
+        ones. It samples the fitted model: the draws of ``fit.chains``, of the Monte Carlo MLE
+        and of the standard errors.
+    chain_sampler : str, optional
+        The sampler of the persistent chains of the first stage; default ``"mala"`` on
+        continuous supports and ``"gibbs"`` on binary and spin ones. The first stage only
+        brings θ near the MLE (the Monte Carlo MLE of the second stage, on draws of
+        ``sampler``, gives the estimate), and its chains take ``k`` steps at every one of
+        thousands of optimizer steps: a cheap kernel serves it, where NUTS's trajectories
+        cost many gradients per step and compile into a large program.
     k : int
         MCMC steps per optimizer step of the first stage.
     num_chains : int
         Persistent chains of the first stage.
     step_size : float, optional
-        The kernel's initial step size.
+        The initial step size of the persistent chains' kernel.
     num_warmup, num_samples : int
         Warmup and kept draws per chain (4 chains) of each sampling of the fitted model;
         default ``num_samples``: ``5 n / 4`` for n observations (at least 1000), raised up to
@@ -104,6 +113,7 @@ class MLE(ChainEstimator):
     """
 
     sampler: str | None = None
+    chain_sampler: str | None = None
     k: int = 5
     num_chains: int = 64
     step_size: float | None = None
@@ -120,6 +130,11 @@ class MLE(ChainEstimator):
         if self.num_samples is not None:
             _checks.check_int(self.num_samples, "num_samples", minimum=10)
         _checks.check_int(self.max_rounds, "max_rounds", minimum=1)
+
+    def _chain_sampler(self, model: Model) -> str:
+        if self.chain_sampler is not None:
+            return self.chain_sampler
+        return "gibbs" if model.support.is_discrete else "mala"
 
     def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
         if self.num_samples is not None:
