@@ -343,10 +343,13 @@ class PlainFit:
         else:
             self.theta0 = {"coupling": jnp.zeros(()), "field": jnp.zeros(())}
         self.chain_based = est_name in ("cd", "pcd", "mle", "mle-mala", "mle-nuts")
-        self.sampler = None
+        self.sampler = self.chain_sampler = None
         if self.chain_based:
+            # the sampling of the fitted model, and the chains inside the optimizer loop (MLE
+            # runs MALA there whatever its sampler, as unnorm's MLE does by default)
             self.sampler = ("gibbs" if model_name == "ising" else
                             "nuts" if est_name == "mle-nuts" else "mala")
+            self.chain_sampler = "gibbs" if model_name == "ising" else "mala"
             sizes = fit.chains.posterior["x"].sizes
             self.post_chains, self.post_draws = int(sizes["chain"]), int(sizes["draw"])
             self.post_warmup = int(getattr(estimator, "num_warmup", 500))
@@ -365,7 +368,8 @@ class PlainFit:
             parts.append("Newton to convergence on the full-data objective, Hessian and "
                          "sandwich")
         if self.chain_based:
-            parts.append(f"{self.sampler} chains; final sampling {self.post_chains} chains × "
+            parts.append(f"{self.chain_sampler} chains; final sampling ({self.sampler}) "
+                         f"{self.post_chains} chains × "
                          f"({self.post_warmup} warmup + {self.post_draws} × thinning "
                          f"{self.thinning}) steps")
             parts.append("Monte Carlo MLE Newton + sandwich" if self.est_name.startswith("mle")
@@ -523,13 +527,13 @@ class PlainFit:
 
     def _kernel(self):
         """``(init(theta, positions, key) -> state, step(theta, state, key) -> (state,
-        acceptance), position(state), set_step(state, factor))`` for the row's sampler, the
-        chains vmapped."""
+        acceptance), position(state), set_step(state, factor))`` for the row's chain sampler,
+        the chains vmapped."""
         import jax
         import jax.numpy as jnp
 
         energy = self.energy
-        if self.sampler == "gibbs":
+        if self.chain_sampler == "gibbs":
             def step_one(theta, x, key):
                 d = x.shape[0]
                 log_u = jnp.log(jax.random.uniform(key, (d,)))
@@ -554,7 +558,7 @@ class PlainFit:
 
             return init, step, lambda s: s, lambda s, f: s
 
-        if self.sampler == "mala":
+        if self.chain_sampler == "mala":
             def logp_and_grad(theta, x):
                 return jax.value_and_grad(lambda y: -energy(theta, y))(x)
 
@@ -727,7 +731,7 @@ class PlainFit:
                 step_key = jax.random.fold_in(loop_key, i)
                 if persistent:
                     states, acc = run_k(theta, chains, step_key)
-                    if self.sampler == "mala":
+                    if self.chain_sampler == "mala":
                         states = set_step(states, jnp.exp(0.1 * (acc - 0.574)))
                 else:
                     states, acc = run_k(theta, init(theta, data, step_key), step_key)
