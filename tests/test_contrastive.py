@@ -71,6 +71,17 @@ def test_pcd_tracks_the_gaussian_mle(gaussian_data, pcd_fit):
     assert fit.method == "optimizer"
     assert "x" in fit.chains.posterior
     assert az.summary(fit.chains).shape[0] == 2
+    # a right answer is reported as converged: its iterates stopped drifting
+    assert fit.converged
+
+
+def test_a_monte_carlo_fit_still_moving_is_not_converged(gaussian_data):
+    # 800 steps from μ = 0 towards data centred near 7: the iterates are still travelling
+    # over the last half of the run, many standard errors from one quarter to the next
+    fit = un.fit(GAUSS2, gaussian_data[0] + 6.0, PCD, key=jax.random.key(0), num_steps=800,
+                 progress_bar=False)
+    assert not fit.converged
+    assert "NOT converged" in repr(fit)
 
 
 def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
@@ -114,6 +125,7 @@ def test_mle_reaches_the_gaussian_mle(gaussian_data):
                  key=jax.random.key(1), num_steps=1000, progress_bar=False)
     assert fit.method == "optimizer + Monte Carlo MLE"
     _assert_near_truth(fit, {"mu": MU, "prec": np.linalg.inv(COV)})
+    assert fit.converged  # the Monte Carlo MLE's Newton steps reached its minimum
     # the Monte Carlo MLE with ≥ 5n draws: within 1.5 SE of the exact MLE (its Monte Carlo
     # error is about half the statistical one and is part of the reported SE)
     _assert_near_truth(fit, {"mu": mean, "prec": prec}, bound=1.5)

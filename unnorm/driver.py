@@ -344,8 +344,9 @@ def fit(
         # the estimator's own finish runs the Newton steps (KSD's U-statistic)
         fitted = objective_params(model, objective, theta)
     optimizer_converged, newton_converged = True, None
+    snapshots: list = []
     if fitted is None:
-        theta, losses, optimizer_converged, steps, skipped, est_state = _optimize(
+        theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
         converged = optimizer_converged
@@ -378,6 +379,13 @@ def fit(
                                  in_constrained=(stages == ["closed form"]),
                                  label=repr(estimator.name))
         stages.append("sandwich")
+    if objective.post_fit is not None and post.converged is not None:
+        converged = post.converged
+    elif objective.traits.monte_carlo_gradient and "optimizer" in stages:
+        # a stochastic loss never settles: the fit has converged when its iterates have
+        # stopped drifting, judged against the estimate's own standard errors
+        drift = _iterate_drift(model, objective, snapshots, steps, covariance)
+        converged = drift is not None and drift <= MAX_ITERATE_DRIFT
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
@@ -409,6 +417,37 @@ def fit(
         stages=tuple(stages),
         interval_grid=interval_grid,
     )
+
+
+#: A Monte Carlo fit (CD, PCD) has converged when the means of its iterates over the third and
+#: the fourth quarter of the run differ by at most this many standard errors in every
+#: parameter: its estimate, the mean of the second half, is then within half a standard error
+#: of either quarter's.
+MAX_ITERATE_DRIFT = 1.0
+
+
+def _iterate_drift(model, objective, snapshots, steps: int, covariance) -> float | None:
+    """The largest difference, in standard errors, between the mean iterate of the third
+    quarter of the optimizer's run and that of the fourth (iterates taken at chunk ends,
+    mapped to the constrained parameters); None without standard errors or snapshots."""
+    if covariance is None:
+        return None
+    third = [u for step, u in snapshots if 2 * step > steps and 4 * step <= 3 * steps]
+    fourth = [u for step, u in snapshots if 4 * step > 3 * steps]
+    if not third or not fourth:
+        return None
+    to_flat = _params_map(model, objective)
+
+    def mean_flat(iterates):
+        flat = [np.asarray(ravel_pytree(to_flat(u))[0], dtype=float) for u in iterates]
+        return np.mean(flat, axis=0)
+
+    se = np.sqrt(np.clip(np.diag(np.asarray(covariance, dtype=float)), 0.0, None))
+    gap = np.abs(mean_flat(fourth) - mean_flat(third))
+    varying = se > 0
+    if not np.all(np.isfinite(se[varying])):
+        return None
+    return float(np.max(gap[varying] / se[varying], initial=0.0))
 
 
 def _non_convergence(name: str, optimizer_converged: bool, newton_converged: bool | None,
@@ -491,6 +530,9 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     length = min(num_steps, 100)
     losses: list[np.ndarray] = []
     converged, done = False, 0
+    # the iterate at each chunk's end, with its step: how a Monte Carlo fit's iterates drift
+    # over its second half (_iterates_settled)
+    snapshots: list[tuple[int, Any]] = []
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         while done < num_steps:
@@ -502,6 +544,8 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
             chunk_losses = np.asarray(chunk_losses)[:taken]
             losses.append(chunk_losses)
             done += taken
+            if objective.traits.monte_carlo_gradient:
+                snapshots.append((done, train.unconstrained))
             bar.update(taken)
             finite = chunk_losses[np.isfinite(chunk_losses)]
             if finite.size:
@@ -531,7 +575,8 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     theta = train.unconstrained
     if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
-    return theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state
+    return (theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state,
+            snapshots)
 
 
 def _failure_run_end(losses: np.ndarray, run: int) -> int:

@@ -42,7 +42,12 @@ class FitResult:
         The objective at every optimizer step (empty for a closed-form fit); a step whose loss
         or gradient was not finite was skipped and holds NaN here (counted in ``skipped_steps``).
     converged : bool
-        Whether the stopping rule was met (always true for a closed-form solution).
+        Whether the fit reached its answer: for deterministic objectives, the optimizer's
+        stopping rule and the Newton refinement (always true for a closed-form solution); for
+        Monte Carlo MLE, its Newton steps on the importance-sampling likelihood with
+        non-degenerate weights; for CD and PCD, whose stochastic loss never settles, the
+        iterates' mean over the third quarter of the run and over the fourth within one
+        standard error of each other in every parameter.
     num_steps : int
         Optimizer steps taken (0 for a closed-form solution).
     wall_time : float

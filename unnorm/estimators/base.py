@@ -115,13 +115,16 @@ class PostFit(NamedTuple):
     ``covariance`` (flattened in ``ravel_pytree`` order; None without standard errors) and the
     MCMC ``chains`` it ran, as InferenceData (or None). ``refined_by`` names the solve stage it
     ran after the driver's (``"newton"``, ``"Monte Carlo MLE"``; None for none) and
-    ``covariance_from`` how it computed the covariance (``FitResult.stages`` lists both)."""
+    ``covariance_from`` how it computed the covariance (``FitResult.stages`` lists both).
+    ``converged``: whether that stage reached its answer (None: the driver judges, as for the
+    other estimators)."""
 
     params: Any
     covariance: Any
     chains: Any
     refined_by: str | None = None
     covariance_from: str | None = None
+    converged: bool | None = None
 
 
 def objective_params(model: Model, objective: Objective, theta):

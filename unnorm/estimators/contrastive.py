@@ -410,12 +410,13 @@ class ChainEstimator(Estimator):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, refined_by, draws = self._finish(
+            params, covariance, refined_by, draws, converged = self._finish(
                 model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
                 num_samples, progress_bar)
             # ArviZ only here, once, for the user
             return PostFit(params, covariance, draws.inference_data(), refined_by,
-                           "likelihood sandwich from model draws" if compute_se else None)
+                           "likelihood sandwich from model draws" if compute_se else None,
+                           converged)
 
         return Objective(init, loss, terms,
                          Traits(deterministic=False, monte_carlo_gradient=True),
@@ -434,11 +435,12 @@ class ChainEstimator(Estimator):
     def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
         """The final params, their covariance, the solve stage run on the draws (None for
-        none) and the draws of the fitted model the covariance comes from."""
+        none), the draws of the fitted model the covariance comes from, and whether that stage
+        converged (None without one: the driver judges the optimizer's iterates)."""
         covariance = None
         if compute_se:
             covariance = _sandwich(model, params, data, flat_draws(draws, model))
-        return params, covariance, None, draws
+        return params, covariance, None, draws, None
 
 
 def check_k(k) -> int:

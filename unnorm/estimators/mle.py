@@ -153,7 +153,7 @@ class MLE(ChainEstimator):
             def derivatives(f, points=points, reference=reference):
                 return likelihood_pieces(f, u, data, points, reference, model=model)[:3]
 
-            flat, _ = newton(derivatives, flat)
+            flat, newton_converged = newton(derivatives, flat)
             params = model.to_constrained(unravel(flat))
             _, _, hessian, grads, ess, weights, draw_grads = likelihood_pieces(
                 flat, u, data, points, reference, model=model)
@@ -178,4 +178,7 @@ class MLE(ChainEstimator):
         if compute_se:
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained),
                                       cov_u + mc_cov_u)
-        return params, covariance, "Monte Carlo MLE", draws
+        # the estimate is the Monte Carlo MLE's: converged when its Newton steps reached the
+        # minimum of the importance-sampling likelihood and the weights did not degenerate
+        converged = bool(newton_converged) and not degenerate
+        return params, covariance, "Monte Carlo MLE", draws, converged
