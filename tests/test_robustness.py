@@ -323,6 +323,21 @@ def natural_gaussian(params, x):
     return 0.5 * x @ params["K"] @ x - params["h"] @ x
 
 
+def test_fewer_observations_than_free_parameters_give_nan_standard_errors():
+    # K (positive definite, 3 free entries) and h (2): 5 free parameters from 3 observations;
+    # the sandwich's middle has rank at most 3, and some standard errors came out as exactly 0
+    model = un.Model(natural_gaussian, params={"K": jnp.eye(2), "h": jnp.zeros(2)},
+                     constraints={"K": un.constraints.positive_definite},
+                     support=un.supports.real(2))
+    data = np.random.default_rng(1).normal(size=(3, 2))
+    with pytest.warns(RuntimeWarning, match=r"3 observations for 5 free parameters: the "
+                                            r"standard errors of estimator 'sm' cannot be "
+                                            r"estimated .* are NaN"):
+        fit = un.fit(model, data, "sm", key=KEY, progress_bar=False)
+    assert all(np.all(np.isnan(se)) for se in fit.stderr.values())
+    assert np.all(np.isnan(fit.summary()["ci_lower"]))
+
+
 def test_identified_constrained_fit_does_not_warn():
     # solved in the constrained coordinates, where the precision matrix's antisymmetric
     # direction leaves the objective unchanged; it is outside the parameter space: no warning

@@ -390,6 +390,17 @@ def fit(
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
         covariance = np.asarray(covariance, dtype=float)
+        num_free = int(ravel_pytree(_initial_theta(model, params, nuisance))[0].size)
+        if n < num_free and not np.all(np.isnan(covariance)):
+            # the sandwich's middle, a mean of n outer products, has rank at most n: with
+            # fewer observations than free parameters some standard errors come out as 0
+            warnings.warn(
+                f"{n} observation{'s' if n > 1 else ''} for {num_free} free parameters: the "
+                f"standard errors of estimator {estimator.name!r} cannot be estimated from "
+                "fewer observations than free parameters, and are NaN (the estimate itself "
+                "is not identified by so few data). Use more data or fewer parameters.",
+                RuntimeWarning, stacklevel=2)
+            covariance = np.full_like(covariance, np.nan)
         interval_grid = _interval_grid(model, objective, fitted, covariance)
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
         num_model = int(ravel_pytree(params)[0].size)
