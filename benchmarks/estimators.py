@@ -52,22 +52,18 @@ printed. Speed is measured here and never asserted in the tests.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import folx
 import jax
 import jax.numpy as jnp
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
 import numpy as np
 import optax
 
@@ -460,42 +456,15 @@ def print_table(rows: list, summary: dict) -> None:
                                              f"= {v:.1f}" for k, v in ratio.items()))
 
 
-def git_state() -> dict:
-    def git(*args):
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
-                              check=False)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "unnorm")
-    return {"commit": git("rev-parse", "HEAD"),
-            "unnorm_uncommitted": status.splitlines() if status else []}
-
-
 def environment() -> dict:
     import torch
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    versions = {}
-    for pkg in ("jax", "jaxlib", "optax", "numpy", "torch", "torchebm", "unnorm"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "jax_devices": [str(dev) for dev in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "versions": versions,
-        "git": git_state(),
-    }
+    env = machine.environment(("jax", "jaxlib", "optax", "numpy", "torch", "torchebm",
+                               "unnorm"))
+    env.update({"jax_devices": [str(dev) for dev in jax.devices()],
+                "torch_threads": torch.get_num_threads(),
+                "torch_interop_threads": torch.get_num_interop_threads()})
+    return env
 
 
 def main(argv=None) -> int:

@@ -53,18 +53,16 @@ and never asserted in the tests.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fits.json"
@@ -890,39 +888,6 @@ class PlainFit:
 # the driver: one subprocess per row
 
 
-def git_state() -> dict:
-    def git(*args):
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
-                              check=False)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "unnorm")
-    return {"commit": git("rev-parse", "HEAD"),
-            "unnorm_uncommitted": status.splitlines() if status else []}
-
-
-def environment() -> dict:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    versions = {}
-    for pkg in ("jax", "jaxlib", "optax", "numpy", "numpyro", "arviz", "unnorm"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-        "versions": versions,
-        "git": git_state(),
-    }
-
-
 def run_row(case: str, quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
@@ -1023,7 +988,7 @@ def main(argv=None) -> int:
             parser.error(f"--only: unknown {unknown}; choose from {', '.join(CASES)}")
     out = args.out or DEFAULT_OUT
 
-    env = environment()
+    env = machine.environment(("jax", "jaxlib", "optax", "numpy", "numpyro", "arviz", "unnorm"))
     env["load_average_start"] = os.getloadavg()
     started = time.perf_counter()
     rows = []
