@@ -174,6 +174,8 @@ def test_chain_estimators_same_key_same_fit(gaussian_data, pcd_fit):
          "sampler 'gibbs' does not apply"),
         (lambda: un.estimators.MLE(sampler="slice"), un.models.gaussian(2), ValueError,
          "unknown sampler 'slice'"),
+        (lambda: un.estimators.MLE(chain_sampler="gibbs"), un.models.gaussian(2), ValueError,
+         "estimator 'mle', chain_sampler: sampler 'gibbs' does not apply"),
         (lambda: un.estimators.CD(step_size=0.1), un.models.ising_chain(4), ValueError,
          "step_size does not apply"),
         (lambda: un.estimators.PCD(step_size=-1.0), un.models.gaussian(2), ValueError,

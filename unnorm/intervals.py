@@ -77,7 +77,7 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     >>> bool(np.allclose([lower[0], upper[0]], np.exp([-0.98, 0.98]), atol=1e-3))
     True
     """
-    flat_u, unravel = ravel_pytree(theta_u)
+    flat_u, _ = ravel_pytree(theta_u)
     cov_u = np.asarray(cov_u, dtype=float)
     se_u = np.sqrt(np.clip(np.diag(cov_u), 0.0, None))
 

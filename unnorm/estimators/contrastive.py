@@ -87,8 +87,10 @@ def _default_sampler(model: Model, preferred: str) -> str:
     return "gibbs" if model.support.is_discrete else preferred
 
 
-def _sampler_spec(estimator, model: Model, sampler: str):
-    spec = check_sampler(sampler, model, where=f"estimator {estimator.name!r}: ")
+def _sampler_spec(estimator, model: Model, sampler: str, argument: str = "sampler"):
+    where = (f"estimator {estimator.name!r}: " if argument == "sampler"
+             else f"estimator {estimator.name!r}, {argument}: ")
+    spec = check_sampler(sampler, model, where=where)
     check_step_options(spec, step_size=estimator.step_size)
     return spec
 
@@ -287,7 +289,7 @@ class ChainEstimator(Estimator):
 
     def check(self, model: Model) -> None:
         _sampler_spec(self, model, self._resolved_sampler(model))
-        _sampler_spec(self, model, self._chain_sampler(model))
+        _sampler_spec(self, model, self._chain_sampler(model), "chain_sampler")
 
     def _post_fit_sampling(self, num_observations: int) -> tuple[int, int, int]:
         """Chains, warmup and draws per chain of the sampling at θ̂."""
