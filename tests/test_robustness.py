@@ -319,6 +319,21 @@ def test_non_identified_parameters_warn_and_get_nan_standard_errors():
     assert fit.converged  # a minimum of the valley of minima, not a failed Newton run
 
 
+@pytest.mark.parametrize("estimator", ["ksd", "mle", "cd"])
+def test_estimators_with_their_own_covariance_mark_non_identified_parameters(estimator):
+    # KSD, MLE and CD/PCD compute their covariance in their own final stage, not in the
+    # driver's sandwich: the same check of the Hessian applies to it
+    model = un.Model(redundant, params={"a": 0.5, "b": 0.5}, support=un.supports.real(1))
+    data = np.random.default_rng(0).normal(0.0, 0.5, size=(400, 1))
+    with pytest.warns(RuntimeWarning, match=rf"the Hessian of the '{estimator}' objective at "
+                                            r"the estimate is singular .* along 0.71·a − "
+                                            r"0.71·b .*Their standard errors are NaN: a, b\."):
+        fit = un.fit(model, data, estimator, key=KEY, progress_bar=False)
+    assert np.isnan(fit.stderr["a"]) and np.isnan(fit.stderr["b"])
+    # the identified combination is estimated: precision 4 within 15% (n = 400: SE ~ 7%)
+    assert float(fit.params["a"] + fit.params["b"]) == pytest.approx(4.0, rel=0.15)
+
+
 def natural_gaussian(params, x):
     return 0.5 * x @ params["K"] @ x - params["h"] @ x
 

@@ -374,6 +374,9 @@ def fit(
                                   compute_se, progress_bar)
         fitted, covariance, chains = post.params, post.covariance, post.chains
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
+        if covariance is not None and post.hessian is not None:
+            covariance = _mark_post_fit_unidentified(model, objective, fitted, covariance,
+                                                     post.hessian, repr(estimator.name))
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(stages == ["closed form"]),
@@ -641,6 +644,21 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
         cov = _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
                                  flat.dtype)
     return cov
+
+
+def _mark_post_fit_unidentified(model, objective, fitted, cov, hessian, label: str):
+    """An estimator's own covariance (``PostFit``), NaN where the Hessian of its objective
+    (unconstrained coordinates) says the data do not identify the parameters, with a warning."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    theta_u = _initial_theta(model, params, nuisance)
+    flat_u, _ = ravel_pytree(theta_u)
+    null = unidentified_directions(hessian, flat_u.dtype)
+    if not null.size:
+        return cov
+    jacobian = np.asarray(solvers.constrained_jacobian(flat_u, theta_u, model=model,
+                                                       objective=objective), dtype=float)
+    return _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
+                              flat_u.dtype)
 
 
 def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):

@@ -117,7 +117,9 @@ class PostFit(NamedTuple):
     ran after the driver's (``"newton"``, ``"Monte Carlo MLE"``; None for none) and
     ``covariance_from`` how it computed the covariance (``FitResult.stages`` lists both).
     ``converged``: whether that stage reached its answer (None: the driver judges, as for the
-    other estimators)."""
+    other estimators). ``hessian``: the Hessian of the objective the covariance came from, in
+    the unconstrained flattened coordinates, from which the driver finds the directions the
+    data do not identify (None: not checked)."""
 
     params: Any
     covariance: Any
@@ -125,6 +127,7 @@ class PostFit(NamedTuple):
     refined_by: str | None = None
     covariance_from: str | None = None
     converged: bool | None = None
+    hessian: Any = None
 
 
 def objective_params(model: Model, objective: Objective, theta):

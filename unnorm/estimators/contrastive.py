@@ -244,15 +244,16 @@ def reference_energies(model: Model, params, draws) -> np.ndarray:
     return _block_sums(flat, u, draws, 0.0, 0.0, model=model).values
 
 
-def _sandwich(model: Model, params, data, draws) -> np.ndarray:
+def _sandwich(model: Model, params, data, draws) -> tuple[np.ndarray, np.ndarray]:
     """The likelihood's sandwich covariance at ``params`` (constrained, flattened) from draws
-    of the model at ``params``."""
+    of the model at ``params``, and the likelihood's Hessian (unconstrained) it came from."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
     ref = reference_energies(model, params, draws)
     _, _, hessian, grads, *_ = likelihood_pieces(flat, u, data, draws, ref, model=model)
     cov_u = sandwich_covariance(grads, hessian).covariance
-    return delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
+    return (delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u),
+            np.asarray(hessian, dtype=float))
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
@@ -412,13 +413,13 @@ class ChainEstimator(Estimator):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar)
-            params, covariance, refined_by, draws, converged = self._finish(
+            params, covariance, hessian, refined_by, draws, converged = self._finish(
                 model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
                 num_samples, progress_bar)
             # ArviZ only here, once, for the user
             return PostFit(params, covariance, draws.inference_data(), refined_by,
                            "likelihood sandwich from model draws" if compute_se else None,
-                           converged)
+                           converged, hessian)
 
         return Objective(init, loss, terms,
                          Traits(deterministic=False, monte_carlo_gradient=True),
@@ -436,13 +437,14 @@ class ChainEstimator(Estimator):
 
     def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
                 num_warmup, num_samples, progress_bar):
-        """The final params, their covariance, the solve stage run on the draws (None for
-        none), the draws of the fitted model the covariance comes from, and whether that stage
-        converged (None without one: the driver judges the optimizer's iterates)."""
-        covariance = None
+        """The final params, their covariance and the (unconstrained) Hessian it came from, the
+        solve stage run on the draws (None for none), the draws of the fitted model the
+        covariance comes from, and whether that stage converged (None without one: the driver
+        judges the optimizer's iterates)."""
+        covariance = hessian = None
         if compute_se:
-            covariance = _sandwich(model, params, data, flat_draws(draws, model))
-        return params, covariance, None, draws, None
+            covariance, hessian = _sandwich(model, params, data, flat_draws(draws, model))
+        return params, covariance, hessian, None, draws, None
 
 
 def check_k(k) -> int:

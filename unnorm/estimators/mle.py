@@ -181,4 +181,4 @@ class MLE(ChainEstimator):
         # the estimate is the Monte Carlo MLE's: converged when its Newton steps reached the
         # minimum of the importance-sampling likelihood and the weights did not degenerate
         converged = bool(newton_converged) and not degenerate
-        return params, covariance, "Monte Carlo MLE", draws, converged
+        return params, covariance, hessian, "Monte Carlo MLE", draws, converged

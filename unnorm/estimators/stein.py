@@ -285,7 +285,8 @@ class KSD(Estimator):
             cov_u = sandwich_covariance(2.0 * np.asarray(h1), np.asarray(hessian)).covariance
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
             return PostFit(fitted, covariance, None, refined_by="newton",
-                           covariance_from="U-statistic sandwich", converged=bool(converged))
+                           covariance_from="U-statistic sandwich", converged=bool(converged),
+                           hessian=np.asarray(hessian, dtype=float))
 
         return Objective(init, loss, terms, Traits(convex_if_linear_energy=True),
                          post_fit=post_fit)
