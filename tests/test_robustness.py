@@ -334,6 +334,20 @@ def test_estimators_with_their_own_covariance_mark_non_identified_parameters(est
     assert float(fit.params["a"] + fit.params["b"]) == pytest.approx(4.0, rel=0.15)
 
 
+def test_many_unidentified_directions_give_a_short_warning():
+    # 20 parameters entering only through their sum: 19 directions the data do not identify,
+    # described three at a time, with the parameters named up to twelve
+    model = un.Model(lambda params, x: 0.5 * jnp.sum(params["a"]) * jnp.sum(x**2),
+                     params={"a": jnp.full(20, 0.2)}, support=un.supports.real(1))
+    data = np.random.default_rng(0).normal(0.0, 0.5, size=(400, 1))
+    with pytest.warns(RuntimeWarning, match=r"; and 16 more directions \(the objective .*"
+                                            r"Their standard errors are NaN: a\[0\], .*a\[11\] "
+                                            r"and 8 more\.") as caught:
+        fit = un.fit(model, data, "sm", key=KEY, progress_bar=False)
+    assert max(len(str(w.message)) for w in caught) < 1500
+    assert np.all(np.isnan(fit.stderr["a"]))
+
+
 def natural_gaussian(params, x):
     return 0.5 * x @ params["K"] @ x - params["h"] @ x
 

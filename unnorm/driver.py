@@ -459,7 +459,8 @@ def _iterate_drift(model, objective, snapshots, steps: int, covariance) -> float
     se = np.sqrt(np.clip(np.diag(np.asarray(covariance, dtype=float)), 0.0, None))
     gap = np.abs(mean_flat(fourth) - mean_flat(third))
     varying = se > 0
-    if not np.all(np.isfinite(se[varying])):
+    if not np.any(varying) or not np.all(np.isfinite(se[varying])):
+        # no scale to judge the drift by (NaN standard errors: parameters not identified)
         return None
     return float(np.max(gap[varying] / se[varying], initial=0.0))
 
@@ -646,6 +647,11 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     return cov
 
 
+#: the singular-Hessian warning describes at most this many directions and names at most this
+#: many parameters
+MAX_DESCRIBED, MAX_NAMED = 3, 12
+
+
 def _mark_post_fit_unidentified(model, objective, fitted, cov, hessian, label: str):
     """An estimator's own covariance (``PostFit``), NaN where the Hessian of its objective
     (unconstrained coordinates) says the data do not identify the parameters, with a warning."""
@@ -670,13 +676,20 @@ def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):
         names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
     loadings = np.abs(directions)
     affected = np.flatnonzero(loadings.max(axis=1) > 1e-3 * loadings.max())
-    described = "; ".join(describe_direction(d, names) for d in directions.T)
+    # a model with many unidentified directions (an RBM's pixels that are never on) would
+    # otherwise fill the screen: a few directions and names, and how many more
+    described = "; ".join(describe_direction(d, names) for d in directions.T[:MAX_DESCRIBED])
+    if directions.shape[1] > MAX_DESCRIBED:
+        described += f"; and {directions.shape[1] - MAX_DESCRIBED} more directions"
+    affected_names = ", ".join(names[i] for i in affected[:MAX_NAMED])
+    if affected.size > MAX_NAMED:
+        affected_names += f" and {affected.size - MAX_NAMED} more"
     warnings.warn(
         f"the Hessian of the {label} objective at the estimate is singular (to "
         f"{np.dtype(dtype).name} precision): the parameters are not identified from these "
         f"data along {described} (the objective does not change along it, or too little to "
         f"tell in {np.dtype(dtype).name}). Their standard errors are NaN: "
-        f"{', '.join(names[i] for i in affected)}. Fix or remove one of the parameters "
+        f"{affected_names}. Fix or remove one of the parameters "
         "involved, or reparameterize so that each enters the energy in its own way.",
         RuntimeWarning, stacklevel=4)
     cov = np.array(cov, dtype=float)
