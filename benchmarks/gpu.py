@@ -262,13 +262,24 @@ def reference_terms(name: str, params, log_z, x, row_keys, d: int) -> jax.Array:
     return jax.vmap(nce_term, (None, None, 0, 0, None, None))(params, log_z, x, ys, noise, nu)
 
 
+def reference_device() -> jax.Device:
+    """Where the reference terms are computed: the CPU (an independent backend when the run is
+    on an accelerator), or the default device when JAX was started without the CPU."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return jax.devices()[0]
+
+
 def loss_check(name: str, model: un.Model, data: np.ndarray, rows: int) -> dict:
-    """The objective's per-observation terms against :func:`reference_terms` on ``rows`` rows.
+    """The objective's per-observation terms on the benchmark's backend against
+    :func:`reference_terms` compiled on their own on :func:`reference_device`, on ``rows`` rows.
 
     The objective is built with noise keyed on the row (``resample=False``): row ``i``'s noise
     comes from ``fold_in(noise_key, i)``, the key of the objective's state, and ``jax.random``
     draws from that key the same numbers as unnorm's generator."""
-    objective = make_estimator(name, model.support.event_shape[0]).build(model, resample=False)
+    d = model.support.event_shape[0]
+    objective = make_estimator(name, d).build(model, resample=False)
     params = model.params
     data = jnp.asarray(data)
     state = objective.init(params, jax.random.key(3), data)
@@ -279,19 +290,18 @@ def loss_check(name: str, model: un.Model, data: np.ndarray, rows: int) -> dict:
     index = jnp.arange(rows)
     batch = Batch(data[:rows], index)
     row_keys = jax.vmap(lambda i: jax.random.fold_in(state.noise_key, i))(index)
-    d = model.support.event_shape[0]
-    def both(theta, state, batch, row_keys, log_z):
-        return (objective.terms(theta, state, batch, jax.random.key(4)),
-                reference_terms(name, params, log_z, batch.x, row_keys, d))
-
-    with jax.default_matmul_precision("float32"):  # one compilation for both sides
-        ours, theirs = (np.asarray(a) for a in jax.jit(both)(theta, state, batch, row_keys,
-                                                             log_z))
+    device = reference_device()
+    # float32 products on both sides: a GPU's default TF32 would round the two differently
+    with jax.default_matmul_precision("float32"):
+        ours = np.asarray(jax.jit(objective.terms)(theta, state, batch, jax.random.key(4)))
+        inputs = jax.device_put((params, log_z, batch.x, row_keys), device)
+        theirs = np.asarray(jax.jit(reference_terms, static_argnums=(0, 5))(name, *inputs, d))
     scale = max(1.0, float(np.max(np.abs(theirs))))
     worst = float(np.max(np.abs(ours - theirs)))
     return {"kind": "loss terms equal the plain-JAX reference", "rows": rows,
-            "max_abs_diff": worst, "scale": scale, "rtol": LOSS_RTOL,
-            "loss_unnorm": float(ours.mean()), "loss_reference": float(theirs.mean()),
+            "reference_device": str(device), "max_abs_diff": worst, "scale": scale,
+            "rtol": LOSS_RTOL, "loss_unnorm": float(ours.mean()),
+            "loss_reference": float(theirs.mean()),
             "passed": bool(np.all(np.isfinite(ours)) and worst <= LOSS_RTOL * scale)}
 
 
