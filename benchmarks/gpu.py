@@ -21,7 +21,7 @@ and the reference losses of ``sampling.py`` and ``estimators.py`` and measures u
   (two hidden layers of 128 SiLU units) with Adam, for several input dimensions ``d`` and batch
   sizes. Rate: optimizer steps per second.
 
-Every row carries a correctness check, computed on the same backend:
+Every row carries a correctness check of what the backend computed:
 
 * NUTS and MALA: every coordinate's mean within 4 Monte Carlo standard errors (ArviZ's MCSE of
   the mean, which needs an ESS of some hundreds to be trusted; the sizes give that) of the
@@ -30,9 +30,10 @@ Every row carries a correctness check, computed on the same backend:
   transfer matrices), the MCSE from the chains of per-draw magnetizations.
 * Estimators: the per-observation loss terms of ``un.fit``'s objective (the estimator bound to
   the model, noise keyed on the row) equal the hand-written JAX terms of ``estimators.py`` (SM,
-  DSM, SSM) or of this script (NCE, Gutmann & Hyvärinen 2010) given the same noise, at the
-  initial weights, on a batch of 64 rows, under float32 matrix products (a GPU's default
-  TF32 products would round the two differently), and the trained loss is finite.
+  DSM, SSM) or of this script (NCE, Gutmann & Hyvärinen 2010) given the same noise, computed
+  on the CPU, at the initial weights, on a batch of 64 rows, under float32 matrix products (a
+  GPU's default TF32 products would round the two differently), and the trained loss is
+  finite.
 
 Timing: one untimed first call (it compiles; its wall time is recorded), then warm calls with
 other keys; ``seconds`` is their median, and the rate is the last warm call's measured
