@@ -13,7 +13,8 @@ Its outputs equal ``jax.random``'s bit for bit, in both of JAX's counter layouts
 (``jax.threefry_partitionable``), so every draw is what ``jax.random`` would
 give (tests/test_threefry.py checks this on every JAX version the CI runs). Keys of another
 generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and float64 draws go to
-``jax.random`` itself.
+``jax.random`` itself, and so does every draw off the CPU backend: on a GPU, JAX's own lowering
+of the hash is already straight-line code.
 
 Example
 -------
@@ -64,16 +65,22 @@ def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.
     return x0, x1
 
 
-def _is_threefry(key) -> bool:
-    """A typed Threefry key; legacy ``uint32[2]`` keys and other generators go to jax.random."""
-    return (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+def _unrolled(key) -> bool:
+    """Whether this module hashes ``key`` itself: a typed Threefry key on the CPU backend.
+
+    Legacy ``uint32[2]`` keys and other generators go to jax.random, and so does every key on an
+    accelerator: there JAX already lowers the hash as straight-line code (or, by its
+    ``jax_threefry_gpu_kernel_lowering`` option, as one fused kernel), so the loop this module
+    avoids does not arise and the draws are the same either way."""
+    return (jax.default_backend() == "cpu"
+            and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
             and str(jax.random.key_impl(key)) == "threefry2x32")
 
 
 def fold_in(key, data) -> jax.Array:
     """``jax.random.fold_in(key, data)``, bit for bit: the key's hash of the counter pair
     ``(0, data)`` (``data`` a non-negative integer below 2^32)."""
-    if not _is_threefry(key):
+    if not _unrolled(key):
         return jax.random.fold_in(key, data)
     words = jax.random.key_data(key)
     y0, y1 = _hash_2x32(words, jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
@@ -82,7 +89,7 @@ def fold_in(key, data) -> jax.Array:
 
 def split(key, num: int = 2) -> jax.Array:
     """``jax.random.split(key, num)``, bit for bit, in JAX's current counter layout."""
-    if not _is_threefry(key):
+    if not _unrolled(key):
         return jax.random.split(key, num)
     words = jax.random.key_data(key)
     if jax.config.jax_threefry_partitionable:
@@ -130,7 +137,7 @@ def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, minval=0.0, maxval=1
         partitionable = bool(jax.config.jax_threefry_partitionable)
     dtype = jnp.dtype(dtype)
     size = math.prod(shape)
-    if dtype != jnp.float32 or not _is_threefry(key) or size >= 2**32:
+    if dtype != jnp.float32 or not _unrolled(key) or size >= 2**32:
         with jax.threefry_partitionable(partitionable):
             return jax.random.uniform(key, shape, dtype, minval, maxval)
     bits = _bits_32(key, size, partitionable)
@@ -145,7 +152,7 @@ def normal(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """``jax.random.normal(key, shape, dtype)``, bit for bit: ``√2 erf⁻¹(w)`` with ``w``
     uniform on ``(-1, 1)``."""
     dtype = jnp.dtype(dtype)
-    if dtype != jnp.float32 or not _is_threefry(key):
+    if dtype != jnp.float32 or not _unrolled(key):
         return jax.random.normal(key, shape, dtype)
     low = np.nextafter(np.float32(-1.0), np.float32(0.0))
     w = uniform(key, shape, dtype, low, 1.0)
@@ -157,7 +164,7 @@ def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:
     per value, reduced modulo the span ``maxval - minval`` as JAX does."""
     bounded = (isinstance(minval, int) and isinstance(maxval, int)
                and -(2**31) <= minval < maxval < 2**31)
-    if not bounded or not _is_threefry(key) or jnp.result_type(int) != jnp.int32:
+    if not bounded or not _unrolled(key) or jnp.result_type(int) != jnp.int32:
         return jax.random.randint(key, shape, minval, maxval)
     size = math.prod(shape)
     partitionable = bool(jax.config.jax_threefry_partitionable)
