@@ -74,6 +74,7 @@ _CHILD = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import jax, numpy as np, optax
     import unnorm as un
+    import unnorm.pacing
 
     model = un.models.gaussian(2)
     small_sample = dict(sampler="mala", num_chains=4, num_warmup=20, num_samples=40,
