@@ -39,10 +39,36 @@ def _every(count):
     return lambda last, remaining, capacity, target=0.5: max(1, min(count, remaining, capacity))
 
 
+class _CompileCounter:
+    """Counts XLA compilations while ``counting``: jax.monitoring's listeners stay for the
+    process, so one is registered for the module."""
+
+    def __init__(self):
+        self.counting, self.count = False, 0
+        jax.monitoring.register_event_duration_secs_listener(self._event)
+
+    def _event(self, name, *args, **kwargs):
+        if self.counting and "backend_compile" in name:
+            self.count += 1
+
+    def compiles(self, call):
+        self.counting, self.count = True, 0
+        try:
+            return call(), self.count
+        finally:
+            self.counting = False
+
+
+COMPILES = _CompileCounter()
+
+
 def test_draws_do_not_depend_on_the_pacing(monkeypatch):
     paced = un.sample(MODEL, key=jax.random.key(3), **SMALL_SAMPLE)
     monkeypatch.setattr(pacing, "next_count", _every(7))
-    sevens = un.sample(MODEL, key=jax.random.key(3), **SMALL_SAMPLE)
+    # other counts per call, the same programs
+    sevens, compiled = COMPILES.compiles(
+        lambda: un.sample(MODEL, key=jax.random.key(3), **SMALL_SAMPLE))
+    assert compiled == 0
     for name in ("x",):
         np.testing.assert_array_equal(paced.posterior[name].values, sevens.posterior[name].values)
     for name in ("lp", "acceptance_rate", "step_size"):
@@ -53,7 +79,9 @@ def test_draws_do_not_depend_on_the_pacing(monkeypatch):
 def test_fit_does_not_depend_on_the_pacing(monkeypatch):
     paced = un.fit(MODEL, FIT_DATA, "sm", key=jax.random.key(4), **SMALL_FIT)
     monkeypatch.setattr(pacing, "next_count", _every(3))
-    threes = un.fit(MODEL, FIT_DATA, "sm", key=jax.random.key(4), **SMALL_FIT)
+    threes, compiled = COMPILES.compiles(
+        lambda: un.fit(MODEL, FIT_DATA, "sm", key=jax.random.key(4), **SMALL_FIT))
+    assert compiled == 0
     np.testing.assert_array_equal(paced.loss, threes.loss)
     for name in ("mu", "prec"):
         np.testing.assert_array_equal(paced.params[name], threes.params[name])

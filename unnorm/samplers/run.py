@@ -425,10 +425,12 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
         run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
                            disabled, positions.dtype)
-        states, _, _ = run(states, warmup_keys, num_warmup // warmup_thinning, warmup_capacity,
-                           warmup_thinning, _WARMUP)
-        states, (draws, stats), finite = run(states, sampling_keys, num_samples,
-                                             sampling_capacity, thinning, _SAMPLING)
+        states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
+                                 warmup_capacity, warmup_thinning, _WARMUP)
+        # the sampling's draws cost what the warmup's did when they are as long
+        states, (draws, stats), finite, _ = run(
+            states, sampling_keys, num_samples, sampling_capacity, thinning, _SAMPLING,
+            pace if warmup_thinning == thinning else None)
     elapsed = time.perf_counter() - started
 
     if not finite:  # kernels reject non-finite moves; this guards the guard
@@ -463,11 +465,12 @@ class _PhaseRunner(NamedTuple):
     position_dtype: Any
 
     def __call__(self, states: tuple, chain_keys: tuple, total: int, capacity: int,
-                 thinning: int, phase: str):
+                 thinning: int, phase: str, pace: pacing.Pace | None = None):
         """Run ``total`` draws (of ``thinning`` steps each) in calls of at most ``capacity``
-        draws, each paced to about :data:`unnorm.pacing.TARGET_SECONDS`. Returns the final
-        states (one per group), for sampling the draws and the statistics as NumPy arrays of
-        dims (chain, draw, ...), and whether every draw is finite.
+        draws, each paced to about :data:`unnorm.pacing.TARGET_SECONDS` from ``pace`` (that
+        of a call before, if any). Returns the final states (one per group), for sampling the
+        draws and the statistics as NumPy arrays of dims (chain, draw, ...), whether every
+        draw is finite, and the pace of the last call.
 
         A ``KeyboardInterrupt`` comes out once no group computes any more (within about one
         call), saying how far the phase got."""
@@ -476,7 +479,7 @@ class _PhaseRunner(NamedTuple):
             host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
                     if self.model.support.is_discrete else None)
             sink = chain_groups.DrawSink(self.layout, total, host_dtypes=host)
-        finite, done, pace = True, 0, None
+        finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
         # Built here, not in the workers: two first calls at once could build two jitted
         # functions, and compile twice.
@@ -501,8 +504,8 @@ class _PhaseRunner(NamedTuple):
                 err, f"while sampling with {self.spec.name!r}: during {phase}, after {done} of "
                 f"{total} {unit}") from None
         if phase != _SAMPLING:
-            return states, None, True
-        return states, sink.result(), finite
+            return states, None, True, pace
+        return states, sink.result(), finite, pace
 
     def _call(self, run_chunk, sink, states, chain_keys, done: int, count: int, capacity: int,
               thinning: int, warmup, phase: str, total: int) -> list:
