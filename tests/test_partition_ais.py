@@ -54,6 +54,18 @@ def test_gaussian_2d(gauss2):
     assert_close(lz, gaussian_truth(PREC_2D))
 
 
+def test_the_pacing_of_the_annealing_changes_no_weight(gauss2, monkeypatch):
+    # the compiled calls run a traced number of temperatures (unnorm.pacing): 3 per call runs
+    # the same program, the same steps and keys, as the default pacing
+    from unnorm import pacing
+
+    paced = un.log_partition(gauss2, method="ais", key=jax.random.key(0), **FAST)
+    monkeypatch.setattr(pacing, "next_count",
+                        lambda last, remaining, capacity, target=0.5: min(3, remaining))
+    threes = un.log_partition(gauss2, method="ais", key=jax.random.key(0), **FAST)
+    assert (threes.estimate, threes.stderr) == (paced.estimate, paced.stderr)
+
+
 def test_gaussian_10d_non_identity_precision():
     prec = random_precision(10, seed=3)
     assert not np.allclose(prec, np.diag(np.diag(prec)))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _checks, threefry
+from . import _checks, pacing, threefry
 from ._compat import pareto_khat
 from .model import Model, format_params
 from .samplers import chains as chain_runner
@@ -32,7 +32,8 @@ __all__ = ["AISRun", "AISSummary", "annealed_log_partition", "summarize"]
 
 # Sigmoid schedule's steepness (Grosse, Ghahramani & Adams 2015 use δ = 4).
 _SIGMOID_DELTA = 4.0
-# The annealing runs as at most this many jitted scans, so a progress bar can move in between.
+# A compiled call holds at most 1/_NUM_SCANS of the annealing, so that a progress bar moves at
+# least that often; each runs as many temperatures as take about half a second (unnorm.pacing).
 _NUM_SCANS = 20
 # Keeps the adapted MALA step size away from 0 (0/0 in the proposal density) and overflow.
 _LOG_STEP_BOUNDS = (math.log(1e-7), math.log(1e7))
@@ -123,9 +124,9 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
     betas = _sigmoid_schedule(num_temperatures)
     num_steps = num_temperatures - 1
     length = -(-num_steps // _NUM_SCANS)
-    padded = length * -(-num_steps // length)
-    # Padding steps sit at β = 1 with a zero increment: extra transitions at the target change
-    # no weight, and every scan has one length (one compilation).
+    padded = num_steps + length
+    # Padding at β = 1 with a zero increment, never run (each call runs only the temperatures
+    # left): it gives every call's slice of the schedule one length (one compilation).
     beta = np.ones(padded)
     beta[:num_steps] = betas[1:]
     delta = np.zeros(padded)
@@ -155,13 +156,24 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
 
     with tqdm(total=num_steps, disable=disabled, desc=f"ais ({num_chains} chains)",
               unit="temperature") as bar:
-        for start in range(0, padded, length):
-            chunk = tuple(jnp.asarray(a[start:start + length]) for a in xs)
-            carry, stat = run(carry, chunk)
-            if not disabled:
-                jax.block_until_ready(stat)
-                bar.update(min(length, num_steps - start))
-                bar.set_postfix({stat_name: f"{float(jnp.mean(stat)):.2f}"})
+        done, pace = 0, None
+        try:
+            while done < num_steps:
+                count = pacing.next_count(pace, num_steps - done, length)
+                chunk = tuple(jnp.asarray(a[done:done + length]) for a in xs)
+
+                def call(carry=carry, chunk=chunk, count=count):
+                    return jax.block_until_ready(run(carry, chunk, count))
+
+                (carry, stat), pace = pacing.timed(call, count)
+                done += count
+                bar.update(count)
+                if not disabled:
+                    bar.set_postfix({stat_name: f"{float(np.mean(np.asarray(stat)[:count])):.2f}"})
+        except KeyboardInterrupt as err:
+            raise pacing.interrupted(
+                err, f"while annealing (AIS, {num_chains} chains): after {done} of "
+                f"{num_steps} temperatures") from None
     log_weights = carry[2] if support.is_discrete else carry[0][3]
     return AISRun(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0)
 
@@ -247,10 +259,10 @@ def _init_continuous(model: Model, params, chain_keys, loc, scale):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps", "num_pilot", "adapt"))
-def _anneal_continuous(model: Model, params, carry, xs, *, chain_keys, loc, scale,
+def _anneal_continuous(model: Model, params, carry, xs, count, *, chain_keys, loc, scale,
                        target_accept, num_mcmc_steps: int, num_pilot: int, adapt: bool):
-    """Temperatures ``xs`` of the annealing for all chains: weight increment at the state
-    before the transition, then MALA steps targeting γ_β."""
+    """The first ``count`` temperatures of ``xs`` (traced, :func:`_paced_scan`) for all chains:
+    weight increment at the state before the transition, then MALA steps targeting γ_β."""
     log_f = unconstrained_logdensity(model, params)
     num_counted = chain_keys.shape[0] - num_pilot
 
@@ -294,7 +306,7 @@ def _anneal_continuous(model: Model, params, carry, xs, *, chain_keys, loc, scal
             log_step = jnp.clip(log_step + (pilot_accept - target_accept), *_LOG_STEP_BOUNDS)
         return ((u, lf, glf, logw), log_step), jnp.mean(accept[:num_counted])
 
-    return jax.lax.scan(one_temperature, carry, xs)
+    return _paced_scan(one_temperature, carry, xs, count)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -314,9 +326,11 @@ def _init_discrete(model: Model, params, chain_keys):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps"))
-def _anneal_discrete(model: Model, params, carry, xs, *, chain_keys, num_mcmc_steps: int):
-    """Temperatures ``xs`` for all chains: weight increment, then Gibbs sweeps targeting
-    γ_β(x) = -β E(x) (the uniform base is a constant)."""
+def _anneal_discrete(model: Model, params, carry, xs, count, *, chain_keys,
+                     num_mcmc_steps: int):
+    """The first ``count`` temperatures of ``xs`` (traced, :func:`_paced_scan`) for all chains:
+    weight increment, then Gibbs sweeps targeting γ_β(x) = -β E(x) (the uniform base is a
+    constant)."""
     kernel = build_sampler("gibbs", 0, model.support.values, scan="sequential")
 
     def one_temperature(carry, x):
@@ -340,4 +354,20 @@ def _anneal_discrete(model: Model, params, carry, xs, *, chain_keys, num_mcmc_st
         neg_energy = jax.vmap(kernel.logdensity)(states) / beta
         return (positions, neg_energy, logw), jnp.mean(infos.flip_rate)
 
-    return jax.lax.scan(one_temperature, carry, xs)
+    return _paced_scan(one_temperature, carry, xs, count)
+
+
+def _paced_scan(one_temperature, carry, xs, count):
+    """``lax.scan(one_temperature, carry, xs)`` over the first ``count`` entries of ``xs``
+    only: ``count`` is traced, so one program serves every count (:mod:`unnorm.pacing`).
+    Returns the carry and the per-temperature statistic (0 past ``count``)."""
+    length = xs[0].shape[0]
+    stat_shape = jax.eval_shape(lambda c: one_temperature(c, tuple(a[0] for a in xs))[1], carry)
+    stats = jnp.zeros((length, *stat_shape.shape), stat_shape.dtype)
+
+    def one_temperature_stored(index, state):
+        carry, stats = state
+        carry, stat = one_temperature(carry, tuple(a[index] for a in xs))
+        return carry, stats.at[index].set(stat)
+
+    return jax.lax.fori_loop(0, count, one_temperature_stored, (carry, stats))

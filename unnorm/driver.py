@@ -8,9 +8,9 @@ before anything runs (:func:`_plan`):
    score ``-∇ₓE`` is linear in θ: one linear solve); ``newton`` from the initial values for a
    small deterministic objective that is convex for this energy (E affine in θ and the
    estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
-   ``lax.scan`` chunks, full batch or minibatches), refined by ``newton`` steps on the full-data
-   objective when standard errors are wanted and the objective is deterministic, so that the
-   sandwich formula is evaluated at the exact minimizer it assumes;
+   chunks paced by wall time, full batch or minibatches), refined by ``newton`` steps on the
+   full-data objective when standard errors are wanted and the objective is deterministic, so
+   that the sandwich formula is evaluated at the exact minimizer it assumes;
 2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
    likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
    sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
@@ -32,7 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, _xla, intervals, solvers, threefry
+from . import _checks, _xla, intervals, pacing, solvers, threefry
 from .errors import FitError, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, check_finite_energies, format_params
@@ -121,12 +121,14 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def _train_chunk_impl(train: TrainState, data, key, start, num_steps, max_failures, *,
+def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max_failures, *,
                       model: Model, objective: Objective, optimizer, batch_size: int | None,
                       length: int):
-    """``length`` optimizer steps in one ``lax.scan``; steps at or past ``num_steps`` are no-ops
-    (so one compiled chunk serves any number of steps), and so are the steps after
-    ``max_failures`` consecutive failures (the fit stops at the step that reached them)."""
+    """``count`` optimizer steps (traced, at most ``length``, the losses' length: one compiled
+    chunk serves any count, :mod:`unnorm.pacing`) from global step ``start``; steps at or past
+    ``num_steps`` are no-ops, and so are the steps after ``max_failures`` consecutive failures
+    (the fit stops at the step that reached them). Returns the state and the ``length`` losses,
+    of which the first ``count`` are the steps'."""
     n = data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
@@ -180,7 +182,14 @@ def _train_chunk_impl(train: TrainState, data, key, start, num_steps, max_failur
         )
         return train, jnp.where(finite, loss, jnp.nan)
 
-    return jax.lax.scan(one_step, train, jnp.arange(length))
+    def one_step_stored(i, carry):
+        train, losses = carry
+        train, loss = one_step(train, i)
+        return train, losses.at[i].set(loss)
+
+    loss_dtype = jax.eval_shape(lambda t: one_step(t, 0)[1], train).dtype
+    losses = jnp.full((length,), jnp.nan, dtype=loss_dtype)
+    return jax.lax.fori_loop(0, count, one_step_stored, (train, losses))
 
 
 _TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length")
@@ -542,56 +551,78 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                  else ((), ()))
     train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
                        jnp.zeros((), jnp.int32), *averaging)
+    # Convergence is judged, and a Monte Carlo fit's iterate kept, every `length` steps; each
+    # compiled call runs as many of them as fit in about half a second (unnorm.pacing), which
+    # changes neither: step keys are fold_in(key, step) and the checks come at the same steps.
     length = min(num_steps, 100)
     losses: list[np.ndarray] = []
-    converged, done = False, 0
-    # the iterate at each chunk's end, with its step: how a Monte Carlo fit's iterates drift
+    converged, done, pace = False, 0, None
+    # the iterate at each block's end, with its step: how a Monte Carlo fit's iterates drift
     # over its second half (_iterates_settled)
     snapshots: list[tuple[int, Any]] = []
+    chunk = functools.partial(_train_chunk(), model=model, objective=objective,
+                              optimizer=optimizer, batch_size=batch_size, length=length)
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
-        while done < num_steps:
-            train, chunk_losses = _train_chunk()(
-                train, data, key, jnp.asarray(done), jnp.asarray(num_steps),
-                jnp.asarray(max_failures), model=model, objective=objective,
-                optimizer=optimizer, batch_size=batch_size, length=length)
-            taken = min(length, num_steps - done)
-            chunk_losses = np.asarray(chunk_losses)[:taken]
-            losses.append(chunk_losses)
-            done += taken
-            if objective.traits.monte_carlo_gradient:
-                snapshots.append((done, train.unconstrained))
-            bar.update(taken)
-            finite = chunk_losses[np.isfinite(chunk_losses)]
-            if finite.size:
-                bar.set_postfix(loss=f"{finite[-1]:.5g}")
-            history = np.concatenate(losses)
-            if int(train.consecutive_failures) >= max_failures:
-                # the steps after the one that reached max_failures were no-ops: the
-                # parameters are those of that step, which the losses (NaN = failed) locate
-                last = _failure_run_end(history, max_failures)
-                first = last - max_failures + 1
-                params = objective_params(model, objective, train.unconstrained)
-                if objective.nuisance is not None:
-                    params = {**params[0], **{f"nuisance.{k}": v for k, v in params[1].items()}}
-                raise FitError(
-                    f"estimator {estimator_name!r} stopped at step {first}: from there on "
-                    f"{max_failures} consecutive steps (max_failures={max_failures}), steps "
-                    f"{first} to {last} (numbered from 0), had a non-finite loss or gradient "
-                    "and were skipped. The parameters there "
-                    f"were:\n{format_params(params)}\nCheck the energy for "
-                    f"overflow (e.g. exp of large values) and the scale of the data "
-                    f"({data_scale(data)}), lower the learning rate, or start from other "
-                    "init values."
-                )
-            if _has_converged(history, window, tol):
-                converged = True
-                break
+        try:
+            while done < num_steps:
+                block_end = min(done - done % length + length, num_steps)
+                count = pacing.next_count(pace, block_end - done, length)
+
+                def call(train=train, done=done, count=count):
+                    train, chunk_losses = chunk(
+                        train, data, key, jnp.asarray(done), jnp.asarray(count),
+                        jnp.asarray(num_steps), jnp.asarray(max_failures))
+                    return train, np.asarray(chunk_losses)[:count]  # waits for the call
+
+                (train, chunk_losses), pace = pacing.timed(call, count)
+                losses.append(chunk_losses)
+                done += count
+                bar.update(count)
+                finite = chunk_losses[np.isfinite(chunk_losses)]
+                if finite.size:
+                    bar.set_postfix(loss=f"{finite[-1]:.5g}")
+                history = np.concatenate(losses)
+                if int(train.consecutive_failures) >= max_failures:
+                    _raise_failures(model, objective, train, history, max_failures,
+                                    estimator_name, data)
+                if done < block_end:
+                    continue
+                if objective.traits.monte_carlo_gradient:
+                    snapshots.append((done, train.unconstrained))
+                if _has_converged(history, window, tol):
+                    converged = True
+                    break
+        except KeyboardInterrupt as err:
+            raise pacing.interrupted(
+                err, f"while fitting {estimator_name!r}: in the optimizer stage, after {done} "
+                f"of num_steps={num_steps} steps") from None
     theta = train.unconstrained
     if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
     return (theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state,
             snapshots)
+
+
+def _raise_failures(model, objective, train, history, max_failures, estimator_name, data):
+    """The FitError of a run of ``max_failures`` failed steps. The steps after the one that
+    reached max_failures were no-ops: the parameters are those of that step, which the losses
+    (NaN = failed) locate."""
+    last = _failure_run_end(history, max_failures)
+    first = last - max_failures + 1
+    params = objective_params(model, objective, train.unconstrained)
+    if objective.nuisance is not None:
+        params = {**params[0], **{f"nuisance.{k}": v for k, v in params[1].items()}}
+    raise FitError(
+        f"estimator {estimator_name!r} stopped at step {first}: from there on "
+        f"{max_failures} consecutive steps (max_failures={max_failures}), steps "
+        f"{first} to {last} (numbered from 0), had a non-finite loss or gradient "
+        "and were skipped. The parameters there "
+        f"were:\n{format_params(params)}\nCheck the energy for "
+        f"overflow (e.g. exp of large values) and the scale of the data "
+        f"({data_scale(data)}), lower the learning rate, or start from other "
+        "init values."
+    )
 
 
 def _failure_run_end(losses: np.ndarray, run: int) -> int:

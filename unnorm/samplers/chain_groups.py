@@ -35,7 +35,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -153,15 +153,25 @@ def map_groups(run_group: Callable[[int], Any], layout: GroupLayout,
     block until its result is computed (``jax.block_until_ready``): JAX dispatches
     asynchronously, and only a blocking call keeps the worker until the group is done.
     ``while_waiting`` runs on the calling thread once the groups are submitted (first, without
-    a pool)."""
+    a pool). When an exception (a ``KeyboardInterrupt``, a group's error) stops the wait, it
+    is raised once every group has finished."""
     if pool is None:
         if while_waiting is not None:
             while_waiting()
         return [run_group(g) for g in range(layout.num_groups)]
     futures = [pool.submit(run_group, g) for g in range(layout.num_groups)]
-    if while_waiting is not None:
-        while_waiting()
-    return [future.result() for future in futures]
+    try:
+        if while_waiting is not None:
+            while_waiting()
+        return [future.result() for future in futures]
+    except BaseException:
+        # An interrupt (or one group's error) reaches this thread while the other groups
+        # compute, and compiled code cannot be stopped: wait for them, so that nothing of this
+        # call still runs, nor holds the pool's workers, when the caller regains control.
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
 
 
 def host_view(leaf) -> np.ndarray:
@@ -194,10 +204,11 @@ class DrawSink:
         self._arrays: list | None = None
         self._reserved: np.ndarray | None = None
 
-    def keeps_device_buffer(self, length: int) -> bool:
-        """Whether chunks of ``length`` draws are stored as the device's buffers (one group,
-        one chunk): no output array is allocated then."""
-        return self.layout.num_groups == 1 and length == self.total
+    def keeps_device_buffer(self, count: int, length: int) -> bool:
+        """Whether a first call of ``count`` draws in outputs of ``length`` is stored as the
+        device's buffers (one group, all draws in one call): no output array is allocated
+        then."""
+        return self.layout.num_groups == 1 and count == length == self.total
 
     def reserve_first(self, event_shape: tuple, dtype) -> None:
         """Allocate the first leaf's array (the draws: ``event_shape`` per chain and draw, in
@@ -213,12 +224,14 @@ class DrawSink:
             if self._arrays is None:
                 self._reserved = array
 
-    def write(self, out: Any, start: int, group: int) -> None:
+    def write(self, out: Any, start: int, group: int, count: int | None = None) -> None:
         """Store group ``group``'s outputs (leaves of dims (draw, chain, ...)) for the draws
-        from ``start`` on; those past ``total`` are dropped (a last chunk of full length)."""
+        from ``start`` on: the first ``count`` of them (default all), those past ``total``
+        dropped."""
         leaves, treedef = jax.tree_util.tree_flatten(out)
         length = leaves[0].shape[0]
-        if self.keeps_device_buffer(length):
+        count = length if count is None else count
+        if start == 0 and self.keeps_device_buffer(count, length):
             views = [host_view(leaf) for leaf in leaves]
             self._treedef = treedef
             self._arrays = [view.astype(self._host_dtype(view.dtype), copy=False)
@@ -230,7 +243,7 @@ class DrawSink:
                 self._arrays = [self._new_array(leaf) for leaf in leaves]
                 self._reserved = None
         chains, offset = self.layout.real_chains(group), group * self.layout.group_size
-        kept = min(length, self.total - start)
+        kept = min(count, self.total - start)
         for target, leaf in zip(self._arrays, leaves, strict=True):
             target[start:start + kept, offset:offset + chains] = host_view(leaf)[:kept, :chains]
 

@@ -2,9 +2,10 @@
 
 Continuous supports are sampled in an unconstrained space: with ``x = T(u)`` and ``T`` NumPyro's
 ``biject_to(support)``, the chain targets ``log p(u) = -E(T(u); θ) + log|det ∂T/∂u|``; draws are
-mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted ``lax.scan``
-chunks, so a progress bar can be shown between chunks. Each step's key is
-``fold_in(chain_key, step)``: the draws do not depend on how the run is chunked.
+mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted chunks, each
+call paced to about half a second (:mod:`unnorm.pacing`), so that a progress bar can be shown
+and an interrupt is raised between calls. Each step's key is ``fold_in(chain_key, step)``: the
+draws do not depend on how the run is chunked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import _checks, _xla
+from .. import _checks, _xla, pacing
 from .._compat import to_inference_data
 from ..diagnostics import warn_convergence, warn_step_cap
 from ..model import Model, format_params
@@ -70,13 +71,15 @@ def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
     return positions, unconstrained, value_ok, grad_ok, groups
 
 
-def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, start,
+def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, start, count,
                     warmup, finalize, length: int, thinning: int):
-    """Advance every chain ``length`` draws (each ``thinning`` steps) from global step ``start``.
+    """Advance every chain ``count`` draws (each ``thinning`` steps) from global step ``start``.
 
-    ``warmup`` and ``finalize`` (end the warmup before the first step) are traced, so warmup
-    and sampling chunks of one length share one compilation. Returns the states, the draws and
-    statistics with dims (draw, chain, ...), and whether every draw is finite."""
+    ``count`` (at most ``length``, the outputs' length), ``warmup`` and ``finalize`` (end the
+    warmup before the first step) are traced, so calls of any count, in warmup and sampling,
+    share one compilation (:mod:`unnorm.pacing`). Returns the states, the draws and statistics
+    with dims (draw, chain, ...), of which the first ``count`` are filled, and whether every
+    draw is finite."""
     logdensity_fn = unconstrained_logdensity(model, params)
     exact_lp = model.support.is_discrete or model.support.kind == "real"
     states = jax.lax.cond(finalize, jax.vmap(spec.finalize), lambda s: s, states)
@@ -101,11 +104,23 @@ def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, star
         diverged = jnp.any(infos.is_divergent, axis=0)
         return states, jax.vmap(record)(states, info, diverged)
 
-    # A scan over draws with the chains vmapped inside: the draws come out as (draw, chain, ...)
-    # with no transposition on the device; the caller swaps the axes of the NumPy array (a
-    # view, not a copy).
-    states, (positions, stats) = jax.lax.scan(one_draw_all_chains, states, jnp.arange(length))
-    # Discrete kernels only ever write one of the support's two values: no pass over the draws.
+    def one_draw_stored(index, carry):
+        states, outputs = carry
+        states, out = one_draw_all_chains(states, index)
+        outputs = jax.tree_util.tree_map(
+            lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, index, 0),
+            outputs, out)
+        return states, outputs
+
+    # A loop over draws with the chains vmapped inside: the draws are stored as (draw, chain,
+    # ...) with no transposition on the device; the caller swaps the axes of the NumPy array
+    # (a view, not a copy). Its trip count is traced: one program serves every count.
+    shapes = jax.eval_shape(lambda s: one_draw_all_chains(s, 0)[1], states)
+    outputs = jax.tree_util.tree_map(lambda s: jnp.zeros((length, *s.shape), s.dtype), shapes)
+    states, (positions, stats) = jax.lax.fori_loop(0, count, one_draw_stored,
+                                                   (states, outputs))
+    # Discrete kernels only ever write one of the support's two values: no pass over the draws
+    # (the rows past count hold zeros, which are finite).
     finite = jnp.array(True) if model.support.is_discrete else jnp.all(jnp.isfinite(positions))
     return states, (positions, stats), finite
 
@@ -137,20 +152,15 @@ def _chunk_length(num_warmup: int, num_samples: int, show_progress: bool) -> int
     return best if best >= 10 else 0
 
 
-def _phase_chunks(total: int, length: int, show_progress: bool, whole: bool = False
-                  ) -> list[int]:
-    """Chunk lengths covering one phase of ``total`` draws: chunks of ``length`` (0: see
-    below), the last one shorter where ``length`` does not divide ``total``, or with ``whole``
-    as long as the others (its draws past ``total`` are dropped)."""
+def _phase_capacity(total: int, length: int, show_progress: bool) -> int:
+    """The draws a compiled call of one phase of ``total`` draws can hold: ``length`` (0: see
+    below), or without a common length a twentieth of the phase with a progress bar and the
+    whole phase without. How many each call runs is paced by time (:mod:`unnorm.pacing`)."""
     if total == 0:
-        return []
+        return 0
     if length:
-        full, rest = divmod(total, length)
-        if rest:
-            return [length] * (full + 1) if whole else [length] * full + [rest]
-        return [length] * full
-    size = max(1, -(-total // 20)) if show_progress else total
-    return [size] * (total // size) + ([total % size] if total % size else [])
+        return length
+    return max(1, -(-total // 20)) if show_progress else total
 
 
 def _initial_positions(model: Model, init, num_chains: int) -> jax.Array | None:
@@ -351,7 +361,8 @@ def reusable_chunk(num_warmup: int, thinning: int) -> int:
     """A chunk length (in draws) for :func:`sample_draws` whose one compilation serves every
     number of draws after a warmup of ``num_warmup`` steps: a divisor of the warmup's draws (of
     ``thinning`` steps when it divides ``num_warmup``), at most 250, or 250 when no divisor of
-    at least 10 exists (the warmup then ends with a shorter chunk)."""
+    at least 10 exists. (A compiled call runs any number of draws up to its length, so any
+    length would serve; this one keeps the programs of earlier versions.)"""
     warmup_draws = num_warmup // thinning if num_warmup % thinning == 0 else num_warmup
     length = math.gcd(warmup_draws, 250)
     return length if length >= 10 else 250
@@ -365,12 +376,11 @@ def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, nu
     draws as arrays (:class:`Draws`), no InferenceData.
 
     ``params`` must be valid values of the model's parameters (they are not checked again: a
-    fit's estimate is, by construction). With ``chunk`` (see :func:`reusable_chunk`) the
-    sampling phase runs in whole chunks of that many draws, the draws past ``num_samples``
-    dropped, and the warmup in chunks of that many draws of ``thinning`` steps where
-    ``thinning`` divides ``num_warmup`` (the same steps, keys and adaptation as single
-    steps): one compilation then serves samplings of any length, such as MLE's rounds. Each
-    chain's draws are those of :func:`sample` with the same arguments.
+    fit's estimate is, by construction). With ``chunk`` (see :func:`reusable_chunk`) both
+    phases run in compiled calls of at most that many draws, the warmup's of ``thinning``
+    steps where ``thinning`` divides ``num_warmup`` (the same steps, keys and adaptation as
+    single steps): one compilation then serves samplings of any length, such as MLE's rounds.
+    Each chain's draws are those of :func:`sample` with the same arguments.
     """
     sampler_spec = check_sampler(sampler, model)
     tuning = check_tuning(sampler_spec, check_step_options(sampler_spec))
@@ -405,21 +415,22 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     # where they add up to num_warmup: the same steps, and the sampling's compilation.
     warmup_thinning = thinning if chunk and num_warmup % thinning == 0 else 1
     if chunk:
-        warmup_chunks = _phase_chunks(num_warmup // warmup_thinning, chunk, False, whole=False)
-        sampling_chunks = _phase_chunks(num_samples, chunk, False, whole=True)
+        warmup_capacity = sampling_capacity = chunk
     else:
         length = _chunk_length(num_warmup, num_samples, not disabled)
-        warmup_chunks = _phase_chunks(num_warmup, length, not disabled)
-        sampling_chunks = _phase_chunks(num_samples, length, not disabled)
+        warmup_capacity = _phase_capacity(num_warmup, length, not disabled)
+        sampling_capacity = _phase_capacity(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
         run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
                            disabled, positions.dtype)
-        states, _, _ = run(states, warmup_keys, num_warmup // warmup_thinning, warmup_chunks,
-                           warmup_thinning, _WARMUP)
-        states, (draws, stats), finite = run(states, sampling_keys, num_samples,
-                                             sampling_chunks, thinning, _SAMPLING)
+        states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
+                                 warmup_capacity, warmup_thinning, _WARMUP)
+        # the sampling's draws cost what the warmup's did when they are as long
+        states, (draws, stats), finite, _ = run(
+            states, sampling_keys, num_samples, sampling_capacity, thinning, _SAMPLING,
+            pace if warmup_thinning == thinning else None)
     elapsed = time.perf_counter() - started
 
     if not finite:  # kernels reject non-finite moves; this guards the guard
@@ -453,12 +464,16 @@ class _PhaseRunner(NamedTuple):
     disabled: bool
     position_dtype: Any
 
-    def __call__(self, states: tuple, chain_keys: tuple, total: int, chunks: list[int],
-                 thinning: int, phase: str):
-        """Run ``chunks`` (draws of ``thinning`` steps each; they may run past ``total``, the
-        draws kept). Returns the final states (one per group), for sampling the draws and the
-        statistics as NumPy arrays of dims (chain, draw, ...), and whether every draw is
-        finite."""
+    def __call__(self, states: tuple, chain_keys: tuple, total: int, capacity: int,
+                 thinning: int, phase: str, pace: pacing.Pace | None = None):
+        """Run ``total`` draws (of ``thinning`` steps each) in calls of at most ``capacity``
+        draws, each paced to about :data:`unnorm.pacing.TARGET_SECONDS` from ``pace`` (that
+        of a call before, if any). Returns the final states (one per group), for sampling the
+        draws and the statistics as NumPy arrays of dims (chain, draw, ...), whether every
+        draw is finite, and the pace of the last call.
+
+        A ``KeyboardInterrupt`` comes out once no group computes any more (within about one
+        call), saying how far the phase got."""
         sink = None
         if phase == _SAMPLING:
             host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
@@ -469,45 +484,67 @@ class _PhaseRunner(NamedTuple):
         # Built here, not in the workers: two first calls at once could build two jitted
         # functions, and compile twice.
         run_chunk = _chunk_runner(self.spec.compiler_options)
-        for chunk in chunks:
-            # The first sampling chunk ends the warmup (fixes the adapted step size) first.
-            finalize = phase == _SAMPLING and done == 0
-
-            def run_group(g, states=states, chunk=chunk, done=done, finalize=finalize):
-                state, out, ok = jax.block_until_ready(run_chunk(
-                    self.model, self.spec, self.params, chain_keys[g], states[g], done, warmup,
-                    finalize, chunk, thinning))
-                if sink is not None:
-                    sink.write(out, done, g)
-                return state, out[1], ok
-
-            reserve = None
-            if sink is not None and done == 0 and not sink.keeps_device_buffer(chunk):
-                # The draws' array is allocated, and its pages mapped, by this thread while the
-                # groups compute (see DrawSink.reserve_first).
-                reserve = functools.partial(sink.reserve_first, self.model.support.event_shape,
-                                            self.position_dtype)
-            try:
-                results = chain_groups.map_groups(run_group, self.layout, self.pool, reserve)
-            except Exception as err:
-                raise RuntimeError(
-                    f"sampler {self.spec.name!r} failed during {phase} at draws "
-                    f"{done}..{done + chunk} of {total}: {type(err).__name__}: {err}"
-                ) from err
-            states = tuple(state for state, _, _ in results)
-            kept = min(chunk, total - done)
-            done += chunk
-            finite = finite and all(bool(ok) for _, _, ok in results)
-            # the bar counts warmup steps and kept draws
-            self.bar.update(kept * (thinning if phase == _WARMUP else 1))
-            if not self.disabled:
-                real = [(stats, self.layout.real_chains(g))
-                        for g, (_, stats, _) in enumerate(results)]
-                accept = np.mean(np.concatenate(
-                    [np.asarray(stats["acceptance_rate"])[:, :n].ravel() for stats, n in real]))
-                diverging = sum(int(np.sum(np.asarray(stats["diverging"])[:, :n]))
-                                for stats, n in real)
-                self.bar.set_postfix(phase=phase, accept=f"{accept:.2f}", divergent=diverging)
+        try:
+            while done < total:
+                count = pacing.next_count(pace, total - done, capacity)
+                results, pace = pacing.timed(functools.partial(
+                    self._call, run_chunk, sink, states, chain_keys, done, count, capacity,
+                    thinning, warmup, phase, total), count)
+                states = tuple(state for state, _, _ in results)
+                done += count
+                finite = finite and all(bool(ok) for _, _, ok in results)
+                self._show(results, count, count * (thinning if phase == _WARMUP else 1),
+                           phase)
+        except KeyboardInterrupt as err:
+            if thinning > 1:
+                unit = f"draws of {thinning} steps"
+            else:
+                unit = "steps" if phase == _WARMUP else "draws"
+            raise pacing.interrupted(
+                err, f"while sampling with {self.spec.name!r}: during {phase}, after {done} of "
+                f"{total} {unit}") from None
         if phase != _SAMPLING:
-            return states, None, True
-        return states, sink.result(), finite
+            return states, None, True, pace
+        return states, sink.result(), finite, pace
+
+    def _call(self, run_chunk, sink, states, chain_keys, done: int, count: int, capacity: int,
+              thinning: int, warmup, phase: str, total: int) -> list:
+        """One compiled call of every group: ``count`` draws from draw ``done``."""
+        # The first sampling call ends the warmup (fixes the adapted step size) first.
+        finalize = phase == _SAMPLING and done == 0
+
+        def run_group(g):
+            state, out, ok = jax.block_until_ready(run_chunk(
+                self.model, self.spec, self.params, chain_keys[g], states[g], done, count,
+                warmup, finalize, capacity, thinning))
+            if sink is not None:
+                sink.write(out, done, g, count)
+            return state, out[1], ok
+
+        reserve = None
+        if sink is not None and done == 0 and not sink.keeps_device_buffer(count, capacity):
+            # The draws' array is allocated, and its pages mapped, by this thread while the
+            # groups compute (see DrawSink.reserve_first).
+            reserve = functools.partial(sink.reserve_first, self.model.support.event_shape,
+                                        self.position_dtype)
+        try:
+            return chain_groups.map_groups(run_group, self.layout, self.pool, reserve)
+        except Exception as err:
+            raise RuntimeError(
+                f"sampler {self.spec.name!r} failed during {phase} at draws "
+                f"{done}..{done + count} of {total}: {type(err).__name__}: {err}"
+            ) from err
+
+    def _show(self, results: list, count: int, advanced: int, phase: str) -> None:
+        """Move the progress bar (it counts warmup steps and kept draws) and show the
+        acceptance and divergences of the last call's ``count`` draws."""
+        self.bar.update(advanced)
+        if self.disabled:
+            return
+        # sliced on the host: a slice of a device array compiles a program per length
+        real = [(stats, self.layout.real_chains(g)) for g, (_, stats, _) in enumerate(results)]
+        accept = np.mean(np.concatenate(
+            [np.asarray(stats["acceptance_rate"])[:count, :n].ravel() for stats, n in real]))
+        diverging = sum(int(np.sum(np.asarray(stats["diverging"])[:count, :n]))
+                        for stats, n in real)
+        self.bar.set_postfix(phase=phase, accept=f"{accept:.2f}", divergent=diverging)
