@@ -6,12 +6,10 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import multiprocessing
 import pickle
 import re
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -137,27 +135,6 @@ def test_closures_pickle_through_cloudpickle():
     for model in (local, lam):
         restored = pickle.loads(pickle.dumps(model))
         np.testing.assert_array_equal(_energies(restored, xs), _energies(model, xs))
-
-
-def _replicate_fit(model: un.Model, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    data = np.random.default_rng(seed).normal(1.0, 1.0, size=(100, 2))
-    fit = un.fit(model, data, "sm", key=jax.random.key(seed), stderr=False, progress_bar=False)
-    return fit.params["mu"], data.mean(axis=0)
-
-
-@pytest.mark.slow  # two fresh processes import JAX and compile: 10-20 s on two shared cores
-def test_replicate_fits_of_one_model_in_worker_processes():
-    # joblib is not a dependency of unnorm (nor installed here); a spawn pool pickles the model
-    # and the function as joblib's processes do
-    model = un.models.gaussian(2)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        results = list(pool.map(_replicate_fit, [model] * 4, range(4)))
-    assert len(results) == 4
-    for mu, mean in results:
-        # score matching's Gaussian mean is the sample mean (closed form)
-        np.testing.assert_allclose(mu, mean, atol=1e-5)
-    assert not np.allclose(results[0][0], results[1][0])
 
 
 # ---- 2. un.compare keeps the table when one estimator fails ------------------------------------

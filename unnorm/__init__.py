@@ -120,6 +120,11 @@ class _Package(types.ModuleType):
             return
         super().__setattr__(name, value)
 
+    def __reduce__(self):
+        # pickled by name, as a plain module is: cloudpickle (closures that use ``un.``)
+        # dispatches on the exact type ``ModuleType`` and would not recognize this subclass
+        return importlib.import_module, (self.__name__,)
+
 
 sys.modules[__name__].__class__ = _Package
 # this file's own machinery, left out of dir()
