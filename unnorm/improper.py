@@ -19,8 +19,9 @@ bulk, does not:
   explored its bulk either;
 - a log-density that keeps rising by the same test (:data:`LP_RISE_RATIO`) while it grows.
 
-The checks are plain NumPy over the draws a sampler has returned: one rule for every
-continuous sampler, applied after sampling.
+The checks of draws are plain NumPy over what a sampler has returned: one rule for every
+continuous sampler, applied after sampling. :func:`warn_energy_sign` is the check ``un.fit``
+makes of the energy itself, along the data scaled outward.
 
 Example
 -------
@@ -35,14 +36,17 @@ Example
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["ENORMOUS", "DIFFUSION_RATIO", "LP_RISE_RATIO", "displacement_ratio",
            "unconstrained_draws", "runaway_problems", "warn_runaway", "coordinate_name",
-           "weights_problem"]
+           "weights_problem", "unbounded_below", "warn_energy_sign", "SCALINGS"]
 
 #: magnitude of an unconstrained coordinate taken as a blow-up: far past the (-2, 2) the
 #: chains start in, and where float32 resolves steps no finer than 0.06
@@ -230,3 +234,73 @@ def weights_problem(final_positions: np.ndarray, event_shape: tuple[int, ...],
             "e.g. an energy that decreases without bound or is flat along some direction), "
             "and then log Z is infinite and the estimate meaningless. Check the energy's sign "
             "(unnorm expects E(x) = -log p(x) + const).")
+
+
+#: outward scalings of the data about their mean at which the energy is compared
+SCALINGS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: rows of the data read by the check: a few directions suffice, and the energy is evaluated
+#: len(SCALINGS) times per row
+_SIGN_ROWS = 8
+#: the energy must drop by more than this (in nats) from t = 1 to the last scaling
+SIGN_DROP = 50.0
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _scaled_energies(model, params, rows, center):
+    """``E(center + t (row - center))`` for every row and every t of :data:`SCALINGS`, shape
+    (row, t); compiled once per model (a Model hashes by identity)."""
+    scalings = jnp.asarray(SCALINGS, dtype=rows.dtype)
+
+    def one(row):
+        return jax.vmap(lambda t: model.energy(params, center + t * (row - center)))(scalings)
+
+    return jax.vmap(one)(rows)
+
+
+def unbounded_below(energies: np.ndarray) -> bool:
+    """Whether energies of shape (row, t), along outward rays of the data, decrease without
+    bound: at least half the rays strictly decreasing at every scaling (``-inf`` counts as
+    lower, NaN as not) and dropping by more than :data:`SIGN_DROP` in all.
+
+    Examples
+    --------
+    >>> t = np.array(SCALINGS)
+    >>> unbounded_below(-0.5 * np.outer([0.5, 1.0, 2.0], t) ** 2)     # a log-density
+    True
+    >>> unbounded_below(0.5 * np.outer([0.5, 1.0, 2.0], t) ** 2)      # an energy
+    False
+    """
+    energies = np.asarray(energies, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        steps = np.diff(energies, axis=1)
+        decreasing = np.all((steps < 0) | ((energies[:, 1:] == -np.inf)
+                                           & np.isfinite(energies[:, :1])), axis=1)
+        drop = energies[:, 0] - energies[:, -1]
+    falling = decreasing & (drop > SIGN_DROP)
+    return bool(energies.shape[0] and np.sum(falling) * 2 >= energies.shape[0])
+
+
+def warn_energy_sign(model, params_by_label: dict, data, category: type[Warning],
+                     stacklevel: int = 3) -> None:
+    """Warn when the energy of a model on a ``real`` support decreases without bound along
+    the data scaled outward about their mean, ``x̄ + t (x - x̄)`` for t = 1, 2, 4, ..., 64,
+    at any of the parameter values ``params_by_label`` (label → params): the sign of a user
+    who returned ``log p`` instead of ``E = -log p``. Reads at most 8 rows; one compiled
+    evaluation per model."""
+    if model.support.kind != "real" or data.shape[0] == 0:
+        return
+    picks = np.unique(np.linspace(0, data.shape[0] - 1, min(_SIGN_ROWS, data.shape[0]))
+                      .astype(int))
+    rows = jnp.asarray(data)[picks]
+    center = jnp.mean(jnp.asarray(data), axis=0)
+    for label, params in params_by_label.items():
+        energies = np.asarray(_scaled_energies(model, params, rows, center))
+        if unbounded_below(energies):
+            warnings.warn(
+                f"the energy decreases without bound along the data scaled outward about "
+                f"their mean (x̄ + t·(x - x̄), t = 1 to {SCALINGS[-1]:g}) at the {label} "
+                f"parameters: exp(-E) is then not integrable. unnorm expects "
+                f"E(x) = -log p(x) + const, low where the data are likely; did you return "
+                f"the log density? Negate it.", category, stacklevel=stacklevel)
+            return
+
