@@ -37,7 +37,6 @@ Example
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import jax
@@ -165,9 +164,10 @@ def runaway_problems(u: np.ndarray, lp: np.ndarray, event_shape: tuple[int, ...]
     bad = np.flatnonzero(~(peak <= ENORMOUS))
     if bad.size or not np.all(np.isfinite(lp)):
         if bad.size:
-            kind = "non-finite values" if not np.all(np.isfinite(peak[bad])) else "values"
-            what = (f"reached {kind} (largest magnitude {np.nanmax(peak[bad]):.3g}) along "
-                    f"{_listed(bad, event_shape)}")
+            finite_peaks = peak[bad][np.isfinite(peak[bad])]
+            what = (f"reached values of magnitude up to {np.max(finite_peaks):.3g}"
+                    if finite_peaks.size == bad.size else "reached non-finite values")
+            what += f" along {_listed(bad, event_shape)}"
         else:
             what = "have a log-density that is not finite"
         return [f"The draws {what}, in the unconstrained space where the chains start in "
@@ -225,7 +225,7 @@ def weights_problem(final_positions: np.ndarray, event_shape: tuple[int, ...],
         cause = (f"the chains ended at values of magnitude up to {largest:.3g} along "
                  f"{_listed(bad, event_shape)} (the base distribution is N(base_loc, "
                  "base_scale²))")
-    elif math.isfinite(khat) and khat > 1.0:
+    elif khat > 1.0:  # NaN (too few weights to fit a tail) is not
         cause = (f"the log-weights' tail is so heavy (Pareto k̂ = {khat:.2f} > 1) that their "
                  "mean, exp(log Z), may not exist")
     else:
