@@ -13,7 +13,7 @@ bulk, does not:
   values at lags ``N/4`` and ``N/16`` is close to 1 for chains that mix (for an AR(1) chain
   with autocorrelation ``a`` at lag ``N/16`` it is ``1 + a + a² + a³``). A random walk's grows
   linearly (ratio 4), a drift's quadratically (ratio 16) (the scaling that separates
-  diffusion from a stationary process; Kubo 1966). :data:`DIFFUSION_RATIO` sits between; a
+  diffusion from a stationary process; Einstein 1905). :data:`DIFFUSION_RATIO` sits between; a
   proper target reaches it only when the autocorrelation at a sixteenth of the run is still
   about 0.65 or more, a few effective draws per chain, when the chains have not explored its
   bulk either (the rule needs 64 draws per chain or more);
