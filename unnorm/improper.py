@@ -96,11 +96,14 @@ def unconstrained_draws(support, x: np.ndarray) -> np.ndarray:
     """Continuous draws ``(chain, draw, *event)`` mapped to the unconstrained space the
     samplers move in (the inverse of ``support.transform``, in NumPy): the identity on
     ``real``, ``log x`` on ``positive``, the logit of the position within the bounds on
-    ``interval``. A draw at a bound maps to an infinite value."""
+    ``interval``. A draw at a bound maps to an infinite value, and so does a positive draw
+    within a factor 1000 of the dtype's smallest normal number: chains that run to 0 stop
+    there, where smaller values underflow (and flush to 0 on some backends)."""
     x = np.asarray(x)
     with np.errstate(all="ignore"):
         if support.kind == "positive":
-            return np.log(x)
+            tiny = np.finfo(x.dtype).tiny if np.issubdtype(x.dtype, np.floating) else 0.0
+            return np.where(x > 1e3 * tiny, np.log(x), -np.inf)
         if support.kind == "interval":
             share = (x - support.low) / (support.high - support.low)
             return np.log(share) - np.log1p(-share)
