@@ -76,10 +76,12 @@ def _base_array(value, name: str, support, default: float, positive: bool) -> np
 
 
 class AISRun(NamedTuple):
-    """One annealing run: every chain's final log-weight and the base's ``log Z0``."""
+    """One annealing run: every chain's final log-weight and the base's ``log Z0``, and on
+    continuous supports the chains' final unconstrained positions (None on discrete ones)."""
 
     log_weights: np.ndarray
     log_z0: float
+    final_positions: np.ndarray | None = None
 
 
 def annealed_log_partition(model: Model, params, key, *, num_chains, num_temperatures,
@@ -175,7 +177,8 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
                 err, f"while annealing (AIS, {num_chains} chains): after {done} of "
                 f"{num_steps} temperatures") from None
     log_weights = carry[2] if support.is_discrete else carry[0][3]
-    return AISRun(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0)
+    final = None if support.is_discrete else np.asarray(carry[0][0])[:num_chains]
+    return AISRun(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0, final)
 
 
 def _check_start(model: Model, params, log_f: np.ndarray) -> None:

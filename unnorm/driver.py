@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from . import _checks, _xla, intervals, pacing, solvers, threefry
 from .errors import FitError, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
+from .improper import warn_energy_sign
 from .model import Model, check_finite_energies, format_params
 from .result import FitResult
 from .uncertainty import (
@@ -399,6 +400,9 @@ def fit(
         drift = _iterate_drift(model, objective, snapshots, steps, covariance)
         converged = drift is not None and drift <= MAX_ITERATE_DRIFT
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    # an energy that falls without bound away from the data is a density's sign, not a model
+    warn_energy_sign(model, {"initial": params0, "fitted": params}, data, RuntimeWarning,
+                     stacklevel=3)
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
         covariance = np.asarray(covariance, dtype=float)

@@ -36,6 +36,7 @@ import numpy as np
 from . import _checks
 from .ais import annealed_log_partition, summarize
 from .diagnostics import ConvergenceWarning
+from .improper import weights_problem
 from .model import Model
 
 __all__ = ["LogPartition", "log_partition", "METHODS", "MAX_EXACT_UNITS"]
@@ -254,6 +255,11 @@ def log_partition(
             per_run = [summarize(run.log_weights, run.log_z0).estimate for run in runs]
             stderr = float(np.std(per_run, ddof=1) / np.sqrt(num_replicates))
         _warn_heavy_weights(pooled, num_replicates)
+        if not model.support.is_discrete:
+            problem = weights_problem(np.concatenate([run.final_positions for run in runs]),
+                                      model.support.event_shape, pooled.khat)
+            if problem:
+                warnings.warn(problem, ConvergenceWarning, stacklevel=2)
         return LogPartition(pooled.estimate, stderr, "ais", pooled.ess, pooled.khat,
                             num_replicates)
     return _exact(model, params, _checks.check_int(max_units, "max_units", 1))

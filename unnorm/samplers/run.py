@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from .. import _checks, _xla, pacing
 from .._compat import to_inference_data
-from ..diagnostics import warn_convergence, warn_step_cap
+from ..diagnostics import ConvergenceWarning, warn_convergence, warn_step_cap
+from ..improper import warn_runaway
 from ..model import Model, format_params
 from . import chain_groups, chains
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
@@ -440,6 +441,11 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         )
     if warn:
         # stacklevel 4: the warnings point at the caller of sample / sample_draws
+        if not model.support.is_discrete:
+            # one check of the draws for every continuous sampler: chains of an improper
+            # density run away, whichever kernel moves them
+            warn_runaway(model.support, draws, stats["lp"], sampler, ConvergenceWarning,
+                         stacklevel=4)
         warn_convergence(draws, stats["diverging"], sampler, sampler_spec.divergence_advice,
                          stacklevel=4)
         cap = sampler_spec.step_cap(tuning) if sampler_spec.step_cap is not None else None
