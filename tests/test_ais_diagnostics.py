@@ -47,6 +47,16 @@ def test_light_weights_report_their_pareto_k_quietly():
     assert un.log_partition(chain).pareto_k is None
 
 
+@pytest.mark.parametrize("num_weights", [5, 16, 24])
+def test_too_few_weights_have_no_pareto_k(num_weights):
+    # PSIS's tail is the largest min(S/5, 3√S) weights; ArviZ 1.x refuses fewer than 5 of them
+    # (it raised with 16 chains): no k̂ below 25 weights, on both ArviZ lines
+    from unnorm._compat import pareto_khat
+
+    log_weights = np.random.default_rng(0).normal(size=num_weights)
+    assert np.isnan(pareto_khat(log_weights))
+
+
 def test_heavy_weights_warn():
     # importance sampling straight from the uniform base (two temperatures) on a strongly
     # coupled torus: a few weights dominate

@@ -129,9 +129,17 @@ def from_netcdf(path):
     return az.from_netcdf(str(path))
 
 
+#: PSIS fits the Pareto tail to the largest min(S/5, 3√S) of S weights, and ArviZ 1.x refuses
+#: a tail of fewer than 5: below 25 weights there is no k̂ (NaN) on either ArviZ line
+MIN_PSIS_WEIGHTS = 25
+
+
 def pareto_khat(log_weights: np.ndarray) -> float:
     """The Pareto k̂ of importance log-weights (Vehtari, Simpson, Gelman, Yao & Gabry 2024,
     PSIS), by the installed ArviZ line's own PSIS: above 0.7 the weights' variance is too heavy
-    for their mean to be trusted."""
-    _, khat = _psislw(np.asarray(log_weights, dtype=float))
+    for their mean to be trusted. NaN for fewer than ``MIN_PSIS_WEIGHTS`` weights."""
+    log_weights = np.asarray(log_weights, dtype=float)
+    if log_weights.size < MIN_PSIS_WEIGHTS:
+        return float("nan")
+    _, khat = _psislw(log_weights)
     return float(khat)

@@ -237,7 +237,7 @@ def summarize(log_weights: np.ndarray, log_z0: float) -> AISSummary:
     ess = float(np.sum(w) ** 2 / np.sum(w**2))
     finite = kept[np.isfinite(kept)]
     # PSIS needs a tail to fit: with few weights k̂ is not defined
-    khat = pareto_khat(finite) if finite.size >= 10 else math.nan
+    khat = pareto_khat(finite)
     return AISSummary(float(estimate), float(stderr), ess, khat, int(n))
 
 
