@@ -33,10 +33,11 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from . import _checks, _xla, intervals, solvers, threefry
-from .errors import FitError, data_scale
+from .errors import FitError, data_location, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .model import Model, check_finite_energies, format_params
 from .result import FitResult
+from .trust_region import trust_region_newton
 from .uncertainty import (
     delta_method,
     describe_direction,
@@ -345,6 +346,7 @@ def fit(
         fitted = objective_params(model, objective, theta)
     optimizer_converged, newton_converged = True, None
     snapshots: list = []
+    optimizer_theta = None
     if fitted is None:
         theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
@@ -352,10 +354,21 @@ def fit(
         converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
+            optimizer_theta = theta
             theta, newton_converged = _refine(model, objective, theta, est_state, data,
                                               train_key)
-            converged = newton_converged
             stages.append("newton")
+            # Far from a minimum (data far from the origin leave the optimizer short of it)
+            # damped Newton either fails or stops where its tests, which compare curvatures of
+            # 1e-9 and 1 on one scale, see a minimum; a trust region crosses the distance.
+            # From a point Newton left at a minimum it returns that point unchanged.
+            far, far_converged = _refine_far(
+                model, objective, theta if newton_converged else optimizer_theta, est_state,
+                data, train_key)
+            if far_converged and far is not theta:
+                theta, newton_converged = far, True
+                stages.append("trust region")
+            converged = newton_converged
         fitted = objective_params(model, objective, theta)
 
     if skipped:
@@ -386,6 +399,12 @@ def fit(
         # stopped drifting, judged against the estimate's own standard errors
         drift = _iterate_drift(model, objective, snapshots, steps, covariance)
         converged = drift is not None and drift <= MAX_ITERATE_DRIFT
+    if optimizer_theta is not None and covariance is not None:
+        message = _refinement_shift(model, objective, optimizer_theta, fitted, covariance,
+                                    data, repr(estimator.name), bool(newton_converged),
+                                    "trust region" in stages)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
@@ -485,6 +504,50 @@ def _non_convergence(name: str, optimizer_converged: bool, newton_converged: boo
     return None
 
 
+#: The Newton refinement of an optimizer's answer that moves a parameter by more than this many
+#: standard errors says the optimizer stopped far from the minimum: its answer, not the
+#: refinement's rounding (a converged optimizer leaves the minimum within a fraction of a
+#: standard error), and on a deterministic objective the most common cause is data far
+#: from the origin or on a scale far from 1.
+MAX_REFINEMENT_SHIFT = 100.0
+
+
+def _refinement_shift(model, objective, optimizer_theta, fitted, covariance, data,
+                      label: str, converged: bool, trust_region: bool) -> str | None:
+    """The warning of a refinement that moved parameters by more than
+    ``MAX_REFINEMENT_SHIFT`` standard errors from the optimizer's answer, naming them, or
+    None."""
+    start = np.asarray(ravel_pytree(_params_map(model, objective)(optimizer_theta))[0],
+                       dtype=float)
+    end = np.asarray(ravel_pytree(fitted)[0], dtype=float)
+    se = np.sqrt(np.clip(np.diag(np.asarray(covariance, dtype=float)), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where((se > 0) & np.isfinite(se), np.abs(end - start) / se, 0.0)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    moved = np.flatnonzero(shift > MAX_REFINEMENT_SHIFT)
+    if not moved.size:
+        return None
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    moved = moved[np.argsort(-shift[moved])]
+    listed = "; ".join(f"{names[i]} from {start[i]:.6g} to {end[i]:.6g} ({shift[i]:.3g} "
+                       "standard errors)" for i in moved[:3])
+    if len(moved) > 3:
+        listed += f"; and {len(moved) - 3} more"
+    outcome = ("The estimate is the refined one" + (
+        ", which a trust region found from the optimizer's answer after Newton steps failed"
+        if trust_region else "") if converged else
+        "The refinement did not converge either, so the estimate may be off")
+    return (f"the optimizer of the {label} fit stopped far from the minimum of the full-data "
+            f"objective: its Newton refinement moved {listed}. {outcome}. The data may be "
+            f"badly scaled for the optimizer ({data_location(data)}): its steps are about "
+            "the learning rate in the unconstrained parameters, so it crosses little of a "
+            "distance of thousands. Center and scale the data (and map the estimates back), "
+            "or start from values near the data (init=...), or raise num_steps.")
+
+
 class Plan(NamedTuple):
     """The stages of a fit, read from the objective's traits before anything runs.
 
@@ -501,7 +564,7 @@ class Plan(NamedTuple):
 
 #: the stages that find θ̂ (``FitResult.method`` joins those that ran); the others compute
 #: the covariance
-SOLVE_STAGES = ("closed form", "newton", "optimizer", "Monte Carlo MLE")
+SOLVE_STAGES = ("closed form", "newton", "optimizer", "trust region", "Monte Carlo MLE")
 
 
 def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: bool,
@@ -606,6 +669,15 @@ def _refine(model, objective, u, est_state, data, key):
     flat, converged = solvers.newton(
         lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
     return unravel(flat), converged
+
+
+def _refine_far(model, objective, u, est_state, data, key):
+    flat, unravel = ravel_pytree(u)
+    static = dict(model=model, objective=objective, constrained=False)
+    refined, converged = trust_region_newton(
+        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
+    # the very pytree where the trust region did not move, so the caller keeps its own
+    return (u if refined is flat else unravel(refined)), converged
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
