@@ -115,8 +115,13 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
         if semidefinite and _at_minimum(u, value, grad, hess, eps):
             return u, True
         step = _step(eigvals, eigvecs, grad / scaling, radius) / scaling
-        predicted = -(float(grad @ step) + 0.5 * float(step @ hess @ step))
         candidate = u + jnp.asarray(step, dtype=u.dtype)
+        if bool(jnp.all(candidate == u)):
+            return u, False  # the region has shrunk below the spacing of u's numbers
+        # the model's prediction for the step as rounded to u's dtype: far from the origin a
+        # location parameter's part of it rounds to a multiple of its spacing
+        taken = np.asarray(candidate, dtype=float) - np.asarray(u, dtype=float)
+        predicted = -(float(grad @ taken) + 0.5 * float(taken @ hess @ taken))
         evaluated = evaluate(candidate)
         actual = value - evaluated[0]
         ratio = actual / predicted if predicted > 0 else -np.inf
@@ -127,7 +132,4 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
             radius = 2.0 * radius
         if np.isfinite(evaluated[0]) and ratio > 1e-4:
             u, (value, grad, hess) = candidate, evaluated
-        spacing = np.spacing(np.abs(np.asarray(u, dtype=u.dtype))).astype(float)
-        if radius <= np.linalg.norm(spacing * scaling):
-            return u, False
     return u, False
