@@ -115,6 +115,9 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
         if semidefinite and _at_minimum(u, value, grad, hess, eps):
             return u, True
         step = _step(eigvals, eigvecs, grad / scaling, radius) / scaling
+        if not np.all(np.isfinite(step) & (np.abs(step) <= np.finfo(u.dtype).max / 4)):
+            radius *= 0.25  # a step past the dtype's range: the region was far too large
+            continue
         candidate = u + jnp.asarray(step, dtype=u.dtype)
         if bool(jnp.all(candidate == u)):
             return u, False  # the region has shrunk below the spacing of u's numbers
