@@ -10,7 +10,9 @@ before anything runs (:func:`_plan`):
    estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
    ``lax.scan`` chunks, full batch or minibatches), refined by ``newton`` steps on the full-data
    objective when standard errors are wanted and the objective is deterministic, so that the
-   sandwich formula is evaluated at the exact minimizer it assumes;
+   sandwich formula is evaluated at the exact minimizer it assumes, and by ``trust region``
+   steps where damped Newton is far from a minimum (data far from the origin or on a large
+   scale leave the optimizer short of it);
 2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
    likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
    sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
@@ -355,19 +357,9 @@ def fit(
         stages.append("optimizer")
         if plan.refine:
             optimizer_theta = theta
-            theta, newton_converged = _refine(model, objective, theta, est_state, data,
-                                              train_key)
             stages.append("newton")
-            # Far from a minimum (data far from the origin leave the optimizer short of it)
-            # damped Newton either fails or stops where its tests, which compare curvatures of
-            # 1e-9 and 1 on one scale, see a minimum; a trust region crosses the distance.
-            # From a point Newton left at a minimum it returns that point unchanged.
-            far, far_converged = _refine_far(
-                model, objective, theta if newton_converged else optimizer_theta, est_state,
-                data, train_key)
-            if far_converged and far is not theta:
-                theta, newton_converged = far, True
-                stages.append("trust region")
+            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+                                              train_key, stages)
             converged = newton_converged
         fitted = objective_params(model, objective, theta)
 
@@ -663,21 +655,29 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
     raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
-def _refine(model, objective, u, est_state, data, key):
+def _refine(model, objective, u, est_state, data, key, stages: list | None = None):
+    """Damped Newton on the full-data objective from ``u``; given ``stages``, continued by
+    trust-region Newton steps, with ``"trust region"`` added to ``stages`` when they moved the
+    point. Far from a minimum (data far from the origin leave the optimizer short of it) damped
+    Newton either fails or stops where its tests, comparing curvatures of 1e-24 and 1 on one
+    scale, see a minimum; the trust region crosses the distance, from the optimizer's answer
+    when Newton failed. From a point Newton left at a minimum it returns that point unchanged,
+    so well-scaled fits are as they were."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
-    flat, converged = solvers.newton(
-        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
-    return unravel(flat), converged
 
+    def derivs(f):
+        return solvers.derivatives(f, u, data, est_state, key, **static)
 
-def _refine_far(model, objective, u, est_state, data, key):
-    flat, unravel = ravel_pytree(u)
-    static = dict(model=model, objective=objective, constrained=False)
-    refined, converged = trust_region_newton(
-        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
-    # the very pytree where the trust region did not move, so the caller keeps its own
-    return (u if refined is flat else unravel(refined)), converged
+    refined, converged = solvers.newton(derivs, flat)
+    if stages is None:
+        return unravel(refined), converged
+    start = refined if converged else flat
+    far, far_converged = trust_region_newton(derivs, start)
+    if far_converged and far is not start:
+        stages.append("trust region")
+        return unravel(far), True
+    return unravel(refined), converged
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
