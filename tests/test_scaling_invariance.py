@@ -74,6 +74,18 @@ def test_scaled_two_dimensional_gaussian():
     assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
 
 
+def test_failed_refinement_on_far_data_says_the_data_may_be_badly_scaled(monkeypatch):
+    from unnorm import driver
+
+    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args: (u, False))
+    with pytest.warns(RuntimeWarning, match=r"did not reach a minimum .* The data may be badly "
+                                            r"scaled \(coordinate 0 of the data has mean "
+                                            r"1e\+03 and standard deviation 1.0\d\): center"):
+        fit = un.fit(GAUSSIAN, _far_data(1e3), "sm", key=KEY, num_steps=200,
+                     progress_bar=False)
+    assert not fit.converged
+
+
 def test_no_warning_for_well_scaled_fits():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -368,7 +368,7 @@ def fit(
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
     message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
                                num_steps, window, tol, objective.traits.deterministic
-                               and batch_size is None)
+                               and batch_size is None, _scale_hint(data))
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
@@ -474,12 +474,13 @@ def _iterate_drift(model, objective, snapshots, steps: int, covariance) -> float
 
 def _non_convergence(name: str, optimizer_converged: bool, newton_converged: bool | None,
                      steps: int, num_steps: int, window: int, tol: float,
-                     settles: bool) -> str | None:
+                     settles: bool, location: str = "") -> str | None:
     """The warning of a fit that did not converge, naming the stage that did not: the
     optimizer (it ran all ``num_steps``) or the Newton refinement after it (whatever the
     optimizer did, which the message states with its steps and limit). ``settles``: the loss
     is deterministic and full-batch, so the optimizer's relative-change rule can be met (a
-    stochastic loss rarely meets it: not worth a warning)."""
+    stochastic loss rarely meets it: not worth a warning). ``location``: where badly scaled
+    data lie (:func:`_scale_hint`), for a hint, or empty."""
     if newton_converged is False:
         before = (f"the optimizer before it stopped after {steps} of num_steps={num_steps} "
                   "steps, its loss settled" if optimizer_converged else
@@ -487,7 +488,9 @@ def _non_convergence(name: str, optimizer_converged: bool, newton_converged: boo
         return (f"the Newton refinement of the {name!r} fit did not reach a minimum of the "
                 f"full-data objective to working precision ({before}); the estimate and its "
                 "standard errors may be off. Lower tol or raise num_steps to let the optimizer "
-                "go further, or start nearer the minimizer (init=...).")
+                "go further, or start nearer the minimizer (init=...)."
+                + (f" The data may be badly scaled ({location}): center and scale them." if
+                   location else ""))
     if newton_converged is None and not optimizer_converged and settles:
         return (f"the {name!r} fit did not converge: the optimizer ran all {steps} steps "
                 f"(num_steps={num_steps}) and the mean loss of its last {window} steps still "
@@ -532,12 +535,31 @@ def _refinement_shift(model, objective, optimizer_theta, fitted, covariance, dat
         ", which a trust region found from the optimizer's answer after Newton steps failed"
         if trust_region else "") if converged else
         "The refinement did not converge either, so the estimate may be off")
+    hint = _scale_hint(data)
+    cause = (f"The data may be badly scaled for the optimizer ({hint}): its steps are about "
+             "the learning rate in the unconstrained parameters, so it crosses little of a "
+             "distance of thousands. Center and scale the data (and map the estimates back), "
+             "or start from values near the data (init=...), or raise num_steps." if hint else
+             "Raise num_steps or change the optimizer's learning rate, or start from values "
+             "nearer the estimate (init=...).")
     return (f"the optimizer of the {label} fit stopped far from the minimum of the full-data "
-            f"objective: its Newton refinement moved {listed}. {outcome}. The data may be "
-            f"badly scaled for the optimizer ({data_location(data)}): its steps are about "
-            "the learning rate in the unconstrained parameters, so it crosses little of a "
-            "distance of thousands. Center and scale the data (and map the estimates back), "
-            "or start from values near the data (init=...), or raise num_steps.")
+            f"objective: its Newton refinement moved {listed}. {outcome}. {cause}")
+
+
+def _scale_hint(data) -> str:
+    """Where the data lie, when some coordinate is more than 10 of its standard deviations from
+    the origin or has a standard deviation outside [1e-3, 1e3] (the scales at which Adam's
+    steps of about 1e-2 in the unconstrained parameters cross the distance in a few thousand
+    steps); otherwise empty."""
+    flat = np.asarray(data, dtype=float).reshape(len(data), -1)
+    if len(flat) < 2:
+        return ""
+    mean, sd = flat.mean(axis=0), flat.std(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.abs(mean) > 10 * sd
+    if np.any(offset | (sd > 1e3) | ((sd < 1e-3) & (sd > 0))):
+        return data_location(data)
+    return ""
 
 
 class Plan(NamedTuple):
