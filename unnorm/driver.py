@@ -499,11 +499,10 @@ def _non_convergence(name: str, optimizer_converged: bool, newton_converged: boo
     return None
 
 
-#: The Newton refinement of an optimizer's answer that moves a parameter by more than this many
-#: standard errors says the optimizer stopped far from the minimum: its answer, not the
-#: refinement's rounding (a converged optimizer leaves the minimum within a fraction of a
-#: standard error), and on a deterministic objective the most common cause is data far
-#: from the origin or on a scale far from 1.
+#: A refinement that moves a parameter by more than this many standard errors from the
+#: optimizer's answer says the optimizer stopped far from the minimum (a converged optimizer
+#: leaves it within a fraction of a standard error, and rounding moves it by far less); on a
+#: deterministic objective the usual cause is data far from the origin or on a large scale.
 MAX_REFINEMENT_SHIFT = 100.0
 
 
@@ -532,8 +531,8 @@ def _refinement_shift(model, objective, optimizer_theta, fitted, covariance, dat
     if len(moved) > 3:
         listed += f"; and {len(moved) - 3} more"
     outcome = ("The estimate is the refined one" + (
-        ", which a trust region found from the optimizer's answer after Newton steps failed"
-        if trust_region else "") if converged else
+        ", reached by trust-region steps after damped Newton's" if trust_region else "")
+        if converged else
         "The refinement did not converge either, so the estimate may be off")
     hint = _scale_hint(data)
     cause = (f"The data may be badly scaled for the optimizer ({hint}): its steps are about "
