@@ -10,7 +10,9 @@ before anything runs (:func:`_plan`):
    estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
    chunks paced by wall time, full batch or minibatches), refined by ``newton`` steps on the
    full-data objective when standard errors are wanted and the objective is deterministic, so
-   that the sandwich formula is evaluated at the exact minimizer it assumes;
+   that the sandwich formula is evaluated at the exact minimizer it assumes, and by ``trust
+   region`` steps where damped Newton is far from a minimum (data far from the origin or on a
+   large scale leave the optimizer short of it);
 2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
    likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
    sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
@@ -33,11 +35,12 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from . import _checks, _xla, intervals, pacing, solvers, threefry
-from .errors import FitError, data_scale
+from .errors import FitError, data_location, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
 from .model import Model, check_finite_energies, format_params
 from .result import FitResult
+from .trust_region import trust_region_newton
 from .uncertainty import (
     delta_method,
     describe_direction,
@@ -355,6 +358,7 @@ def fit(
         fitted = objective_params(model, objective, theta)
     optimizer_converged, newton_converged = True, None
     snapshots: list = []
+    optimizer_theta = None
     if fitted is None:
         theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
@@ -362,10 +366,11 @@ def fit(
         converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
-            theta, newton_converged = _refine(model, objective, theta, est_state, data,
-                                              train_key)
-            converged = newton_converged
+            optimizer_theta = theta
             stages.append("newton")
+            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+                                              train_key, stages)
+            converged = newton_converged
         fitted = objective_params(model, objective, theta)
 
     if skipped:
@@ -373,7 +378,7 @@ def fit(
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
     message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
                                num_steps, window, tol, objective.traits.deterministic
-                               and batch_size is None)
+                               and batch_size is None, _scale_hint(data))
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
@@ -399,6 +404,12 @@ def fit(
         # stopped drifting, judged against the estimate's own standard errors
         drift = _iterate_drift(model, objective, snapshots, steps, covariance)
         converged = drift is not None and drift <= MAX_ITERATE_DRIFT
+    if optimizer_theta is not None and covariance is not None:
+        message = _refinement_shift(model, objective, optimizer_theta, fitted, covariance,
+                                    data, repr(estimator.name), bool(newton_converged),
+                                    "trust region" in stages)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     # an energy that falls without bound away from the data is a density's sign, not a model
     warn_energy_sign(model, {"initial": params0, "fitted": params}, data, RuntimeWarning,
@@ -480,12 +491,13 @@ def _iterate_drift(model, objective, snapshots, steps: int, covariance) -> float
 
 def _non_convergence(name: str, optimizer_converged: bool, newton_converged: bool | None,
                      steps: int, num_steps: int, window: int, tol: float,
-                     settles: bool) -> str | None:
+                     settles: bool, location: str = "") -> str | None:
     """The warning of a fit that did not converge, naming the stage that did not: the
     optimizer (it ran all ``num_steps``) or the Newton refinement after it (whatever the
     optimizer did, which the message states with its steps and limit). ``settles``: the loss
     is deterministic and full-batch, so the optimizer's relative-change rule can be met (a
-    stochastic loss rarely meets it: not worth a warning)."""
+    stochastic loss rarely meets it: not worth a warning). ``location``: where badly scaled
+    data lie (:func:`_scale_hint`), for a hint, or empty."""
     if newton_converged is False:
         before = (f"the optimizer before it stopped after {steps} of num_steps={num_steps} "
                   "steps, its loss settled" if optimizer_converged else
@@ -493,13 +505,77 @@ def _non_convergence(name: str, optimizer_converged: bool, newton_converged: boo
         return (f"the Newton refinement of the {name!r} fit did not reach a minimum of the "
                 f"full-data objective to working precision ({before}); the estimate and its "
                 "standard errors may be off. Lower tol or raise num_steps to let the optimizer "
-                "go further, or start nearer the minimizer (init=...).")
+                "go further, or start nearer the minimizer (init=...)."
+                + (f" The data may be badly scaled ({location}): center and scale them." if
+                   location else ""))
     if newton_converged is None and not optimizer_converged and settles:
         return (f"the {name!r} fit did not converge: the optimizer ran all {steps} steps "
                 f"(num_steps={num_steps}) and the mean loss of its last {window} steps still "
                 f"changed by more than tol={tol:g} relative to the {window} before; raise "
                 "num_steps or change the optimizer's learning rate.")
     return None
+
+
+#: A refinement that moves a parameter by more than this many standard errors from the
+#: optimizer's answer says the optimizer stopped far from the minimum (a converged optimizer
+#: leaves it within a fraction of a standard error, and rounding moves it by far less); on a
+#: deterministic objective the usual cause is data far from the origin or on a large scale.
+MAX_REFINEMENT_SHIFT = 100.0
+
+
+def _refinement_shift(model, objective, optimizer_theta, fitted, covariance, data,
+                      label: str, converged: bool, trust_region: bool) -> str | None:
+    """The warning of a refinement that moved parameters by more than
+    ``MAX_REFINEMENT_SHIFT`` standard errors from the optimizer's answer, naming them, or
+    None."""
+    start = np.asarray(ravel_pytree(_params_map(model, objective)(optimizer_theta))[0],
+                       dtype=float)
+    end = np.asarray(ravel_pytree(fitted)[0], dtype=float)
+    se = np.sqrt(np.clip(np.diag(np.asarray(covariance, dtype=float)), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where((se > 0) & np.isfinite(se), np.abs(end - start) / se, 0.0)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    moved = np.flatnonzero(shift > MAX_REFINEMENT_SHIFT)
+    if not moved.size:
+        return None
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    moved = moved[np.argsort(-shift[moved])]
+    listed = "; ".join(f"{names[i]} from {start[i]:.6g} to {end[i]:.6g} ({shift[i]:.3g} "
+                       "standard errors)" for i in moved[:3])
+    if len(moved) > 3:
+        listed += f"; and {len(moved) - 3} more"
+    outcome = ("The estimate is the refined one" + (
+        ", reached by trust-region steps after damped Newton's" if trust_region else "")
+        if converged else
+        "The refinement did not converge either, so the estimate may be off")
+    hint = _scale_hint(data)
+    cause = (f"The data may be badly scaled for the optimizer ({hint}): its steps are about "
+             "the learning rate in the unconstrained parameters, so it crosses little of a "
+             "distance of thousands. Center and scale the data (and map the estimates back), "
+             "or start from values near the data (init=...), or raise num_steps." if hint else
+             "Raise num_steps or change the optimizer's learning rate, or start from values "
+             "nearer the estimate (init=...).")
+    return (f"the optimizer of the {label} fit stopped far from the minimum of the full-data "
+            f"objective: its Newton refinement moved {listed}. {outcome}. {cause}")
+
+
+def _scale_hint(data) -> str:
+    """Where the data lie, when some coordinate is more than 10 of its standard deviations from
+    the origin or has a standard deviation outside [1e-3, 1e3] (the scales at which Adam's
+    steps of about 1e-2 in the unconstrained parameters cross the distance in a few thousand
+    steps); otherwise empty."""
+    flat = np.asarray(data, dtype=float).reshape(len(data), -1)
+    if len(flat) < 2:
+        return ""
+    mean, sd = flat.mean(axis=0), flat.std(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.abs(mean) > 10 * sd
+    if np.any(offset | (sd > 1e3) | ((sd < 1e-3) & (sd > 0))):
+        return data_location(data)
+    return ""
 
 
 class Plan(NamedTuple):
@@ -518,7 +594,7 @@ class Plan(NamedTuple):
 
 #: the stages that find θ̂ (``FitResult.method`` joins those that ran); the others compute
 #: the covariance
-SOLVE_STAGES = ("closed form", "newton", "optimizer", "Monte Carlo MLE")
+SOLVE_STAGES = ("closed form", "newton", "optimizer", "trust region", "Monte Carlo MLE")
 
 
 def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: bool,
@@ -639,12 +715,29 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
     raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
-def _refine(model, objective, u, est_state, data, key):
+def _refine(model, objective, u, est_state, data, key, stages: list | None = None):
+    """Damped Newton on the full-data objective from ``u``; given ``stages``, continued by
+    trust-region Newton steps, with ``"trust region"`` added to ``stages`` when they moved the
+    point. Far from a minimum (data far from the origin leave the optimizer short of it) damped
+    Newton either fails or stops where its tests, comparing curvatures of 1e-24 and 1 on one
+    scale, see a minimum; the trust region crosses the distance, from the optimizer's answer
+    when Newton failed. From a point Newton left at a minimum it returns that point unchanged,
+    so well-scaled fits are as they were."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
-    flat, converged = solvers.newton(
-        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
-    return unravel(flat), converged
+
+    def derivs(f):
+        return solvers.derivatives(f, u, data, est_state, key, **static)
+
+    refined, converged = solvers.newton(derivs, flat)
+    if stages is None:
+        return unravel(refined), converged
+    start = refined if converged else flat
+    far, far_converged = trust_region_newton(derivs, start)
+    if far_converged and far is not start:
+        stages.append("trust region")
+        return unravel(far), True
+    return unravel(refined), converged
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,

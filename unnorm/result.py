@@ -57,7 +57,9 @@ class FitResult:
     method : str
         The stages that found θ̂, joined: ``"closed form"`` (one linear solve), ``"newton"``,
         ``"optimizer"``, ``"optimizer + newton"`` (the optimizer's answer refined by Newton
-        steps on the full-data objective) or ``"optimizer + Monte Carlo MLE"``.
+        steps on the full-data objective), ``"optimizer + newton + trust region"`` (the
+        refinement continued by trust-region Newton steps, far from a minimum: data far from
+        the origin or on a large scale) or ``"optimizer + Monte Carlo MLE"``.
     stages : tuple of str
         Every stage that ran, in order: the solve stages of ``method``, then how the covariance
         was computed (``"sandwich"``, ``"U-statistic sandwich"``, ``"likelihood sandwich from

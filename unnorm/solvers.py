@@ -90,7 +90,8 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
                 label: str = "the objective"):
     """Minimizer of an objective that is quadratic in the flattened constrained θ: one Newton
     step from any point is exact. Returns ``None`` when the quadratic has no minimizer inside
-    the constraints (the caller then optimizes). Raises :class:`~unnorm.errors.FitError`
+    the constraints, or when the gradient does not vanish at the solution (the objective was
+    not quadratic after all; the caller then optimizes). Raises :class:`~unnorm.errors.FitError`
     (naming ``label``) when the gradient or Hessian is not finite."""
     theta0, unravel = ravel_pytree(params)
     _, grad, hessian = derivatives(theta0, params, data, state, key, model=model,
@@ -121,7 +122,25 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
         con = model.constraints[name]
         if not all(bool(jnp.all(con.check(leaf))) for leaf in jax.tree_util.tree_leaves(value)):
             return None
+    if not _is_stationary(objective, model, params, theta, state, data, key):
+        return None
     return solution
+
+
+def _is_stationary(objective, model, params, theta, state, data, key) -> bool:
+    """Whether the gradient vanishes at the closed form's solution to working precision: the
+    decrease a Newton step from there predicts is within a small multiple of the rounding of
+    the objective's value. The affinity check behind the closed form looks at a few
+    observations near θ0; with data far from the origin a score that is not affine in θ
+    (a Gaussian's ``Λ(x - μ)``) bends by little relative to its size there and passes it, and
+    the "solution" is then no minimizer at all."""
+    value, grad, hessian = (np.asarray(a, dtype=float) for a in derivatives(
+        theta, params, data, state, key, model=model, objective=objective, constrained=True))
+    if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hessian))):
+        return False
+    step = np.linalg.lstsq(0.5 * (hessian + hessian.T), grad, rcond=None)[0]
+    eps = float(jnp.finfo(theta.dtype).eps)
+    return float(grad @ step) <= 1e4 * eps * max(abs(float(value)), 1.0)
 
 
 # ---- full-data derivatives (compiled once per model and estimator) ------------------------------
