@@ -10,6 +10,7 @@ draws do not depend on how the run is chunked.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -313,7 +314,10 @@ def sample(
     chosen = chain_devices.check_devices(devices)
     placement = (chain_devices.ChainPlacement(chosen, num_chains) if len(chosen) > 1
                  else None)
-    with jax.default_device(chosen[0]):
+    # an explicit single device is honoured; devices=None leaves JAX's default device alone
+    where = (jax.default_device(chosen[0]) if devices is not None and placement is None
+             else contextlib.nullcontext())
+    with where:
         draws = _run(model, params, key, sampler_spec, tuning, num_chains, num_warmup,
                      num_samples, thinning, init, progress_bar, warn, chain_method, None,
                      placement)
