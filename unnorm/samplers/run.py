@@ -5,7 +5,8 @@ Continuous supports are sampled in an unconstrained space: with ``x = T(u)`` and
 mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted chunks, each
 call paced to about half a second (:mod:`unnorm.pacing`), so that a progress bar can be shown
 and an interrupt is raised between calls. Each step's key is ``fold_in(chain_key, step)``: the
-draws do not depend on how the run is chunked.
+draws do not depend on how the run is chunked. With several devices the chains are split over
+them with ``jax.sharding`` (:mod:`unnorm.samplers.devices`).
 """
 
 from __future__ import annotations
@@ -449,7 +450,8 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         sampling_capacity = _phase_capacity(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
+              desc=f"{sampler} ({num_chains} chains{_on_devices(placement)})",
+              unit="draw") as bar:
         run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
                            disabled, positions.dtype)
         states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
@@ -477,6 +479,11 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         "sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
         "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
         model.support.is_discrete)
+
+
+def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
+    """The progress bar's note of the devices a sharded run uses ("" on one device)."""
+    return "" if placement is None else f" on {len(placement.devices)} devices"
 
 
 class _PhaseRunner(NamedTuple):
