@@ -231,7 +231,9 @@ class DrawSink:
         leaves, treedef = jax.tree_util.tree_flatten(out)
         length = leaves[0].shape[0]
         count = length if count is None else count
-        if start == 0 and self.keeps_device_buffer(count, length):
+        # a chain axis padded for the devices (unnorm.samplers.devices) is cut on the copy
+        padded = leaves[0].shape[1] != self.layout.num_chains
+        if start == 0 and self.keeps_device_buffer(count, length) and not padded:
             views = [host_view(leaf) for leaf in leaves]
             self._treedef = treedef
             self._arrays = [view.astype(self._host_dtype(view.dtype), copy=False)

@@ -5,11 +5,13 @@ Continuous supports are sampled in an unconstrained space: with ``x = T(u)`` and
 mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted chunks, each
 call paced to about half a second (:mod:`unnorm.pacing`), so that a progress bar can be shown
 and an interrupt is raised between calls. Each step's key is ``fold_in(chain_key, step)``: the
-draws do not depend on how the run is chunked.
+draws do not depend on how the run is chunked. With several devices the chains are split over
+them with ``jax.sharding`` (:mod:`unnorm.samplers.devices`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -27,6 +29,7 @@ from ..diagnostics import ConvergenceWarning, warn_convergence, warn_step_cap
 from ..improper import warn_runaway
 from ..model import Model, format_params
 from . import chain_groups, chains
+from . import devices as chain_devices
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
 from .spec import Kernel
 from .target import to_position, unconstrained_logdensity
@@ -215,6 +218,7 @@ def sample(
     target_accept: float | None = None,
     dims: Sequence[str] | None = None,
     coords: Mapping[str, Sequence] | None = None,
+    devices: Any = None,
     **sampler_options: Any,
 ):
     """Draw samples ``x ~ p(x; θ) ∝ exp(-E(x; θ))`` and return ArviZ InferenceData.
@@ -252,6 +256,15 @@ def sample(
         available core, each group vectorized, the groups run at the same time in threads.
         ``"vectorized"``: all chains in one vectorized computation. The same on accelerators;
         each chain's draws are the same either way, to floating-point rounding.
+    devices : None, int or list of jax.Device
+        The devices the chains are split over (along the chain axis, with ``jax.sharding``;
+        the parameters are replicated). None (default): all of ``jax.devices()``; an int
+        ``n``: the first ``n`` of them; or a list of devices. With one device the run is the
+        single-device one (on the CPU, with ``chain_method``'s thread groups); with several,
+        the chains are sharded and ``chain_method`` is not used. ``num_chains`` need not be a
+        multiple of the device count: the last device's chains are padded with copies of the
+        last chain, whose draws are dropped. A chain's draws do not depend on the devices (to
+        floating-point rounding for gradient-based samplers).
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -300,9 +313,17 @@ def sample(
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
     dims, coords = _check_dims(model, dims, coords)
-    return _run(model, params, key, sampler_spec, tuning, num_chains, num_warmup, num_samples,
-                thinning, init, progress_bar, warn, chain_method, None).inference_data(
-                    dims, coords)
+    chosen = chain_devices.check_devices(devices)
+    placement = (chain_devices.ChainPlacement(chosen, num_chains) if len(chosen) > 1
+                 else None)
+    # an explicit single device is honoured; devices=None leaves JAX's default device alone
+    where = (jax.default_device(chosen[0]) if devices is not None and placement is None
+             else contextlib.nullcontext())
+    with where:
+        draws = _run(model, params, key, sampler_spec, tuning, num_chains, num_warmup,
+                     num_samples, thinning, init, progress_bar, warn, chain_method, None,
+                     placement)
+    return draws.inference_data(dims, coords)
 
 
 def _check_dims(model: Model, dims, coords) -> tuple[list[str] | None, dict | None]:
@@ -391,8 +412,10 @@ def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, nu
 
 def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
          num_warmup: int, num_samples: int, thinning: int, init, progress_bar: bool, warn: bool,
-         chain_method: str, chunk: int | None) -> Draws:
-    """The sampling run of :func:`sample` and :func:`sample_draws`, arguments checked."""
+         chain_method: str, chunk: int | None,
+         placement: chain_devices.ChainPlacement | None = None) -> Draws:
+    """The sampling run of :func:`sample` and :func:`sample_draws`, arguments checked; with
+    a ``placement``, the chains split over its devices."""
     sampler = sampler_spec.name
     if sampler_spec.prepare is not None:
         tuning = sampler_spec.prepare(model, params, tuning)
@@ -404,10 +427,15 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     if positions is None:
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
-    layout = chain_groups.choose_layout(num_chains, chain_method)
+    # Sharded chains run as one group: the devices, not threads, run them at once.
+    layout = (chain_groups.GroupLayout(num_chains, 1) if placement is not None
+              else chain_groups.choose_layout(num_chains, chain_method))
     positions, _, value_ok, grad_ok, groups = _prepare(
         model, spec, params, key, positions, dispersed, layout)
     _check_initial_state(params, positions, value_ok, grad_ok)
+    if placement is not None:
+        groups = (placement.chains(groups[0]),)
+        params = placement.replicated(params)
     states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*groups, strict=True))
 
     disabled = _checks.progress_disabled(progress_bar)
@@ -423,7 +451,8 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         sampling_capacity = _phase_capacity(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains)", unit="draw") as bar:
+              desc=f"{sampler} ({num_chains} chains{_on_devices(placement)})",
+              unit="draw") as bar:
         run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
                            disabled, positions.dtype)
         states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
@@ -456,6 +485,11 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         "sampler": sampler, "num_warmup": num_warmup, "thinning": thinning,
         "model": model.name, "sampling_time": elapsed, "inference_library": "unnorm"},
         model.support.is_discrete)
+
+
+def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
+    """The progress bar's note of the devices a sharded run uses ("" on one device)."""
+    return "" if placement is None else f" on {len(placement.devices)} devices"
 
 
 class _PhaseRunner(NamedTuple):
