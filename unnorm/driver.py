@@ -292,12 +292,13 @@ def fit(
     # checked in the dtype the fit computes in (the params'), where a value can overflow
     data_np = model.support.check_data(data, "data", dtype=model.dtype)
     key = _checks.check_key(key)
-    num_steps = _checks.check_int(num_steps, "num_steps", minimum=1)
+    num_steps = _checks.check_int(num_steps, "num_steps", minimum=1, maximum=_checks.INT32_MAX)
     batch_size = _check_batch_size(batch_size, data_np.shape[0])
     stderr = _check_stderr(stderr)
     tol = _checks.check_positive_float(tol, "tol")
     window = _checks.check_int(window, "window", minimum=2)
-    max_failures = _checks.check_int(max_failures, "max_failures", minimum=1)
+    max_failures = _checks.check_int(max_failures, "max_failures", minimum=1,
+                                     maximum=_checks.INT32_MAX)
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
     solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
