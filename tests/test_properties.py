@@ -510,3 +510,19 @@ def test_regression_ksd_median_bandwidth_says_the_data_scale(scale, word):
     # said "more than half of the pairs of observations coincide" of distinct observations
     with pytest.raises(ValueError, match=rf"{word} float32 \(the largest \|value\| in the data"):
         un.ksd_test(GAUSSIAN, None, GAUSSIAN_DATA * scale, key=KEY, num_bootstrap=20)
+
+
+@pytest.mark.parametrize("learning_rate", [0.01, 1e8, float("nan")])
+def test_fit_learning_rate_gives_finite_estimates_or_a_fit_error(learning_rate):
+    # an optax optimizer's learning rate is opaque to un.fit: a wild one may fail the fit, but
+    # must never return NaN parameters (they did, with finite losses and gradients)
+    optimizer = optax.sgd(learning_rate)
+    try:
+        result, caught = outcome(
+            lambda: un.fit(GAUSSIAN, GAUSSIAN_DATA, "sm", key=KEY, optimizer=optimizer,
+                           method="optimizer", num_steps=20, progress_bar=False), None)
+    except un.FitError as err:
+        assert learning_rate != 0.01, err
+        assert re.search(r"learning rate|optimizer", str(err)), err
+        return
+    assert_fit_finite(result, caught)

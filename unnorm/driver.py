@@ -358,6 +358,7 @@ def fit(
             converged = newton_converged
             stages.append("newton")
         fitted = objective_params(model, objective, theta)
+        _check_finite_estimate((theta, fitted), steps, estimator.name)
 
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
@@ -589,6 +590,19 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
         theta = train.average
     return (theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state,
             snapshots)
+
+
+def _check_finite_estimate(estimate, steps: int, estimator_name: str) -> None:
+    """A NaN never leaves the optimizer as an estimate. Its steps are skipped when the loss or
+    gradient is not finite, but an update can still overflow from finite gradients (a learning
+    rate too large, or NaN), and so can the map to the constrained space."""
+    if not bool(_all_finite(estimate)):
+        raise FitError(
+            f"estimator {estimator_name!r}: the optimizer's updates made the parameters NaN or "
+            f"infinite within its {steps} steps, although the losses and gradients were "
+            "finite. Check the optimizer's settings (a learning rate that is too large, "
+            "negative or NaN) or pass optimizer=None for the default."
+        )
 
 
 def _failure_run_end(losses: np.ndarray, run: int) -> int:
