@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "check_key", "check_int", "check_positive_float", "check_probability", "check_fraction",
-    "check_bool", "check_choice",
+    "INT32_MAX", "check_key", "check_int", "check_positive_float", "check_probability",
+    "check_fraction", "check_bool", "check_choice",
 ]
 
 
@@ -54,13 +54,19 @@ def _scalar(value, kind: type) -> float | int | None:
     return None
 
 
-def check_int(value, name: str, minimum: int = 1) -> int:
-    """An integer ``>= minimum`` (bool is not an integer here)."""
+#: Largest step count a compiled loop takes: JAX passes Python ints to jitted code as int32.
+INT32_MAX = 2**31 - 1
+
+
+def check_int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer ``>= minimum`` (bool is not an integer here) and, when given, ``<= maximum``."""
     number = _scalar(value, int)
     if number is None:
         raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
     if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {number}.")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be at most {maximum}; got {number}.")
     return number
 
 

@@ -91,9 +91,10 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
     weights are summarized by :func:`summarize`. Arguments are checked here; ``params``
     already are."""
     support = model.support
-    num_chains = _checks.check_int(num_chains, "num_chains", 1)
-    num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2)
-    num_mcmc_steps = _checks.check_int(num_mcmc_steps, "num_mcmc_steps", 1)
+    num_chains = _checks.check_int(num_chains, "num_chains", 1, _checks.INT32_MAX)
+    num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
+                                         _checks.INT32_MAX)
+    num_mcmc_steps = _checks.check_int(num_mcmc_steps, "num_mcmc_steps", 1, _checks.INT32_MAX)
     adapt = _checks.check_bool(adapt_step_size, "adapt_step_size")
     disabled = _checks.progress_disabled(_checks.check_bool(progress_bar, "progress_bar"))
     dtype = jnp.result_type(float)

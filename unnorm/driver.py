@@ -305,12 +305,13 @@ def fit(
     # checked in the dtype the fit computes in (the params'), where a value can overflow
     data_np = model.support.check_data(data, "data", dtype=model.dtype)
     key = _checks.check_key(key)
-    num_steps = _checks.check_int(num_steps, "num_steps", minimum=1)
+    num_steps = _checks.check_int(num_steps, "num_steps", minimum=1, maximum=_checks.INT32_MAX)
     batch_size = _check_batch_size(batch_size, data_np.shape[0])
     stderr = _check_stderr(stderr)
     tol = _checks.check_positive_float(tol, "tol")
     window = _checks.check_int(window, "window", minimum=2)
-    max_failures = _checks.check_int(max_failures, "max_failures", minimum=1)
+    max_failures = _checks.check_int(max_failures, "max_failures", minimum=1,
+                                     maximum=_checks.INT32_MAX)
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
     solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
@@ -372,6 +373,7 @@ def fit(
                                               train_key, stages)
             converged = newton_converged
         fitted = objective_params(model, objective, theta)
+        _check_finite_estimate((theta, fitted), steps, estimator.name)
 
     if skipped:
         warnings.warn(f"{skipped} of {steps} optimizer steps had a non-finite loss or gradient "
@@ -703,6 +705,19 @@ def _raise_failures(model, objective, train, history, max_failures, estimator_na
         f"({data_scale(data)}), lower the learning rate, or start from other "
         "init values."
     )
+
+
+def _check_finite_estimate(estimate, steps: int, estimator_name: str) -> None:
+    """A NaN never leaves the optimizer as an estimate. Its steps are skipped when the loss or
+    gradient is not finite, but an update can still overflow from finite gradients (a learning
+    rate too large, or NaN), and so can the map to the constrained space."""
+    if not bool(_all_finite(estimate)):
+        raise FitError(
+            f"estimator {estimator_name!r}: the optimizer's updates made the parameters NaN or "
+            f"infinite within its {steps} steps, although the losses and gradients were "
+            "finite. Check the optimizer's settings (a learning rate that is too large, "
+            "negative or NaN) or pass optimizer=None for the default."
+        )
 
 
 def _failure_run_end(losses: np.ndarray, run: int) -> int:

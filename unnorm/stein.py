@@ -52,7 +52,10 @@ from .stein_kernels import (
     row_blocks,
 )
 
-__all__ = ["KSDTest", "ksd", "ksd_test"]
+__all__ = ["KSDTest", "ksd", "ksd_test", "BOOTSTRAP_MAX_WEIGHTS"]
+
+#: Largest bootstrap weight matrix, (1 + num_bootstrap) * n entries (1 GiB in float32).
+BOOTSTRAP_MAX_WEIGHTS = 2**28
 
 
 class KSDTest(NamedTuple):
@@ -303,6 +306,14 @@ def ksd_test(
     scores, points, h = _prepare(model, params, data, kernel, bandwidth, unconstrained,
                                  "ksd_test")
     n = scores.shape[0]
+    if (1 + num_bootstrap) * n > BOOTSTRAP_MAX_WEIGHTS:
+        # the Rademacher weights are one (n, 1 + num_bootstrap) matrix: past this, its
+        # allocation fails inside XLA (an abort of the process, not an exception)
+        raise ValueError(
+            f"num_bootstrap={num_bootstrap} with n={n} observations needs a weight matrix of "
+            f"{(1 + num_bootstrap) * n:.3g} entries; the limit is (1 + num_bootstrap) * n <= "
+            f"{BOOTSTRAP_MAX_WEIGHTS} (2**28). Lower num_bootstrap (the p-value's resolution "
+            "is 1 / (1 + num_bootstrap)) or test a subsample of the data.")
     forms = np.asarray(_wild_bootstrap(scores, points, h, key, kernel, num_bootstrap))
     statistic, boot = float(forms[0]), forms[1:]
     pvalue = (1.0 + float(np.sum(boot >= statistic))) / (1.0 + num_bootstrap)

@@ -29,6 +29,7 @@ Example
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -69,11 +70,13 @@ def kernel_profile(kernel: str, q: jax.Array, bandwidth) -> tuple[jax.Array, jax
         low = base ** (IMQ_BETA - 2.0)
         phi = low * base * base
         d1 = (IMQ_BETA / h2) * low * base
-        d2 = (IMQ_BETA * (IMQ_BETA - 1.0) / (h2 * h2)) * low
+        # 1/h² twice rather than 1/h⁴: h⁴ underflows float32 for h below about 1e-10, and
+        # (1/h⁴)·low is then inf·0 = NaN where the kernel itself has underflowed to 0
+        d2 = (IMQ_BETA * (IMQ_BETA - 1.0) / h2) * (low / h2)
         return phi, d1, d2
     if kernel == "rbf":
         phi = jnp.exp(-q / (2.0 * h2))
-        return phi, -phi / (2.0 * h2), phi / (4.0 * h2 * h2)
+        return phi, -phi / (2.0 * h2), (phi / (2.0 * h2)) / (2.0 * h2)
     raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, KERNELS))}.")
 
 
@@ -414,10 +417,18 @@ def median_bandwidth(points) -> float:
     lo, hi = n + (m - 1) // 2, n + m // 2
     part = np.partition(q, (lo, hi)).astype(np.float64)
     median = float(0.5 * (np.sqrt(part[lo]) + np.sqrt(part[hi])))
+    dtype = jnp.dtype(jnp.result_type(float)).name
+    if not np.isfinite(median):
+        raise ValueError(
+            f"the median heuristic cannot compute a bandwidth: the squared distances between "
+            f"observations overflow {dtype} (the largest |value| in the data is "
+            f"{np.abs(x).max():.3g}). Rescale the data (e.g. standardize each coordinate).")
     if not median > 0:
         raise ValueError(
             "the median heuristic gives bandwidth 0: more than half of the pairs of "
-            "observations coincide. Pass bandwidth=<positive float> instead."
+            f"observations coincide, or their squared distances underflow {dtype} (the largest "
+            f"|value| in the data is {np.abs(x).max():.3g}). Pass bandwidth=<positive float> "
+            "instead, or rescale the data."
         )
     return median
 
@@ -432,11 +443,20 @@ def check_bandwidth(bandwidth) -> str | float:
             )
         return bandwidth
     try:
-        return _checks.check_positive_float(bandwidth, "bandwidth")
+        h = _checks.check_positive_float(bandwidth, "bandwidth")
     except TypeError:
         raise TypeError(
             f"bandwidth must be 'median' or a positive number; got {bandwidth!r}."
         ) from None
+    dtype = jnp.result_type(float)
+    if not float(np.asarray(h, dtype=dtype)) ** 2 >= float(jnp.finfo(dtype).tiny):
+        # the kernels divide by h²: below this, h² rounds to 0 or loses its precision
+        raise ValueError(
+            f"bandwidth {h!r} is too small for {jnp.dtype(dtype).name}: its square underflows "
+            f"(the smallest bandwidth is about {math.sqrt(float(jnp.finfo(dtype).tiny)):.1e}). "
+            "Give a bandwidth on the scale of the distances between observations, or rescale "
+            "the data.")
+    return h
 
 
 @jax.jit

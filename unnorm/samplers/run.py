@@ -304,11 +304,19 @@ def sample(
     params = model.params if params is None else model.check_params(params)
     key = _checks.check_key(key)
     sampler_spec = check_sampler(sampler, model)
-    num_chains = _checks.check_int(num_chains, "num_chains", 1)
+    num_chains = _checks.check_int(num_chains, "num_chains", 1, _checks.INT32_MAX)
     _checks.check_choice(chain_method, "chain_method", chain_groups.CHAIN_METHODS)
     num_samples = _checks.check_int(num_samples, "num_samples", 1)
     num_warmup = _checks.check_int(num_warmup, "num_warmup", 0)
     thinning = _checks.check_int(thinning, "thinning", 1)
+    if num_warmup + num_samples * thinning > _checks.INT32_MAX:
+        # each step's key is fold_in(chain_key, step), the step an int32 inside the loop
+        raise ValueError(
+            f"num_warmup + num_samples * thinning must be at most {_checks.INT32_MAX} steps per "
+            f"chain; got num_warmup={num_warmup}, num_samples={num_samples}, "
+            f"thinning={thinning}.")
+    progress_bar = _checks.check_bool(progress_bar, "progress_bar")
+    warn = _checks.check_bool(warn, "warn")
     tuning = check_tuning(sampler_spec, {
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
@@ -331,7 +339,8 @@ def _check_dims(model: Model, dims, coords) -> tuple[list[str] | None, dict | No
     the event sizes; clear errors otherwise."""
     shape = model.support.event_shape
     if dims is not None:
-        if isinstance(dims, str) or not all(isinstance(d, str) for d in dims):
+        if (isinstance(dims, str) or not isinstance(dims, (Sequence, np.ndarray))
+                or not all(isinstance(d, str) for d in dims)):
             raise TypeError(f"dims must be a list of dimension names, one per axis of the "
                             f"model's event shape {shape}; got {dims!r}.")
         dims = list(dims)
