@@ -41,7 +41,7 @@ from .uncertainty import (
     delta_method,
     describe_direction,
     parameter_names,
-    sandwich_covariance,
+    sandwich_from_moments,
     unidentified_directions,
 )
 
@@ -327,6 +327,8 @@ def fit(
     losses, converged, steps, skipped = np.zeros(0), True, 0, 0
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
+    # the last Newton point and the full-data sums there: the sandwich needs no pass of its own
+    refined_at = None
     if plan.start == "closed form":
         # None when the solution leaves the parameter space (a precision not positive
         # definite): the optimizer then takes over
@@ -335,9 +337,10 @@ def fit(
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
-        refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
+        refined, newton_converged, at_refined = _refine(model, objective, theta, est_state,
+                                                        data, train_key)
         if newton_converged:
-            theta = refined
+            theta, refined_at = refined, (refined, at_refined)
             fitted = objective_params(model, objective, theta)
             stages.append("newton")
     elif plan.start == "newton":
@@ -352,8 +355,9 @@ def fit(
         converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
-            theta, newton_converged = _refine(model, objective, theta, est_state, data,
-                                              train_key)
+            theta, newton_converged, at_refined = _refine(model, objective, theta, est_state,
+                                                          data, train_key)
+            refined_at = (theta, at_refined)
             converged = newton_converged
             stages.append("newton")
         fitted = objective_params(model, objective, theta)
@@ -377,7 +381,7 @@ def fit(
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(stages == ["closed form"]),
-                                 label=repr(estimator.name))
+                                 label=repr(estimator.name), refined_at=refined_at)
         stages.append("sandwich")
     if objective.post_fit is not None and post.converged is not None:
         converged = post.converged
@@ -601,28 +605,44 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
 
 
 def _refine(model, objective, u, est_state, data, key):
+    """Newton steps on the full-data objective from ``u``: the point, whether it is a minimum,
+    and the full-data sums (:class:`~unnorm.solvers.FullData`) at it."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
-    flat, converged = solvers.newton(
-        lambda f: solvers.derivatives(f, u, data, est_state, key, **static), flat)
-    return unravel(flat), converged
+    evaluated = {}
+
+    def derivs(f):
+        # newton returns a point it evaluated: its sums, J included, are kept for the sandwich
+        full = solvers.derivatives(f, u, data, est_state, key, **static)
+        evaluated.clear()
+        evaluated[np.asarray(f).tobytes()] = full
+        return full[:3]
+
+    flat, converged = solvers.newton(derivs, flat)
+    return unravel(flat), converged, evaluated.get(np.asarray(flat).tobytes())
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
-                label: str):
+                label: str, refined_at=None):
     """Sandwich covariance of the flattened constrained parameters (and nuisance parameters),
-    NaN in the rows and columns of parameters the data do not identify, with a warning."""
-    if in_constrained:
-        template = fitted
+    NaN in the rows and columns of parameters the data do not identify, with a warning.
+    ``refined_at``: ``(theta, sums)``, the unconstrained point of the last Newton step and
+    the full-data sums there, which the sandwich then reuses."""
+    if refined_at is not None and refined_at[1] is not None and not in_constrained:
+        template, full = refined_at
+    elif in_constrained:
+        template, full = fitted, None
     else:
-        template = _initial_theta(model, *((fitted, None) if objective.nuisance is None
-                                           else fitted))
+        template, full = _initial_theta(model, *((fitted, None) if objective.nuisance is None
+                                                 else fitted)), None
     flat, _ = ravel_pytree(template)
-    static = dict(model=model, objective=objective, constrained=in_constrained)
-    grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
-    hessian = np.asarray(solvers.derivatives(flat, template, data, est_state, key,
-                                             **static)[2], dtype=float)
-    cov = sandwich_covariance(grads, hessian).covariance
+    if full is None:
+        # one blocked pass gives H and J = mean ∇ℓ_i ∇ℓ_iᵀ: the n per-observation gradients
+        # are never held at once
+        full = solvers.derivatives(flat, template, data, est_state, key, model=model,
+                                   objective=objective, constrained=in_constrained)
+    hessian = np.asarray(full.hessian, dtype=float)
+    cov = sandwich_from_moments(hessian, full.score_outer, data.shape[0]).covariance
     if in_constrained:
         # the constrained coordinates can have directions the parameters cannot move in (the
         # antisymmetric part of a precision matrix): identification is judged in the free,
