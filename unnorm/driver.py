@@ -327,8 +327,9 @@ def fit(
     losses, converged, steps, skipped = np.zeros(0), True, 0, 0
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
-    # the last Newton point and the full-data sums there: the sandwich needs no pass of its own
-    refined_at = None
+    # the full-data sums at the last point Newton evaluated: at the refined estimate, the
+    # sandwich needs no pass of its own
+    newton_sums: dict = {}
     if plan.start == "closed form":
         # None when the solution leaves the parameter space (a precision not positive
         # definite): the optimizer then takes over
@@ -337,10 +338,10 @@ def fit(
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
-        refined, newton_converged, at_refined = _refine(model, objective, theta, est_state,
-                                                        data, train_key)
+        refined, newton_converged = _refine(model, objective, theta, est_state, data,
+                                            train_key, newton_sums)
         if newton_converged:
-            theta, refined_at = refined, (refined, at_refined)
+            theta = refined
             fitted = objective_params(model, objective, theta)
             stages.append("newton")
     elif plan.start == "newton":
@@ -355,9 +356,8 @@ def fit(
         converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
-            theta, newton_converged, at_refined = _refine(model, objective, theta, est_state,
-                                                          data, train_key)
-            refined_at = (theta, at_refined)
+            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+                                              train_key, newton_sums)
             converged = newton_converged
             stages.append("newton")
         fitted = objective_params(model, objective, theta)
@@ -381,7 +381,9 @@ def fit(
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(stages == ["closed form"]),
-                                 label=repr(estimator.name), refined_at=refined_at)
+                                 label=repr(estimator.name),
+                                 refined_at=_sums_at(theta, newton_sums) if "newton" in stages
+                                 else None)
         stages.append("sandwich")
     if objective.post_fit is not None and post.converged is not None:
         converged = post.converged
@@ -604,22 +606,32 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
     raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
-def _refine(model, objective, u, est_state, data, key):
-    """Newton steps on the full-data objective from ``u``: the point, whether it is a minimum,
-    and the full-data sums (:class:`~unnorm.solvers.FullData`) at it."""
+def _refine(model, objective, u, est_state, data, key, sums: dict | None = None):
+    """Newton steps on the full-data objective from ``u``: the point and whether it is a
+    minimum. ``sums`` (emptied first) receives the full-data sums
+    (:class:`~unnorm.solvers.FullData`) of the last point evaluated, keyed by the point's
+    bytes: Newton returns a point it evaluated, whose sums (``J`` included) the sandwich
+    reuses (:func:`_sums_at`)."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
-    evaluated = {}
+    sums = {} if sums is None else sums
 
     def derivs(f):
-        # newton returns a point it evaluated: its sums, J included, are kept for the sandwich
         full = solvers.derivatives(f, u, data, est_state, key, **static)
-        evaluated.clear()
-        evaluated[np.asarray(f).tobytes()] = full
+        sums.clear()
+        sums[np.asarray(f).tobytes()] = full
         return full[:3]
 
+    sums.clear()
     flat, converged = solvers.newton(derivs, flat)
-    return unravel(flat), converged, evaluated.get(np.asarray(flat).tobytes())
+    return unravel(flat), converged
+
+
+def _sums_at(theta, sums: dict):
+    """``(theta, the full-data sums at it)`` when Newton's last evaluation was at ``theta``,
+    else None."""
+    found = sums.get(np.asarray(ravel_pytree(theta)[0]).tobytes())
+    return None if found is None else (theta, found)
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
@@ -628,7 +640,7 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
     NaN in the rows and columns of parameters the data do not identify, with a warning.
     ``refined_at``: ``(theta, sums)``, the unconstrained point of the last Newton step and
     the full-data sums there, which the sandwich then reuses."""
-    if refined_at is not None and refined_at[1] is not None and not in_constrained:
+    if refined_at is not None and not in_constrained:
         template, full = refined_at
     elif in_constrained:
         template, full = fitted, None
