@@ -45,7 +45,7 @@ from .uncertainty import (
     delta_method,
     describe_direction,
     parameter_names,
-    sandwich_covariance,
+    sandwich_from_moments,
     unidentified_directions,
 )
 
@@ -341,6 +341,9 @@ def fit(
     losses, converged, steps, skipped = np.zeros(0), True, 0, 0
     theta = _initial_theta(model, params0, nuisance0)
     fitted = None
+    # the full-data sums at the last point Newton evaluated: at the refined estimate, the
+    # sandwich needs no pass of its own
+    newton_sums: dict = {}
     if plan.start == "closed form":
         # None when the solution leaves the parameter space (a precision not positive
         # definite): the optimizer then takes over
@@ -349,7 +352,8 @@ def fit(
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
-        refined, newton_converged = _refine(model, objective, theta, est_state, data, train_key)
+        refined, newton_converged = _refine(model, objective, theta, est_state, data,
+                                            train_key, sums=newton_sums)
         if newton_converged:
             theta = refined
             fitted = objective_params(model, objective, theta)
@@ -370,7 +374,7 @@ def fit(
             optimizer_theta = theta
             stages.append("newton")
             theta, newton_converged = _refine(model, objective, theta, est_state, data,
-                                              train_key, stages)
+                                              train_key, stages=stages, sums=newton_sums)
             converged = newton_converged
         fitted = objective_params(model, objective, theta)
         _check_finite_estimate((theta, fitted), steps, estimator.name)
@@ -397,7 +401,9 @@ def fit(
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, data, train_key,
                                  in_constrained=(stages == ["closed form"]),
-                                 label=repr(estimator.name))
+                                 label=repr(estimator.name),
+                                 refined_at=_sums_at(theta, newton_sums) if "newton" in stages
+                                 else None)
         stages.append("sandwich")
     if objective.post_fit is not None and post.converged is not None:
         converged = post.converged
@@ -730,20 +736,30 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
     raise AssertionError("no run of failures in the losses")  # the caller saw one
 
 
-def _refine(model, objective, u, est_state, data, key, stages: list | None = None):
-    """Damped Newton on the full-data objective from ``u``; given ``stages``, continued by
-    trust-region Newton steps, with ``"trust region"`` added to ``stages`` when they moved the
-    point. Far from a minimum (data far from the origin leave the optimizer short of it) damped
-    Newton either fails or stops where its tests, comparing curvatures of 1e-24 and 1 on one
-    scale, see a minimum; the trust region crosses the distance, from the optimizer's answer
-    when Newton failed. From a point Newton left at a minimum it returns that point unchanged,
-    so well-scaled fits are as they were."""
+def _refine(model, objective, u, est_state, data, key, stages: list | None = None,
+            sums: dict | None = None):
+    """Damped Newton on the full-data objective from ``u``: the point and whether it is a
+    minimum. Given ``stages``, continued by trust-region Newton steps, with ``"trust region"``
+    added to ``stages`` when they moved the point. Far from a minimum (data far from the origin
+    leave the optimizer short of it) damped Newton either fails or stops where its tests,
+    comparing curvatures of 1e-24 and 1 on one scale, see a minimum; the trust region crosses
+    the distance, from the optimizer's answer when Newton failed. From a point Newton left at a
+    minimum it returns that point unchanged, so well-scaled fits are as they were.
+
+    ``sums`` (emptied first) receives the full-data sums (:class:`~unnorm.solvers.FullData`)
+    of the last point evaluated, keyed by the point's bytes: the refinement returns a point it
+    evaluated, whose sums (``J`` included) the sandwich reuses (:func:`_sums_at`)."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
+    sums = {} if sums is None else sums
 
     def derivs(f):
-        return solvers.derivatives(f, u, data, est_state, key, **static)
+        full = solvers.derivatives(f, u, data, est_state, key, **static)
+        sums.clear()
+        sums[np.asarray(f).tobytes()] = full
+        return full[:3]
 
+    sums.clear()
     refined, converged = solvers.newton(derivs, flat)
     if stages is None:
         return unravel(refined), converged
@@ -755,21 +771,34 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     return unravel(refined), converged
 
 
+def _sums_at(theta, sums: dict):
+    """``(theta, the full-data sums at it)`` when Newton's last evaluation was at ``theta``,
+    else None."""
+    found = sums.get(np.asarray(ravel_pytree(theta)[0]).tobytes())
+    return None if found is None else (theta, found)
+
+
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
-                label: str):
+                label: str, refined_at=None):
     """Sandwich covariance of the flattened constrained parameters (and nuisance parameters),
-    NaN in the rows and columns of parameters the data do not identify, with a warning."""
-    if in_constrained:
-        template = fitted
+    NaN in the rows and columns of parameters the data do not identify, with a warning.
+    ``refined_at``: ``(theta, sums)``, the unconstrained point of the last Newton step and
+    the full-data sums there, which the sandwich then reuses."""
+    if refined_at is not None and not in_constrained:
+        template, full = refined_at
+    elif in_constrained:
+        template, full = fitted, None
     else:
-        template = _initial_theta(model, *((fitted, None) if objective.nuisance is None
-                                           else fitted))
+        template, full = _initial_theta(model, *((fitted, None) if objective.nuisance is None
+                                                 else fitted)), None
     flat, _ = ravel_pytree(template)
-    static = dict(model=model, objective=objective, constrained=in_constrained)
-    grads = solvers.observation_grads(flat, template, data, est_state, key, **static)
-    hessian = np.asarray(solvers.derivatives(flat, template, data, est_state, key,
-                                             **static)[2], dtype=float)
-    cov = sandwich_covariance(grads, hessian).covariance
+    if full is None:
+        # one blocked pass gives H and J = mean ∇ℓ_i ∇ℓ_iᵀ: the n per-observation gradients
+        # are never held at once
+        full = solvers.derivatives(flat, template, data, est_state, key, model=model,
+                                   objective=objective, constrained=in_constrained)
+    hessian = np.asarray(full.hessian, dtype=float)
+    cov = sandwich_from_moments(hessian, full.score_outer, data.shape[0]).covariance
     if in_constrained:
         # the constrained coordinates can have directions the parameters cannot move in (the
         # antisymmetric part of a precision matrix): identification is judged in the free,

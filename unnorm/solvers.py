@@ -8,6 +8,7 @@ second fit of the same model and estimator reuses the compiled code.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from .newton import constrained_jacobian as jacobian_of
 from .newton import newton
 
 __all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
-           "observation_grads", "constrained_jacobian"]
+           "FullData", "block_rows", "constrained_jacobian"]
 
 
 # ---- closed form --------------------------------------------------------------------------------
@@ -94,8 +95,8 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
     not quadratic after all; the caller then optimizes). Raises :class:`~unnorm.errors.FitError`
     (naming ``label``) when the gradient or Hessian is not finite."""
     theta0, unravel = ravel_pytree(params)
-    _, grad, hessian = derivatives(theta0, params, data, state, key, model=model,
-                                    objective=objective, constrained=True)
+    _, grad, hessian, _ = derivatives(theta0, params, data, state, key, model=model,
+                                       objective=objective, constrained=True)
     hessian = np.asarray(hessian, dtype=float)
     grad = np.asarray(grad, dtype=float)
     if not (np.all(np.isfinite(hessian)) and np.all(np.isfinite(grad))):
@@ -135,7 +136,8 @@ def _is_stationary(objective, model, params, theta, state, data, key) -> bool:
     (a Gaussian's ``Λ(x - μ)``) bends by little relative to its size there and passes it, and
     the "solution" is then no minimizer at all."""
     value, grad, hessian = (np.asarray(a, dtype=float) for a in derivatives(
-        theta, params, data, state, key, model=model, objective=objective, constrained=True))
+        theta, params, data, state, key, model=model, objective=objective,
+        constrained=True)[:3])
     if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hessian))):
         return False
     step = np.linalg.lstsq(0.5 * (hessian + hessian.T), grad, rcond=None)[0]
@@ -158,40 +160,87 @@ def _full_data_term(model, objective, template, est_state, key, constrained: boo
     return term
 
 
-def _map_over_data(fn, data, chunk: int = 8192):
-    """``fn(x_i, i)`` for every observation: one vmap for data sets up to ``chunk`` rows
-    (cheapest to compile), blocks of ``chunk`` rows beyond that (bounded memory)."""
-    index = jnp.arange(data.shape[0])
-    if data.shape[0] <= chunk:
-        return jax.vmap(fn)(data, index)
-    return jax.lax.map(lambda a: fn(a[0], a[1]), (data, index), batch_size=chunk)
+#: Rows × parameters per block of the full-data passes: the forward-mode Hessian carries one
+#: tangent per parameter through every row of a block, so a block's memory grows with both.
+BLOCK_ELEMENTS = 2**17
+#: The most and the fewest rows in a block (short of the whole data set).
+MAX_BLOCK_ROWS, MIN_BLOCK_ROWS = 8192, 256
 
 
-def _mean_over_data(term, flat, data):
-    return jnp.mean(_map_over_data(lambda x, i: term(flat, x, i), data))
+def block_rows(n: int, num_params: int) -> int:
+    """Rows per block of the full-data passes over ``n`` observations and ``num_params``
+    parameters: a power of two between ``MIN_BLOCK_ROWS`` and ``MAX_BLOCK_ROWS`` with at most
+    ``BLOCK_ELEMENTS`` rows × parameters, or ``n`` itself when that is fewer (one block, no
+    padding).
+
+    Example
+    -------
+    >>> block_rows(2_000_000, 110), block_rows(500, 110), block_rows(10**6, 10**4)
+    (1024, 500, 256)
+    """
+    budget = max(BLOCK_ELEMENTS // max(num_params, 1), 1)
+    rows = 1 << (budget.bit_length() - 1)
+    return min(n, max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, rows)))
 
 
-_STATIC = ("model", "objective", "constrained")
+class FullData(NamedTuple):
+    """Means over the observations of the full-data objective at one point: ``value`` the
+    objective, ``grad`` its gradient, ``hessian`` its Hessian, ``score_outer`` the mean
+    outer product of the per-observation gradients, ``J = (1/n) Σ_i ∇ℓ_i ∇ℓ_iᵀ`` (the middle
+    of the sandwich)."""
+
+    value: jax.Array
+    grad: jax.Array
+    hessian: jax.Array
+    score_outer: jax.Array
+
+
+_STATIC = ("model", "objective", "constrained", "block")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def derivatives(flat, template, data, est_state, key, *, model, objective, constrained):
-    """Value, gradient and Hessian of the full-data objective."""
+def derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
+                block: int | None = None) -> FullData:
+    """Value, gradient, Hessian and mean gradient outer product of the full-data objective,
+    summed over blocks of rows.
+
+    Each block of ``block`` rows (default :func:`block_rows`) gives its per-observation
+    gradients (a reverse pass per row) and, as their forward-mode derivative, its part of the
+    Hessian; the sums are carried by a ``lax.scan`` over the blocks, so that neither the
+    per-observation gradients nor the Hessian's intermediates are held for all ``n`` rows at
+    once, and one compiled block serves every block. Where ``block`` does not divide ``n`` the
+    last block is shifted back to end at the last row, and the rows it shares with the block
+    before get weight 0: every row it evaluates is an observation (a padding row could make
+    the energy non-finite), and no second shape is compiled.
+    """
     term = _full_data_term(model, objective, template, est_state, key, constrained)
+    n = data.shape[0]
+    rows = block_rows(n, flat.size) if block is None else min(block, n)
+    dtype = flat.dtype
 
-    def mean_loss(f):
-        return _mean_over_data(term, f, data)
+    def block_loss(f, x, index, weight):
+        return weight @ jax.vmap(term, (None, 0, 0))(f, x, index)
 
-    value, grad = jax.value_and_grad(mean_loss)(flat)
-    return value, grad, jax.hessian(mean_loss)(flat)
+    def add_block(sums, number):
+        start = number * rows
+        first = jnp.minimum(start, n - rows)
+        x = jax.lax.dynamic_slice_in_dim(data, first, rows)
+        index = first + jnp.arange(rows)
+        weight = (index >= start).astype(dtype)
+        # the Hessian of the block's sum, not the forward derivative of its per-row gradients:
+        # a reverse pass summed over the rows is one product where per-row parameter
+        # gradients are one outer product per row, p times over
+        hessian = jax.hessian(block_loss)(flat, x, index, weight)
+        values, grads = jax.vmap(jax.value_and_grad(term), (None, 0, 0))(flat, x, index)
+        block_sums = FullData(weight @ values, weight @ grads, hessian,
+                              grads.T @ (grads * weight[:, None]))
+        return jax.tree_util.tree_map(jnp.add, sums, block_sums), None
 
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def observation_grads(flat, template, data, est_state, key, *, model, objective, constrained):
-    """``∇ℓ_i`` for every observation, shape ``(n, p)``."""
-    grad_term = jax.grad(_full_data_term(model, objective, template, est_state, key,
-                                         constrained))
-    return _map_over_data(lambda x, i: grad_term(flat, x, i), data)
+    p = flat.size
+    zeros = FullData(jnp.zeros((), dtype), jnp.zeros(p, dtype), jnp.zeros((p, p), dtype),
+                     jnp.zeros((p, p), dtype))
+    sums, _ = jax.lax.scan(add_block, zeros, jnp.arange(-(-n // rows)))
+    return jax.tree_util.tree_map(lambda total: total / n, sums)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "objective"))

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Sandwich", "sandwich_covariance", "delta_method", "parameter_names",
-           "symmetric_pinv", "unidentified_directions", "describe_direction"]
+__all__ = ["Sandwich", "sandwich_covariance", "sandwich_from_moments", "delta_method",
+           "parameter_names", "symmetric_pinv", "unidentified_directions", "describe_direction"]
 
 
 class Sandwich(NamedTuple):
@@ -50,11 +50,45 @@ def sandwich_covariance(observation_grads, hessian) -> Sandwich:
         enters only as a quadratic form) get zero variance instead of an infinite one.
     """
     grads = np.asarray(observation_grads, dtype=float)
+    return sandwich_from_moments(hessian, grads.T @ grads / grads.shape[0], grads.shape[0],
+                                 "per-observation gradients")
+
+
+def sandwich_from_moments(hessian, score_outer, num_observations: int,
+                          score_name: str = "per-observation gradients") -> Sandwich:
+    """Sandwich covariance of ``θ̂`` from the mean Hessian and the mean outer product of the
+    per-observation gradients, the two sums a pass over the data in blocks of rows can carry
+    (Godambe 1960; Huber 1967), so that the ``n × p`` gradients need never be held at once.
+
+    Parameters
+    ----------
+    hessian : array (p, p)
+        ``H = (1/n) Σ_i ∇²ℓ_i(θ̂)``.
+    score_outer : array (p, p)
+        ``J = (1/n) Σ_i ∇ℓ_i(θ̂) ∇ℓ_i(θ̂)ᵀ``.
+    num_observations : int
+        ``n``.
+    score_name : str
+        What ``J`` was computed from, named in the warning when it is not finite.
+
+    Returns
+    -------
+    Sandwich
+        ``H⁺ J H⁺ / n`` (see :func:`sandwich_covariance`); all NaN, with a warning, when ``H``
+        or ``J`` has non-finite entries.
+
+    Example
+    -------
+    >>> s = sandwich_from_moments(np.diag([2.0, 1.0]), np.diag([4.0, 1.0]), 100)
+    >>> np.diag(s.covariance).tolist()
+    [0.01, 0.01]
+    """
     hessian = np.asarray(hessian, dtype=float)
-    n = grads.shape[0]
+    score_cov = np.asarray(score_outer, dtype=float)
+    n = int(num_observations)
     hessian = 0.5 * (hessian + hessian.T)
-    score_cov = grads.T @ grads / n
-    bad = [name for name, matrix in (("Hessian", hessian), ("per-observation gradients", grads))
+    score_cov = 0.5 * (score_cov + score_cov.T)
+    bad = [name for name, matrix in (("Hessian", hessian), (score_name, score_cov))
            if not np.all(np.isfinite(matrix))]
     if bad:
         # no covariance to compute, but the estimate itself may be fine: NaN standard errors
@@ -64,7 +98,7 @@ def sandwich_covariance(observation_grads, hessian) -> Sandwich:
             f"the {' and the '.join(bad)} of the objective at the estimate {verb} non-finite "
             "entries, so the standard errors are NaN: the energy or its derivatives overflow "
             "there. Check the scale of the data (standardize each coordinate) and the energy "
-            "for overflow.", RuntimeWarning, stacklevel=2)
+            "for overflow.", RuntimeWarning, stacklevel=3)
         nan = np.full((hessian.shape[0],) * 2, np.nan)
         return Sandwich(nan, hessian, score_cov, n)
     h_pinv = symmetric_pinv(hessian)

@@ -1,0 +1,202 @@
+"""Scaling studies: how the time and the memory of ``un.fit`` grow with the data.
+
+Run from the repository root::
+
+    python benchmarks/scaling.py                          # every study
+    python benchmarks/scaling.py --study stderr           # one study
+    python benchmarks/scaling.py --study stderr --sizes 20000,50000 --out /tmp/scaling.json
+
+Each study is one function ``study_<name>(args) -> dict`` registered in ``STUDIES``; its
+results go under its name in the JSON file (``benchmarks/results/scaling.json`` by default;
+a run of one study keeps the other studies' results already in the file).
+
+Every measurement runs in a fresh Python process (this script with ``--worker``), so that
+its peak resident memory (``ru_maxrss`` of that process) is its own and no compilation is
+shared between sizes.
+
+Study ``stderr`` — standard errors in row blocks
+------------------------------------------------
+Score matching (``un.fit(model, x, "sm")`` with its defaults: the score is not linear in (μ,
+Λ) jointly, so Adam, then Newton refinement when standard errors are wanted) of
+``un.models.gaussian(10)``, a 10-D Gaussian graphical model of 110 parameters (μ and the
+precision Λ), on n float32 rows drawn from N(μ, Λ⁻¹) with a chain graph (Λ tridiagonal, 1 on
+the diagonal and 0.4 next to it; μ evenly spaced in [-1, 1]). For each n, two processes:
+``stderr=False`` and ``stderr=True``. Each process draws the data, then times a first fit
+(``cold_s``, compilation included) and a second fit of the same model with another key
+(``warm_s``; up to 2·10⁵ rows: above, compilation is a small part of a fit of minutes, and
+only the first fit runs), and reports its peak resident memory (``peak_rss_mb``) and the
+resident memory before the first fit (``base_rss_mb``: Python, JAX and the data). The
+standard-error step's time is ``warm_s(stderr=True) - warm_s(stderr=False)`` (``cold_s``
+where there is no warm fit), and ``se_over_fit`` its ratio to the fit's own warm time;
+``*_cpu_s`` and ``se_over_fit_cpu`` are the same in CPU time of the process (all its
+threads), which a loaded machine disturbs less than wall time. ``max_err_se`` = max over
+parameters of |estimate - truth| / standard error, a check that the standard errors describe
+the estimate's error.
+
+Targets: peak memory under 2 GB at 2·10⁶ rows, standard-error step under 3× the fit.
+Speed is measured here and never asserted in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "scaling.json"
+
+STDERR_SIZES = (100_000, 1_000_000, 2_000_000)
+STDERR_DIM = 10
+STDERR_TARGETS = {"peak_rss_mb_at_2e6": 2000.0, "se_over_fit": 3.0}
+#: above this many rows a process fits once (cold): compilation is then a small part of a fit
+#: of minutes, and a second fit would double the study's time
+STDERR_WARM_MAX = 200_000
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (Linux /proc), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ggm_truth(d: int):
+    import numpy as np
+
+    precision = np.eye(d) + 0.4 * (np.eye(d, k=1) + np.eye(d, k=-1))
+    mean = np.linspace(-1.0, 1.0, d)
+    return mean, precision
+
+
+def _stderr_worker(n: int, stderr: bool) -> dict:
+    """One process of the ``stderr`` study: draw n rows, fit twice, report times and memory."""
+    import jax
+    import numpy as np
+
+    import unnorm as un
+
+    mean, precision = _ggm_truth(STDERR_DIM)
+    # x = μ + L⁻ᵀ z with Λ = L Lᵀ has covariance Λ⁻¹; drawn in float32 so that no float64
+    # copy of the data inflates the peak
+    factor = np.linalg.inv(np.linalg.cholesky(precision)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, STDERR_DIM), dtype=np.float32) @ factor
+    x += mean.astype(np.float32)
+    model = un.models.gaussian(STDERR_DIM)
+    base_rss = _rss_mb()
+    times, cpu_times, fitted = [], [], None
+    for key in (1, 2) if n <= STDERR_WARM_MAX else (1,):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fitted = un.fit(model, x, "sm", key=jax.random.key(key), stderr=stderr,
+                        progress_bar=False)
+        jax.block_until_ready(fitted.params)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    row = {"n": n, "stderr": stderr, "method": fitted.method, "stages": list(fitted.stages),
+           "num_steps": fitted.num_steps,
+           "cold_s": times[0], "warm_s": times[1] if len(times) > 1 else None,
+           "cold_cpu_s": cpu_times[0], "warm_cpu_s": cpu_times[1] if len(times) > 1 else None,
+           "base_rss_mb": base_rss,
+           "peak_rss_mb": _peak_rss_mb(), "data_mb": x.nbytes / 2**20}
+    if stderr:
+        errors = [np.abs(np.asarray(fitted.params[name]) - truth)
+                  / np.asarray(fitted.stderr[name])
+                  for name, truth in (("mu", mean), ("prec", precision))]
+        # the precision's symmetric entries are one parameter each: both copies agree
+        row["max_err_se"] = float(max(np.nanmax(e) for e in errors))
+    return row
+
+
+def _run_worker(*args: str) -> dict:
+    """Run this script with ``--worker args`` in a fresh process; its JSON line back."""
+    done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
+                          text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        # a killed process (out of memory) is a result, not a crash of the study
+        return {"args": list(args), "returncode": done.returncode,
+                "stderr_tail": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def study_stderr(args) -> dict:
+    """Fit time with and without standard errors, and peak memory, against n."""
+    sizes = (tuple(int(s) for s in args.sizes.split(",")) if args.sizes else STDERR_SIZES)
+    rows = []
+    for n in sizes:
+        pair = {}
+        for stderr in (False, True):
+            row = _run_worker("stderr", str(n), str(int(stderr)))
+            rows.append(row)
+            pair[stderr] = row
+            print(json.dumps(row), flush=True)
+        if all("cold_s" in row for row in pair.values()):
+            timed = "warm_s" if pair[False]["warm_s"] is not None else "cold_s"
+            se_time = pair[True][timed] - pair[False][timed]
+            pair[True]["se_step_s"] = se_time
+            pair[True]["se_over_fit"] = se_time / pair[False][timed]
+            pair[True]["se_timed_from"] = timed
+            cpu = timed.replace("_s", "_cpu_s")
+            pair[True]["se_step_cpu_s"] = pair[True][cpu] - pair[False][cpu]
+            pair[True]["se_over_fit_cpu"] = pair[True]["se_step_cpu_s"] / pair[False][cpu]
+    print(f"\n{'n':>9} {'stderr':>6} {'cold s':>8} {'warm s':>8} {'SE step s':>9} "
+          f"{'SE/fit':>6} {'base MB':>8} {'peak MB':>8}")
+    for row in rows:
+        if "cold_s" not in row:
+            print(f"{row['args']}: failed with return code {row['returncode']}")
+            continue
+        print(f"{row['n']:>9} {str(row['stderr']):>6} {row['cold_s']:>8.2f} "
+              f"{row['warm_s'] or float('nan'):>8.2f} "
+              f"{row.get('se_step_s', float('nan')):>9.2f} "
+              f"{row.get('se_over_fit', float('nan')):>6.2f} {row['base_rss_mb']:>8.0f} "
+              f"{row['peak_rss_mb']:>8.0f}")
+    return {"model": f"un.models.gaussian({STDERR_DIM})", "estimator": "sm",
+            "dtype": "float32", "targets": STDERR_TARGETS, "rows": rows}
+
+
+STUDIES = {"stderr": study_stderr}
+WORKERS = {"stderr": lambda n, stderr: _stderr_worker(int(n), bool(int(stderr)))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", choices=sorted(STUDIES), action="append",
+                        help="the study to run (repeatable); default all")
+    parser.add_argument("--sizes", help="comma-separated numbers of rows (stderr study)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        name, *worker_args = args.worker
+        print(json.dumps(WORKERS[name](*worker_args)))
+        return 0
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results["environment"] = machine.environment(
+        ("jax", "jaxlib", "numpy", "numpyro", "optax", "unnorm"))
+    with open("/proc/loadavg") as loadavg:
+        results["environment"]["load_average_start"] = loadavg.read().split()[:3]
+    for name in args.study or sorted(STUDIES):
+        results[name] = STUDIES[name](args)
+    with open("/proc/loadavg") as loadavg:
+        results["environment"]["load_average_end"] = loadavg.read().split()[:3]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The full-data passes of the fit driver: sums over blocks of rows equal the sums over all rows."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import unnorm as un
+from unnorm import solvers
+from unnorm.estimators import Batch
+from unnorm.uncertainty import sandwich_covariance, sandwich_from_moments
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "model"))
+def _unblocked(flat, u, data, state, key, *, objective, model):
+    """Value, gradient, Hessian, mean gradient outer product and the per-observation gradients,
+    from all rows at once."""
+    unravel = ravel_pytree(u)[1]
+    n = data.shape[0]
+
+    def terms(f):
+        return objective.terms(model.to_constrained(unravel(f)), state,
+                               Batch(data, jnp.arange(n)), key)
+
+    def mean_loss(f):
+        return jnp.mean(terms(f))
+
+    grads = jax.jacrev(terms)(flat)
+    return (mean_loss(flat), jax.grad(mean_loss)(flat), jax.hessian(mean_loss)(flat),
+            grads.T @ grads / n), grads
+
+
+def test_blocks_that_do_not_divide_n_give_the_sums_over_all_rows():
+    # float64, so that the only difference left is the order of summation: 37 rows in blocks
+    # of 8, the last block shifted back over rows the block before counted (weight 0). DSM's
+    # noise is keyed on the observation index: a row given the wrong index in its block
+    # would change the sums by far more than the tolerance.
+    with jax.enable_x64(True):
+        model = un.models.gaussian(2, mean=np.array([0.3, -0.2]),
+                                   precision=np.array([[1.5, 0.4], [0.4, 0.8]]))
+        data = jnp.asarray(np.random.default_rng(1).normal(size=(37, 2)))
+        objective = un.estimators.DSM(sigma=0.5).build(model, False)
+        state = objective.init(model.params, jax.random.key(2), data)
+        u = model.to_unconstrained(model.params)
+        flat, _ = ravel_pytree(u)
+        assert flat.dtype == jnp.float64
+        key = jax.random.key(3)
+        blocked = solvers.derivatives(flat, u, data, state, key, model=model,
+                                      objective=objective, constrained=False, block=8)
+        whole, grads = _unblocked(flat, u, data, state, key, objective=objective, model=model)
+        for name, got, want in zip(blocked._fields, blocked, whole, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10,
+                                       atol=1e-12, err_msg=name)
+        # the sandwich from the summed moments is the sandwich from the n gradients
+        from_grads = sandwich_covariance(np.asarray(grads), np.asarray(whole[2])).covariance
+        from_sums = sandwich_from_moments(np.asarray(blocked.hessian),
+                                          np.asarray(blocked.score_outer), 37).covariance
+        np.testing.assert_allclose(from_sums, from_grads, rtol=1e-9, atol=1e-14)
+
+
+def test_block_rows():
+    assert solvers.block_rows(2_000_000, 110) * 110 <= solvers.BLOCK_ELEMENTS
+    assert solvers.block_rows(2_000_000, 1) == solvers.MAX_BLOCK_ROWS
+    assert solvers.block_rows(10**6, 10**6) == solvers.MIN_BLOCK_ROWS
+    assert solvers.block_rows(300, 2) == 300  # one block of the whole data, no padding
