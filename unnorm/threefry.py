@@ -15,8 +15,8 @@ give (tests/test_threefry.py checks this on every JAX version the CI runs). Keys
 generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and float64 draws go to
 ``jax.random`` itself.
 
-Example
--------
+Examples
+--------
 >>> import jax, numpy as np
 >>> from unnorm import threefry
 >>> key = jax.random.key(0)
