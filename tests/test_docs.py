@@ -49,8 +49,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: pages that run by default: together a few seconds of CPU (the suite's budget); the others
 #: compile many programs (samplers, fits, AIS) and run with ``-m slow``
-FAST_PAGES = {"index.md", "estimators.md", "cli.md", "discrete.md", "architecture.md",
-              "extending.md"}
+FAST_PAGES = {"index.md", "estimators.md", "cli.md", "architecture.md", "extending.md"}
 
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 FENCE = re.compile(r"^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
@@ -297,19 +296,26 @@ DOCTEST_MODULES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for path in (ROOT / "unnorm").rglob("*.py") if ">>>" in path.read_text())
 
-#: modules whose examples fit or sample long enough to compile several programs each
-SLOW_DOCTEST_MODULES: set[str] = set()
+#: modules whose examples run by default: under a second of CPU each; the others fit, sample or
+#: compile kernels (several seconds each, about three minutes together) and run with ``-m slow``
+FAST_DOCTEST_MODULES = {
+    "unnorm.constraints", "unnorm.diagnostics", "unnorm.errors", "unnorm.intervals",
+    "unnorm.model", "unnorm.models", "unnorm.models.gaussian", "unnorm.models.pairwise",
+    "unnorm.models.rbm", "unnorm.newton", "unnorm.samplers.chain_groups",
+    "unnorm.samplers.langevin", "unnorm.samplers.registry", "unnorm.samplers.rwmh",
+    "unnorm.supports", "unnorm.uncertainty"}
 
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _doctest_param(module: str):
-    marks = [pytest.mark.slow] if module in SLOW_DOCTEST_MODULES else []
+    marks = [] if module in FAST_DOCTEST_MODULES else [pytest.mark.slow]
     return pytest.param(module, id=module, marks=marks)
 
 
 @pytest.mark.parametrize("module", [_doctest_param(m) for m in DOCTEST_MODULES])
 def test_docstring_examples(module, isolated):
+    assert FAST_DOCTEST_MODULES <= set(DOCTEST_MODULES), "a fast module has no examples"
     imported = importlib.import_module(module)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
