@@ -5,8 +5,8 @@ Declare an energy (:class:`Model` or :func:`model` with :func:`param`), draw sam
 errors) and tabulate several estimators with :func:`compare`, and compute exact normalizing
 constants of small discrete models with :func:`log_partition`.
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp
 >>> import unnorm as un
 >>> model = un.models.gaussian(2)

@@ -3,8 +3,8 @@
 Constraints on parameters are NumPyro's, and so is the map to the unconstrained space
 (:func:`numpyro.distributions.transforms.biject_to`), so every constraint NumPyro knows works here.
 
-Example
--------
+Examples
+--------
 >>> from unnorm import constraints
 >>> constraints.positive_definite
 PositiveDefinite()

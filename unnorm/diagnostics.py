@@ -4,8 +4,8 @@ The thresholds follow Vehtari et al. (2021), as ArviZ and PyMC use them: rank-no
 R-hat above 1.01, or a bulk effective sample size below 100 per chain, mean the draws should not
 yet be trusted; any divergence after warmup means the sampler missed part of the distribution.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, warnings
 >>> from unnorm.diagnostics import convergence_problems
 >>> rng = np.random.default_rng(0)
@@ -86,8 +86,8 @@ def step_cap_problems(n_steps: np.ndarray, step_size: np.ndarray, min_steps: int
     ``min_steps`` integration steps (the sampler's cap; ``what`` says which), or when the
     adapted step size collapsed below :data:`COLLAPSED_STEP_SIZE`; empty otherwise.
 
-    Example
-    -------
+    Examples
+    --------
     >>> problem = step_cap_problems(np.full((2, 50), 1024), np.full((2, 50), 7.7e-7), 1024,
     ...                             "hit the cap of 1024 steps (max_num_steps=1024)")[0]
     >>> print(problem.split(", and")[0])

@@ -16,8 +16,8 @@ class FitError(RuntimeError):
 def data_scale(data) -> str:
     """Where the data are largest in magnitude, for messages about overflow.
 
-    Example
-    -------
+    Examples
+    --------
     >>> data_scale(np.array([[1.0, -2.0], [3e30, 0.0]]))
     'the largest |value| in the data is 3e+30, in row 1'
     """

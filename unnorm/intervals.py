@@ -68,8 +68,8 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     array (p, len(Z_GRID))
         Row k is nondecreasing; its columns are the endpoints at the scores of ``Z_GRID``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp, numpy as np
     >>> grid = endpoint_grid(lambda u: {"s": jnp.exp(u["s"])}, {"s": jnp.zeros(1)},
     ...                      np.array([[0.25]]), np.array([True]))

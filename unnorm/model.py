@@ -282,8 +282,8 @@ class Model:
         (float32 unless JAX's x64 mode was on when the model was built); data are checked to
         fit in it.
 
-        Example
-        -------
+        Examples
+        --------
         >>> import unnorm as un
         >>> un.models.gaussian(2).dtype
         dtype('float32')
@@ -454,8 +454,8 @@ def param(name: str, init: Any, constraint: Any = _constraints.real) -> Any:
     The parameter's current value: ``init`` while the model is being declared, the value being
     evaluated afterwards.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> import unnorm as un
     >>> @un.model(support=un.supports.real(1))
@@ -491,8 +491,8 @@ def model(fn: Callable | None = None, *, support: Support | None = None, name: s
     name : str, optional
         Label of the model; default the function's name.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> import unnorm as un
     >>> @un.model(support=un.supports.real(2))
@@ -585,8 +585,8 @@ def _energies_jit(params, xs, *, model: Model) -> jax.Array:
 def energies(model: Model, params, xs) -> jax.Array:
     """``E(x; params)`` for each row of ``xs`` (one compiled function per model).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp, unnorm as un
     >>> m = un.models.gaussian(1)
     >>> [float(e) for e in energies(m, m.params, jnp.array([[0.0], [2.0]]))]

@@ -23,8 +23,8 @@ def constrained_jacobian(flat_u: jax.Array, template_u, to_constrained: Callable
     """Jacobian of the flattened ``to_constrained(unravel(flat_u))`` in the flattened
     unconstrained values: the delta method's ``D`` (``template_u`` gives the tree structure).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> d = constrained_jacobian(jnp.zeros(1), {"s": jnp.zeros(1)},
     ...                          lambda t: {"s": jnp.exp(t["s"])})

@@ -12,8 +12,8 @@ chains move from a normalized base distribution to ``exp(-E)`` along a geometric
 intermediate densities, with MALA steps (continuous supports, in the unconstrained space) or
 Gibbs sweeps (binary and spin supports), and their importance weights average to ``Z``.
 
-Example
--------
+Examples
+--------
 >>> import jax.numpy as jnp
 >>> import unnorm as un
 >>> # the three-unit example of Beigy's lecture slides: H = -x1x2 - x1x3 + 2 x2x3 + x2, Z = 172.420

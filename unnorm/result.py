@@ -147,8 +147,8 @@ class FitResult:
         ValueError
             When standard errors were not computed.
 
-        Example
-        -------
+        Examples
+        --------
         >>> import jax, numpy as np, unnorm as un
         >>> x = np.random.default_rng(0).normal(0.0, 0.3, size=(50, 1))
         >>> fit = un.fit(un.models.gaussian(1), x, "sm", key=jax.random.key(0),
@@ -215,8 +215,8 @@ class FitResult:
         interval as nested lists) and, for chain-based fits, its chains to NetCDF beside it
         (``<path stem>.chains.nc``). No code is pickled; :func:`load_fit` reads it back.
 
-        Example
-        -------
+        Examples
+        --------
         >>> import jax, numpy as np, tempfile, pathlib, unnorm as un
         >>> x = np.random.default_rng(0).normal(size=(200, 2))
         >>> fit = un.fit(un.models.gaussian(2), x, "sm", key=jax.random.key(0),
@@ -343,8 +343,8 @@ def load_fit(path) -> FitResult:
 
     Raises ``ValueError`` when the file is not a saved fit or a file beside it is missing.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, numpy as np, tempfile, pathlib, unnorm as un
     >>> fit = un.fit(un.models.gaussian(1), np.random.default_rng(0).normal(size=(100, 1)),
     ...              "sm", key=jax.random.key(0), progress_bar=False)

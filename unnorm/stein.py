@@ -17,8 +17,8 @@ This module holds the checked, model-level calls :func:`ksd` and :func:`ksd_test
 JAX kernel layer they are built on (closed-form radial kernels, the Stein kernel, the
 U-statistic, the median heuristic) is :mod:`unnorm.stein_kernels`.
 
-Example
--------
+Examples
+--------
 >>> import jax, numpy as np
 >>> import unnorm as un
 >>> model = un.models.gaussian(2)
@@ -199,8 +199,8 @@ def ksd(
     -------
     float
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, unnorm as un
     >>> x = np.random.default_rng(1).normal(size=(500, 2))
     >>> model = un.models.gaussian(2)
@@ -291,8 +291,8 @@ def ksd_test(
         ``statistic`` (``n·Û``), ``pvalue``, ``ksd`` (``Û``), ``reject``, ``level``, ``n``,
         ``kernel``, ``bandwidth`` (the value used), ``num_bootstrap``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, numpy as np, unnorm as un
     >>> model = un.models.gaussian(2)
     >>> x = np.random.default_rng(0).normal(size=(200, 2)) + [0.5, 0.0]   # mean shifted

@@ -16,8 +16,8 @@ and KSD² is estimated without bias by ``Û = Σ_{i≠j} u_p(x_i, x_j) / (n(n-1)
 
     u_p(x, y) = φ(q) s(x)ᵀs(y) + 2φ'(q) (s(y) - s(x))ᵀ r - 4φ''(q) q - 2d φ'(q).
 
-Example
--------
+Examples
+--------
 >>> import jax.numpy as jnp
 >>> from unnorm import stein_kernels
 >>> x = jnp.array([[0.0], [1.0], [-1.0]])
@@ -86,8 +86,8 @@ def kernel_value(x: jax.Array, y: jax.Array, *, kernel: str = "imq", bandwidth) 
     ``"imq"``: ``(c² + ‖x - y‖²/h²)^β`` with ``c = 1``, ``β = -1/2`` (Gorham & Mackey 2017);
     ``"rbf"``: ``exp(-‖x - y‖² / (2h²))``; ``h`` is ``bandwidth``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> float(kernel_value(jnp.zeros(2), jnp.array([3.0, 4.0]), kernel="imq", bandwidth=5.0))
     0.7071067...
@@ -105,8 +105,8 @@ def kernel_and_derivatives(
     ``∇_x k = 2φ'(q) r``, ``∇_y k = -∇_x k`` and ``tr ∇_x∇_y k = -4φ''(q) q - 2d φ'(q)``.
     The gradients have the shape of ``x``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> k, gx, gy, tr = kernel_and_derivatives(jnp.zeros(2), jnp.array([0.0, 1.0]),
     ...                                        kernel="rbf", bandwidth=1.0)
@@ -191,8 +191,8 @@ def stein_kernel_matrix(
     kernel : {"imq", "rbf"}
     bandwidth : float or scalar array
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> x = jnp.array([[0.0], [1.0]])
     >>> U = stein_kernel_matrix(-x, x, kernel="rbf", bandwidth=1.0)  # N(0, 1): s(x) = -x
@@ -271,8 +271,8 @@ def ksd_ustat(
     Pure JAX, jit-able and differentiable in ``scores``; evaluated in row blocks (see
     :func:`stein_row_means`) so memory stays bounded for large ``n``. ``Û`` can be negative.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp
     >>> x = jax.random.normal(jax.random.key(0), (1000, 2))
     >>> u0 = ksd_ustat(-x, x, bandwidth=1.0)                 # the model N(0, I): Û ≈ 0
@@ -316,8 +316,8 @@ def stein_gram(points: jax.Array, *, kernel: str = "imq", bandwidth) -> SteinGra
     kernel : {"imq", "rbf"}
     bandwidth : float or scalar array
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp
     >>> x = jax.random.normal(jax.random.key(0), (200, 2))
     >>> gram = stein_gram(x, bandwidth=1.0)
@@ -395,8 +395,8 @@ def median_bandwidth(points) -> float:
     half of the pairs coincide (the median is 0). It is the one bandwidth rule of the library:
     :func:`unnorm.ksd_test` and the KSD estimator both use it.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> median_bandwidth(np.array([[0.0], [1.0], [3.0]]))     # distances 1, 2, 3
     2.0

@@ -6,8 +6,8 @@ kernels in an unconstrained space reached through NumPyro's ``biject_to``; discr
 (``binary`` = {0,1}^d, ``spin`` = {-1,+1}^d) are sampled by Gibbs and can be enumerated for an exact
 normalizing constant (Song & Kingma 2021, eq. 2 with the integral a sum).
 
-Example
--------
+Examples
+--------
 >>> import unnorm as un
 >>> un.supports.real(2).event_shape
 (2,)
@@ -129,8 +129,8 @@ class Support:
             row index), a value overflows ``dtype`` (it would become infinite there), or a value
             lies outside the support.
 
-        Example
-        -------
+        Examples
+        --------
         >>> import numpy as np
         >>> try:
         ...     real(1).check_data(np.array([[1.0], [1e39]]), dtype=np.float32)
@@ -316,8 +316,8 @@ def real(d) -> Support:
     d : int or tuple of int
         Event shape of one observation; an int means a vector of that length.
 
-    Example
-    -------
+    Examples
+    --------
     >>> real((3, 3)).event_shape
     (3, 3)
     """
@@ -327,8 +327,8 @@ def real(d) -> Support:
 def positive(d) -> Support:
     """The positive orthant (0, inf)^d.
 
-    Example
-    -------
+    Examples
+    --------
     >>> positive(2).kind
     'positive'
     """
@@ -338,8 +338,8 @@ def positive(d) -> Support:
 def interval(low, high, d) -> Support:
     """A box [low, high]^d; ``low`` and ``high`` broadcast to the event shape.
 
-    Example
-    -------
+    Examples
+    --------
     >>> interval(0.0, 1.0, 2)
     interval(low=0.0, high=1.0, d=(2,))
     """
@@ -365,8 +365,8 @@ def interval(low, high, d) -> Support:
 def binary(d) -> Support:
     """Binary configurations {0, 1}^d (Boltzmann machines, RBM visible units).
 
-    Example
-    -------
+    Examples
+    --------
     >>> binary(3).values
     (0.0, 1.0)
     """
@@ -376,8 +376,8 @@ def binary(d) -> Support:
 def spin(d) -> Support:
     """Spin configurations {-1, +1}^d (Ising models).
 
-    Example
-    -------
+    Examples
+    --------
     >>> spin(3).values
     (-1.0, 1.0)
     """

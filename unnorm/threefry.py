@@ -16,8 +16,8 @@ generator (``jax.random.key(0, impl="rbg")``), legacy ``uint32[2]`` keys and flo
 ``jax.random`` itself, and so does every draw off the CPU backend: on a GPU, JAX's own lowering
 of the hash is already straight-line code.
 
-Example
--------
+Examples
+--------
 >>> import jax, numpy as np
 >>> from unnorm import threefry
 >>> key = jax.random.key(0)

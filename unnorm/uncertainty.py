@@ -111,8 +111,8 @@ def symmetric_pinv(matrix) -> np.ndarray:
     entries or its eigendecomposition fails (the callers' standard errors are then NaN, which
     they report, rather than LAPACK's error).
 
-    Example
-    -------
+    Examples
+    --------
     >>> symmetric_pinv(np.diag([2.0, 0.0])).tolist()
     [[0.5, 0.0], [0.0, 0.0]]
     """
@@ -141,8 +141,8 @@ def unidentified_directions(hessian, dtype=np.float32) -> np.ndarray:
     identified would have standard errors hundreds of times those of the others, resting
     on the rounding of the Hessian.
 
-    Example
-    -------
+    Examples
+    --------
     >>> h = np.array([[1.0, 1.0], [1.0, 1.0]])      # the loss depends on a + b only
     >>> np.round(np.abs(unidentified_directions(h)), 3).tolist()
     [[0.707, 0.707]]
@@ -172,8 +172,8 @@ def describe_direction(direction, names: list[str], limit: int = 4) -> str:
     """A direction in parameter space as a readable combination, largest components first:
     ``0.71·a − 0.71·b``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> describe_direction(np.array([0.6, -0.8, 0.0]), ["a", "b", "c"])
     '0.8·b − 0.6·a'
     """

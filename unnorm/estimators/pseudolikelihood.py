@@ -32,8 +32,8 @@ def flip_energy_gaps(model: Model, params, x: jax.Array) -> jax.Array:
     minimum probability flow) are functions of these ``d`` gaps alone: ``d + 1`` energy
     evaluations per observation.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp, unnorm as un
     >>> m = un.models.ising_chain(3, coupling=1.0)
     >>> flip_energy_gaps(m, m.params, jnp.ones(3))   # an end breaks one bond, the middle two

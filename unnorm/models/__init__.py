@@ -1,7 +1,7 @@
 """Ready-made models: plain functions that return a :class:`unnorm.Model`.
 
-Example
--------
+Examples
+--------
 >>> import unnorm as un
 >>> un.models.gaussian(2).event_shape
 (2,)

@@ -29,8 +29,8 @@ def gaussian(d: int, mean=None, precision=None) -> Model:
     mean, precision : array, optional
         Initial values; default zeros and the identity.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = gaussian(2)
     >>> float(m.energy(m.params, jnp.array([1.0, 0.0])))

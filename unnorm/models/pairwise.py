@@ -23,8 +23,8 @@ __all__ = ["pair_indices", "ising", "boltzmann", "ising_chain"]
 def pair_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns (i < j) of the pairs, in the order the coupling vector uses.
 
-    Example
-    -------
+    Examples
+    --------
     >>> pair_indices(3)
     (array([0, 0, 1]), array([1, 2, 2]))
     """
@@ -68,8 +68,8 @@ def ising(J, h) -> Model:
     h : array
         Fields, shape (d,).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = ising(J=jnp.array([-1.0, -1.0, 2.0]), h=jnp.array([0.0, 1.0, 0.0]))
     >>> float(m.energy(m.params, jnp.array([-1.0, 1.0, 1.0])))
@@ -82,8 +82,8 @@ def boltzmann(W, b) -> Model:
     """Fully visible Boltzmann machine on {0, 1}^d: ``E(x) = -Σ_{i<j} W_ij x_i x_j - bᵀx``,
     parameters ``W`` (couplings over pairs i < j, or a (d, d) matrix) and ``b`` (biases).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = boltzmann(W=jnp.array([1.0]), b=jnp.array([0.5, 0.0]))
     >>> float(m.energy(m.params, jnp.array([1.0, 1.0])))
@@ -96,8 +96,8 @@ def ising_chain(n: int, coupling: float = 0.5, field: float = 0.0, periodic: boo
     """Homogeneous nearest-neighbour Ising chain on {-1, +1}^n with two scalar parameters:
     ``E(x) = -J Σ_i x_i x_{i+1} - h Σ_i x_i`` (a ring when ``periodic``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = ising_chain(4, coupling=1.0)
     >>> float(m.energy(m.params, jnp.ones(4)))

@@ -74,8 +74,8 @@ def rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, seed: int = 0
     seed : int
         Seed of the default ``W``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = rbm(2, 1, W=jnp.array([[1.0], [0.0]]), b=jnp.zeros(2), c=jnp.zeros(1))
     >>> round(float(m.energy(m.params, jnp.array([1.0, 0.0]))), 4)   # -log(1 + e)
@@ -109,8 +109,8 @@ def gaussian_rbm(num_visible: int, num_hidden: int, W=None, b=None, c=None, sigm
     seed : int
         Seed of the default ``W``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> m = gaussian_rbm(2, 1, W=jnp.zeros((2, 1)), b=jnp.ones(2), c=jnp.zeros(1))
     >>> round(float(m.energy(m.params, jnp.array([1.0, 1.0]))), 4)   # -log 2
@@ -142,8 +142,8 @@ def gaussian_rbm_mixture(params, sigma=1.0, max_hidden: int = 16):
 
         log Z = log Σ_h exp(cᵀh + Σ_i b_i (Wh)_i / σ_i + ½ ‖Wh‖²) + Σ_i log(√(2π) σ_i).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> m = gaussian_rbm(1, 1, W=np.zeros((1, 1)), b=np.zeros(1), c=np.zeros(1))
     >>> log_w, means, scale, log_z = gaussian_rbm_mixture(m.params)
