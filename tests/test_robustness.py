@@ -462,7 +462,7 @@ def test_failed_newton_refinement_is_not_reported_as_too_few_optimizer_steps(mon
 
     # the optimizer settles early; a Newton refinement that then fails was reported as "did not
     # converge in <the optimizer's steps> steps; raise num_steps", though num_steps was not hit
-    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args: (u, False))
+    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args, **options: (u, False))
     with pytest.warns(RuntimeWarning, match=r"the Newton refinement of the 'sm' fit did not "
                                             r"reach a minimum of the full-data objective to "
                                             r"working precision \(the optimizer before it "

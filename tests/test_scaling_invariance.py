@@ -77,7 +77,7 @@ def test_scaled_two_dimensional_gaussian():
 def test_failed_refinement_on_far_data_says_the_data_may_be_badly_scaled(monkeypatch):
     from unnorm import driver
 
-    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args: (u, False))
+    monkeypatch.setattr(driver, "_refine", lambda model, objective, u, *args, **options: (u, False))
     with pytest.warns(RuntimeWarning, match=r"did not reach a minimum .* The data may be badly "
                                             r"scaled \(coordinate 0 of the data has mean "
                                             r"1e\+03 and standard deviation 1.0\d\): center"):
