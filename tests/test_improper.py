@@ -158,7 +158,7 @@ def test_unbounded_below_on_rays():
 def test_fit_of_a_log_density_warns_about_the_sign():
     data = np.random.default_rng(0).normal(1.0, 2.0, size=(200, 1))
     with pytest.warns(RuntimeWarning, match=r"the energy decreases without bound along the "
-                                            r"data scaled outward .* at the initial "
+                                            r"data scaled outward .* at the fitted "
                                             r"parameters.*did you return the log density\?"):
         un.fit(_gaussian_family(-1.0), data, "sm", key=jax.random.key(0), progress_bar=False,
                stderr=False, num_steps=100)

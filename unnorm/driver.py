@@ -420,7 +420,9 @@ def fit(
             warnings.warn(message, RuntimeWarning, stacklevel=2)
     params, nuisance = (fitted, None) if objective.nuisance is None else fitted
     # an energy that falls without bound away from the data is a density's sign, not a model
-    warn_energy_sign(model, {"initial": params0, "fitted": params}, data, RuntimeWarning,
+    # at the fitted parameters only: a neural energy at its random initial weights is
+    # often unbounded below, which says nothing about the user's sign convention
+    warn_energy_sign(model, {"fitted": params}, data, RuntimeWarning,
                      stacklevel=3)
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
