@@ -10,7 +10,7 @@ Run from the repository root (needs the ``bench`` extra: TorchEBM and a CPU buil
 The model is a neural energy ``E(x) = MLP(x)``: input d, two hidden layers of 128 units with
 SiLU, a scalar output. Minibatches of 256 rows are drawn from n = 2048 standard-normal points
 (the data do not matter for the timing), and each optimizer step is one Adam update (learning
-rate 1e-3) on one of three losses (seed 004; with ``p ∝ exp(-E)``):
+rate 1e-3) on one of three losses (Song & Kingma 2021; with ``p ∝ exp(-E)``):
 
 * ``sm``: exact score matching (Hyvärinen 2005, eq. 8 with the sign of ``p ∝ exp(-E)``),
   ``½‖∇ₓE‖² - tr ∇ₓ²E``;
@@ -141,7 +141,7 @@ def sm_term_hvp(params, x):
 
 
 def dsm_term(params, x, z, sigma):
-    """``½‖z/σ - ∇ₓE(x + σz)‖²`` (seed 004, eq. 11 with ``∇ log p = -∇E``)."""
+    """``½‖z/σ - ∇ₓE(x + σz)‖²`` (Song & Kingma 2021, eq. 11 with ``∇ log p = -∇E``)."""
     residual = z / sigma - jax.grad(mlp_energy, argnums=1)(params, x + sigma * z)
     return 0.5 * jnp.sum(residual**2)
 

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sampling.json"
 
 NUM_CHAINS = 4
-#: MALA step sizes ε (seed 004, eq. 6), chosen for a mean acceptance near 0.6.
+#: MALA step sizes ε (Song & Kingma 2021, eq. 6), chosen for a mean acceptance near 0.6.
 MALA_STEP_SIZE = {20: 0.45, 100: 0.35}
 ISING = {"n": 100, "coupling": 0.5, "field": 0.1}
 

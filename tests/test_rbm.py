@@ -1,5 +1,5 @@
-"""RBMs (seed 001): free energies against the joint energy summed over the hidden units, exact
-normalizing constants, and draws against exact moments."""
+"""RBMs (Beigy's lecture slides): free energies against the joint energy summed over the hidden
+units, exact normalizing constants, and draws against exact moments."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _hidden(num_hidden: int) -> np.ndarray:
 
 
 def _bernoulli_joint_neg_energy(v, h, W, b, c):
-    # -E(v, h) = vᵀWh + bᵀv + cᵀh (seed 001), for every pair of rows of v and h
+    # -E(v, h) = vᵀWh + bᵀv + cᵀh (Beigy's lecture slides), for every pair of rows of v and h
     return v @ W @ h.T + (v @ b)[:, None] + (h @ c)[None, :]
 
 
@@ -81,7 +81,7 @@ def test_gaussian_rbm_free_energy_sums_the_hidden_units_out():
     model = un.models.gaussian_rbm(3, 2, W=W, b=b, c=c, sigma=sigma)
     v = rng.normal(size=(5, 3))
     h = _hidden(2)
-    # seed 001's Gaussian-Bernoulli energy, for every (v, h)
+    # the Gaussian-Bernoulli energy of Beigy's lecture slides, for every (v, h)
     joint = (np.sum((v - b) ** 2 / (2 * sigma ** 2), axis=1)[:, None]
              - (v / sigma) @ W @ h.T - (h @ c)[None, :])
     exact = -logsumexp(-joint, axis=1)
