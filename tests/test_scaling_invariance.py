@@ -49,6 +49,23 @@ def test_gaussian_far_from_the_origin_is_recovered(estimator, loc):
     assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
 
 
+def test_dsm_on_a_large_scale_is_calibrated():
+    # DSM's control variate leaves a constant d/(2σ²) = 50 in the loss whose rounding, written
+    # out, swamped the part that depends on θ at data of scale 1e4 (a precision of 1e-8):
+    # Newton's tests saw a minimum at 2.8e-6 ± 1.7e-7, 16 standard errors off, in every data
+    # set. The loss is now computed without it.
+    data = np.random.default_rng(4).normal(0.0, 1e4, size=(N, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the optimizer is far from 1e-8
+        fit = un.fit(GAUSSIAN, data, "dsm", key=KEY, progress_bar=False)
+    z = _z_scores(fit, {"mu": 0.0, "prec": 1e-8})
+    assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
+    # and its standard error is DSM's with the control variate at any scale: the precision
+    # is about mean(z²)/mean(x²), two means of squared normals, a relative SE of √(4/n)
+    assert float(fit.stderr["prec"][0, 0]) == pytest.approx(
+        np.sqrt(4.0 / N) * 1e-8, rel=0.2)
+
+
 def test_estimate_is_invariant_to_shifting_the_data():
     # the shift of the data is the shift of mu, to the float32 spacing at 1e3 (6e-5), and the
     # precision and standard errors do not move

@@ -304,13 +304,19 @@ class DSM(Estimator):
         def one_level(params, x, key, sigma):
             z = threefry.normal(key, x.shape, x.dtype)
             energy_x = energy_at(params, sigma)
-            residual = z / sigma - jax.grad(energy_x)(x + sigma * z)
-            value = 0.5 * jnp.sum(residual**2)
+            perturbed = jax.grad(energy_x)(x + sigma * z)
             if control_variate:
-                # eq. 13 with ∇ log p = -∇E: c = -(2/σ) zᵀ∇E(x) + ‖z‖²/σ² - d/σ²
-                c = (-2.0 / sigma * jnp.vdot(z, jax.grad(energy_x)(x))
-                     + (jnp.sum(z**2) - x.size) / sigma**2)
-                value = value - 0.5 * c
+                # eq. 11 minus half eq. 13's c = -(2/σ) zᵀ∇E(x) + ‖z‖²/σ² - d/σ² (with
+                # ∇ log p = -∇E), less the constant d/(2σ²) it leaves:
+                #     ½‖∇E(x + σz)‖² - zᵀ(∇E(x + σz) - ∇E(x))/σ,
+                # the same gradients in θ. Written out, the two terms of size ‖z‖²/σ² cancel
+                # in floating point, and their rounding (about ε d/σ²) swamped the part that
+                # depends on θ when the data are on a large scale: the minimum's tests then
+                # stopped Newton far from it
+                value = 0.5 * jnp.sum(perturbed**2) - jnp.vdot(
+                    z, perturbed - jax.grad(energy_x)(x)) / sigma
+            else:
+                value = 0.5 * jnp.sum((z / sigma - perturbed) ** 2)
             return value
 
         def term(params, x, key):
