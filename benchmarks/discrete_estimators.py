@@ -21,17 +21,14 @@ first reuse the compiled code.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
-import subprocess
-import sys
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -125,23 +122,6 @@ def calibration(estimator: str | un.estimators.Estimator, model: un.Model, n: in
     }
 
 
-def environment() -> dict:
-    def git(*args):
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
-                              check=False)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "unnorm")
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "jax": jax.__version__,
-        "commit": git("rev-parse", "HEAD"),
-        "unnorm_uncommitted": status.splitlines() if status else [],
-    }
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=200)
@@ -167,7 +147,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps({
         "config": {"reps": args.reps, "seed": args.seed, "estimators": chosen,
                    "start": "truth", "num_steps": 100},
-        "environment": environment(),
+        "environment": machine.environment(("jax", "numpy", "unnorm")),
         "total_s": time.perf_counter() - started,
         "results": results,
     }, indent=2) + "\n")

@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import jax
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
 import numpy as np
 from scipy.special import logsumexp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import environment  # noqa: E402
-
-import unnorm as un  # noqa: E402
+import unnorm as un
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "rbm_digits.json"
@@ -109,7 +106,7 @@ def main(argv=None) -> int:
         for line in row.get("warnings", []):
             print(f"    {line}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"environment": environment(("jax", "unnorm", "scikit-learn")),
+    record = {"environment": machine.environment(("jax", "unnorm", "scikit-learn")),
               "quick": args.quick, "rows": rows}
     args.out.write_text(json.dumps(record, indent=2))
     return 0

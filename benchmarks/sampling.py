@@ -36,21 +36,18 @@ printed. Speed is measured here and never asserted in the tests.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import arviz as az
 import jax
+import machine  # benchmarks/machine.py: this script's folder is on sys.path
 import numpy as np
 
 import unnorm as un
@@ -466,26 +463,10 @@ def print_table(rows: list, ratio_rows: list) -> None:
 
 
 def environment() -> dict:
-    cpu = platform.processor()
-    # /proc/cpuinfo names the CPU on Linux; elsewhere keep platform's answer.
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    versions = {}
-    for pkg in ("jax", "jaxlib", "numpyro", "blackjax", "numpy", "arviz", "xarray", "unnorm"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "jax_devices": [str(dev) for dev in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-        "versions": versions,
-    }
+    env = machine.environment(("jax", "jaxlib", "numpyro", "blackjax", "numpy", "arviz",
+                               "xarray", "unnorm"))
+    env["jax_devices"] = [str(dev) for dev in jax.devices()]
+    return env
 
 
 def main(argv=None) -> int:
