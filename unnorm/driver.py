@@ -756,9 +756,14 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     sums = {} if sums is None else sums
 
     def derivs(f):
-        full = solvers.derivatives(f, u, data, est_state, key, **static)
-        sums.clear()
-        sums[np.asarray(f).tobytes()] = full
+        point = np.asarray(f).tobytes()
+        # the trust region starts where damped Newton stopped, whose last evaluation was
+        # there: one full-data pass, not two
+        full = sums.get(point)
+        if full is None:
+            full = solvers.derivatives(f, u, data, est_state, key, **static)
+            sums.clear()
+            sums[point] = full
         return full[:3]
 
     sums.clear()
