@@ -303,7 +303,8 @@ FAST_DOCTEST_MODULES = {
     "unnorm.model", "unnorm.models", "unnorm.models.gaussian", "unnorm.models.pairwise",
     "unnorm.models.rbm", "unnorm.newton", "unnorm.samplers.chain_groups",
     "unnorm.samplers.langevin", "unnorm.samplers.registry", "unnorm.samplers.rwmh",
-    "unnorm.supports", "unnorm.uncertainty"}
+    "unnorm.supports", "unnorm.uncertainty", "unnorm.pacing", "unnorm.trust_region",
+    "unnorm.improper", "unnorm.samplers.devices"}
 
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

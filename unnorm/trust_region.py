@@ -87,6 +87,19 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
         The point, and whether it is a minimum to working precision: the Hessian positive
         semidefinite and the decrease Newton predicts, over the coordinates its step can still
         move in ``u``'s dtype, at the value's rounding.
+
+    Examples
+    --------
+    A minimum a thousand units away along one coordinate, reached from the origin:
+
+    >>> import jax.numpy as jnp, numpy as np
+    >>> target = np.array([1e3, -2.0])
+    >>> def derivs(u):
+    ...     gap = np.asarray(u, dtype=float) - target
+    ...     return 0.5 * float(gap @ gap), gap, np.eye(2)
+    >>> u, converged = trust_region_newton(derivs, jnp.zeros(2))
+    >>> np.asarray(u).tolist(), converged
+    ([1000.0, -2.0], True)
     """
     eps = float(jnp.finfo(u0.dtype).eps)
 
