@@ -84,6 +84,49 @@ def test_a_monte_carlo_fit_still_moving_is_not_converged(gaussian_data):
     assert "NOT converged" in repr(fit)
 
 
+def test_convergence_without_standard_errors_is_judged_by_the_iterates_own_spread(
+        gaussian_data, pcd_fit):
+    # stderr=False leaves no standard error to measure the drift by; the iterates' spread
+    # about a line through the second half does. The same run as pcd_fit: its gaps between
+    # the quarters' means were under one such standard error, against a critical value of 4.6
+    x = gaussian_data[0]
+    settled = un.fit(GAUSS2, x, PCD, key=jax.random.key(0), num_steps=2000, stderr=False,
+                     progress_bar=False)
+    assert settled.stderr is None and settled.converged
+    assert settled.params["mu"] == pytest.approx(pcd_fit.params["mu"])
+    # 1600 steps towards data centred near 7: the mean travels 22 of those standard errors
+    # from the third quarter to the fourth, against a critical value of 5.4
+    moving = un.fit(GAUSS2, x + 6.0, PCD, key=jax.random.key(0), num_steps=1600, stderr=False,
+                    progress_bar=False)
+    assert not moving.converged
+    assert "NOT converged" in repr(moving)
+
+
+def test_the_trend_rule_calls_settled_iterates_settled_and_a_trend_a_trend():
+    from unnorm.driver import _iterate_trend
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(100.0, 2100.0, 100.0)
+    # independent iterates: the family-wise rate of a false "still moving" is 1% by
+    # construction (Bonferroni over 50 parameters); 400 runs give 4 expected, binomial
+    # SD 2, so more than 12 is a failure of the rule, not chance
+    alarms = 0
+    for _ in range(400):
+        iterates = rng.normal(size=(20, 50))
+        ratio, critical = _iterate_trend(iterates[:10], iterates[10:], steps)
+        alarms += ratio.max() > critical
+    assert alarms <= 12
+    # a steady drift of a third of the noise's SD per iterate, in one parameter of 50
+    iterates = rng.normal(size=(20, 50))
+    iterates[:, 7] += steps / 300.0
+    ratio, critical = _iterate_trend(iterates[:10], iterates[10:], steps)
+    assert np.argmax(ratio) == 7 and ratio[7] > critical
+    # a parameter that never moved has not drifted; fewer than four iterates cannot be judged
+    ratio, _ = _iterate_trend(np.zeros((3, 2)), np.zeros((3, 2)), steps[:6])
+    assert np.all(ratio == 0.0)
+    assert _iterate_trend(np.zeros((1, 2)), np.zeros((2, 2)), steps[:3]) is None
+
+
 def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
     # without restarts from noise the buffered chains are still a stochastic approximation of
     # the MLE: the same bounds as plain PCD
