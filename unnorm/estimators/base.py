@@ -11,12 +11,15 @@ so ``jax.value_and_grad(loss, has_aux=True)`` plus any optax optimizer trains it
 the per-observation loss terms ``ℓ_i`` whose mean is the loss; the sandwich standard errors of
 :mod:`unnorm.uncertainty` are built from them.
 
-Two optional extension points serve estimators that do not fit that mould:
+Three optional extension points serve estimators that do not fit that mould:
 
 * ``nuisance`` — parameters of the estimator's own, optimized jointly with θ (NCE's log Z, seed
   004 §5: "Z_θ is treated as a learnable (scalar) parameter"); ``loss`` and ``terms`` then take
   the pair ``(params, nuisance)`` in place of ``params``. It is a function of the data, which
   also sets data-dependent state (NCE's default noise is fitted to the data);
+* ``start`` — a starting point of the estimator's own choosing, where its objective is better
+  conditioned than at the model's initial values (NCE starts from the member of the model
+  nearest its noise distribution);
 * ``post_fit`` — what happens after the optimizer: the chain-based estimators sample the fitted
   model, polish the estimate and build their own covariance from model expectations (the
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
@@ -100,6 +103,10 @@ class Objective(NamedTuple):
     post_fit : callable, optional
         ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
         the optimizer in place of the driver's Newton refinement and sandwich covariance.
+    start : callable, optional
+        ``start(params, state, data) -> params``: the (constrained) point to start from in
+        place of the model's initial values ``params``, or ``params`` themselves; called after
+        ``nuisance``, whose values the driver then recomputes at the new point.
     """
 
     init: Callable
@@ -108,6 +115,7 @@ class Objective(NamedTuple):
     traits: Traits
     nuisance: Callable | None = None
     post_fit: Callable | None = None
+    start: Callable | None = None
 
 
 class PostFit(NamedTuple):

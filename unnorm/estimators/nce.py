@@ -31,23 +31,41 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
+from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
 from ..supports import Support
+from ..trust_region import trust_region_newton
 from .base import Batch, Estimator, Objective, Traits, observation_keys
 
 __all__ = ["NCE"]
+
+#: noise draws behind the start of log Z by importance sampling, and the first of them behind the
+#: member of the model nearest the noise
+START_DRAWS = 1024
+START_DIVERGENCE_DRAWS = 256
+#: at most this many observations (evenly spaced rows) decide between two starting points
+START_ROWS = 2048
+#: NCE looks for a better start when the model at its starting parameters and the noise overlap
+#: less than this: an importance-sampling effective sample size below this fraction of the
+#: draws means log-ratios of model to noise spread over more than about two units, where the
+#: logistic loss saturates
+START_OVERLAP = 0.05
 
 
 class NCEState(NamedTuple):
     """The key the per-observation noise is drawn from and the fitted noise's parameters:
     ``(loc, scale_tril)`` of a Gaussian in the unconstrained space (continuous supports) or the
-    ``probs`` of independent coordinates (binary / spin)."""
+    ``probs`` of independent coordinates (binary / spin). ``overlap``: how much the model at the
+    starting parameters and the noise overlap, the effective sample size of the importance
+    weights behind the start of log Z as a fraction of the draws (Kong 1992)."""
 
     noise_key: jax.Array
     noise_params: Any
+    overlap: Any = ()
 
 
 # ---- the default noise: fitted to the data ------------------------------------------------------
@@ -226,18 +244,74 @@ class NCE(Estimator):
         def init(params, key, data):
             return NCEState(jax.random.fold_in(key, 0x9C3), ())
 
+        def start_draws(state, dtype):
+            draw_key = jax.random.split(state.noise_key)[0]
+            return sample_noise(state.noise_params, draw_key, START_DRAWS).astype(dtype)
+
+        def log_weights(params, noise_params, ys):
+            # log of the model's unnormalized density over the noise's, at each draw
+            return jax.vmap(lambda y: -model.energy(params, y)
+                            - noise_log_prob(noise_params, y))(ys)
+
+        def importance_log_z(params, state, dtype):
+            """log Z(θ) by importance sampling from the noise, and the weights' effective
+            sample size as a fraction of the draws."""
+            log_w = log_weights(params, state.noise_params, start_draws(state, dtype))
+            log_z = jax.scipy.special.logsumexp(log_w) - jnp.log(log_w.shape[0])
+            overlap = jnp.exp(2 * jax.scipy.special.logsumexp(log_w)
+                              - jax.scipy.special.logsumexp(2 * log_w)) / log_w.shape[0]
+            finite = jnp.isfinite(log_z)
+            return (jnp.where(finite, log_z, 0.0).astype(dtype),
+                    jnp.where(finite, overlap, 0.0).astype(dtype))
+
         @jax.jit
         def nuisance(params, state, data):
             noise_params = _fit_noise(support, data) if self.noise is None else ()
+            state = state._replace(noise_params=noise_params)
             # log Z(θ₀) by importance sampling from the noise: a starting point near the
             # optimum of c, where the NCE objective is best conditioned
-            draw_key = jax.random.split(state.noise_key)[0]
-            ys = sample_noise(noise_params, draw_key, 1024).astype(data.dtype)
-            log_w = jax.vmap(lambda y: -model.energy(params, y) - noise_log_prob(noise_params,
-                                                                                   y))(ys)
-            log_z0 = jax.scipy.special.logsumexp(log_w) - jnp.log(log_w.shape[0])
-            log_z0 = jnp.where(jnp.isfinite(log_z0), log_z0, 0.0).astype(data.dtype)
-            return state._replace(noise_params=noise_params), {"log_z": log_z0}
+            log_z, overlap = importance_log_z(params, state, data.dtype)
+            return state._replace(overlap=overlap), {"log_z": log_z}
+
+        # ---- the start: the member of the model nearest the noise ----
+        _, unravel = ravel_pytree(model.to_unconstrained(model.params))
+
+        def fisher_divergence(flat_u, noise_params, ys):
+            # E_noise ‖∇ₓ log p_θ − ∇ₓ log p_n‖²: the two scores are known, so no integration
+            # by parts; each draw's gap is formed before it is squared, which keeps its
+            # precision where the energy itself (½ Λ x² at x = 1e6) has lost it in rounding
+            params = model.to_constrained(unravel(flat_u))
+            gaps = jax.vmap(jax.grad(
+                lambda y: -model.energy(params, y) - noise_log_prob(noise_params, y)))(ys)
+            return jnp.mean(jnp.sum(jnp.square(gaps.reshape(ys.shape[0], -1)), axis=1))
+
+        @jax.jit
+        def divergence_derivatives(flat_u, noise_params, ys):
+            value, grad = jax.value_and_grad(fisher_divergence)(flat_u, noise_params, ys)
+            return value, grad, jax.hessian(fisher_divergence)(flat_u, noise_params, ys)
+
+        @jax.jit
+        def start_loss(params, state, data):
+            # the NCE objective, log Z set by importance sampling, on evenly spaced rows
+            rows = jnp.linspace(0, data.shape[0] - 1, min(data.shape[0], START_ROWS))
+            batch = Batch(data[rows.astype(jnp.int32)], rows.astype(jnp.int32))
+            keys = observation_keys(state.noise_key, batch, state.noise_key, False)
+            theta = (params, {"log_z": importance_log_z(params, state, data.dtype)[0]})
+            return jnp.mean(jax.vmap(term, in_axes=(None, None, 0, 0))(
+                theta, state.noise_params, batch.x, keys))
+
+        def start(params, state, data):
+            if not float(state.overlap) < START_OVERLAP:
+                return params  # the objective is well conditioned where the model starts
+            ys = start_draws(state, data.dtype)[:START_DIVERGENCE_DRAWS]
+            flat0 = ravel_pytree(model.to_unconstrained(params))[0]
+            flat, _ = trust_region_newton(
+                lambda f: divergence_derivatives(f, state.noise_params, ys), flat0)
+            candidate = model.to_constrained(unravel(flat))
+            before = float(start_loss(params, state, data))
+            after = float(start_loss(candidate, state, data))
+            better = np.isfinite(after) and not after >= before
+            return candidate if better else params
 
         def terms(theta, state, batch: Batch, key):
             keys = observation_keys(state.noise_key, batch, key, resample)
@@ -249,4 +323,4 @@ class NCE(Estimator):
 
         return Objective(init, loss, terms,
                          Traits(deterministic=not resample, convex_if_linear_energy=True),
-                         nuisance=nuisance)
+                         nuisance=nuisance, start=None if support.is_discrete else start)
