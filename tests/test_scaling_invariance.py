@@ -91,6 +91,52 @@ def test_scaled_two_dimensional_gaussian():
     assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
 
 
+def _nce_fit(data, model=GAUSSIAN):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no singular Hessian, no refinement far from the start
+        return un.fit(model, data, "nce", key=KEY, progress_bar=False)
+
+
+def test_nce_far_from_the_origin_is_recovered_and_moves_with_the_data():
+    # Before, NCE returned mu = -0.19 at loc 1e3, with log Z = -496634 and a singular-Hessian
+    # warning: from mu = 0 the log-ratio of model to noise fell by 1000 per unit of x, every
+    # observation and noise draw sat on a saturated softplus, and log Z had to travel with mu
+    # (by 1000 per unit of mu) at Adam's pace. NCE now starts from the model nearest its noise.
+    base = _far_data(0.0)
+    near = _nce_fit(base)
+    far = _nce_fit(base + 1e3)
+    assert far.converged
+    z = _z_scores(far, {"mu": 1e3, "prec": 1.0})
+    assert np.max(np.abs(z)) < 4, (far.params, far.stderr)
+    # log Z of ½ Λ (x − μ)² does not depend on μ: log √(2π/Λ)
+    assert abs(far.nuisance["log_z"] - 0.5 * np.log(2 * np.pi)) < 4 * far.nuisance_stderr["log_z"]
+    # the shift of the data is the shift of mu, to the float32 spacing at 1e3 (6e-5) and the
+    # refinement's tolerance, and the precision and standard errors do not move
+    np.testing.assert_allclose(far.params["mu"] - 1e3, near.params["mu"], atol=1e-3)
+    np.testing.assert_allclose(far.params["prec"], near.params["prec"], rtol=1e-3)
+    np.testing.assert_allclose(far.stderr["mu"], near.stderr["mu"], rtol=1e-3)
+
+
+def test_nce_at_a_mean_of_a_million_is_recovered():
+    # μ is held to a float32 spacing of 0.0625 there, about 1.4 standard errors: the trust
+    # region finds the optimizer's answer a minimum to that precision where damped Newton's
+    # tests do not allow for it
+    fit = _nce_fit(_far_data(1e6))
+    assert fit.converged
+    z = _z_scores(fit, {"mu": 1e6, "prec": 1.0})
+    assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
+
+
+@pytest.mark.slow  # its own programs (2-D, n = 300): about 20 s on two shared cores
+def test_nce_on_a_scaled_two_dimensional_gaussian():
+    scale = 1e3
+    data = np.random.default_rng(1).normal(size=(300, 2)) * scale
+    fit = _nce_fit(data, un.models.gaussian(2))
+    assert fit.converged
+    z = _z_scores(fit, {"mu": np.zeros(2), "prec": np.eye(2) / scale**2})
+    assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
+
+
 def test_failed_refinement_on_far_data_says_the_data_may_be_badly_scaled(monkeypatch):
     from unnorm import driver
 

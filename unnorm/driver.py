@@ -333,6 +333,12 @@ def fit(
     nuisance0 = None
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, data)
+    if objective.start is not None and init is None and num_params <= STDERR_AUTO_LIMIT:
+        # the estimator's own start (NCE: the model nearest its noise), not the model's
+        # defaults, which for data far from the origin leave its objective flat
+        params0 = objective.start(params0, est_state, data)
+        if objective.nuisance is not None:
+            est_state, nuisance0 = objective.nuisance(params0, est_state, data)
     plan = _plan(objective, model, params0, data, solve_directly=solve_directly,
                  compute_se=compute_se, default_optimizer=default_optimizer)
 
@@ -807,7 +813,8 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     added to ``stages`` when they moved the point. Far from a minimum (data far from the origin
     leave the optimizer short of it) damped Newton either fails or stops where its tests,
     comparing curvatures of 1e-24 and 1 on one scale, see a minimum; the trust region crosses
-    the distance, from the optimizer's answer when Newton failed. From a point Newton left at a
+    the distance, from the optimizer's answer when Newton failed (and returns that answer as
+    converged when it finds it a minimum to working precision). From a point Newton left at a
     minimum it returns that point unchanged, so well-scaled fits are as they were.
 
     ``sums`` (emptied first) receives the full-data sums (:class:`~unnorm.solvers.FullData`)
@@ -834,8 +841,12 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
         return unravel(refined), converged
     start = refined if converged else flat
     far, far_converged = trust_region_newton(derivs, start)
-    if far_converged and far is not start:
-        stages.append("trust region")
+    if far_converged:
+        # where damped Newton failed, the trust region may find the optimizer's answer
+        # already a minimum to working precision (a location of 1e6 held to a spacing of
+        # 0.0625, which Newton's tests do not allow for)
+        if far is not start:
+            stages.append("trust region")
         return unravel(far), True
     return unravel(refined), converged
 
