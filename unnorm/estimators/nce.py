@@ -260,9 +260,11 @@ class NCE(Estimator):
             log_z = jax.scipy.special.logsumexp(log_w) - jnp.log(log_w.shape[0])
             overlap = jnp.exp(2 * jax.scipy.special.logsumexp(log_w)
                               - jax.scipy.special.logsumexp(2 * log_w)) / log_w.shape[0]
+            # a non-finite energy at the noise says nothing about the overlap (NaN: no
+            # start is sought), and the optimizer's checks report it
             finite = jnp.isfinite(log_z)
             return (jnp.where(finite, log_z, 0.0).astype(dtype),
-                    jnp.where(finite, overlap, 0.0).astype(dtype))
+                    jnp.where(finite, overlap, jnp.nan).astype(dtype))
 
         @jax.jit
         def nuisance(params, state, data):
