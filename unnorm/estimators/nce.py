@@ -304,7 +304,9 @@ class NCE(Estimator):
 
         def start(params, state, data):
             if not float(state.overlap) < START_OVERLAP:
-                return params  # the objective is well conditioned where the model starts
+                # the model at its start overlaps the noise, so the objective is well
+                # conditioned there (or the energy is not finite at the noise: NaN)
+                return params
             ys = start_draws(state, data.dtype)[:START_DIVERGENCE_DRAWS]
             flat0 = ravel_pytree(model.to_unconstrained(params))[0]
             flat, _ = trust_region_newton(
