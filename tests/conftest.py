@@ -22,6 +22,13 @@ jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 # every program, however small or quick to compile: the suite compiles thousands of them
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+# the child processes some tests start (two host devices, interrupts, joblib's workers, the
+# benchmarks' quick runs) read the same cache: their programs are mostly the worker's own. The
+# worker waits while its child runs; two joblib workers writing one entry at once at worst
+# leave a read that fails, which JAX answers by compiling
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
 def pytest_sessionfinish(session, exitstatus):
