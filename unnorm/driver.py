@@ -329,7 +329,9 @@ def fit(
     check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
-    est_state = objective.init(params0, est_key, data)
+    init_state = (objective.init if batch_size is None or objective.init_minibatch is None
+                  else objective.init_minibatch)
+    est_state = init_state(params0, est_key, data)
     nuisance0 = None
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, data)
@@ -618,9 +620,11 @@ def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: 
         return Plan("closed form", refine)
     # A non-convex objective (an RBM's NCE, ratio matching) took Newton from the start to a
     # local minimum of log-likelihood -29 where the optimizer's basin gave -3.68: Newton goes
-    # first only where the objective is convex.
-    if (compute_se and default_optimizer and traits.convex_if_linear_energy
-            and solvers.energy_is_linear(model, params0, data)):
+    # first only where the objective is convex, or where the optimizer's steps cost so much
+    # that its convergence would dominate the fit (cheap_newton).
+    if compute_se and default_optimizer and (
+            traits.cheap_newton or (traits.convex_if_linear_energy
+                                    and solvers.energy_is_linear(model, params0, data))):
         return Plan("newton", refine)
     return Plan("optimizer", refine)
 

@@ -11,7 +11,7 @@ so ``jax.value_and_grad(loss, has_aux=True)`` plus any optax optimizer trains it
 the per-observation loss terms ``ℓ_i`` whose mean is the loss; the sandwich standard errors of
 :mod:`unnorm.uncertainty` are built from them.
 
-Two optional extension points serve estimators that do not fit that mould:
+Three optional extension points serve estimators that do not fit that mould:
 
 * ``nuisance`` — parameters of the estimator's own, optimized jointly with θ (NCE's log Z, seed
   004 §5: "Z_θ is treated as a learnable (scalar) parameter"); ``loss`` and ``terms`` then take
@@ -20,6 +20,8 @@ Two optional extension points serve estimators that do not fit that mould:
 * ``post_fit`` — what happens after the optimizer: the chain-based estimators sample the fitted
   model, polish the estimate and build their own covariance from model expectations (the
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
+* ``init_minibatch`` — the state for fits that take minibatches, where ``init`` precomputes
+  what only full-batch steps read (KSD's ``n × n`` kernel matrix, up to 256 MB).
 """
 
 from __future__ import annotations
@@ -66,12 +68,20 @@ class Traits(NamedTuple):
         the average of the iterates over the second half of the steps (Polyak & Juditsky 1992)
         instead of the last one, whose Monte Carlo jitter does not vanish at a constant
         learning rate.
+    cheap_newton : bool
+        The value, gradient and Hessian of the full-data objective cost about as much as a few
+        optimizer steps, so Newton goes first for any energy (standard errors wanted, the
+        default optimizer, full batch) instead of after the hundreds of steps the optimizer
+        takes to converge. KSD says True: its steps and its derivatives both read the data's
+        ``n × n`` kernel matrix. On an objective that is not convex, Newton from the initial
+        values finds the minimum it is drawn to, which need not be the optimizer's.
     """
 
     deterministic: bool = True
     convex_if_linear_energy: bool = False
     quadratic_if_linear_score: bool = False
     monte_carlo_gradient: bool = False
+    cheap_newton: bool = False
 
 
 class Objective(NamedTuple):
@@ -100,6 +110,10 @@ class Objective(NamedTuple):
     post_fit : callable, optional
         ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
         the optimizer in place of the driver's Newton refinement and sandwich covariance.
+    init_minibatch : callable, optional
+        ``init_minibatch(params, key, data) -> state``, ``init`` for fits that take
+        minibatches, where ``init`` would precompute what only full-batch steps read (KSD's
+        kernel matrix); default ``init``.
     """
 
     init: Callable
@@ -108,6 +122,7 @@ class Objective(NamedTuple):
     traits: Traits
     nuisance: Callable | None = None
     post_fit: Callable | None = None
+    init_minibatch: Callable | None = None
 
 
 class PostFit(NamedTuple):
