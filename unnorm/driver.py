@@ -315,7 +315,8 @@ def fit(
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
     solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
-    num_params = int(ravel_pytree(params0)[0].size)
+    flat0 = ravel_pytree(params0)[0]
+    num_params = int(flat0.size)
     default_optimizer = optimizer is None and batch_size is None
     optimizer = _check_optimizer(optimizer, num_params)
     compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
@@ -323,7 +324,7 @@ def fit(
         resample = num_params > STDERR_AUTO_LIMIT
     resample = _checks.check_bool(resample, "resample")
 
-    dtype = ravel_pytree(params0)[0].dtype
+    dtype = flat0.dtype
     data = jnp.asarray(data_np, dtype=dtype)
     n = data.shape[0]
     check_finite_energies(model, params0, data)
@@ -386,7 +387,7 @@ def fit(
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
     message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
                                num_steps, window, tol, objective.traits.deterministic
-                               and batch_size is None, _scale_hint(data))
+                               and batch_size is None, _scale_hint(data_np))
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
@@ -429,7 +430,10 @@ def fit(
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
         covariance = np.asarray(covariance, dtype=float)
-        num_free = int(ravel_pytree(_initial_theta(model, params, nuisance))[0].size)
+        # the free parameters are at most the constrained ones: counted (which maps the
+        # estimate to the unconstrained space) only when n is that small
+        num_free = (int(ravel_pytree(_initial_theta(model, params, nuisance))[0].size)
+                    if n < len(covariance) else n)
         if n < num_free and not np.all(np.isnan(covariance)):
             # the sandwich's middle, a mean of n outer products, has rank at most n: with
             # fewer observations than free parameters some standard errors come out as 0
@@ -442,7 +446,7 @@ def fit(
             covariance = np.full_like(covariance, np.nan)
         interval_grid = _interval_grid(model, objective, fitted, covariance)
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-        num_model = int(ravel_pytree(params)[0].size)
+        num_model = _flat_size(params)
         se_tree = _unravel_numpy(params, se_flat[:num_model])
         if nuisance is not None:
             nuisance_se = _unravel_numpy(nuisance, se_flat[num_model:])
@@ -896,11 +900,23 @@ def _interval_grid(model: Model, objective: Objective, fitted, covariance: np.nd
     elementwise = [np.full(int(np.size(leaf)), model.constraints[path[0].key].event_dim == 0)
                    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
     if nuisance is not None:
-        elementwise.append(np.ones(int(ravel_pytree(nuisance)[0].size), bool))
+        elementwise.append(np.ones(_flat_size(nuisance), bool))
     return intervals.endpoint_grid(_params_map(model, objective),
                                    theta_u, cov_u, np.concatenate(elementwise))
 
 
+def _flat_size(tree) -> int:
+    """The length of ``ravel_pytree(tree)[0]``, without concatenating the leaves on the
+    device."""
+    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
-    _, unravel = ravel_pytree(params)
-    return jax.tree_util.tree_map(np.asarray, unravel(jnp.asarray(flat)))
+    """``flat`` (``ravel_pytree`` order) as NumPy arrays shaped and typed like ``params``'
+    leaves, on the host: the result's standard errors need no trip through the device."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    ends = np.cumsum([int(np.size(leaf)) for leaf in leaves])
+    pieces = np.split(np.asarray(flat), ends[:-1])
+    return jax.tree_util.tree_unflatten(treedef, [
+        piece.astype(jnp.result_type(leaf)).reshape(np.shape(leaf))
+        for piece, leaf in zip(pieces, leaves, strict=True)])

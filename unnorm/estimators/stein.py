@@ -63,6 +63,7 @@ from ..stein_kernels import (
     check_bandwidth,
     gram_ustat,
     kernel_profile,
+    kernel_slope,
     median_bandwidth,
     row_blocks,
     stein_gram,
@@ -161,13 +162,16 @@ def _derivatives(flat, template, data, bandwidth, *, model: Model, kernel: str,
     return value, grad, hessian, h1
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _gram_derivatives(flat, template, data, gram: SteinGram, *, model: Model):
-    """``Û``, its gradient and Hessian in the flat unconstrained parameters, as
-    :func:`_derivatives` gives them, from the data's :class:`~unnorm.stein_kernels.SteinGram`:
-    the kernel matrix is read, not evaluated again (``n²`` powers), and ``∇Û`` needs only
-    ``B_i = ((φS)_i - 2c_i)/(n-1)``, so one evaluation costs two products of the ``n × n``
-    matrix, with the scores and with their Jacobian."""
+@functools.partial(jax.jit, static_argnames=("model", "kernel", "with_h1"))
+def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth=None, *, model: Model,
+                      kernel: str | None = None, with_h1: bool = False):
+    """``Û``, its gradient and Hessian in the flat unconstrained parameters, and with
+    ``with_h1`` also ``h₁`` (``kernel`` and ``bandwidth`` then needed), as :func:`_derivatives`
+    gives them, from the data's :class:`~unnorm.stein_kernels.SteinGram`: the kernel matrix is
+    read, not evaluated again (``n²`` powers). ``∇Û`` needs only ``B_i = ((φS)_i - 2c_i)/(n-1)``,
+    so one evaluation costs two products of the ``n × n`` matrix, with the scores and with
+    their Jacobian; ``h₁`` adds the matrix ``φ'``, an elementwise function of ``φ``
+    (:func:`~unnorm.stein_kernels.kernel_slope`)."""
     _, unravel = ravel_pytree(template)
     n = data.shape[0]
 
@@ -186,7 +190,17 @@ def _gram_derivatives(flat, template, data, gram: SteinGram, *, model: Model):
     cross = 2.0 / (n * (n - 1)) * jnp.einsum("ndp,ndq->pq", jac, phi_jac)
     weights = jax.lax.stop_gradient(2.0 / n * b)
     curvature = jax.hessian(lambda f: jnp.sum(weights * scores_of(f)))(flat)
-    return value, grad, cross + curvature
+    if not with_h1:
+        return value, grad, cross + curvature
+    points = data.reshape(n, -1)
+    x = points - jnp.mean(points, axis=0)
+    d1 = kernel_slope(kernel, gram.weights, bandwidth)
+    d1_jac = (d1 @ jac.reshape(n, -1)).reshape(jac.shape)
+    d1_jac_x = d1 @ jnp.einsum("ndp,nd->np", jac, x)
+    h1 = (jnp.einsum("ndp,nd->np", jac, b)
+          + (jnp.einsum("ndp,nd->np", phi_jac, scores)
+             + 2.0 * (jnp.einsum("ndp,nd->np", d1_jac, x) - d1_jac_x)) / (n - 1))
+    return value, grad, cross + curvature, h1
 
 
 # ---- the estimator ------------------------------------------------------------------------------
@@ -312,12 +326,14 @@ class KSD(Estimator):
             flat, unravel = ravel_pytree(u)
             static = dict(model=model, kernel=kernel)
             if isinstance(state.gram, SteinGram) and len(state.gram.weights) == n:
-                def derivatives(f):
-                    return _gram_derivatives(f, u, data, state.gram, model=model)
+                def derivatives(f, with_h1=False):
+                    return _gram_derivatives(f, u, data, state.gram, h, with_h1=with_h1,
+                                             **static)
             else:
                 # a minibatch fit (or n beyond the matrix's limit): the kernel in row blocks
-                def derivatives(f):
-                    return _derivatives(f, u, data, h, **static)[:3]
+                def derivatives(f, with_h1=False):
+                    found = _derivatives(f, u, data, h, **static)
+                    return found if with_h1 else found[:3]
             # Trust-region Newton steps: from the initial values, where the driver starts KSD
             # (Traits.cheap_newton), the Hessian of Û is indefinite, and line-searched Newton
             # steps along its shifted inverse overflowed to NaN and were halved back ten to
@@ -332,7 +348,7 @@ class KSD(Estimator):
                     "(method='optimizer', more num_steps).",
                     RuntimeWarning, stacklevel=3)
             fitted = model.to_constrained(unravel(flat))
-            _, _, hessian, h1 = _derivatives(flat, u, data, h, **static)
+            _, _, hessian, h1 = derivatives(flat, with_h1=True)
             cov_u = sandwich_covariance(2.0 * np.asarray(h1), np.asarray(hessian)).covariance
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
             return PostFit(fitted, covariance, None, refined_by="newton",
