@@ -7,12 +7,13 @@ before anything runs (:func:`_plan`):
 1. **solve** — ``closed form`` for a quadratic objective (the score-matching family when the
    score ``-∇ₓE`` is linear in θ: one linear solve); ``newton`` from the initial values for a
    small deterministic objective that is convex for this energy (E affine in θ and the
-   estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
-   chunks paced by wall time, full batch or minibatches), refined by ``newton`` steps on the
-   full-data objective when standard errors are wanted and the objective is deterministic, so
-   that the sandwich formula is evaluated at the exact minimizer it assumes, and by ``trust
-   region`` steps where damped Newton is far from a minimum (data far from the origin or on a
-   large scale leave the optimizer short of it);
+   estimator convex then) or whose derivatives cost a few optimizer steps (KSD); otherwise
+   the ``optimizer`` (any optax transformation in jitted chunks paced by wall time, full
+   batch or minibatches), refined by ``newton`` steps on the full-data objective when
+   standard errors are wanted and the objective is deterministic, so that the sandwich
+   formula is evaluated at the exact minimizer it assumes, and by ``trust region`` steps
+   where damped Newton is far from a minimum (data far from the origin or on a large scale
+   leave the optimizer short of it);
 2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
    likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
    sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
@@ -598,8 +599,9 @@ class Plan(NamedTuple):
     """The stages of a fit, read from the objective's traits before anything runs.
 
     ``start``: ``"closed form"`` (a quadratic objective: one linear solve), ``"newton"`` (a
-    small deterministic objective that is convex for this energy: Newton from the initial
-    values, the optimizer only if Newton does not converge) or ``"optimizer"``. ``refine``:
+    small deterministic objective that is convex for this energy, or whose Newton steps cost a
+    few optimizer steps: Newton from the initial values, the optimizer only if Newton does not
+    converge) or ``"optimizer"``. ``refine``:
     after the optimizer, Newton steps on the full-data objective, so that the sandwich is
     evaluated at the exact minimizer it assumes (deterministic objectives with standard errors,
     unless the estimator finishes the fit itself)."""
