@@ -917,8 +917,8 @@ def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
     """``flat`` (``ravel_pytree`` order) as NumPy arrays shaped and typed like ``params``'
     leaves, on the host: the result's standard errors need no trip through the device."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    ends = np.cumsum([int(np.size(leaf)) for leaf in leaves])
-    pieces = np.split(np.asarray(flat), ends[:-1])
+    ends = np.cumsum([int(np.size(leaf)) for leaf in leaves], dtype=int)
+    pieces = np.split(np.asarray(flat), ends[:-1]) if leaves else []
     return jax.tree_util.tree_unflatten(treedef, [
         piece.astype(jnp.result_type(leaf)).reshape(np.shape(leaf))
         for piece, leaf in zip(pieces, leaves, strict=True)])
