@@ -335,10 +335,10 @@ class KSD(Estimator):
                     found = _derivatives(f, u, data, h, **static)
                     return found if with_h1 else found[:3]
             # Trust-region Newton steps: from the initial values, where the driver starts KSD
-            # (Traits.cheap_newton), the Hessian of Û is indefinite, and line-searched Newton
-            # steps along its shifted inverse overflowed to NaN and were halved back ten to
-            # twenty times each (88 evaluations for a 2-D Gaussian against the trust region's
-            # 10); after the optimizer they are Newton's own steps.
+            # (Traits.cheap_newton), the Hessian of Û is often indefinite, and line-searched
+            # Newton steps along its shifted inverse overflowed to NaN and were halved back
+            # many times each (the counts are in benchmarks/README.md); near a minimum, after
+            # the optimizer, the trust region takes Newton's own steps.
             flat, converged = trust_region_newton(derivatives, flat)
             if not converged:
                 warnings.warn(
