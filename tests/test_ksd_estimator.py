@@ -194,6 +194,40 @@ def test_full_batch_loss_through_the_kernel_matrix_equals_the_pairwise_loss():
         assert objective.init(model.params, jax.random.key(0), x).gram == ()
 
 
+def test_derivatives_read_from_the_kernel_matrix_match_the_blocked_ones():
+    """Newton's steps and the sandwich read the data's kernel matrix (φ' as a function of φ)
+    where a full-batch fit has one; the blocked pass evaluates the kernel afresh. Same
+    numbers, to float32 rounding."""
+    q = jnp.linspace(0.0, 30.0, 61)
+    for name in stein_kernels.KERNELS:
+        phi, slope, _ = stein_kernels.kernel_profile(name, q, 1.7)
+        np.testing.assert_allclose(stein_kernels.kernel_slope(name, phi, 1.7), slope,
+                                   rtol=1e-5, atol=1e-7)
+    kernel = "imq"
+    model = _test_model()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)
+    u = model.to_unconstrained(model.params)
+    flat, _ = ravel_pytree(u)
+    blocked = _derivatives(flat, u, x, 0.9, model=model, kernel=kernel, block_size=8)
+    gram = stein_kernels.stein_gram(x, kernel=kernel, bandwidth=0.9)
+    from_gram = ksd_module._gram_derivatives(flat, u, x, gram, 0.9, model=model, kernel=kernel,
+                                             with_h1=True)
+    for mine, reference in zip(from_gram, blocked, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_minibatch_fit_builds_no_kernel_matrix():
+    x = _gaussian_draws(200, 6)
+    objective = un.estimators.KSD().build(GAUSSIAN, resample=False)
+    state = objective.init_minibatch(GAUSSIAN.params, KEY, jnp.asarray(x, dtype=jnp.float32))
+    assert state.gram == ()
+    # the options and shapes of test_minibatches_and_a_fixed_bandwidth: its compiled code serves
+    with mock.patch.object(ksd_module, "stein_gram", side_effect=AssertionError("built")):
+        fit = un.fit(GAUSSIAN, x, un.estimators.KSD(bandwidth=1.5), key=KEY, batch_size=50,
+                     num_steps=200, progress_bar=False)
+    assert fit.method == "optimizer + newton" and fit.converged
+
+
 def test_estimator_and_test_share_one_bandwidth_rule():
     # 6000 rows: beyond the 5000 the median heuristic looks at, where two rules could differ
     x = _gaussian_draws(6000, seed=1)

@@ -7,12 +7,13 @@ before anything runs (:func:`_plan`):
 1. **solve** — ``closed form`` for a quadratic objective (the score-matching family when the
    score ``-∇ₓE`` is linear in θ: one linear solve); ``newton`` from the initial values for a
    small deterministic objective that is convex for this energy (E affine in θ and the
-   estimator convex then); otherwise the ``optimizer`` (any optax transformation in jitted
-   chunks paced by wall time, full batch or minibatches), refined by ``newton`` steps on the
-   full-data objective when standard errors are wanted and the objective is deterministic, so
-   that the sandwich formula is evaluated at the exact minimizer it assumes, and by ``trust
-   region`` steps where damped Newton is far from a minimum (data far from the origin or on a
-   large scale leave the optimizer short of it);
+   estimator convex then) or whose derivatives cost a few optimizer steps (KSD); otherwise
+   the ``optimizer`` (any optax transformation in jitted chunks paced by wall time, full
+   batch or minibatches), refined by ``newton`` steps on the full-data objective when
+   standard errors are wanted and the objective is deterministic, so that the sandwich
+   formula is evaluated at the exact minimizer it assumes, and by ``trust region`` steps
+   where damped Newton is far from a minimum (data far from the origin or on a large scale
+   leave the optimizer short of it);
 2. **finish** — the estimator's own stage where it has one (MLE's Monte Carlo MLE, the
    likelihood's sandwich from draws of the fitted model for CD/PCD, KSD's U-statistic
    sandwich), else the ``sandwich`` covariance ``H⁻¹JH⁻¹/n`` of the per-observation terms,
@@ -315,7 +316,8 @@ def fit(
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
     solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
-    num_params = int(ravel_pytree(params0)[0].size)
+    flat0 = ravel_pytree(params0)[0]
+    num_params = int(flat0.size)
     default_optimizer = optimizer is None and batch_size is None
     optimizer = _check_optimizer(optimizer, num_params)
     compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
@@ -323,13 +325,15 @@ def fit(
         resample = num_params > STDERR_AUTO_LIMIT
     resample = _checks.check_bool(resample, "resample")
 
-    dtype = ravel_pytree(params0)[0].dtype
+    dtype = flat0.dtype
     data = jnp.asarray(data_np, dtype=dtype)
     n = data.shape[0]
     check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
-    est_state = objective.init(params0, est_key, data)
+    init_state = (objective.init if batch_size is None or objective.init_minibatch is None
+                  else objective.init_minibatch)
+    est_state = init_state(params0, est_key, data)
     nuisance0 = None
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, data)
@@ -390,7 +394,7 @@ def fit(
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
     message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
                                num_steps, window, tol, objective.traits.deterministic
-                               and batch_size is None, _scale_hint(data))
+                               and batch_size is None, _scale_hint(data_np))
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
@@ -433,7 +437,10 @@ def fit(
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
         covariance = np.asarray(covariance, dtype=float)
-        num_free = int(ravel_pytree(_initial_theta(model, params, nuisance))[0].size)
+        # the free parameters are at most the constrained ones: counted (which maps the
+        # estimate to the unconstrained space) only when n is that small
+        num_free = (int(ravel_pytree(_initial_theta(model, params, nuisance))[0].size)
+                    if n < len(covariance) else n)
         if n < num_free and not np.all(np.isnan(covariance)):
             # the sandwich's middle, a mean of n outer products, has rank at most n: with
             # fewer observations than free parameters some standard errors come out as 0
@@ -446,7 +453,7 @@ def fit(
             covariance = np.full_like(covariance, np.nan)
         interval_grid = _interval_grid(model, objective, fitted, covariance)
         se_flat = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-        num_model = int(ravel_pytree(params)[0].size)
+        num_model = _flat_size(params)
         se_tree = _unravel_numpy(params, se_flat[:num_model])
         if nuisance is not None:
             nuisance_se = _unravel_numpy(nuisance, se_flat[num_model:])
@@ -660,8 +667,9 @@ class Plan(NamedTuple):
     """The stages of a fit, read from the objective's traits before anything runs.
 
     ``start``: ``"closed form"`` (a quadratic objective: one linear solve), ``"newton"`` (a
-    small deterministic objective that is convex for this energy: Newton from the initial
-    values, the optimizer only if Newton does not converge) or ``"optimizer"``. ``refine``:
+    small deterministic objective that is convex for this energy, or whose Newton steps cost a
+    few optimizer steps: Newton from the initial values, the optimizer only if Newton does not
+    converge) or ``"optimizer"``. ``refine``:
     after the optimizer, Newton steps on the full-data objective, so that the sandwich is
     evaluated at the exact minimizer it assumes (deterministic objectives with standard errors,
     unless the estimator finishes the fit itself)."""
@@ -686,9 +694,11 @@ def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: 
         return Plan("closed form", refine)
     # A non-convex objective (an RBM's NCE, ratio matching) took Newton from the start to a
     # local minimum of log-likelihood -29 where the optimizer's basin gave -3.68: Newton goes
-    # first only where the objective is convex.
-    if (compute_se and default_optimizer and traits.convex_if_linear_energy
-            and solvers.energy_is_linear(model, params0, data)):
+    # first only where the objective is convex, or where the optimizer's steps cost so much
+    # that its convergence would dominate the fit (cheap_newton).
+    if compute_se and default_optimizer and (
+            traits.cheap_newton or (traits.convex_if_linear_energy
+                                    and solvers.energy_is_linear(model, params0, data))):
         return Plan("newton", refine)
     return Plan("optimizer", refine)
 
@@ -965,11 +975,23 @@ def _interval_grid(model: Model, objective: Objective, fitted, covariance: np.nd
     elementwise = [np.full(int(np.size(leaf)), model.constraints[path[0].key].event_dim == 0)
                    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
     if nuisance is not None:
-        elementwise.append(np.ones(int(ravel_pytree(nuisance)[0].size), bool))
+        elementwise.append(np.ones(_flat_size(nuisance), bool))
     return intervals.endpoint_grid(_params_map(model, objective),
                                    theta_u, cov_u, np.concatenate(elementwise))
 
 
+def _flat_size(tree) -> int:
+    """The length of ``ravel_pytree(tree)[0]``, without concatenating the leaves on the
+    device."""
+    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def _unravel_numpy(params: dict, flat: np.ndarray) -> dict:
-    _, unravel = ravel_pytree(params)
-    return jax.tree_util.tree_map(np.asarray, unravel(jnp.asarray(flat)))
+    """``flat`` (``ravel_pytree`` order) as NumPy arrays shaped and typed like ``params``'
+    leaves, on the host: the result's standard errors need no trip through the device."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    ends = np.cumsum([int(np.size(leaf)) for leaf in leaves], dtype=int)
+    pieces = np.split(np.asarray(flat), ends[:-1]) if leaves else []
+    return jax.tree_util.tree_unflatten(treedef, [
+        piece.astype(jnp.result_type(leaf)).reshape(np.shape(leaf))
+        for piece, leaf in zip(pieces, leaves, strict=True)])

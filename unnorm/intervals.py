@@ -98,9 +98,30 @@ def endpoint_grid(to_constrained, theta_u, cov_u: np.ndarray, elementwise: np.nd
     draws = np.asarray(flat_u, dtype=float)[None, :] + z @ root.T
     values = np.asarray(constrained_flat(jnp.asarray(draws, dtype=dtype)),
                         dtype=float)
-    probabilities = np.array([NormalDist().cdf(t) for t in Z_GRID])
-    simulated = np.quantile(values, probabilities, axis=0).T
-    return np.where(np.asarray(elementwise)[:, None], np.sort(exact, axis=1), simulated)
+    coupled = ~np.asarray(elementwise, dtype=bool)
+    grid = np.sort(exact, axis=1)
+    grid[coupled] = _quantiles(values[:, coupled], _PROBABILITIES).T
+    return grid
+
+
+#: the normal probabilities of :data:`Z_GRID`
+_PROBABILITIES = np.array([NormalDist().cdf(t) for t in Z_GRID])
+
+
+def _quantiles(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """``np.quantile(values, probabilities, axis=0)`` (its default, linear interpolation
+    between order statistics) from one sort of each column: ``np.quantile`` selects each of
+    the 241 probabilities' order statistics apart, which took most of a millisecond fit's
+    time. A column holding NaN gives NaN, as there."""
+    ordered = np.sort(values, axis=0)
+    position = probabilities * (len(ordered) - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, len(ordered) - 1)
+    fraction = (position - below)[:, None]
+    low, high = ordered[below], ordered[above]
+    result = low + (high - low) * fraction
+    result[:, np.isnan(values).any(axis=0)] = np.nan
+    return result
 
 
 @functools.partial(jax.jit, static_argnums=0)

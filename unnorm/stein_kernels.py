@@ -40,7 +40,7 @@ from . import _checks
 
 __all__ = [
     "KERNELS", "SteinGram", "check_bandwidth", "gram_ustat", "kernel_and_derivatives",
-    "kernel_value", "ksd_ustat", "median_bandwidth", "stein_gram",
+    "kernel_slope", "kernel_value", "ksd_ustat", "median_bandwidth", "stein_gram",
     "stein_kernel_cross", "stein_kernel_matrix", "stein_row_means",
 ]
 
@@ -77,6 +77,31 @@ def kernel_profile(kernel: str, q: jax.Array, bandwidth) -> tuple[jax.Array, jax
     if kernel == "rbf":
         phi = jnp.exp(-q / (2.0 * h2))
         return phi, -phi / (2.0 * h2), (phi / (2.0 * h2)) / (2.0 * h2)
+    raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, KERNELS))}.")
+
+
+def kernel_slope(kernel: str, phi: jax.Array, bandwidth) -> jax.Array:
+    """``φ'(q)`` from ``φ(q)`` (entries of a kernel matrix), with no power of ``q`` evaluated
+    again: ``-φ/(2h²)`` for ``"rbf"``; for ``"imq"``, ``φ = b^β`` with ``b = c² + q/h²``, so
+    ``φ' = (β/h²) b^(β-1) = (β/h²) φ^((β-1)/β)``, ``φ³`` for ``β = -1/2``. A zero entry (the
+    zeroed diagonal of :class:`SteinGram`) stays zero.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.array([0.5, 2.0])
+    >>> phi, d1, _ = kernel_profile("imq", q, 1.5)
+    >>> bool(jnp.allclose(kernel_slope("imq", phi, 1.5), d1))
+    True
+    """
+    h2 = jnp.asarray(bandwidth, dtype=phi.dtype) ** 2
+    if kernel == "imq":
+        power = (IMQ_BETA - 1.0) / IMQ_BETA
+        # an integer power is a few multiplications per entry, not an exp and a log
+        powered = phi ** int(power) if float(power).is_integer() else phi ** power
+        return (IMQ_BETA / h2) * powered
+    if kernel == "rbf":
+        return -phi / (2.0 * h2)
     raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, KERNELS))}.")
 
 

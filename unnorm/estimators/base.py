@@ -23,6 +23,8 @@ Three optional extension points serve estimators that do not fit that mould:
 * ``post_fit`` — what happens after the optimizer: the chain-based estimators sample the fitted
   model, polish the estimate and build their own covariance from model expectations (the
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
+* ``init_minibatch`` — the state for fits that take minibatches, where ``init`` precomputes
+  what only full-batch steps read (KSD's ``n × n`` kernel matrix, up to 256 MB).
 """
 
 from __future__ import annotations
@@ -69,12 +71,20 @@ class Traits(NamedTuple):
         the average of the iterates over the second half of the steps (Polyak & Juditsky 1992)
         instead of the last one, whose Monte Carlo jitter does not vanish at a constant
         learning rate.
+    cheap_newton : bool
+        The value, gradient and Hessian of the full-data objective cost about as much as a few
+        optimizer steps, so Newton goes first for any energy (standard errors wanted, the
+        default optimizer, full batch) instead of after the hundreds of steps the optimizer
+        takes to converge. KSD says True: its steps and its derivatives both read the data's
+        ``n × n`` kernel matrix. On an objective that is not convex, Newton from the initial
+        values finds the minimum it is drawn to, which need not be the optimizer's.
     """
 
     deterministic: bool = True
     convex_if_linear_energy: bool = False
     quadratic_if_linear_score: bool = False
     monte_carlo_gradient: bool = False
+    cheap_newton: bool = False
 
 
 class Objective(NamedTuple):
@@ -107,6 +117,10 @@ class Objective(NamedTuple):
         ``start(params, state, data) -> params``: the (constrained) point to start from in
         place of the model's initial values ``params``, or ``params`` themselves; called after
         ``nuisance``, whose values the driver then recomputes at the new point.
+    init_minibatch : callable, optional
+        ``init_minibatch(params, key, data) -> state``, ``init`` for fits that take
+        minibatches, where ``init`` would precompute what only full-batch steps read (KSD's
+        kernel matrix); default ``init``.
     """
 
     init: Callable
@@ -116,6 +130,7 @@ class Objective(NamedTuple):
     nuisance: Callable | None = None
     post_fit: Callable | None = None
     start: Callable | None = None
+    init_minibatch: Callable | None = None
 
 
 class PostFit(NamedTuple):

@@ -15,8 +15,11 @@ far from the others gets a kernel weight that decays with its distance.
 ``Û`` is a pairwise statistic, not a mean of per-observation terms, so the per-observation
 machinery of :mod:`unnorm.solvers` (closed form, Newton refinement and sandwich covariance built
 from one observation at a time) does not apply. The estimator brings its own ``post_fit``:
-damped Newton on the full-data ``Û`` with derivatives assembled from kernel matrices (below),
-and the sandwich covariance of a U-statistic M-estimator.
+trust-region Newton steps (Moré & Sorensen 1983) on the full-data ``Û`` with derivatives
+assembled from kernel matrices (below), and the sandwich covariance of a U-statistic
+M-estimator. An evaluation of those derivatives costs about as much as a few optimizer steps
+(both read the ``n × n`` kernel matrix), so :func:`unnorm.fit` starts Newton from the initial
+values rather than after the optimizer (``Traits.cheap_newton``).
 
 **Derivatives.** ``u`` is bilinear in the scores: with ``r = x_i - x_j``, ``φ_ij = k(x_i, x_j)``
 and ``φ'_ij`` the derivative of the kernel's profile in ``‖r‖²``,
@@ -51,7 +54,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _checks
 from ..model import Model
-from ..newton import constrained_jacobian, newton
+from ..newton import constrained_jacobian
 from ..stein_kernels import (
     GRAM_MAX_ENTRIES,
     KERNELS,
@@ -60,11 +63,13 @@ from ..stein_kernels import (
     check_bandwidth,
     gram_ustat,
     kernel_profile,
+    kernel_slope,
     median_bandwidth,
     row_blocks,
     stein_gram,
     stein_row_means,
 )
+from ..trust_region import trust_region_newton
 from ..uncertainty import delta_method, sandwich_covariance
 from .base import Batch, Estimator, Objective, PostFit, Traits
 
@@ -74,8 +79,9 @@ class KSDState(NamedTuple):
     """The kernel bandwidth: the user's value, or the median heuristic of the full data
     (:func:`unnorm.stein_kernels.median_bandwidth`, the rule :func:`unnorm.ksd_test` uses),
     fixed for the whole fit; and the data's :class:`~unnorm.stein_kernels.SteinGram` (``()``
-    above ``GRAM_MAX_ENTRIES`` pairs), through which a full-batch step evaluates ``Û`` with one
-    matrix product instead of ``n²`` kernel evaluations and their autodiff tape."""
+    above ``GRAM_MAX_ENTRIES`` pairs and for fits that take minibatches, which never read it),
+    through which a full-batch step or Newton evaluation reads ``Û`` with matrix products
+    instead of ``n²`` kernel evaluations and their autodiff tape."""
 
     bandwidth: jax.Array
     gram: SteinGram | tuple = ()
@@ -156,6 +162,47 @@ def _derivatives(flat, template, data, bandwidth, *, model: Model, kernel: str,
     return value, grad, hessian, h1
 
 
+@functools.partial(jax.jit, static_argnames=("model", "kernel", "with_h1"))
+def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth=None, *, model: Model,
+                      kernel: str | None = None, with_h1: bool = False):
+    """``Û``, its gradient and Hessian in the flat unconstrained parameters, and with
+    ``with_h1`` also ``h₁`` (``kernel`` and ``bandwidth`` then needed), as :func:`_derivatives`
+    gives them, from the data's :class:`~unnorm.stein_kernels.SteinGram`: the kernel matrix is
+    read, not evaluated again (``n²`` powers). ``∇Û`` needs only ``B_i = ((φS)_i - 2c_i)/(n-1)``,
+    so one evaluation costs two products of the ``n × n`` matrix, with the scores and with
+    their Jacobian; ``h₁`` adds the matrix ``φ'``, an elementwise function of ``φ``
+    (:func:`~unnorm.stein_kernels.kernel_slope`)."""
+    _, unravel = ravel_pytree(template)
+    n = data.shape[0]
+
+    def scores_of(f):
+        return _flat_scores(model, model.to_constrained(unravel(f)), data)
+
+    scores = scores_of(flat)
+    jac = jnp.moveaxis(jax.vmap(lambda v: jax.jvp(scores_of, (flat,), (v,))[1])(
+        jnp.eye(flat.size, dtype=flat.dtype)), 0, -1)
+    weighted = gram.weights @ scores
+    value = ((jnp.sum(scores * weighted) - 4.0 * jnp.sum(scores * gram.drift) + gram.constant)
+             / (n * (n - 1)))
+    b = (weighted - 2.0 * gram.drift) / (n - 1)
+    grad = 2.0 / n * jnp.einsum("ndp,nd->p", jac, b)
+    phi_jac = (gram.weights @ jac.reshape(n, -1)).reshape(jac.shape)
+    cross = 2.0 / (n * (n - 1)) * jnp.einsum("ndp,ndq->pq", jac, phi_jac)
+    weights = jax.lax.stop_gradient(2.0 / n * b)
+    curvature = jax.hessian(lambda f: jnp.sum(weights * scores_of(f)))(flat)
+    if not with_h1:
+        return value, grad, cross + curvature
+    points = data.reshape(n, -1)
+    x = points - jnp.mean(points, axis=0)
+    d1 = kernel_slope(kernel, gram.weights, bandwidth)
+    d1_jac = (d1 @ jac.reshape(n, -1)).reshape(jac.shape)
+    d1_jac_x = d1 @ jnp.einsum("ndp,nd->np", jac, x)
+    h1 = (jnp.einsum("ndp,nd->np", jac, b)
+          + (jnp.einsum("ndp,nd->np", phi_jac, scores)
+             + 2.0 * (jnp.einsum("ndp,nd->np", d1_jac, x) - d1_jac_x)) / (n - 1))
+    return value, grad, cross + curvature, h1
+
+
 # ---- the estimator ------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -170,11 +217,12 @@ class KSD(Estimator):
 
     with ``s = -∇ₓE(x; θ)`` (Liu, Lee & Jordan 2016; Barp, Briol, Duncan, Girolami & Mackey
     2019, "Minimum Stein discrepancy estimators"). No normalizing constant is needed. The
-    estimate is finished by damped Newton steps on the full-data ``Û`` (after the optimizer, or
-    from the initial values when :func:`unnorm.fit` goes straight to Newton; skipped without
-    standard errors, as for the other estimators), and the standard errors are the sandwich of
-    a U-statistic M-estimator, ``H⁻¹ (4 Var h₁) H⁻¹ / n`` (module docstring). Each evaluation
-    costs O(n² d).
+    estimate is found or finished by trust-region Newton steps on the full-data ``Û`` (from
+    the initial values with the default optimizer and full batch, where an evaluation of the
+    derivatives costs a few optimizer steps; after the optimizer otherwise, e.g. with
+    ``method="optimizer"``; skipped without standard errors, as for the other estimators),
+    and the standard errors are the sandwich of a U-statistic M-estimator,
+    ``H⁻¹ (4 Var h₁) H⁻¹ / n`` (module docstring). Each evaluation costs O(n² d).
 
     Parameters
     ----------
@@ -229,16 +277,22 @@ class KSD(Estimator):
         kernel = self.kernel
         fixed = None if self.bandwidth == "median" else float(self.bandwidth)
 
-        def init(params, key, data):
+        def init_minibatch(params, key, data):
             dtype = ravel_pytree(params)[0].dtype
             n = data.shape[0]
             _check_pairs(n, "data set")
             points = data.reshape(n, -1)
             h = fixed if fixed is not None else median_bandwidth(np.asarray(points))
-            h = jnp.asarray(h, dtype=dtype)
-            gram = (stein_gram(jnp.asarray(points, dtype=dtype), kernel=kernel, bandwidth=h)
-                    if n * n <= GRAM_MAX_ENTRIES else ())
-            return KSDState(h, gram)
+            return KSDState(jnp.asarray(h, dtype=dtype))
+
+        def init(params, key, data):
+            state = init_minibatch(params, key, data)
+            n = data.shape[0]
+            if n * n > GRAM_MAX_ENTRIES:
+                return state
+            points = jnp.asarray(data.reshape(n, -1), dtype=state.bandwidth.dtype)
+            return state._replace(gram=stein_gram(points, kernel=kernel,
+                                                  bandwidth=state.bandwidth))
 
         def row_means(params, state, batch: Batch):
             b = batch.x.shape[0]
@@ -271,8 +325,21 @@ class KSD(Estimator):
             u = model.to_unconstrained(params)
             flat, unravel = ravel_pytree(u)
             static = dict(model=model, kernel=kernel)
-            flat, converged = newton(
-                lambda f: _derivatives(f, u, data, h, **static)[:3], flat)
+            if isinstance(state.gram, SteinGram) and len(state.gram.weights) == n:
+                def derivatives(f, with_h1=False):
+                    return _gram_derivatives(f, u, data, state.gram, h, with_h1=with_h1,
+                                             **static)
+            else:
+                # a minibatch fit (or n beyond the matrix's limit): the kernel in row blocks
+                def derivatives(f, with_h1=False):
+                    found = _derivatives(f, u, data, h, **static)
+                    return found if with_h1 else found[:3]
+            # Trust-region Newton steps: from the initial values, where the driver starts KSD
+            # (Traits.cheap_newton), the Hessian of Û is often indefinite, and line-searched
+            # Newton steps along its shifted inverse overflowed to NaN and were halved back
+            # many times each (the counts are in benchmarks/README.md); near a minimum, after
+            # the optimizer, the trust region takes Newton's own steps.
+            flat, converged = trust_region_newton(derivatives, flat)
             if not converged:
                 warnings.warn(
                     "the Newton steps of estimator 'ksd' did not reach a minimum of the full-data "
@@ -281,12 +348,13 @@ class KSD(Estimator):
                     "(method='optimizer', more num_steps).",
                     RuntimeWarning, stacklevel=3)
             fitted = model.to_constrained(unravel(flat))
-            _, _, hessian, h1 = _derivatives(flat, u, data, h, **static)
+            _, _, hessian, h1 = derivatives(flat, with_h1=True)
             cov_u = sandwich_covariance(2.0 * np.asarray(h1), np.asarray(hessian)).covariance
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
             return PostFit(fitted, covariance, None, refined_by="newton",
                            covariance_from="U-statistic sandwich", converged=bool(converged),
                            hessian=np.asarray(hessian, dtype=float))
 
-        return Objective(init, loss, terms, Traits(convex_if_linear_energy=True),
-                         post_fit=post_fit)
+        return Objective(init, loss, terms,
+                         Traits(convex_if_linear_energy=True, cheap_newton=True),
+                         post_fit=post_fit, init_minibatch=init_minibatch)
