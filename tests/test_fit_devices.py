@@ -1,0 +1,284 @@
+"""``un.fit(devices=...)``: data rows split over several devices, and over several processes.
+
+The CPU backend shows several devices only when ``XLA_FLAGS`` says so before JAX starts, and
+several processes only when each calls ``jax.distributed.initialize``, so the sharded fits run
+in child processes, in float64: a child with two host devices, and two children joined over
+127.0.0.1 (gloo collectives), each holding half the rows of one global array. Each compares
+its fits with a single-device fit of the same data and key (the sums differ only in their
+order: 1e-5 relative is far above float64 rounding and far below any real difference), and
+records the rows each device really holds and sums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unnorm as un
+
+# the model, data and fits both children run. The energy is affine in θ = (a, b), so SM and
+# SSM solve in closed form and NCE starts with Newton; PCD runs the optimizer on the rows.
+_FITS = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp, numpy as np
+    import unnorm as un
+    from unnorm import sharding, solvers
+
+    MODEL = un.Model(lambda p, x: 0.5 * p["a"] * jnp.sum(x ** 2) - jnp.dot(p["b"], x),
+                     params={"a": 1.0, "b": jnp.zeros(2)},
+                     constraints={"a": un.constraints.positive}, support=un.supports.real(2))
+    DATA = np.random.default_rng(0).normal([0.5, -0.5], 0.8, size=(301, 2))
+    FITS = {"sm": ("sm", {}), "ssm": (un.estimators.SSM(), {}), "nce": ("nce", {}),
+            "sm_optimizer": ("sm", {"method": "optimizer", "num_steps": 40}),
+            "pcd": (un.estimators.PCD(k=2, num_chains=16), {"num_steps": 150})}
+
+    def fit(name, data, **kwargs):
+        estimator, options = FITS[name]
+        result = un.fit(MODEL, data, estimator, key=jax.random.key(1), progress_bar=False,
+                        **options, **kwargs)
+
+        def flat(tree):
+            return [float(v) for _, leaf in sorted(tree.items()) for v in np.ravel(leaf)]
+        return {"params": flat(result.params), "stderr": flat(result.stderr),
+                "stages": list(result.stages)}
+
+    # the rows each full-data pass sums where it runs (inside shard_map: one device's)
+    summed_rows = []
+    derivative_sums = solvers.derivative_sums
+
+    def recording_sums(flat, template, data, *args, **kwargs):
+        summed_rows.append(int(data.shape[0]))
+        return derivative_sums(flat, template, data, *args, **kwargs)
+
+    solvers.derivative_sums = recording_sums
+""")
+
+_TWO_DEVICES = _FITS + textwrap.dedent("""
+    assert len(jax.devices()) == 2, jax.devices()
+    placed, chunk_inputs = [], []
+    place_rows, replicated_jit = sharding.place_rows, sharding.replicated_jit
+
+    def recording_place(*args, **kwargs):
+        rows = place_rows(*args, **kwargs)
+        placed.append({"shard": rows.array.sharding.shard_shape(rows.array.shape)[0],
+                       "padded": rows.array.shape[0], "rows": rows.num_rows,
+                       "devices": len(rows.array.sharding.device_set)})
+        return rows
+
+    def recording_jit(*args, **kwargs):
+        compiled = replicated_jit(*args, **kwargs)
+
+        def call(train, data, *rest, **options):
+            chunk_inputs.append(data.sharding.shard_shape(data.shape)[0])
+            return compiled(train, data, *rest, **options)
+        return call
+
+    sharding.place_rows, sharding.replicated_jit = recording_place, recording_jit
+    out = {}
+    for name in sys.argv[1:]:
+        for label, devices in (("sharded", None), ("single", 1)):
+            placed.clear(), chunk_inputs.clear(), summed_rows.clear()
+            out[name, label] = {**fit(name, DATA, devices=devices), "placed": list(placed),
+                                "chunk_inputs": list(chunk_inputs),
+                                "summed_rows": sorted(set(summed_rows))}
+    print("RESULT " + json.dumps({f"{name}/{label}": v for (name, label), v in out.items()}))
+""")
+
+_PROCESS = _FITS + textwrap.dedent("""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    # each process holds rows [150 i, 150 (i + 1)) of the first 300
+    process, count = jax.process_index(), jax.process_count()
+    assert count == 2 and len(jax.devices()) == 2, jax.devices()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    data = DATA[:300]
+    local = data[150 * process:150 * (process + 1)]
+    rows = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+    out = {"addressable_rows": [s.data.shape[0] for s in rows.addressable_shards],
+           "fully_addressable": rows.is_fully_addressable, "errors": []}
+    # the global array is used where it lives: a device count cannot split it otherwise,
+    # and an array that is not split over its rows is refused
+    copies = jax.make_array_from_process_local_data(NamedSharding(mesh, P()), data)
+    for bad, kwargs in ((rows, {"devices": 1}), (copies, {})):
+        try:
+            fit("sm", bad, **kwargs)
+        except ValueError as err:
+            out["errors"].append(str(err))
+    for name in sys.argv[1:]:
+        summed_rows.clear()
+        out[name] = {**fit(name, rows), "summed_rows": sorted(set(summed_rows))}
+        if process == 0:
+            out[name]["single"] = fit(name, data, devices=[jax.local_devices()[0]])
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def _child_env(device_count: int, cache: bool) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={device_count}").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    if not cache:
+        # two processes compiling the same programs would write the same cache files at once
+        return env
+    # the child finds the programs this process compiled (tests/conftest.py's cache)
+    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    return env
+
+
+def _result(proc_stdout: str, returncode: int, stderr: str) -> dict:
+    lines = [line for line in proc_stdout.splitlines() if line.startswith("RESULT ")]
+    assert returncode == 0 and lines, stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _two_devices(fits: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES, *fits],
+                          env=_child_env(2, cache=True), capture_output=True, text=True,
+                          timeout=300)
+    return _result(proc.stdout, proc.returncode, proc.stderr)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_processes(fits: list[str]) -> list[dict]:
+    """The two processes' results; each process initializes jax.distributed before anything
+    else runs on JAX."""
+    port = _free_port()
+    start = ("import jax, sys\n"
+             "jax.config.update('jax_cpu_collectives_implementation', 'gloo')\n"
+             f"jax.distributed.initialize(coordinator_address='127.0.0.1:{port}', "
+             "num_processes=2, process_id=int(sys.argv.pop(1)))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", start + _PROCESS, str(i), *fits],
+                              env=_child_env(1, cache=False), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            outputs.append((stdout, proc.returncode, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [_result(*output) for output in outputs]
+
+
+def _assert_close(fitted: dict, single: dict) -> None:
+    assert fitted["stages"] == single["stages"]
+    for field in ("params", "stderr"):
+        np.testing.assert_allclose(fitted[field], single[field], rtol=1e-5, atol=0)
+
+
+# ---- several devices in one process -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_device_child() -> dict:
+    return _two_devices(["sm", "ssm", "sm_optimizer"])
+
+
+@pytest.mark.parametrize("name", ["sm", "ssm", "sm_optimizer"])
+def test_sharded_fit_equals_the_single_device_fit(two_device_child, name):
+    sharded, single = two_device_child[f"{name}/sharded"], two_device_child[f"{name}/single"]
+    _assert_close(sharded, single)
+    expected = {"sm": ["closed form", "sandwich"], "ssm": ["closed form", "sandwich"],
+                "sm_optimizer": ["optimizer", "newton", "sandwich"]}[name]
+    assert sharded["stages"] == expected
+
+
+@pytest.mark.parametrize("name", ["sm", "ssm", "sm_optimizer"])
+def test_sharded_fit_splits_the_rows(two_device_child, name):
+    sharded, single = two_device_child[f"{name}/sharded"], two_device_child[f"{name}/single"]
+    # 301 rows padded to 302, 151 on each of the two devices; every full-data pass sums the
+    # 151 rows of one device, and the optimizer's chunk reads them where they are
+    assert sharded["placed"] == [{"shard": 151, "padded": 302, "rows": 301, "devices": 2}]
+    assert sharded["summed_rows"] == [151]
+    if name == "sm_optimizer":
+        assert sharded["chunk_inputs"] and set(sharded["chunk_inputs"]) == {151}
+    # devices=1 is the single-device fit: nothing placed, every pass over all 301 rows
+    assert single["placed"] == [] and single["chunk_inputs"] == []
+    assert single["summed_rows"] == [301]
+
+
+@pytest.mark.slow
+def test_sharded_nce_and_pcd_equal_the_single_device_fits():
+    result = _two_devices(["nce", "pcd"])
+    for name in ("nce", "pcd"):
+        sharded, single = result[f"{name}/sharded"], result[f"{name}/single"]
+        _assert_close(sharded, single)
+        assert sharded["placed"][0]["shard"] == 151
+    assert result["pcd/sharded"]["chunk_inputs"]
+    assert set(result["pcd/sharded"]["chunk_inputs"]) == {151}
+
+
+# ---- several processes --------------------------------------------------------------------------
+
+def _check_processes(results: list[dict], fits: list[str]) -> None:
+    first, second = results
+    for result in results:
+        assert result["addressable_rows"] == [150] and not result["fully_addressable"]
+    for name in fits:
+        # every process gets the same result, and it is the single-process fit
+        assert first[name]["params"] == second[name]["params"]
+        assert first[name]["stderr"] == second[name]["stderr"]
+        _assert_close(first[name], first[name]["single"])
+        # each process summed its own 150 rows in the distributed fit
+        assert first[name]["summed_rows"] == [150] and second[name]["summed_rows"] == [150]
+
+
+def test_fit_over_two_processes_equals_the_single_process_fit():
+    results = _two_processes(["sm"])
+    _check_processes(results, ["sm"])
+    errors = results[0]["errors"]
+    assert len(errors) == 2
+    assert "devices must be None or the devices of data" in errors[0]
+    assert "split over its rows along a one-dimensional mesh" in errors[1]
+
+
+@pytest.mark.slow
+def test_other_estimators_over_two_processes_equal_the_single_process_fits():
+    fits = ["ssm", "nce", "sm_optimizer", "pcd"]
+    _check_processes(_two_processes(fits), fits)
+
+
+# ---- arguments ----------------------------------------------------------------------------------
+
+_MODEL = un.Model(lambda p, x: 0.5 * p["a"] * jnp.sum(x ** 2), params={"a": 1.0},
+                  constraints={"a": un.constraints.positive}, support=un.supports.real(1))
+
+
+@pytest.mark.parametrize("devices, error, match", [
+    (0, ValueError, "devices must be between 1 and"),
+    (len(jax.devices()) + 1, ValueError, "devices must be between 1 and"),
+    ("cpu", TypeError, "devices must be None"),
+    ([0], TypeError, "list of jax.Device"),
+])
+def test_fit_checks_devices_before_compiling(devices, error, match):
+    with pytest.raises(error, match=match):
+        un.fit(_MODEL, np.ones((4, 1)), key=jax.random.key(0), devices=devices)
+
+
+def test_fit_on_an_explicit_single_device_is_the_default_fit():
+    x = np.random.default_rng(0).normal(size=(50, 1))
+    default = un.fit(_MODEL, x, key=jax.random.key(0), progress_bar=False)
+    explicit = un.fit(_MODEL, x, key=jax.random.key(0), progress_bar=False,
+                      devices=jax.devices()[:1])
+    assert default.stages == explicit.stages == ("closed form", "sandwich")
+    np.testing.assert_array_equal(default.params["a"], explicit.params["a"])
+    np.testing.assert_array_equal(default.stderr["a"], explicit.stderr["a"])
