@@ -78,11 +78,20 @@ _TWO_DEVICES = _FITS + textwrap.dedent("""
                        "devices": len(rows.array.sharding.device_set)})
         return rows
 
+    collectives = {}
+
     def recording_jit(*args, **kwargs):
         compiled = replicated_jit(*args, **kwargs)
 
         def call(train, data, *rest, **options):
             chunk_inputs.append(data.sharding.shard_shape(data.shape)[0])
+            if not collectives:
+                # what the devices exchange in a chunk of steps: gradients' partial sums,
+                # never rows
+                text = compiled.lower(train, data, *rest, **options).compile().as_text()
+                collectives.update({op: text.count(op + "(") + text.count(op + "-start(")
+                                    for op in ("all-gather", "all-reduce",
+                                               "collective-permute", "all-to-all")})
             return compiled(train, data, *rest, **options)
         return call
 
@@ -96,7 +105,8 @@ _TWO_DEVICES = _FITS + textwrap.dedent("""
             out[name, label] = {**fit(name, DATA, devices=devices), "placed": list(placed),
                                 "chunk_inputs": list(chunk_inputs),
                                 "summed_rows": sorted(set(summed_rows))}
-    print("RESULT " + json.dumps({f"{name}/{label}": v for (name, label), v in out.items()}))
+    out = {f"{name}/{label}": v for (name, label), v in out.items()}
+    print("RESULT " + json.dumps({**out, "collectives": collectives}))
 """)
 
 _PROCESS = _FITS + textwrap.dedent("""
@@ -166,7 +176,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _two_processes(fits: list[str]) -> list[dict]:
+def _two_processes(fits: list[str], timeout: float = 300) -> list[dict]:
     """The two processes' results; each process initializes jax.distributed before anything
     else runs on JAX."""
     port = _free_port()
@@ -180,7 +190,7 @@ def _two_processes(fits: list[str]) -> list[dict]:
     outputs = []
     try:
         for proc in procs:
-            stdout, stderr = proc.communicate(timeout=300)
+            stdout, stderr = proc.communicate(timeout=timeout)
             outputs.append((stdout, proc.returncode, stderr))
     finally:
         for proc in procs:
@@ -258,6 +268,10 @@ def test_sharded_fit_splits_the_rows(two_device_child):
         assert sharded["summed_rows"] == [151]
     chunk_inputs = two_device_child["sm_optimizer/sharded"]["chunk_inputs"]
     assert chunk_inputs and set(chunk_inputs) == {151}
+    collectives = two_device_child["collectives"]
+    assert collectives["all-reduce"] > 0
+    assert collectives["all-gather"] == collectives["collective-permute"] == 0
+    assert collectives["all-to-all"] == 0
     assert two_device_child["sm/sharded"]["chunk_inputs"] == []  # closed form: no optimizer
     # devices=1 is the single-device fit: nothing placed, every pass over all 301 rows
     single = two_device_child["sm/single"]
@@ -312,7 +326,8 @@ def test_fit_over_two_processes_equals_the_single_process_fit():
 @pytest.mark.slow
 def test_other_estimators_over_two_processes_equal_the_single_process_fits():
     names = ["ssm", "nce", "sm_optimizer", "pcd", "sm/host"]
-    _check_processes(_two_processes([f"{name}+single" for name in names]), names)
+    results = _two_processes([f"{name}+single" for name in names], timeout=900)
+    _check_processes(results, names)
 
 
 # ---- arguments ----------------------------------------------------------------------------------
