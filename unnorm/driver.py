@@ -35,7 +35,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, _xla, intervals, pacing, solvers, threefry
+from . import _checks, _xla, intervals, pacing, sharding, solvers, threefry
 from .errors import FitError, data_location, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
@@ -128,12 +128,16 @@ def _all_finite(tree) -> jax.Array:
 
 def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max_failures, *,
                       model: Model, objective: Objective, optimizer, batch_size: int | None,
-                      length: int):
+                      length: int, num_rows: int | None = None):
     """``count`` optimizer steps (traced, at most ``length``, the losses' length: one compiled
     chunk serves any count, :mod:`unnorm.pacing`) from global step ``start``; steps at or past
     ``num_steps`` are no-ops, and so are the steps after ``max_failures`` consecutive failures
     (the fit stops at the step that reached them). Returns the state and the ``length`` losses,
-    of which the first ``count`` are the steps'."""
+    of which the first ``count`` are the steps'. ``num_rows``: the observations are the first
+    ``num_rows`` rows of ``data`` (rows split over devices, padded to a multiple of their
+    count: :mod:`unnorm.sharding`)."""
+    if num_rows is not None:
+        data = data[:num_rows]
     n = data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
@@ -197,7 +201,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
     return jax.lax.fori_loop(0, count, one_step_stored, (train, losses))
 
 
-_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length")
+_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length", "num_rows")
 
 
 @functools.cache
@@ -238,6 +242,7 @@ def fit(
     max_failures: int = 25,
     method: str = "auto",
     progress_bar: bool = True,
+    devices: Any = None,
 ) -> FitResult:
     """Estimate θ of an unnormalized model from data, with standard errors.
 
@@ -283,6 +288,17 @@ def fit(
         are computed).
     progress_bar : bool
         Show a tqdm bar with the current loss (off when the ``CI`` variable is set).
+    devices : None, int or list of jax.Device
+        The devices the data rows are split over (``jax.sharding``, a 1-D mesh whose axis is
+        ``"data"``; the parameters are replicated), as for :func:`unnorm.sample`. None
+        (default): all of ``jax.devices()``; an int ``n``: the first ``n`` of them; or a list
+        of devices. With one device the fit is the single-device one. The full-data passes
+        (closed form, Newton, sandwich) and the full-batch optimizer steps run where the rows
+        live, each device summing its own; the result equals the single-device fit up to the
+        order of floating-point sums. ``data`` may be a global ``jax.Array`` whose rows
+        belong to several processes (``jax.distributed``), split over its rows as
+        ``jax.make_array_from_process_local_data`` builds it; every process then gets the
+        same result.
 
     Returns
     -------
@@ -303,6 +319,11 @@ def fit(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     estimator = resolve(estimator)
     estimator.check(model)
+    placement = sharding.choose_devices(devices, data)
+    if placement.spanning is not None:
+        # rows held by other processes: the host-side checks, starting values and post-fit
+        # stages read a gathered copy, so that every process decides alike
+        data = sharding.host_rows(data)
     # checked in the dtype the fit computes in (the params'), where a value can overflow
     data_np = model.support.check_data(data, "data", dtype=model.dtype)
     key = _checks.check_key(key)
@@ -328,6 +349,15 @@ def fit(
     dtype = flat0.dtype
     data = jnp.asarray(data_np, dtype=dtype)
     n = data.shape[0]
+    # what the full-data passes and the optimizer read: the data themselves on one device, or
+    # their rows split over the devices
+    rows = data
+    if placement.sharded:
+        rows = (sharding.place_rows(data_np, placement.devices, dtype)
+                if placement.spanning is None
+                else sharding.global_rows(placement.spanning, dtype))
+    elif devices is not None:
+        data = rows = jax.device_put(data, placement.devices[0])
     check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
     est_key, train_key = jax.random.split(key)
@@ -357,12 +387,12 @@ def fit(
     if plan.start == "closed form":
         # None when the solution leaves the parameter space (a precision not positive
         # definite): the optimizer then takes over
-        fitted = solvers.closed_form(objective, model, params0, est_state, data, train_key,
+        fitted = solvers.closed_form(objective, model, params0, est_state, rows, train_key,
                                      label=f"estimator {estimator.name!r}")
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
-        refined, newton_converged = _refine(model, objective, theta, est_state, data,
+        refined, newton_converged = _refine(model, objective, theta, est_state, rows,
                                             train_key, sums=newton_sums)
         if newton_converged:
             theta = refined
@@ -376,14 +406,14 @@ def fit(
     optimizer_theta = None
     if fitted is None:
         theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
-            model, objective, optimizer, theta, est_state, data, train_key, num_steps,
+            model, objective, optimizer, theta, est_state, rows, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
         converged = optimizer_converged
         stages.append("optimizer")
         if plan.refine:
             optimizer_theta = theta
             stages.append("newton")
-            theta, newton_converged = _refine(model, objective, theta, est_state, data,
+            theta, newton_converged = _refine(model, objective, theta, est_state, rows,
                                               train_key, stages=stages, sums=newton_sums)
             converged = newton_converged
         fitted = objective_params(model, objective, theta)
@@ -409,7 +439,7 @@ def fit(
             covariance = _mark_post_fit_unidentified(model, objective, fitted, covariance,
                                                      post.hessian, repr(estimator.name))
     elif compute_se:
-        covariance = _covariance(model, objective, fitted, est_state, data, train_key,
+        covariance = _covariance(model, objective, fitted, est_state, rows, train_key,
                                  in_constrained=(stages == ["closed form"]),
                                  label=repr(estimator.name),
                                  refined_at=_sums_at(theta, newton_sums) if "newton" in stages
@@ -730,6 +760,17 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     snapshots: list[tuple[int, Any]] = []
     chunk = functools.partial(_train_chunk(), model=model, objective=objective,
                               optimizer=optimizer, batch_size=batch_size, length=length)
+    sharded = isinstance(data, sharding.RowShards)
+    if sharded:
+        # the same chunk on the rows where they live, its outputs replicated so that every
+        # process can read them
+        options = tuple(sorted(_xla.training_compiler_options().items()))
+        chunk = functools.partial(
+            sharding.replicated_jit(_train_chunk_impl, data.mesh, _TRAIN_CHUNK_STATIC,
+                                    options),
+            model=model, objective=objective, optimizer=optimizer, batch_size=batch_size,
+            length=length, num_rows=data.num_rows if data.padded else None)
+    chunk_data = data.array if sharded else data
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         try:
@@ -739,7 +780,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
 
                 def call(train=train, done=done, count=count):
                     train, chunk_losses = chunk(
-                        train, data, key, jnp.asarray(done), jnp.asarray(count),
+                        train, chunk_data, key, jnp.asarray(done), jnp.asarray(count),
                         jnp.asarray(num_steps), jnp.asarray(max_failures))
                     return train, np.asarray(chunk_losses)[:count]  # waits for the call
 
@@ -768,6 +809,10 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     theta = train.unconstrained
     if objective.traits.monte_carlo_gradient and int(train.num_averaged) > 0:
         theta = train.average
+    if sharded:
+        # the later stages run on one device per process (the post-fit samplings) or take
+        # the rows' mesh themselves (the full-data passes)
+        theta, train = sharding.uncommitted((theta, train))
     return (theta, np.concatenate(losses), converged, done, int(train.skipped), train.est_state,
             snapshots)
 

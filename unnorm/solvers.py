@@ -20,9 +20,10 @@ from .estimators import Batch, Objective, objective_params
 from .model import Model
 from .newton import constrained_jacobian as jacobian_of
 from .newton import newton
+from .sharding import RowShards, sum_over_rows
 
 __all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
-           "FullData", "block_rows", "constrained_jacobian"]
+           "derivative_sums", "FullData", "block_rows", "constrained_jacobian"]
 
 
 # ---- closed form --------------------------------------------------------------------------------
@@ -198,7 +199,6 @@ class FullData(NamedTuple):
 _STATIC = ("model", "objective", "constrained", "block")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
                 block: int | None = None) -> FullData:
     """Value, gradient, Hessian and mean gradient outer product of the full-data objective,
@@ -212,7 +212,44 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     last block is shifted back to end at the last row, and the rows it shares with the block
     before get weight 0: every row it evaluates is an observation (a padding row could make
     the energy non-finite), and no second shape is compiled.
+
+    ``data`` split over several devices (:class:`~unnorm.sharding.RowShards`) is summed where
+    it lives: each device runs the blocks of its own rows and the devices' sums are added.
     """
+    static = dict(model=model, objective=objective, constrained=constrained, block=block)
+    if isinstance(data, RowShards):
+        return _sharded_derivatives(flat, template, data.array, est_state, key,
+                                    mesh=data.mesh, num_rows=data.num_rows, **static)
+    return _derivatives(flat, template, data, est_state, key, **static)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
+                 block: int | None = None) -> FullData:
+    n = data.shape[0]
+    sums = derivative_sums(flat, template, data, est_state, key, 0, n, model=model,
+                           objective=objective, constrained=constrained, block=block)
+    return jax.tree_util.tree_map(lambda total: total / n, sums)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "num_rows"))
+def _sharded_derivatives(flat, template, padded, est_state, key, *, model, objective,
+                         constrained, mesh, num_rows: int,
+                         block: int | None = None) -> FullData:
+    def local_sums(rows, first_row, total_rows, flat, template, est_state, key):
+        return derivative_sums(flat, template, rows, est_state, key, first_row, total_rows,
+                               model=model, objective=objective, constrained=constrained,
+                               block=block)
+
+    sums = sum_over_rows(local_sums, mesh, padded, num_rows, flat, template, est_state, key)
+    return jax.tree_util.tree_map(lambda total: total / num_rows, sums)
+
+
+def derivative_sums(flat, template, data, est_state, key, first_row, num_rows: int, *, model,
+                    objective, constrained, block: int | None = None) -> FullData:
+    """The sums (not means) of :func:`derivatives` over the rows of ``data``, whose first row
+    is observation ``first_row`` of ``num_rows``: the indices the terms are keyed on are
+    ``first_row + i``, and rows at or past ``num_rows`` (padding) have weight 0."""
     term = _full_data_term(model, objective, template, est_state, key, constrained)
     n = data.shape[0]
     rows = block_rows(n, flat.size) if block is None else min(block, n)
@@ -225,8 +262,9 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
         start = number * rows
         first = jnp.minimum(start, n - rows)
         x = jax.lax.dynamic_slice_in_dim(data, first, rows)
-        index = first + jnp.arange(rows)
-        weight = (index >= start).astype(dtype)
+        local = first + jnp.arange(rows)
+        index = first_row + local
+        weight = ((local >= start) & (index < num_rows)).astype(dtype)
         # the Hessian of the block's sum, not the forward derivative of its per-row gradients:
         # a reverse pass summed over the rows is one product where per-row parameter
         # gradients are one outer product per row, p times over
@@ -240,7 +278,7 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     zeros = FullData(jnp.zeros((), dtype), jnp.zeros(p, dtype), jnp.zeros((p, p), dtype),
                      jnp.zeros((p, p), dtype))
     sums, _ = jax.lax.scan(add_block, zeros, jnp.arange(-(-n // rows)))
-    return jax.tree_util.tree_map(lambda total: total / n, sums)
+    return sums
 
 
 @functools.partial(jax.jit, static_argnames=("model", "objective"))
