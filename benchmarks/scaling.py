@@ -497,6 +497,7 @@ def rows_report(args, cfg: dict, rows: list) -> dict:
     if len(done) >= 2:
         ns = [r["n"] for r in done]
         summary = {"time_exponent": _loglog_exponent(ns, [r["fit_s"] for r in done]),
+                   "cpu_time_exponent": _loglog_exponent(ns, [r["fit_cpu_s"] for r in done]),
                    "extra_peak_mb_per_million_rows": 1e6 * (
                        (done[-1]["peak_rss_mb"] - done[0]["peak_rss_mb"]) / (ns[-1] - ns[0]))}
     lines = ["| n | fit s | timed | CPU s | peak MB | base MB | data MB | max \\|err\\|/SE |",
@@ -509,10 +510,10 @@ def rows_report(args, cfg: dict, rows: list) -> dict:
         lines.append(f"| {r['n']:,} | {r['fit_s']:.3g} | {r['timed']} | {r['fit_cpu_s']:.3g} | "
                      f"{r['peak_rss_mb']:.0f} | {r['base_rss_mb']:.0f} | {r['data_mb']:.3g} | "
                      f"{r['max_err_se']:.2f} |")
-    panels = [("fit seconds (wall)", {"fit": ([r["n"] for r in done],
-                                              [r["fit_s"] for r in done]),
-                                      "CPU": ([r["n"] for r in done],
-                                              [r["fit_cpu_s"] for r in done])}),
+    panels = [("seconds per fit", {"wall": ([r["n"] for r in done],
+                                           [r["fit_s"] for r in done]),
+                                   "CPU (all threads)": ([r["n"] for r in done],
+                                                         [r["fit_cpu_s"] for r in done])}),
               ("MB", {"peak RSS": ([r["n"] for r in done], [r["peak_rss_mb"] for r in done]),
                       "data": ([r["n"] for r in done], [r["data_mb"] for r in done])})]
     report = _write_report(args, "rows", "\n".join(lines) + "\n", panels, "n (rows)",
