@@ -86,3 +86,69 @@ def test_cpu_paths_are_on_on_the_cpu():
     assert chain_groups.choose_layout(8, "parallel", cores=4).num_groups == 4
     jaxpr = str(jax.make_jaxpr(lambda k: threefry.uniform(k, (6,)))(jax.random.key(5)))
     assert "random_bits" not in jaxpr
+
+
+def run_scaling_quick(study: str, out: Path) -> dict:
+    """``benchmarks/scaling.py --study STUDY --quick`` in a fresh process; that study's
+    results, with the paths of its table and plot made absolute."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--study", study, "--quick",
+           "--out", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())[study]
+    table = (out.parent / result["report"]["table"]).read_text()
+    assert table.startswith("| ") and "failed" not in table, table
+    assert (out.parent / result["report"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return result
+
+
+def assert_finite_positive(row: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = row[key]
+        assert isinstance(value, (int, float)) and np.isfinite(value) and value > 0, (key, row)
+
+
+def test_scaling_chains_quick(tmp_path):
+    result = run_scaling_quick("chains", tmp_path / "scaling.json")
+    rows = result["rows"]
+    assert [(r["sampler"], r["chains"]) for r in rows] == [
+        ("mala", 1), ("mala", 4), ("gibbs", 1), ("gibbs", 4)]
+    for row in rows:
+        assert_finite_positive(row, ("num_samples", "draws", "seconds", "first_call_s",
+                                     "draws_per_s"))
+        assert row["draws"] == row["chains"] * row["num_samples"]
+        if row["sampler"] == "mala":
+            assert 0 < row["acceptance"] <= 1
+        else:
+            assert -1 <= row["mean_spin"] <= 1
+    for sampler in ("mala", "gibbs"):
+        assert_finite_positive(result["summary"][sampler], ("best_draws_per_s",
+                                                            "speedup_over_1_chain"))
+
+
+@pytest.mark.slow
+def test_scaling_dim_quick(tmp_path):
+    result = run_scaling_quick("dim", tmp_path / "scaling.json")
+    estimators = ("sm", "ssm", "dsm", "nce", "pcd")
+    assert sorted((r["dim"], r["estimator"]) for r in result["rows"]) == sorted(
+        (d, e) for d in (2, 4) for e in estimators)
+    for row in result["rows"]:
+        assert_finite_positive(row, ("ms_per_step", "ms_per_step_block", "first_call_s",
+                                     "num_steps"))
+        assert np.isfinite(row["final_loss"])
+    assert sorted(result["summary"]["growth"]) == sorted(estimators)
+    assert_finite_positive(result["summary"]["growth"], estimators)
+
+
+@pytest.mark.slow
+def test_scaling_rows_quick(tmp_path):
+    result = run_scaling_quick("rows", tmp_path / "scaling.json")
+    assert [r["n"] for r in result["rows"]] == [1000, 3000]
+    for row in result["rows"]:
+        assert_finite_positive(row, ("fit_s", "cold_s", "fit_cpu_s", "peak_rss_mb",
+                                     "base_rss_mb", "data_mb", "max_err_se"))
+        assert row["stages"][-1] == "sandwich" and row["peak_rss_mb"] >= row["base_rss_mb"]
+    assert np.isfinite(result["summary"]["time_exponent"])
