@@ -20,9 +20,15 @@ Three checks:
   change of random stream passes and a drifted estimate does not.
 
 A block is not run when the line before it is ``<!-- docs-test: skip (reason) -->``: excerpts of
-the library's source, and calls that change process-wide settings. Pages whose blocks take long
-are marked ``slow`` rather than shrunk: a block runs as written, at the sizes the page shows,
-because the numbers it prints are the ones checked.
+the library's source, and calls that change process-wide settings, never to save time.
+
+Every page and every module's docstring examples run in the default suite, so examples are
+written at small sizes: a few hundred draws, four chains, data of a few hundred to a few
+thousand rows, optimizer runs of hundreds of steps. Nearly all of their cost is compiling
+programs, so they also reuse shapes: the blocks of a page and the examples of the modules
+share model shapes, chain counts and data sizes where the example allows it, and the test
+session's persistent compilation cache (``tests/conftest.py``) then serves a program that an
+earlier page or module compiled. A block runs as written; what it prints is what is checked.
 """
 
 from __future__ import annotations
@@ -46,10 +52,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-#: pages that run by default: together a few seconds of CPU (the suite's budget); the others
-#: compile many programs (samplers, fits, AIS) and run with ``-m slow``
-FAST_PAGES = {"index.md", "estimators.md", "cli.md", "architecture.md", "extending.md"}
 
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 FENCE = re.compile(r"^```python[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
@@ -233,12 +235,7 @@ def isolated(tmp_path, monkeypatch):
         plt.close("all")
 
 
-def _page_param(path: Path):
-    marks = [] if path.name in FAST_PAGES else [pytest.mark.slow]
-    return pytest.param(path, id=path.name, marks=marks)
-
-
-@pytest.mark.parametrize("path", [_page_param(p) for p in PAGES])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in PAGES])
 def test_page_blocks_run_and_print_what_the_page_shows(path, isolated):
     blocks = page_blocks(path)
     if not blocks or all(block.skip for block in blocks):
@@ -296,27 +293,11 @@ DOCTEST_MODULES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for path in (ROOT / "unnorm").rglob("*.py") if ">>>" in path.read_text())
 
-#: modules whose examples run by default: under a second of CPU each; the others fit, sample or
-#: compile kernels (several seconds each, about three minutes together) and run with ``-m slow``
-FAST_DOCTEST_MODULES = {
-    "unnorm.constraints", "unnorm.diagnostics", "unnorm.errors", "unnorm.intervals",
-    "unnorm.model", "unnorm.models", "unnorm.models.gaussian", "unnorm.models.pairwise",
-    "unnorm.models.rbm", "unnorm.newton", "unnorm.samplers.chain_groups",
-    "unnorm.samplers.langevin", "unnorm.samplers.registry", "unnorm.samplers.rwmh",
-    "unnorm.supports", "unnorm.uncertainty", "unnorm.pacing", "unnorm.trust_region",
-    "unnorm.improper", "unnorm.samplers.devices"}
-
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-def _doctest_param(module: str):
-    marks = [] if module in FAST_DOCTEST_MODULES else [pytest.mark.slow]
-    return pytest.param(module, id=module, marks=marks)
-
-
-@pytest.mark.parametrize("module", [_doctest_param(m) for m in DOCTEST_MODULES])
+@pytest.mark.parametrize("module", DOCTEST_MODULES)
 def test_docstring_examples(module, isolated):
-    assert FAST_DOCTEST_MODULES <= set(DOCTEST_MODULES), "a fast module has no examples"
     imported = importlib.import_module(module)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)

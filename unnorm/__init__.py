@@ -11,7 +11,7 @@ Examples
 >>> import unnorm as un
 >>> model = un.models.gaussian(2)
 >>> idata = un.sample(model, model.params, key=jax.random.key(0), sampler="nuts",
-...                   num_chains=2, num_warmup=200, num_samples=200, progress_bar=False)
+...                   num_chains=4, num_warmup=300, num_samples=300, progress_bar=False)
 >>> idata.posterior["x"].dims
 ('chain', 'draw', 'x_dim_0')
 """

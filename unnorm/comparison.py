@@ -115,7 +115,7 @@ def compare(
     Examples
     --------
     >>> import jax, numpy as np, unnorm as un
-    >>> x = np.random.default_rng(0).normal(size=(1000, 2))
+    >>> x = np.random.default_rng(0).normal(size=(500, 2))
     >>> model = un.models.gaussian(2)
     >>> table = un.compare(model, x, ["sm", "ssm"], key=jax.random.key(0),
     ...                    truth={"mu": np.zeros(2), "prec": np.eye(2)}, progress_bar=False)

@@ -307,9 +307,9 @@ def fit(
     Examples
     --------
     >>> import jax, numpy as np, unnorm as un
-    >>> x = np.random.default_rng(0).normal(1.0, 2.0, size=(1000, 1))
-    >>> fit = un.fit(un.models.gaussian(1), x, "sm", key=jax.random.key(0), progress_bar=False)
-    >>> round(float(fit.params["mu"][0]), 2) == round(float(x.mean()), 2)
+    >>> x = np.random.default_rng(0).normal(1.0, 2.0, size=(500, 2))
+    >>> fit = un.fit(un.models.gaussian(2), x, "sm", key=jax.random.key(0), progress_bar=False)
+    >>> round(float(fit.params["mu"][0]), 2) == round(float(x[:, 0].mean()), 2)
     True
     >>> list(fit.summary().columns)
     ['estimate', 'std_err', 'ci_lower', 'ci_upper']

@@ -150,8 +150,8 @@ class FitResult:
         Examples
         --------
         >>> import jax, numpy as np, unnorm as un
-        >>> x = np.random.default_rng(0).normal(0.0, 0.3, size=(50, 1))
-        >>> fit = un.fit(un.models.gaussian(1), x, "sm", key=jax.random.key(0),
+        >>> x = np.random.default_rng(0).normal(0.0, 0.3, size=(500, 2))
+        >>> fit = un.fit(un.models.gaussian(2), x, "sm", key=jax.random.key(0),
         ...              progress_bar=False)
         >>> lower, upper = fit.conf_int(0.99)["prec"]
         >>> bool(lower[0, 0] > 0)
@@ -218,7 +218,7 @@ class FitResult:
         Examples
         --------
         >>> import jax, numpy as np, tempfile, pathlib, unnorm as un
-        >>> x = np.random.default_rng(0).normal(size=(200, 2))
+        >>> x = np.random.default_rng(0).normal(size=(500, 2))
         >>> fit = un.fit(un.models.gaussian(2), x, "sm", key=jax.random.key(0),
         ...              progress_bar=False)
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "fit.json"
@@ -346,7 +346,7 @@ def load_fit(path) -> FitResult:
     Examples
     --------
     >>> import jax, numpy as np, tempfile, pathlib, unnorm as un
-    >>> fit = un.fit(un.models.gaussian(1), np.random.default_rng(0).normal(size=(100, 1)),
+    >>> fit = un.fit(un.models.gaussian(2), np.random.default_rng(0).normal(size=(500, 2)),
     ...              "sm", key=jax.random.key(0), progress_bar=False)
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "fit.json"
     >>> fit.save(path)

@@ -537,10 +537,10 @@ class PCD(ChainEstimator):
     Examples
     --------
     >>> import jax, numpy as np, unnorm as un
-    >>> x = np.random.default_rng(0).normal(1.0, 0.5, size=(2000, 1))
-    >>> fit = un.fit(un.models.gaussian(1), x, un.estimators.PCD(k=5, num_chains=64),
-    ...              key=jax.random.key(0), num_steps=1500, progress_bar=False)
-    >>> bool(abs(fit.params["mu"][0] - x.mean()) < 0.05)
+    >>> x = np.random.default_rng(0).normal(1.0, 0.5, size=(2000, 2))
+    >>> fit = un.fit(un.models.gaussian(2), x, un.estimators.PCD(k=5, num_chains=64),
+    ...              key=jax.random.key(0), num_steps=2000, progress_bar=False)
+    >>> bool(np.all(abs(fit.params["mu"] - x.mean(axis=0)) < 0.05))
     True
     """
 

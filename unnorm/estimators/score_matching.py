@@ -361,7 +361,7 @@ class SSM(Estimator):
     --------
     >>> import jax, numpy as np, unnorm as un
     >>> x = np.random.default_rng(0).normal(size=(500, 2))
-    >>> fit = un.fit(un.models.gaussian(2), x, un.estimators.SSM(num_projections=2),
+    >>> fit = un.fit(un.models.gaussian(2), x, un.estimators.SSM(num_projections=1),
     ...              key=jax.random.key(0), progress_bar=False)
     >>> sorted(fit.params)
     ['mu', 'prec']
