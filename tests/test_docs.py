@@ -22,8 +22,11 @@ Three checks:
 A block is not run when the line before it is ``<!-- docs-test: skip (reason) -->``: excerpts of
 the library's source, and calls that change process-wide settings, never to save time.
 
-Every page and every module's docstring examples run in the default suite, so examples are
-written at small sizes: a few hundred draws, four chains, data of a few hundred to a few
+The pages' blocks and the docstrings' examples carry the ``docs`` mark: about three and a half
+minutes of CPU together, which the default ``pytest`` (held to four minutes on two cores) leaves
+out; ``pytest -m docs`` runs them, and so does CI (``.ci/run``), after the default run. The
+site's ``--strict`` build and the checks of the output-matching rules run by default. Examples
+are written at small sizes: a few hundred draws, four chains, data of a few hundred to a few
 thousand rows, optimizer runs of hundreds of steps. Nearly all of their cost is compiling
 programs, so they also reuse shapes: the blocks of a page and the examples of the modules
 share model shapes, chain counts and data sizes where the example allows it, and the test
@@ -235,6 +238,7 @@ def isolated(tmp_path, monkeypatch):
         plt.close("all")
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in PAGES])
 def test_page_blocks_run_and_print_what_the_page_shows(path, isolated):
     blocks = page_blocks(path)
@@ -296,6 +300,7 @@ DOCTEST_MODULES = sorted(
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("module", DOCTEST_MODULES)
 def test_docstring_examples(module, isolated):
     imported = importlib.import_module(module)
