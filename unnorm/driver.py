@@ -34,7 +34,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, _xla, intervals, pacing, solvers, threefry
+from . import _checks, _xla, data_source, intervals, pacing, solvers, threefry
+from .data_source import RowSource, view
 from .errors import FitError, data_location, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
@@ -127,13 +128,15 @@ def _all_finite(tree) -> jax.Array:
 
 def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max_failures, *,
                       model: Model, objective: Objective, optimizer, batch_size: int | None,
-                      length: int):
+                      length: int, prefetched: bool = False):
     """``count`` optimizer steps (traced, at most ``length``, the losses' length: one compiled
     chunk serves any count, :mod:`unnorm.pacing`) from global step ``start``; steps at or past
     ``num_steps`` are no-ops, and so are the steps after ``max_failures`` consecutive failures
     (the fit stops at the step that reached them). Returns the state and the ``length`` losses,
-    of which the first ``count`` are the steps'."""
-    n = data.shape[0]
+    of which the first ``count`` are the steps'. ``prefetched``: ``data`` is the pair (rows,
+    indices) of each of the ``length`` steps' minibatches, read on the host from streamed
+    data (:func:`unnorm.data_source.minibatches`)."""
+    n = None if prefetched else data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
         return objective.loss(objective_params(model, objective, u), est_state, batch, step_key)
@@ -144,7 +147,9 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
         step = start + i
         # the unrolled generator (unnorm.threefry): jax.random's draws, without JAX's CPU loop
         step_key = threefry.fold_in(key, step)
-        if batch_size is None:
+        if prefetched:
+            batch = Batch(data[0][i], data[1][i])
+        elif batch_size is None:
             batch = Batch(data, jnp.arange(n))
         else:
             index = threefry.randint(threefry.fold_in(step_key, 1), (batch_size,), 0, n)
@@ -196,7 +201,8 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
     return jax.lax.fori_loop(0, count, one_step_stored, (train, losses))
 
 
-_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length")
+_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length",
+                       "prefetched")
 
 
 @functools.cache
@@ -302,11 +308,19 @@ def fit(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     estimator = resolve(estimator)
     estimator.check(model)
-    # checked in the dtype the fit computes in (the params'), where a value can overflow
-    data_np = model.support.check_data(data, "data", dtype=model.dtype)
+    streamed = data_source.is_streamed(data)
+    if streamed:
+        # a memmap or row source: its rows are checked and read in host blocks where they
+        # are used, never loaded whole (unnorm.data_source)
+        data = data_source.as_source(data, model.support.event_shape, model.dtype)
+        num_rows = data.shape[0]
+    else:
+        # checked in the dtype the fit computes in (the params'), where a value can overflow
+        data_np = model.support.check_data(data, "data", dtype=model.dtype)
+        num_rows = data_np.shape[0]
     key = _checks.check_key(key)
     num_steps = _checks.check_int(num_steps, "num_steps", minimum=1, maximum=_checks.INT32_MAX)
-    batch_size = _check_batch_size(batch_size, data_np.shape[0])
+    batch_size = _check_batch_size(batch_size, num_rows)
     stderr = _check_stderr(stderr)
     tol = _checks.check_positive_float(tol, "tol")
     window = _checks.check_int(window, "window", minimum=2)
@@ -324,17 +338,28 @@ def fit(
     resample = _checks.check_bool(resample, "resample")
 
     dtype = ravel_pytree(params0)[0].dtype
-    data = jnp.asarray(data_np, dtype=dtype)
-    n = data.shape[0]
-    check_finite_energies(model, params0, data)
+    if not streamed:
+        data = jnp.asarray(data_np, dtype=dtype)
+        check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
+    if streamed:
+        if objective.post_fit is not None:
+            raise data_source.unsupported_estimator_error(estimator.name, data)
+        data_source.check_rows(data, model, params0)
+    n = data.shape[0]
     est_key, train_key = jax.random.split(key)
-    est_state = objective.init(params0, est_key, data)
+    # what only looks at the data (NCE's noise fitted to its mean and covariance) sees a
+    # subsample of streamed data, the data themselves otherwise
+    est_state = objective.init(params0, est_key, view(data))
     nuisance0 = None
     if objective.nuisance is not None:
-        est_state, nuisance0 = objective.nuisance(params0, est_state, data)
-    plan = _plan(objective, model, params0, data, solve_directly=solve_directly,
+        est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
+    plan = _plan(objective, model, params0, view(data), solve_directly=solve_directly,
                  compute_se=compute_se, default_optimizer=default_optimizer)
+    if streamed and batch_size is None and plan.start == "optimizer":
+        raise data_source.full_batch_error(
+            data, f"estimator {estimator.name!r} starts with the optimizer on this model (no "
+            "closed form or Newton start)")
 
     # ---- solve: θ̂ by the planned stages --------------------------------------------------
     stages: list[str] = []
@@ -365,6 +390,10 @@ def fit(
     snapshots: list = []
     optimizer_theta = None
     if fitted is None:
+        if streamed and batch_size is None:
+            raise data_source.full_batch_error(
+                data, f"the {stages[-1] if stages else plan.start} start of estimator "
+                f"{estimator.name!r} gave no estimate here, so the optimizer takes over")
         theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
             model, objective, optimizer, theta, est_state, data, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
@@ -422,7 +451,7 @@ def fit(
     # an energy that falls without bound away from the data is a density's sign, not a model
     # at the fitted parameters only: a neural energy at its random initial weights is
     # often unbounded below, which says nothing about the user's sign convention
-    warn_energy_sign(model, {"fitted": params}, data, RuntimeWarning,
+    warn_energy_sign(model, {"fitted": params}, view(data), RuntimeWarning,
                      stacklevel=3)
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
@@ -576,7 +605,8 @@ def _scale_hint(data) -> str:
     """Where the data lie, when some coordinate is more than 10 of its standard deviations from
     the origin or has a standard deviation outside [1e-3, 1e3] (the scales at which Adam's
     steps of about 1e-2 in the unconstrained parameters cross the distance in a few thousand
-    steps); otherwise empty."""
+    steps); otherwise empty. Streamed data are judged by their subsample."""
+    data = view(data)
     flat = np.asarray(data, dtype=float).reshape(len(data), -1)
     if len(flat) < 2:
         return ""
@@ -645,13 +675,19 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     # compiled call runs as many of them as fit in about half a second (unnorm.pacing), which
     # changes neither: step keys are fold_in(key, step) and the checks come at the same steps.
     length = min(num_steps, 100)
+    streamed = isinstance(data, RowSource)
+    if streamed:
+        # the rows of a call's steps are read on the host before it: fewer steps a call for
+        # large batches, so that they stay within a bounded number of values
+        length = data_source.minibatch_length(batch_size, int(np.prod(data.shape[1:])), length)
     losses: list[np.ndarray] = []
     converged, done, pace = False, 0, None
     # the iterate at each block's end, with its step: how a Monte Carlo fit's iterates drift
     # over its second half (_iterates_settled)
     snapshots: list[tuple[int, Any]] = []
     chunk = functools.partial(_train_chunk(), model=model, objective=objective,
-                              optimizer=optimizer, batch_size=batch_size, length=length)
+                              optimizer=optimizer, batch_size=batch_size, length=length,
+                              prefetched=streamed)
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         try:
@@ -660,8 +696,11 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                 count = pacing.next_count(pace, block_end - done, length)
 
                 def call(train=train, done=done, count=count):
+                    # streamed: the rows the steps draw, the in-memory fit's rows for this key
+                    rows = (data_source.minibatches(data, key, done, count, length, batch_size)
+                            if streamed else data)
                     train, chunk_losses = chunk(
-                        train, data, key, jnp.asarray(done), jnp.asarray(count),
+                        train, rows, key, jnp.asarray(done), jnp.asarray(count),
                         jnp.asarray(num_steps), jnp.asarray(max_failures))
                     return train, np.asarray(chunk_losses)[:count]  # waits for the call
 
@@ -710,7 +749,7 @@ def _raise_failures(model, objective, train, history, max_failures, estimator_na
         "and were skipped. The parameters there "
         f"were:\n{format_params(params)}\nCheck the energy for "
         f"overflow (e.g. exp of large values) and the scale of the data "
-        f"({data_scale(data)}), lower the learning rate, or start from other "
+        f"({data_scale(view(data))}), lower the learning rate, or start from other "
         "init values."
     )
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .data_source import RowSource, sum_over_blocks, view
 from .errors import FitError, data_scale
 from .estimators import Batch, Objective, objective_params
 from .model import Model
@@ -22,7 +23,7 @@ from .newton import constrained_jacobian as jacobian_of
 from .newton import newton
 
 __all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
-           "FullData", "block_rows", "constrained_jacobian"]
+           "block_derivatives", "FullData", "block_rows", "constrained_jacobian"]
 
 
 # ---- closed form --------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
             f"the closed-form solve of {label} failed: the {matrix} of its objective "
             f"({hessian.shape[0]} parameters) has non-finite entries, so the linear system "
             f"cannot be solved. The energy's derivatives overflow {theta0.dtype} at these "
-            f"data ({data_scale(data)}). Rescale the data (e.g. "
+            f"data ({data_scale(view(data))}). Rescale the data (e.g. "
             "standardize each coordinate), or compute in float64 with "
             "jax.config.update('jax_enable_x64', True); if the data are of ordinary size, "
             "check the energy for overflow."
@@ -198,11 +199,28 @@ class FullData(NamedTuple):
 _STATIC = ("model", "objective", "constrained", "block")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
                 block: int | None = None) -> FullData:
     """Value, gradient, Hessian and mean gradient outer product of the full-data objective,
-    summed over blocks of rows.
+    summed over blocks of rows (:func:`block_derivatives`). Streamed data (a
+    :class:`~unnorm.data_source.RowSource`) go through that pass one host block at a time,
+    their sums added (:func:`unnorm.data_source.sum_over_blocks`)."""
+    static = dict(model=model, objective=objective, constrained=constrained, block=block)
+    if isinstance(data, RowSource):
+        return sum_over_blocks(
+            lambda rows, offset, skip: block_derivatives(
+                flat, template, rows, est_state, key, offset=offset, skip=skip, **static),
+            data)
+    return block_derivatives(flat, template, data, est_state, key, offset=0, skip=0, **static)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def block_derivatives(flat, template, data, est_state, key, offset, skip, *, model, objective,
+                      constrained, block: int | None = None) -> FullData:
+    """:func:`derivatives` of the rows of ``data``, whose first row is row ``offset`` of the
+    data set (the index estimators key their per-observation noise on) and whose first
+    ``skip`` rows are weighted 0 (a host block shifted back over rows already counted); the
+    means are over all the rows of ``data``.
 
     Each block of ``block`` rows (default :func:`block_rows`) gives its per-observation
     gradients (a reverse pass per row) and, as their forward-mode derivative, its part of the
@@ -225,8 +243,9 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
         start = number * rows
         first = jnp.minimum(start, n - rows)
         x = jax.lax.dynamic_slice_in_dim(data, first, rows)
-        index = first + jnp.arange(rows)
-        weight = (index >= start).astype(dtype)
+        local = first + jnp.arange(rows)
+        index = offset + local
+        weight = ((local >= start) & (local >= skip)).astype(dtype)
         # the Hessian of the block's sum, not the forward derivative of its per-row gradients:
         # a reverse pass summed over the rows is one product where per-row parameter
         # gradients are one outer product per row, p times over
