@@ -250,8 +250,13 @@ def fit(
     ----------
     model : Model
         The energy and its parameters (initial values are the starting point).
-    data : array (n, *event_shape)
-        Observations on the model's support.
+    data : array (n, *event_shape), NumPy memmap or row source
+        Observations on the model's support. A memmap, or any object with ``__len__`` and
+        ``__getitem__`` over row slices (``data[i:j]`` an array of ``j - i`` rows; an h5py or
+        zarr dataset), is streamed: checked and read in blocks of at most 2²² values, never
+        loaded whole (:mod:`unnorm.data_source`). Streamed data work with ``"sm"``,
+        ``"dsm"``, ``"ssm"``, ``"nce"``, ``"pl"``, ``"rm"`` and ``"mpf"`` and need
+        ``batch_size`` when the optimizer runs.
     estimator : str or Estimator
         A name (``"sm"``, ``"dsm"``, ``"ssm"``) or a configured instance
         (``un.estimators.DSM(sigma=0.1)``); see :mod:`unnorm.estimators`.
@@ -263,7 +268,8 @@ def fit(
     num_steps : int
         Maximum number of optimizer steps.
     batch_size : int, optional
-        Observations per step, drawn uniformly with replacement; ``None`` for full batch.
+        Observations per step, drawn uniformly with replacement; ``None`` for full batch
+        (refused for streamed data where the optimizer runs: each step would read every row).
     init : dict, optional
         Starting parameters (constrained space); default ``model.params``.
     stderr : True, False or "auto"
