@@ -188,3 +188,32 @@ def test_a_bad_value_is_reported_with_its_block(small_blocks):
     with pytest.raises(ValueError, match=r"data\[128:256\] contains 1 NaN or infinite "
                                          r"value\(s\) \(first at row 2\)"):
         un.fit(MODEL, Rows(bad), "sm", key=KEY, batch_size=32, progress_bar=False)
+
+
+# ---- full-batch steps over many in-memory rows --------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:the 'ssm' fit did not converge")
+def test_full_batch_steps_summed_over_row_blocks_are_the_one_pass_steps(monkeypatch):
+    # 600 rows in blocks of 128 (the last shifted back): the blocked loss and gradient are the
+    # one-pass ones up to float32 rounding of the sums, a few ulps of the loss at each step
+    model = un.models.gaussian(2)
+    x = (np.random.default_rng(5).normal(size=(600, 2)) * [1.0, 0.5]).astype(np.float32)
+    kwargs = dict(key=KEY, num_steps=100, stderr=False, progress_bar=False, method="optimizer")
+    one_pass = un.fit(model, x, "ssm", **kwargs)
+    monkeypatch.setattr(data_source, "FULL_BATCH_BLOCKED_ELEMENTS", 1)
+    monkeypatch.setattr(data_source, "FULL_BATCH_BLOCK_ROWS", 128)
+    assert data_source.full_batch_block_rows(600, 5, un.estimators.SSM().build(model, False)) == 128
+    blocked = un.fit(model, x, "ssm", **kwargs)
+    np.testing.assert_allclose(blocked.loss, one_pass.loss, rtol=1e-5, atol=1e-6)
+    for name in ("mu", "prec"):
+        np.testing.assert_allclose(blocked.params[name], one_pass.params[name], rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_small_full_batch_fits_keep_one_pass():
+    model = un.models.gaussian(2)
+    objective = un.estimators.SSM().build(model, False)
+    assert data_source.full_batch_block_rows(10**5, 5, objective) is None
+    assert data_source.full_batch_block_rows(10**6, 110, objective) == 8192
+    cd = un.estimators.CD().build(model, False)
+    assert data_source.full_batch_block_rows(10**6, 110, cd) is None

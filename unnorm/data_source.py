@@ -34,7 +34,9 @@ from .model import Model, check_finite_energies
 
 __all__ = ["RowSource", "is_streamed", "as_source", "view", "host_block_rows", "host_blocks",
            "check_rows", "sum_over_blocks", "step_indices", "minibatches",
-           "HOST_BLOCK_ELEMENTS", "SAMPLE_ROWS", "MINIBATCH_ELEMENTS"]
+           "full_batch_block_rows", "blocked_value_and_grad", "HOST_BLOCK_ELEMENTS",
+           "SAMPLE_ROWS", "MINIBATCH_ELEMENTS", "FULL_BATCH_BLOCK_ROWS",
+           "FULL_BATCH_BLOCKED_ELEMENTS"]
 
 #: Values (rows × values per row) in one host block of a full-data pass or a check: 2²² values
 #: are 32 MiB in float64, the dtype the checks read in.
@@ -44,6 +46,12 @@ SAMPLE_ROWS = 10_000
 #: Values in the rows of one compiled call of minibatch steps (steps × batch × values per
 #: row): a chunk of 100 steps of 256 rows of 10 values is far below it.
 MINIBATCH_ELEMENTS = 2**22
+#: Rows per block of a full-batch optimizer step over in-memory data summed in blocks.
+FULL_BATCH_BLOCK_ROWS = 8192
+#: Rows × parameters from which a full-batch step over in-memory data sums its loss and
+#: gradient over blocks of rows: a step's reverse pass otherwise holds its intermediates
+#: for every row at once.
+FULL_BATCH_BLOCKED_ELEMENTS = 2**24
 
 
 class RowSource:
@@ -269,3 +277,40 @@ def unsupported_estimator_error(name: str, source: RowSource) -> ValueError:
         "its Monte Carlo finish over the data). Streamed data work with 'sm', 'dsm', 'ssm', "
         "'nce', 'pl', 'rm' and 'mpf'; for this estimator pass an in-memory array "
         "(np.asarray(data), or a subsample of the rows).")
+
+
+# ---- full-batch steps over many in-memory rows --------------------------------------------------
+
+def full_batch_block_rows(n: int, num_params: int, objective) -> int | None:
+    """Rows per block of a full-batch optimizer step over ``n`` in-memory rows, or None for
+    one pass over all rows at once (fewer than ``FULL_BATCH_BLOCKED_ELEMENTS`` rows ×
+    parameters, or an objective whose loss is more than the mean of its terms at a fixed
+    state: a Monte Carlo gradient or an estimator's own finish)."""
+    if objective.post_fit is not None or objective.traits.monte_carlo_gradient:
+        return None
+    if n <= FULL_BATCH_BLOCK_ROWS or n * num_params < FULL_BATCH_BLOCKED_ELEMENTS:
+        return None
+    return FULL_BATCH_BLOCK_ROWS
+
+
+def blocked_value_and_grad(terms: Callable, theta, data: jax.Array, rows: int):
+    """The mean over the rows of ``data`` of ``terms(theta, x, index)`` (the per-row terms of
+    rows ``x`` with indices ``index``) and its gradient in ``theta``, summed over blocks of
+    ``rows`` rows by a ``lax.scan``: the reverse pass holds one block's intermediates at a
+    time. The last block is shifted back to end at the last row, the rows the block before
+    counted weighted 0 (every row evaluated is an observation; one block shape)."""
+    n = data.shape[0]
+    dtype = jax.eval_shape(terms, theta, data[:rows], jnp.arange(rows)).dtype
+
+    def add(carry, number):
+        start = number * rows
+        first = jnp.minimum(start, n - rows)
+        x = jax.lax.dynamic_slice_in_dim(data, first, rows)
+        index = first + jnp.arange(rows)
+        weight = (index >= start).astype(dtype)
+        value, grad = jax.value_and_grad(lambda t: weight @ terms(t, x, index))(theta)
+        return jax.tree_util.tree_map(jnp.add, carry, (value, grad)), None
+
+    zeros = (jnp.zeros((), dtype), jax.tree_util.tree_map(jnp.zeros_like, theta))
+    (total, grads), _ = jax.lax.scan(add, zeros, jnp.arange(-(-n // rows)))
+    return total / n, jax.tree_util.tree_map(lambda g: g / n, grads)

@@ -128,14 +128,16 @@ def _all_finite(tree) -> jax.Array:
 
 def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max_failures, *,
                       model: Model, objective: Objective, optimizer, batch_size: int | None,
-                      length: int, prefetched: bool = False):
+                      length: int, prefetched: bool = False, row_block: int | None = None):
     """``count`` optimizer steps (traced, at most ``length``, the losses' length: one compiled
     chunk serves any count, :mod:`unnorm.pacing`) from global step ``start``; steps at or past
     ``num_steps`` are no-ops, and so are the steps after ``max_failures`` consecutive failures
     (the fit stops at the step that reached them). Returns the state and the ``length`` losses,
     of which the first ``count`` are the steps'. ``prefetched``: ``data`` is the pair (rows,
     indices) of each of the ``length`` steps' minibatches, read on the host from streamed
-    data (:func:`unnorm.data_source.minibatches`)."""
+    data (:func:`unnorm.data_source.minibatches`). ``row_block``: full-batch steps sum the
+    loss and gradient over blocks of that many rows
+    (:func:`unnorm.data_source.blocked_value_and_grad`)."""
     n = None if prefetched else data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
@@ -154,8 +156,17 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
         else:
             index = threefry.randint(threefry.fold_in(step_key, 1), (batch_size,), 0, n)
             batch = Batch(data[index], index)
-        (loss, (est_state, _)), grads = value_and_grad(train.unconstrained, train.est_state,
-                                                       batch, step_key)
+        if batch_size is None and row_block is not None:
+            def terms_u(u, x, index):
+                return objective.terms(objective_params(model, objective, u), train.est_state,
+                                       Batch(x, index), step_key)
+
+            loss, grads = data_source.blocked_value_and_grad(terms_u, train.unconstrained,
+                                                             data, row_block)
+            est_state = train.est_state
+        else:
+            (loss, (est_state, _)), grads = value_and_grad(train.unconstrained,
+                                                           train.est_state, batch, step_key)
         updates, opt_state = optimizer.update(grads, train.opt_state, train.unconstrained)
         unconstrained = optax.apply_updates(train.unconstrained, updates)
         active = (step < num_steps) & (train.consecutive_failures < max_failures)
@@ -202,7 +213,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
 
 
 _TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length",
-                       "prefetched")
+                       "prefetched", "row_block")
 
 
 @functools.cache
@@ -686,6 +697,10 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
         # the rows of a call's steps are read on the host before it: fewer steps a call for
         # large batches, so that they stay within a bounded number of values
         length = data_source.minibatch_length(batch_size, int(np.prod(data.shape[1:])), length)
+    # a full-batch step over many rows sums over row blocks, so that its peak memory does
+    # not grow with n; small fits keep the one pass over all rows
+    row_block = (None if streamed or batch_size is not None else data_source.full_batch_block_rows(
+        data.shape[0], int(ravel_pytree(theta0)[0].size), objective))
     losses: list[np.ndarray] = []
     converged, done, pace = False, 0, None
     # the iterate at each block's end, with its step: how a Monte Carlo fit's iterates drift
@@ -693,7 +708,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     snapshots: list[tuple[int, Any]] = []
     chunk = functools.partial(_train_chunk(), model=model, objective=objective,
                               optimizer=optimizer, batch_size=batch_size, length=length,
-                              prefetched=streamed)
+                              prefetched=streamed, row_block=row_block)
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         try:
