@@ -97,22 +97,35 @@ def test_minibatch_steps_from_a_memmap_are_the_in_memory_steps(tmp_path):
         np.testing.assert_array_equal(streamed.params[name], in_memory.params[name])
 
 
-def test_blocked_sums_key_noise_on_the_row_of_the_whole_data_set(small_blocks):
-    # DSM's noise is keyed on each row's index: a host block that passed its own row numbers
-    # would give other noise and other sums. Float64, 5 host blocks, the last shifted back:
-    # the sums over host blocks are the in-memory sums to rounding.
+def _index_keyed_objective():
+    """A tiny objective whose terms depend on each row's index, as DSM's, SSM's and NCE's
+    noise does: ``ℓ_i = (a·x_i + b - i/100)²``."""
+    def terms(params, state, batch, key):
+        target = batch.index.astype(batch.x.dtype) / 100
+        return (params["a"] * batch.x[:, 0] + params["b"] - target) ** 2
+
+    def loss(params, state, batch, key):
+        return jnp.mean(terms(params, state, batch, key)), (state, {})
+
+    return un.estimators.Objective(lambda params, key, data: (), loss, terms,
+                                   un.estimators.Traits())
+
+
+def test_blocked_sums_take_each_row_with_its_index_in_the_whole_data_set(small_blocks):
+    # A host block that passed its own row numbers would give other terms and other sums.
+    # Float64, 600 rows in 5 host blocks, the last shifted back over 40 counted rows: the sums
+    # over host blocks are the in-memory sums to rounding.
     with jax.enable_x64(True):
-        model = un.models.gaussian(2, mean=np.array([0.3, -0.2]),
-                                   precision=np.array([[1.5, 0.4], [0.4, 0.8]]))
-        x = np.random.default_rng(4).normal(size=(600, 2))
-        objective = un.estimators.DSM(sigma=0.5).build(model, False)
-        state = objective.init(model.params, KEY, x)
-        u = model.to_unconstrained(model.params)
-        flat, _ = ravel_pytree(u)
-        static = dict(model=model, objective=objective, constrained=False)
-        whole = un.solvers.derivatives(flat, u, jnp.asarray(x), state, KEY, **static)
-        source = data_source.as_source(Rows(x), (2,), np.float64)
-        blocked = un.solvers.derivatives(flat, u, source, state, KEY, **static)
+        params = {"a": jnp.asarray(0.7), "b": jnp.asarray(-0.2)}
+        model = un.Model(lambda p, x: p["a"] * x[0] + p["b"], params=params,
+                         support=un.supports.real(1))
+        objective = _index_keyed_objective()
+        x = np.random.default_rng(4).normal(size=(600, 1))
+        flat, _ = ravel_pytree(params)
+        static = dict(model=model, objective=objective, constrained=True)
+        whole = un.solvers.derivatives(flat, params, jnp.asarray(x), (), KEY, **static)
+        source = data_source.as_source(Rows(x), (1,), np.float64)
+        blocked = un.solvers.derivatives(flat, params, source, (), KEY, **static)
         for name, got, want in zip(blocked._fields, blocked, whole, strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10,
                                        atol=1e-12, err_msg=name)
@@ -192,6 +205,24 @@ def test_a_bad_value_is_reported_with_its_block(small_blocks):
 
 # ---- full-batch steps over many in-memory rows --------------------------------------------------
 
+def test_blocked_value_and_grad_is_the_mean_over_all_rows():
+    # 600 rows in blocks of 128, the last shifted back over 40 counted rows; float64, so the
+    # only difference is the order of summation
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(6).normal(size=(600, 2)))
+        theta = {"w": jnp.array([0.3, -1.2])}
+
+        def terms(t, rows, index):
+            return jnp.log1p((rows @ t["w"] - index / 600) ** 2)
+
+        value, grad = data_source.blocked_value_and_grad(terms, theta, x, 128)
+        want_value, want_grad = jax.value_and_grad(
+            lambda t: jnp.mean(terms(t, x, jnp.arange(600))))(theta)
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        np.testing.assert_allclose(grad["w"], want_grad["w"], rtol=1e-12)
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the 'ssm' fit did not converge")
 def test_full_batch_steps_summed_over_row_blocks_are_the_one_pass_steps(monkeypatch):
     # 600 rows in blocks of 128 (the last shifted back): the blocked loss and gradient are the
