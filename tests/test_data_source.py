@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -151,8 +152,9 @@ def test_view_is_an_evenly_spaced_subsample(monkeypatch):
 
 def test_what_is_streamed():
     assert data_source.is_streamed(Rows(np.zeros((3, 2))))
-    assert not any(data_source.is_streamed(d) for d in (np.zeros((3, 2)), jnp.zeros((3, 2)),
-                                                         [[0.0, 1.0]], ((0.0, 1.0),)))
+    in_memory = (np.zeros((3, 2)), jnp.zeros((3, 2)), [[0.0, 1.0]], ((0.0, 1.0),),
+                 pd.DataFrame(np.zeros((3, 2))))
+    assert not any(data_source.is_streamed(d) for d in in_memory)
 
 
 # ---- refused ------------------------------------------------------------------------------------

@@ -115,16 +115,22 @@ def _as_float(block, name: str) -> np.ndarray:
                         f"{type(block).__name__}: {err}") from None
 
 
+#: What marks an object as an array already in memory (NumPy's array interfaces, DLPack:
+#: a torch or CuPy tensor) or a table that converts to one (pandas, xarray).
+_IN_MEMORY_MARKS = ("__array_interface__", "__array_struct__", "__dlpack__", "to_numpy")
+
+
 def is_streamed(data) -> bool:
-    """Whether ``un.fit`` streams ``data``: a NumPy memmap, or an object with ``__len__`` and
-    ``__getitem__`` that is not an in-memory array (NumPy, JAX), a list or tuple, or a table
-    with ``to_numpy`` (pandas), which keep the in-memory path."""
-    if isinstance(data, np.memmap):
+    """Whether ``un.fit`` streams ``data``: a NumPy memmap, or an object with ``__getitem__``
+    that is not an array in memory (NumPy, JAX, torch: anything with an array interface or
+    DLPack), a table with ``to_numpy`` (pandas), a list, tuple or dict, which keep the
+    in-memory path. An h5py or zarr dataset is streamed."""
+    if isinstance(data, (np.memmap, RowSource)):
         return True
-    if isinstance(data, (np.ndarray, jax.Array, list, tuple, dict, RowSource)) or hasattr(
-            data, "to_numpy"):
-        return isinstance(data, RowSource)
-    return hasattr(data, "__getitem__") and not np.isscalar(data)
+    if isinstance(data, (np.ndarray, jax.Array, list, tuple, dict, str, bytes)) or any(
+            hasattr(data, mark) for mark in _IN_MEMORY_MARKS):
+        return False
+    return hasattr(data, "__getitem__")
 
 
 def as_source(data, event_shape: tuple[int, ...], dtype) -> RowSource:
