@@ -49,6 +49,14 @@ estimates and standard errors must agree (``max_rel_diff``). ``max_err_se`` as a
 
 Target: peak resident memory of the streamed 10⁷-row fit under 1.5 GB.
 
+Study ``fullbatch`` — full-batch steps in row blocks
+----------------------------------------------------
+In-memory SM fits of the same model on ``FULLBATCH_SIZES`` rows, 30 full-batch Adam steps
+(``method="optimizer"``, ``stderr=False``), each in its own process with the loss and gradient
+summed over row blocks (the default at these sizes) and in one pass over all rows (the
+threshold ``unnorm.data_source.FULL_BATCH_BLOCKED_ELEMENTS`` raised past them): peak resident
+memory and CPU time.
+
 Speed is measured here and never asserted in the tests.
 """
 
@@ -78,6 +86,8 @@ MEMMAP_ROWS = 10_000_000
 MEMMAP_PREFIX = 100_000
 MEMMAP_BATCH = 1024
 MEMMAP_TARGETS = {"peak_rss_mb": 1500.0}
+
+FULLBATCH_SIZES = (1_000_000, 2_000_000)
 
 
 def _rss_mb() -> float:
@@ -238,6 +248,39 @@ def study_memmap(args) -> dict:
             "fits": results}
 
 
+def _fullbatch_worker(n: int, blocked: bool) -> dict:
+    """One process of the ``fullbatch`` study."""
+    import jax
+    import numpy as np
+
+    import unnorm as un
+    from unnorm import data_source
+
+    if not blocked:
+        data_source.FULL_BATCH_BLOCKED_ELEMENTS = 10**18
+    mean, precision = _ggm_truth(STDERR_DIM)
+    factor = np.linalg.inv(np.linalg.cholesky(precision)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((n, STDERR_DIM), dtype=np.float32) @ factor
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fitted = un.fit(un.models.gaussian(STDERR_DIM), x, "sm", key=jax.random.key(1),
+                    num_steps=30, stderr=False, progress_bar=False, method="optimizer")
+    return {"n": n, "blocked": blocked, "fit_s": time.perf_counter() - start,
+            "fit_cpu_s": time.process_time() - cpu_start, "peak_rss_mb": _peak_rss_mb(),
+            "last_loss": float(fitted.loss[-1])}
+
+
+def study_fullbatch(args) -> dict:
+    """Peak memory of full-batch steps in row blocks and in one pass."""
+    sizes = (tuple(int(s) for s in args.sizes.split(",")) if args.sizes else FULLBATCH_SIZES)
+    rows = []
+    for n in sizes:
+        for blocked in (False, True):
+            rows.append(_run_worker("fullbatch", str(n), str(int(blocked))))
+            print(json.dumps(rows[-1]), flush=True)
+    return {"model": f"un.models.gaussian({STDERR_DIM})", "estimator": "sm", "steps": 30,
+            "rows": rows}
+
+
 def _run_worker(*args: str) -> dict:
     """Run this script with ``--worker args`` in a fresh process; its JSON line back."""
     done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
@@ -284,9 +327,10 @@ def study_stderr(args) -> dict:
             "dtype": "float32", "targets": STDERR_TARGETS, "rows": rows}
 
 
-STUDIES = {"stderr": study_stderr, "memmap": study_memmap}
+STUDIES = {"stderr": study_stderr, "memmap": study_memmap, "fullbatch": study_fullbatch}
 WORKERS = {"stderr": lambda n, stderr: _stderr_worker(int(n), bool(int(stderr))),
-           "memmap": lambda path, rows, mode: _memmap_worker(path, int(rows), mode)}
+           "memmap": lambda path, rows, mode: _memmap_worker(path, int(rows), mode),
+           "fullbatch": lambda n, blocked: _fullbatch_worker(int(n), bool(int(blocked)))}
 
 
 def main(argv=None) -> int:
