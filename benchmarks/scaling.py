@@ -72,8 +72,31 @@ or 2¹⁸ (Gibbs) draws, at least 64 and at most 20 000 per chain; InferenceData
 
 Every study writes a markdown table and a log-log plot beside the JSON file
 (``scaling_<study>.md``, ``scaling_<study>.png``); ``--quick`` runs tiny sizes of ``dim``,
-``rows`` and ``chains`` in seconds, to check the script. Speed is measured here and never
-asserted in the tests.
+``rows`` and ``chains`` in seconds, to check the script.
+
+Study ``memmap`` — data larger than memory
+------------------------------------------
+The same model and data law, ``MEMMAP_ROWS`` = 10⁷ float32 rows written in chunks to a ``.npy``
+file (``--tmp``, default the system's temporary folder) and opened with
+``np.load(path, mmap_mode="r")``: ``un.fit(model, memmap, "sm", batch_size=1024)`` streams it
+(minibatch Adam reading the rows each step draws, then Newton refinement and the sandwich in
+host blocks of 2²² values). Three processes: the streamed fit of all rows (peak resident
+memory, split at the end into anonymous memory and mapped file pages, which the kernel may
+drop at will); and, on the first ``MEMMAP_PREFIX`` = 10⁵ rows, the streamed fit of the
+memmap's prefix and the in-memory fit of the same rows as an array with the same key, whose
+estimates and standard errors must agree (``max_rel_diff``). ``max_err_se`` as above.
+
+Target: peak resident memory of the streamed 10⁷-row fit under 1.5 GB.
+
+Study ``fullbatch`` — full-batch steps in row blocks
+----------------------------------------------------
+In-memory SM fits of the same model on ``FULLBATCH_SIZES`` rows, 30 full-batch Adam steps
+(``method="optimizer"``, ``stderr=False``), each in its own process with the loss and gradient
+summed over row blocks (the default at these sizes) and in one pass over all rows (the
+threshold ``unnorm.data_source.FULL_BATCH_BLOCKED_ELEMENTS`` raised past them): peak resident
+memory and CPU time.
+
+Speed is measured here and never asserted in the tests.
 """
 
 from __future__ import annotations
@@ -98,6 +121,13 @@ STDERR_TARGETS = {"peak_rss_mb_at_2e6": 2000.0, "se_over_fit": 3.0}
 #: of minutes, and a second fit would double the study's time
 STDERR_WARM_MAX = 200_000
 
+MEMMAP_ROWS = 10_000_000
+MEMMAP_PREFIX = 100_000
+MEMMAP_BATCH = 1024
+MEMMAP_TARGETS = {"peak_rss_mb": 1500.0}
+
+FULLBATCH_SIZES = (1_000_000, 2_000_000)
+
 
 def _rss_mb() -> float:
     """Current resident memory of this process (Linux /proc), in MB."""
@@ -111,6 +141,17 @@ def _rss_mb() -> float:
 def _peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_parts_mb() -> dict:
+    """Resident memory now, anonymous and file-backed (mapped file pages), in MB."""
+    parts = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            for field in ("RssAnon", "RssFile", "VmRSS"):
+                if line.startswith(field + ":"):
+                    parts[field] = int(line.split()[1]) / 1024
+    return parts
 
 
 def _ggm_truth(d: int):
@@ -158,6 +199,125 @@ def _stderr_worker(n: int, stderr: bool) -> dict:
         # the precision's symmetric entries are one parameter each: both copies agree
         row["max_err_se"] = float(max(np.nanmax(e) for e in errors))
     return row
+
+
+def _write_memmap(path: Path, n: int, chunk: int = 1_000_000) -> None:
+    """n float32 rows of the ``stderr`` study's Gaussian into a ``.npy`` file, in chunks (the
+    writing process never holds more than one chunk)."""
+    import numpy as np
+
+    mean, precision = _ggm_truth(STDERR_DIM)
+    factor = np.linalg.inv(np.linalg.cholesky(precision)).astype(np.float32)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, STDERR_DIM))
+    for number, start in enumerate(range(0, n, chunk)):
+        stop = min(start + chunk, n)
+        rng = np.random.default_rng([0, number])
+        out[start:stop] = (rng.standard_normal((stop - start, STDERR_DIM), dtype=np.float32)
+                           @ factor + mean.astype(np.float32))
+    out.flush()
+    del out
+
+
+def _memmap_worker(path: str, rows: int, mode: str) -> dict:
+    """One process of the ``memmap`` study: fit the first ``rows`` rows of the file, streamed
+    from the memmap (``mode="streamed"``) or loaded as an array (``"memory"``)."""
+    import jax
+    import numpy as np
+
+    import unnorm as un
+
+    mean, precision = _ggm_truth(STDERR_DIM)
+    memmap = np.load(path, mmap_mode="r")
+    data = memmap[:rows] if mode == "streamed" else np.array(memmap[:rows])
+    model = un.models.gaussian(STDERR_DIM)
+    base_rss = _rss_mb()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fitted = un.fit(model, data, "sm", key=jax.random.key(1), batch_size=MEMMAP_BATCH,
+                    progress_bar=False)
+    row = {"rows": rows, "mode": mode, "method": fitted.method, "stages": list(fitted.stages),
+           "num_steps": fitted.num_steps, "fit_s": time.perf_counter() - start,
+           "fit_cpu_s": time.process_time() - cpu_start, "base_rss_mb": base_rss,
+           "peak_rss_mb": _peak_rss_mb(), "rss_end_mb": _rss_parts_mb(),
+           "file_mb": memmap.nbytes / 2**20,
+           "params": {k: np.asarray(v).tolist() for k, v in fitted.params.items()},
+           "stderr": {k: np.asarray(v).tolist() for k, v in fitted.stderr.items()}}
+    errors = [np.abs(np.asarray(fitted.params[name]) - truth) / np.asarray(fitted.stderr[name])
+              for name, truth in (("mu", mean), ("prec", precision))]
+    row["max_err_se"] = float(max(np.nanmax(e) for e in errors))
+    return row
+
+
+def _max_rel_diff(a: dict, b: dict) -> float:
+    import numpy as np
+
+    return float(max(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k]))
+                            / np.maximum(np.abs(np.asarray(b[k])), 1e-12)) for k in a))
+
+
+def study_memmap(args) -> dict:
+    """Peak memory of an SM fit streamed from a 10⁷-row memmap, and the streamed fit of a
+    prefix against the in-memory fit of the same rows."""
+    import tempfile
+
+    rows = int(args.sizes) if args.sizes else MEMMAP_ROWS
+    folder = Path(args.tmp or tempfile.gettempdir())
+    path = folder / f"unnorm_memmap_{rows}.npy"
+    start = time.perf_counter()
+    _write_memmap(path, rows)
+    written_s = time.perf_counter() - start
+    try:
+        prefix = min(MEMMAP_PREFIX, rows)
+        results = [_run_worker("memmap", str(path), str(n), mode)
+                   for n, mode in ((prefix, "memory"), (prefix, "streamed"), (rows, "streamed"))]
+    finally:
+        path.unlink()
+    for row in results:
+        print(json.dumps({k: v for k, v in row.items() if k not in ("params", "stderr")}),
+              flush=True)
+    memory, streamed = results[0], results[1]
+    comparison = {}
+    if "params" in memory and "params" in streamed:
+        comparison = {"max_rel_diff_params": _max_rel_diff(streamed["params"], memory["params"]),
+                      "max_rel_diff_stderr": _max_rel_diff(streamed["stderr"],
+                                                           memory["stderr"])}
+        print(json.dumps(comparison))
+    return {"model": f"un.models.gaussian({STDERR_DIM})", "estimator": "sm", "dtype": "float32",
+            "batch_size": MEMMAP_BATCH, "rows": rows, "prefix": MEMMAP_PREFIX,
+            "write_s": written_s, "targets": MEMMAP_TARGETS, "prefix_comparison": comparison,
+            "fits": results}
+
+
+def _fullbatch_worker(n: int, blocked: bool) -> dict:
+    """One process of the ``fullbatch`` study."""
+    import jax
+    import numpy as np
+
+    import unnorm as un
+    from unnorm import data_source
+
+    if not blocked:
+        data_source.FULL_BATCH_BLOCKED_ELEMENTS = 10**18
+    mean, precision = _ggm_truth(STDERR_DIM)
+    factor = np.linalg.inv(np.linalg.cholesky(precision)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((n, STDERR_DIM), dtype=np.float32) @ factor
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fitted = un.fit(un.models.gaussian(STDERR_DIM), x, "sm", key=jax.random.key(1),
+                    num_steps=30, stderr=False, progress_bar=False, method="optimizer")
+    return {"n": n, "blocked": blocked, "fit_s": time.perf_counter() - start,
+            "fit_cpu_s": time.process_time() - cpu_start, "peak_rss_mb": _peak_rss_mb(),
+            "last_loss": float(fitted.loss[-1])}
+
+
+def study_fullbatch(args) -> dict:
+    """Peak memory of full-batch steps in row blocks and in one pass."""
+    sizes = (tuple(int(s) for s in args.sizes.split(",")) if args.sizes else FULLBATCH_SIZES)
+    rows = []
+    for n in sizes:
+        for blocked in (False, True):
+            rows.append(_run_worker("fullbatch", str(n), str(int(blocked))))
+            print(json.dumps(rows[-1]), flush=True)
+    return {"model": f"un.models.gaussian({STDERR_DIM})", "estimator": "sm", "steps": 30,
+            "rows": rows}
 
 
 def _run_worker(*args: str) -> dict:
@@ -616,20 +776,25 @@ def chains_report(args, cfg: dict, counts, rows: list) -> dict:
 
 
 STUDIES = {"stderr": study_stderr, "dim": study_dim, "rows": study_rows,
-           "chains": study_chains}
+           "chains": study_chains, "memmap": study_memmap, "fullbatch": study_fullbatch}
 WORKERS = {"stderr": lambda n, stderr: _stderr_worker(int(n), bool(int(stderr))),
            "dim": lambda d, steps, quick: _dim_worker(int(d), json.loads(steps),
                                                       bool(int(quick))),
            "rows": lambda n, quick: _rows_worker(int(n), bool(int(quick))),
            "chains": lambda sampler, counts, quick: _chains_worker(
-               sampler, [int(c) for c in counts.split(",")], bool(int(quick)))}
+               sampler, [int(c) for c in counts.split(",")], bool(int(quick))),
+           "memmap": lambda path, rows, mode: _memmap_worker(path, int(rows), mode),
+           "fullbatch": lambda n, blocked: _fullbatch_worker(int(n), bool(int(blocked)))}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), action="append",
                         help="the study to run (repeatable); default all")
-    parser.add_argument("--sizes", help="comma-separated numbers of rows (stderr, rows)")
+    parser.add_argument("--sizes", help="comma-separated numbers of rows (stderr, rows); the "
+                        "number of rows of the memmap (memmap study)")
+    parser.add_argument("--tmp", help="folder for the memmap study's file (default: the "
+                        "system's temporary folder)")
     parser.add_argument("--dims", help="comma-separated dimensions (dim study)")
     parser.add_argument("--chains", help="comma-separated numbers of chains (chains study)")
     parser.add_argument("--quick", action="store_true",

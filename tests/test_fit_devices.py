@@ -106,7 +106,22 @@ _TWO_DEVICES = _FITS + textwrap.dedent("""
                                 "chunk_inputs": list(chunk_inputs),
                                 "summed_rows": sorted(set(summed_rows))}
     out = {f"{name}/{label}": v for (name, label), v in out.items()}
-    print("RESULT " + json.dumps({**out, "collectives": collectives}))
+
+    class Rows:
+        # a row source: streamed in host blocks, on one device
+        def __len__(self):
+            return len(DATA)
+
+        def __getitem__(self, rows):
+            return DATA[rows]
+
+    try:
+        un.fit(MODEL, Rows(), "sm", key=jax.random.key(1), devices=2, progress_bar=False)
+        streamed_error = None
+    except ValueError as err:
+        streamed_error = str(err)
+    print("RESULT " + json.dumps({**out, "collectives": collectives,
+                                  "streamed_error": streamed_error}))
 """)
 
 _PROCESS = _FITS + textwrap.dedent("""
@@ -278,6 +293,12 @@ def test_sharded_fit_splits_the_rows(two_device_child):
     assert single["placed"] == [] and single["chunk_inputs"] == []
     assert single["summed_rows"] == [301]
     _assert_close(single, _score_matching_truth(_DATA))
+
+
+def test_streamed_data_is_not_split_over_devices(two_device_child):
+    assert two_device_child["streamed_error"].startswith(
+        "devices must name one device (or be None) when data is streamed")
+    assert "got 2 devices" in two_device_child["streamed_error"]
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from . import _checks, _xla, intervals, pacing, sharding, solvers, threefry
+from . import _checks, _xla, data_source, intervals, pacing, sharding, solvers, threefry
+from .data_source import RowSource, view
 from .errors import FitError, data_location, data_scale
 from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
@@ -128,17 +129,21 @@ def _all_finite(tree) -> jax.Array:
 
 def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max_failures, *,
                       model: Model, objective: Objective, optimizer, batch_size: int | None,
-                      length: int, num_rows: int | None = None):
+                      length: int, num_rows: int | None = None, prefetched: bool = False,
+                      row_block: int | None = None):
     """``count`` optimizer steps (traced, at most ``length``, the losses' length: one compiled
     chunk serves any count, :mod:`unnorm.pacing`) from global step ``start``; steps at or past
     ``num_steps`` are no-ops, and so are the steps after ``max_failures`` consecutive failures
     (the fit stops at the step that reached them). Returns the state and the ``length`` losses,
     of which the first ``count`` are the steps'. ``num_rows``: the observations are the first
     ``num_rows`` rows of ``data`` (rows split over devices, padded to a multiple of their
-    count: :mod:`unnorm.sharding`)."""
+    count: :mod:`unnorm.sharding`). ``prefetched``: ``data`` is the pair (rows, indices) of
+    each of the ``length`` steps' minibatches, read on the host from streamed data
+    (:func:`unnorm.data_source.minibatches`). ``row_block``: full-batch steps sum the loss and
+    gradient over blocks of that many rows (:func:`unnorm.data_source.blocked_value_and_grad`)."""
     if num_rows is not None:
         data = data[:num_rows]
-    n = data.shape[0]
+    n = None if prefetched else data.shape[0]
 
     def loss_u(u, est_state, batch, step_key):
         return objective.loss(objective_params(model, objective, u), est_state, batch, step_key)
@@ -149,13 +154,24 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
         step = start + i
         # the unrolled generator (unnorm.threefry): jax.random's draws, without JAX's CPU loop
         step_key = threefry.fold_in(key, step)
-        if batch_size is None:
+        if prefetched:
+            batch = Batch(data[0][i], data[1][i])
+        elif batch_size is None:
             batch = Batch(data, jnp.arange(n))
         else:
             index = threefry.randint(threefry.fold_in(step_key, 1), (batch_size,), 0, n)
             batch = Batch(data[index], index)
-        (loss, (est_state, _)), grads = value_and_grad(train.unconstrained, train.est_state,
-                                                       batch, step_key)
+        if batch_size is None and row_block is not None:
+            def terms_u(u, x, index):
+                return objective.terms(objective_params(model, objective, u), train.est_state,
+                                       Batch(x, index), step_key)
+
+            loss, grads = data_source.blocked_value_and_grad(terms_u, train.unconstrained,
+                                                             data, row_block)
+            est_state = train.est_state
+        else:
+            (loss, (est_state, _)), grads = value_and_grad(train.unconstrained,
+                                                           train.est_state, batch, step_key)
         updates, opt_state = optimizer.update(grads, train.opt_state, train.unconstrained)
         unconstrained = optax.apply_updates(train.unconstrained, updates)
         active = (step < num_steps) & (train.consecutive_failures < max_failures)
@@ -201,7 +217,8 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
     return jax.lax.fori_loop(0, count, one_step_stored, (train, losses))
 
 
-_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length", "num_rows")
+_TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length", "num_rows",
+                       "prefetched", "row_block")
 
 
 @functools.cache
@@ -250,8 +267,13 @@ def fit(
     ----------
     model : Model
         The energy and its parameters (initial values are the starting point).
-    data : array (n, *event_shape)
-        Observations on the model's support.
+    data : array (n, *event_shape), NumPy memmap or row source
+        Observations on the model's support. A memmap, or any object with ``__len__`` and
+        ``__getitem__`` over row slices (``data[i:j]`` an array of ``j - i`` rows; an h5py or
+        zarr dataset), is streamed: checked and read in blocks of at most 2²² values, never
+        loaded whole (:mod:`unnorm.data_source`). Streamed data work with ``"sm"``,
+        ``"dsm"``, ``"ssm"``, ``"nce"``, ``"pl"``, ``"rm"`` and ``"mpf"`` and need
+        ``batch_size`` when the optimizer runs.
     estimator : str or Estimator
         A name (``"sm"``, ``"dsm"``, ``"ssm"``) or a configured instance
         (``un.estimators.DSM(sigma=0.1)``); see :mod:`unnorm.estimators`.
@@ -263,7 +285,8 @@ def fit(
     num_steps : int
         Maximum number of optimizer steps.
     batch_size : int, optional
-        Observations per step, drawn uniformly with replacement; ``None`` for full batch.
+        Observations per step, drawn uniformly with replacement; ``None`` for full batch
+        (refused for streamed data where the optimizer runs: each step would read every row).
     init : dict, optional
         Starting parameters (constrained space); default ``model.params``.
     stderr : True, False or "auto"
@@ -319,16 +342,32 @@ def fit(
         raise TypeError(f"model must be an unnorm.Model; got {type(model).__name__}.")
     estimator = resolve(estimator)
     estimator.check(model)
-    placement = sharding.choose_devices(devices, data)
-    if placement.spanning is not None:
-        # rows held by other processes: the host-side checks, starting values and post-fit
-        # stages read a gathered copy, so that every process decides alike
-        data = sharding.host_rows(data)
-    # checked in the dtype the fit computes in (the params'), where a value can overflow
-    data_np = model.support.check_data(data, "data", dtype=model.dtype)
+    streamed = data_source.is_streamed(data)
+    if streamed:
+        # a memmap or row source: its rows are checked and read in host blocks where they
+        # are used, never loaded whole (unnorm.data_source), on one device
+        placement = sharding.choose_devices(
+            jax.devices()[:1] if devices is None else devices, None)
+        if placement.sharded:
+            raise ValueError(
+                "devices must name one device (or be None) when data is streamed (a memmap or "
+                f"a row source): streamed rows are read in host blocks on one device; got "
+                f"{len(placement.devices)} devices. Load the data as an array to split its "
+                "rows over several devices.")
+        data = data_source.as_source(data, model.support.event_shape, model.dtype)
+        num_rows = data.shape[0]
+    else:
+        placement = sharding.choose_devices(devices, data)
+        if placement.spanning is not None:
+            # rows held by other processes: the host-side checks, starting values and
+            # post-fit stages read a gathered copy, so that every process decides alike
+            data = sharding.host_rows(data)
+        # checked in the dtype the fit computes in (the params'), where a value can overflow
+        data_np = model.support.check_data(data, "data", dtype=model.dtype)
+        num_rows = data_np.shape[0]
     key = _checks.check_key(key)
     num_steps = _checks.check_int(num_steps, "num_steps", minimum=1, maximum=_checks.INT32_MAX)
-    batch_size = _check_batch_size(batch_size, data_np.shape[0])
+    batch_size = _check_batch_size(batch_size, num_rows)
     stderr = _check_stderr(stderr)
     tol = _checks.check_positive_float(tol, "tol")
     window = _checks.check_int(window, "window", minimum=2)
@@ -347,34 +386,45 @@ def fit(
     resample = _checks.check_bool(resample, "resample")
 
     dtype = flat0.dtype
-    data = jnp.asarray(data_np, dtype=dtype)
-    n = data.shape[0]
-    # what the full-data passes and the optimizer read: the data themselves on one device, or
-    # their rows split over the devices
+    # what the full-data passes and the optimizer read: the data themselves on one device,
+    # their rows split over the devices, or the streamed source
     rows = data
-    if placement.sharded:
-        rows = (sharding.place_rows(data_np, placement.devices, dtype)
-                if placement.spanning is None
-                else sharding.global_rows(placement.spanning, dtype))
-    elif devices is not None:
-        data = rows = jax.device_put(data, placement.devices[0])
-    check_finite_energies(model, params0, data)
+    if not streamed:
+        data = rows = jnp.asarray(data_np, dtype=dtype)
+        if placement.sharded:
+            rows = (sharding.place_rows(data_np, placement.devices, dtype)
+                    if placement.spanning is None
+                    else sharding.global_rows(placement.spanning, dtype))
+        elif devices is not None:
+            data = rows = jax.device_put(data, placement.devices[0])
+        check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
+    if streamed:
+        if objective.post_fit is not None:
+            raise data_source.unsupported_estimator_error(estimator.name, data)
+        data_source.check_rows(data, model, params0)
+    n = data.shape[0]
     est_key, train_key = jax.random.split(key)
     init_state = (objective.init if batch_size is None or objective.init_minibatch is None
                   else objective.init_minibatch)
-    est_state = init_state(params0, est_key, data)
+    # what only looks at the data (NCE's noise fitted to its mean and covariance) sees a
+    # subsample of streamed data, the data themselves otherwise
+    est_state = init_state(params0, est_key, view(data))
     nuisance0 = None
     if objective.nuisance is not None:
-        est_state, nuisance0 = objective.nuisance(params0, est_state, data)
+        est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
     if objective.start is not None and init is None and num_params <= STDERR_AUTO_LIMIT:
         # the estimator's own start (NCE: the model nearest its noise), not the model's
         # defaults, which for data far from the origin leave its objective flat
-        params0 = objective.start(params0, est_state, data)
+        params0 = objective.start(params0, est_state, view(data))
         if objective.nuisance is not None:
-            est_state, nuisance0 = objective.nuisance(params0, est_state, data)
-    plan = _plan(objective, model, params0, data, solve_directly=solve_directly,
+            est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
+    plan = _plan(objective, model, params0, view(data), solve_directly=solve_directly,
                  compute_se=compute_se, default_optimizer=default_optimizer)
+    if streamed and batch_size is None and plan.start == "optimizer":
+        raise data_source.full_batch_error(
+            data, f"estimator {estimator.name!r} starts with the optimizer on this model (no "
+            "closed form or Newton start)")
 
     # ---- solve: θ̂ by the planned stages --------------------------------------------------
     stages: list[str] = []
@@ -405,6 +455,10 @@ def fit(
     snapshots: list = []
     optimizer_theta = None
     if fitted is None:
+        if streamed and batch_size is None:
+            raise data_source.full_batch_error(
+                data, f"the {stages[-1] if stages else plan.start} start of estimator "
+                f"{estimator.name!r} gave no estimate here, so the optimizer takes over")
         theta, losses, optimizer_converged, steps, skipped, est_state, snapshots = _optimize(
             model, objective, optimizer, theta, est_state, rows, train_key, num_steps,
             batch_size, tol, window, max_failures, progress_bar, estimator.name)
@@ -424,7 +478,8 @@ def fit(
                       "and were skipped (NaN in fit.loss).", RuntimeWarning, stacklevel=2)
     message = _non_convergence(estimator.name, optimizer_converged, newton_converged, steps,
                                num_steps, window, tol, objective.traits.deterministic
-                               and batch_size is None, _scale_hint(data_np))
+                               and batch_size is None,
+                               _scale_hint(data if streamed else data_np))
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
@@ -462,7 +517,7 @@ def fit(
     # an energy that falls without bound away from the data is a density's sign, not a model
     # at the fitted parameters only: a neural energy at its random initial weights is
     # often unbounded below, which says nothing about the user's sign convention
-    warn_energy_sign(model, {"fitted": params}, data, RuntimeWarning,
+    warn_energy_sign(model, {"fitted": params}, view(data), RuntimeWarning,
                      stacklevel=3)
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
@@ -681,7 +736,8 @@ def _scale_hint(data) -> str:
     """Where the data lie, when some coordinate is more than 10 of its standard deviations from
     the origin or has a standard deviation outside [1e-3, 1e3] (the scales at which Adam's
     steps of about 1e-2 in the unconstrained parameters cross the distance in a few thousand
-    steps); otherwise empty."""
+    steps); otherwise empty. Streamed data are judged by their subsample."""
+    data = view(data)
     flat = np.asarray(data, dtype=float).reshape(len(data), -1)
     if len(flat) < 2:
         return ""
@@ -753,14 +809,25 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     # compiled call runs as many of them as fit in about half a second (unnorm.pacing), which
     # changes neither: step keys are fold_in(key, step) and the checks come at the same steps.
     length = min(num_steps, 100)
+    streamed = isinstance(data, RowSource)
+    if streamed:
+        # the rows of a call's steps are read on the host before it: fewer steps a call for
+        # large batches, so that they stay within a bounded number of values
+        length = data_source.minibatch_length(batch_size, int(np.prod(data.shape[1:])), length)
+    # a full-batch step over many rows sums over row blocks, so that its peak memory does
+    # not grow with n; small fits keep the one pass over all rows
+    sharded = isinstance(data, sharding.RowShards)
+    row_block = (None if streamed or sharded or batch_size is not None
+                 else data_source.full_batch_block_rows(
+                     data.shape[0], int(ravel_pytree(theta0)[0].size), objective))
     losses: list[np.ndarray] = []
     converged, done, pace = False, 0, None
     # the iterate at each block's end, with its step: how a Monte Carlo fit's iterates drift
     # over its second half (_iterates_settled)
     snapshots: list[tuple[int, Any]] = []
     chunk = functools.partial(_train_chunk(), model=model, objective=objective,
-                              optimizer=optimizer, batch_size=batch_size, length=length)
-    sharded = isinstance(data, sharding.RowShards)
+                              optimizer=optimizer, batch_size=batch_size, length=length,
+                              prefetched=streamed, row_block=row_block)
     if sharded:
         # the same chunk on the rows where they live, its outputs replicated so that every
         # process can read them
@@ -779,8 +846,11 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                 count = pacing.next_count(pace, block_end - done, length)
 
                 def call(train=train, done=done, count=count):
+                    # streamed: the rows the steps draw, the in-memory fit's rows for this key
+                    rows = (data_source.minibatches(data, key, done, count, length, batch_size)
+                            if streamed else chunk_data)
                     train, chunk_losses = chunk(
-                        train, chunk_data, key, jnp.asarray(done), jnp.asarray(count),
+                        train, rows, key, jnp.asarray(done), jnp.asarray(count),
                         jnp.asarray(num_steps), jnp.asarray(max_failures))
                     return train, np.asarray(chunk_losses)[:count]  # waits for the call
 
@@ -833,7 +903,7 @@ def _raise_failures(model, objective, train, history, max_failures, estimator_na
         "and were skipped. The parameters there "
         f"were:\n{format_params(params)}\nCheck the energy for "
         f"overflow (e.g. exp of large values) and the scale of the data "
-        f"({data_scale(data)}), lower the learning rate, or start from other "
+        f"({data_scale(view(data))}), lower the learning rate, or start from other "
         "init values."
     )
 

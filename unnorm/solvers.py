@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .data_source import RowSource, sum_over_blocks, view
 from .errors import FitError, data_scale
 from .estimators import Batch, Objective, objective_params
 from .model import Model
@@ -23,7 +24,8 @@ from .newton import newton
 from .sharding import RowShards, sum_over_rows
 
 __all__ = ["score_is_linear", "energy_is_linear", "closed_form", "newton", "derivatives",
-           "derivative_sums", "FullData", "block_rows", "constrained_jacobian"]
+           "block_derivatives", "derivative_sums", "FullData", "block_rows",
+           "constrained_jacobian"]
 
 
 # ---- closed form --------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
             f"the closed-form solve of {label} failed: the {matrix} of its objective "
             f"({hessian.shape[0]} parameters) has non-finite entries, so the linear system "
             f"cannot be solved. The energy's derivatives overflow {theta0.dtype} at these "
-            f"data ({data_scale(data)}). Rescale the data (e.g. "
+            f"data ({data_scale(view(data))}). Rescale the data (e.g. "
             "standardize each coordinate), or compute in float64 with "
             "jax.config.update('jax_enable_x64', True); if the data are of ordinary size, "
             "check the energy for overflow."
@@ -202,7 +204,7 @@ _STATIC = ("model", "objective", "constrained", "block")
 def derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
                 block: int | None = None) -> FullData:
     """Value, gradient, Hessian and mean gradient outer product of the full-data objective,
-    summed over blocks of rows.
+    summed over blocks of rows (:func:`derivative_sums`).
 
     Each block of ``block`` rows (default :func:`block_rows`) gives its per-observation
     gradients (a reverse pass per row) and, as their forward-mode derivative, its part of the
@@ -215,8 +217,16 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
 
     ``data`` split over several devices (:class:`~unnorm.sharding.RowShards`) is summed where
     it lives: each device runs the blocks of its own rows and the devices' sums are added.
+    Streamed data (a :class:`~unnorm.data_source.RowSource`) go through
+    :func:`block_derivatives` one host block at a time, their sums added
+    (:func:`unnorm.data_source.sum_over_blocks`).
     """
     static = dict(model=model, objective=objective, constrained=constrained, block=block)
+    if isinstance(data, RowSource):
+        return sum_over_blocks(
+            lambda rows, offset, skip: block_derivatives(
+                flat, template, rows, est_state, key, offset=offset, skip=skip, **static),
+            data)
     if isinstance(data, RowShards):
         return _sharded_derivatives(flat, template, data.array, est_state, key,
                                     mesh=data.mesh, num_rows=data.num_rows, **static)
@@ -229,6 +239,20 @@ def _derivatives(flat, template, data, est_state, key, *, model, objective, cons
     n = data.shape[0]
     sums = derivative_sums(flat, template, data, est_state, key, 0, n, model=model,
                            objective=objective, constrained=constrained, block=block)
+    return jax.tree_util.tree_map(lambda total: total / n, sums)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def block_derivatives(flat, template, data, est_state, key, offset, skip, *, model, objective,
+                      constrained, block: int | None = None) -> FullData:
+    """:func:`derivatives` of the rows of ``data``, whose first row is row ``offset`` of the
+    data set (the index estimators key their per-observation noise on) and whose first
+    ``skip`` rows are weighted 0 (a host block shifted back over rows already counted); the
+    means are over all the rows of ``data``."""
+    n = data.shape[0]
+    sums = derivative_sums(flat, template, data, est_state, key, offset, offset + n,
+                           skip=skip, model=model, objective=objective,
+                           constrained=constrained, block=block)
     return jax.tree_util.tree_map(lambda total: total / n, sums)
 
 
@@ -245,11 +269,12 @@ def _sharded_derivatives(flat, template, padded, est_state, key, *, model, objec
     return jax.tree_util.tree_map(lambda total: total / num_rows, sums)
 
 
-def derivative_sums(flat, template, data, est_state, key, first_row, num_rows: int, *, model,
-                    objective, constrained, block: int | None = None) -> FullData:
+def derivative_sums(flat, template, data, est_state, key, first_row, num_rows, *, model,
+                    objective, constrained, skip=0, block: int | None = None) -> FullData:
     """The sums (not means) of :func:`derivatives` over the rows of ``data``, whose first row
     is observation ``first_row`` of ``num_rows``: the indices the terms are keyed on are
-    ``first_row + i``, and rows at or past ``num_rows`` (padding) have weight 0."""
+    ``first_row + i``; rows at or past ``num_rows`` (padding) and the first ``skip`` rows
+    (already counted by a host block before) have weight 0."""
     term = _full_data_term(model, objective, template, est_state, key, constrained)
     n = data.shape[0]
     rows = block_rows(n, flat.size) if block is None else min(block, n)
@@ -264,7 +289,7 @@ def derivative_sums(flat, template, data, est_state, key, first_row, num_rows: i
         x = jax.lax.dynamic_slice_in_dim(data, first, rows)
         local = first + jnp.arange(rows)
         index = first_row + local
-        weight = ((local >= start) & (index < num_rows)).astype(dtype)
+        weight = ((local >= start) & (local >= skip) & (index < num_rows)).astype(dtype)
         # the Hessian of the block's sum, not the forward derivative of its per-row gradients:
         # a reverse pass summed over the rows is one product where per-row parameter
         # gradients are one outer product per row, p times over
