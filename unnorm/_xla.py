@@ -5,6 +5,8 @@ YNNPACK fusions by default. For the fit driver's training steps on small network
 these ran slower than XLA's own loop emitters: with them off, a denoising score matching step of
 a 2-layer MLP took 0.97-1.26 ms against 1.40-1.73 ms at d = 2, 1.71-1.80 against 2.08-2.09 at
 d = 32 and 2.42-2.59 against 3.36-3.60 at d = 256 (benchmarks/README.md).
+The solvers' full-data derivative passes (Newton's and the sandwich's) are the same kind of
+small per-row work over many rows and are compiled with the same options.
 
 Sampling chunks. A sampler's step is elementwise work over (chains, coordinates) arrays: the
 random numbers' hash rounds, the proposal, the acceptance test. XLA's CPU backend asks LLVM for

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import _xla
 from .data_source import RowSource, sum_over_blocks, view
 from .errors import FitError, data_scale
 from .estimators import Batch, Objective, objective_params
@@ -230,12 +231,22 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     if isinstance(data, RowShards):
         return _sharded_derivatives(flat, template, data.array, est_state, key,
                                     mesh=data.mesh, num_rows=data.num_rows, **static)
-    return _derivatives(flat, template, data, est_state, key, **static)
+    return _derivatives()(flat, template, data, est_state, key, **static)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _derivatives(flat, template, data, est_state, key, *, model, objective, constrained,
-                 block: int | None = None) -> FullData:
+@functools.cache
+def _derivatives():
+    """``_derivatives_impl`` jitted with the training chunks' CPU compile options
+    (:mod:`unnorm._xla`), built once so that every fit shares its compilation cache. The
+    passes are the same small per-row work as a training step, many rows at a time, and
+    XLA's default YNNPACK fusions slowed them as they slow the steps (measured in
+    ``benchmarks/README.md``, "Fit speed")."""
+    return jax.jit(_derivatives_impl, static_argnames=_STATIC,
+                   compiler_options=_xla.training_compiler_options())
+
+
+def _derivatives_impl(flat, template, data, est_state, key, *, model, objective, constrained,
+                      block: int | None = None) -> FullData:
     n = data.shape[0]
     sums = derivative_sums(flat, template, data, est_state, key, 0, n, model=model,
                            objective=objective, constrained=constrained, block=block)
