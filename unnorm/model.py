@@ -70,7 +70,8 @@ def _as_param_tree(name: str, value: Any, arg: str = "params") -> Any:
             f"{type(value).__name__}: {err}"
         ) from None
     for leaf in jax.tree_util.tree_leaves(tree):
-        if not bool(jnp.all(jnp.isfinite(leaf))):
+        # on the host: op by op on the device, the check compiled two programs per shape
+        if not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError(
                 f"{arg}[{name!r}] contains NaN or infinite values: "
                 f"{np.array2string(np.asarray(leaf).ravel()[:6], precision=4)}; initial "
