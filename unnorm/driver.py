@@ -376,8 +376,10 @@ def fit(
     progress_bar = _checks.check_bool(progress_bar, "progress_bar")
     solve_directly = _checks.check_choice(method, "method", ("auto", "optimizer")) == "auto"
     params0 = model.params if init is None else model.check_params(init, "init")
-    flat0 = ravel_pytree(params0)[0]
-    num_params = int(flat0.size)
+    # sized and typed on the host, as ravel_pytree would make them: flattening the arrays op
+    # by op compiled two small programs on a process's first fit
+    leaves0 = jax.tree_util.tree_leaves(params0)
+    num_params = sum(int(np.size(leaf)) for leaf in leaves0)
     default_optimizer = optimizer is None and batch_size is None
     optimizer = _check_optimizer(optimizer, num_params)
     compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
@@ -385,12 +387,17 @@ def fit(
         resample = num_params > STDERR_AUTO_LIMIT
     resample = _checks.check_bool(resample, "resample")
 
-    dtype = flat0.dtype
+    dtype = jnp.result_type(*leaves0) if leaves0 else ravel_pytree(params0)[0].dtype
     # what the full-data passes and the optimizer read: the data themselves on one device,
-    # their rows split over the devices, or the streamed source
+    # their rows split over the devices, or the streamed source; what host-side checks read
+    # (the plan, the sign check): the data, or a subsample of streamed data
     rows = data
-    if not streamed:
-        data = rows = jnp.asarray(data_np, dtype=dtype)
+    if streamed:
+        data_host = view(data)
+    else:
+        # cast by NumPy (the same rounding), so that the transfer compiles no conversion
+        data_host = np.asarray(data_np, dtype=dtype)
+        data = rows = jnp.asarray(data_host)
         if placement.sharded:
             rows = (sharding.place_rows(data_np, placement.devices, dtype)
                     if placement.spanning is None
@@ -411,15 +418,19 @@ def fit(
     # subsample of streamed data, the data themselves otherwise
     est_state = init_state(params0, est_key, view(data))
     nuisance0 = None
+    initial_state = est_state
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
     if objective.start is not None and init is None and num_params <= STDERR_AUTO_LIMIT:
         # the estimator's own start (NCE: the model nearest its noise), not the model's
         # defaults, which for data far from the origin leave its objective flat
-        params0 = objective.start(params0, est_state, view(data))
-        if objective.nuisance is not None:
-            est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
-    plan = _plan(objective, model, params0, view(data), solve_directly=solve_directly,
+        started_at = objective.start(params0, est_state, view(data))
+        if objective.nuisance is not None and started_at is not params0:
+            # from the state as initialized, like the first call: the state the first call
+            # returned is shaped otherwise (its noise fitted), and compiled a second program
+            est_state, nuisance0 = objective.nuisance(started_at, initial_state, view(data))
+        params0 = started_at
+    plan = _plan(objective, model, params0, data_host, solve_directly=solve_directly,
                  compute_se=compute_se, default_optimizer=default_optimizer)
     if streamed and batch_size is None and plan.start == "optimizer":
         raise data_source.full_batch_error(
@@ -517,7 +528,7 @@ def fit(
     # an energy that falls without bound away from the data is a density's sign, not a model
     # at the fitted parameters only: a neural energy at its random initial weights is
     # often unbounded below, which says nothing about the user's sign convention
-    warn_energy_sign(model, {"fitted": params}, view(data), RuntimeWarning,
+    warn_energy_sign(model, {"fitted": params}, data_host, RuntimeWarning,
                      stacklevel=3)
     se_tree = nuisance_se = interval_grid = None
     if covariance is not None:
@@ -775,7 +786,8 @@ def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: 
     refine = compute_se and traits.deterministic and objective.post_fit is None
     if not (solve_directly and traits.deterministic):
         return Plan("optimizer", refine)
-    if traits.quadratic_if_linear_score and solvers.score_is_linear(model, params0, data):
+    score_checked = traits.quadratic_if_linear_score
+    if score_checked and solvers.score_is_linear(model, params0, data):
         # refine: for the optimizer that takes over when the solution leaves the parameter space
         return Plan("closed form", refine)
     # A non-convex objective (an RBM's NCE, ratio matching) took Newton from the start to a
@@ -784,6 +796,10 @@ def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: 
     # that its convergence would dominate the fit (cheap_newton).
     if compute_se and default_optimizer and (
             traits.cheap_newton or (traits.convex_if_linear_energy
+                                    # an energy affine in θ has a score affine in θ: where
+                                    # the score was not, the energy is not (and its check
+                                    # would compile a program of its own)
+                                    and not score_checked
                                     and solvers.energy_is_linear(model, params0, data))):
         return Plan("newton", refine)
     return Plan("optimizer", refine)
@@ -801,10 +817,10 @@ def _initial_theta(model: Model, params0, nuisance0):
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
     u = theta0
-    averaging = ((u, jnp.zeros((), jnp.int32)) if objective.traits.monte_carlo_gradient
+    averaging = ((u, jnp.asarray(np.int32(0))) if objective.traits.monte_carlo_gradient
                  else ((), ()))
-    train = TrainState(u, optimizer.init(u), est_state, jnp.zeros((), jnp.int32),
-                       jnp.zeros((), jnp.int32), *averaging)
+    train = TrainState(u, optimizer.init(u), est_state, jnp.asarray(np.int32(0)),
+                       jnp.asarray(np.int32(0)), *averaging)
     # Convergence is judged, and a Monte Carlo fit's iterate kept, every `length` steps; each
     # compiled call runs as many of them as fit in about half a second (unnorm.pacing), which
     # changes neither: step keys are fold_in(key, step) and the checks come at the same steps.
@@ -912,7 +928,9 @@ def _check_finite_estimate(estimate, steps: int, estimator_name: str) -> None:
     """A NaN never leaves the optimizer as an estimate. Its steps are skipped when the loss or
     gradient is not finite, but an update can still overflow from finite gradients (a learning
     rate too large, or NaN), and so can the map to the constrained space."""
-    if not bool(_all_finite(estimate)):
+    # on the host: the estimate is small, and op by op the check compiled four programs
+    if not all(np.all(np.isfinite(np.asarray(leaf)))
+               for leaf in jax.tree_util.tree_leaves(estimate)):
         raise FitError(
             f"estimator {estimator_name!r}: the optimizer's updates made the parameters NaN or "
             f"infinite within its {steps} steps, although the losses and gradients were "

@@ -39,7 +39,6 @@ from __future__ import annotations
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["ENORMOUS", "DIFFUSION_RATIO", "LP_RISE_RATIO", "displacement_ratio",
@@ -252,14 +251,13 @@ SIGN_DROP = 50.0
 
 def _scaled_energies(model, params, rows, center):
     """``E(center + t (row - center))`` for every row and every t of :data:`SCALINGS`, shape
-    (row, t). Run eagerly, not jitted: 56 evaluations dispatched op by op cost a few
-    milliseconds, where compiling them for each new model cost a few hundred."""
-    scalings = jnp.asarray(SCALINGS, dtype=rows.dtype)
-
-    def one(row):
-        return jax.vmap(lambda t: model.energy(params, center + t * (row - center)))(scalings)
-
-    return jax.vmap(one)(rows)
+    (row, t). The energy runs eagerly, not jitted: 56 evaluations dispatched op by op cost a
+    few milliseconds, where compiling them for each new model cost a few hundred. The points
+    are made on the host (``rows`` and ``center`` are NumPy arrays), where they compile
+    nothing."""
+    scalings = np.asarray(SCALINGS, dtype=rows.dtype).reshape((1, -1) + (1,) * (rows.ndim - 1))
+    points = center + scalings * (rows - center)[:, None]
+    return jax.vmap(jax.vmap(lambda x: model.energy(params, x)))(points)
 
 
 def unbounded_below(energies: np.ndarray) -> bool:
@@ -295,8 +293,11 @@ def warn_energy_sign(model, params_by_label: dict, data, category: type[Warning]
         return
     picks = np.unique(np.linspace(0, data.shape[0] - 1, min(_SIGN_ROWS, data.shape[0]))
                       .astype(int))
-    rows = jnp.asarray(data)[picks]
-    center = jnp.mean(jnp.asarray(data), axis=0)
+    # picked and averaged on the host: op by op on the device, the gather and the mean
+    # compiled seven small programs on a process's first fit
+    host = np.asarray(data)
+    rows = host[picks]
+    center = np.mean(host, axis=0, dtype=host.dtype)
     for label, params in params_by_label.items():
         energies = np.asarray(_scaled_energies(model, params, rows, center))
         if unbounded_below(energies):

@@ -56,8 +56,12 @@ def _second_derivatives(theta0, template, xs, directions, *, model: Model, of: s
 def _is_affine_in_params(model: Model, params: dict, data: jax.Array, of: str) -> bool:
     theta0, _ = ravel_pytree(params)
     xs = data[: min(8, data.shape[0])]
-    directions = jnp.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
-                             dtype=theta0.dtype)
+    if isinstance(xs, np.ndarray):
+        # host data stay on the host until the call: sliced and cast on the device, op by
+        # op, they compiled programs of their own
+        xs = np.asarray(xs, dtype=theta0.dtype)
+    directions = np.asarray(np.random.default_rng(0).normal(size=(3, theta0.size)),
+                            dtype=theta0.dtype)
     second, values = _second_derivatives(theta0, params, xs, directions, model=model, of=of)
     second = np.asarray(second)
     scale = 1.0 + float(np.max(np.abs(np.asarray(values))))
@@ -317,12 +321,17 @@ def derivative_sums(flat, template, data, est_state, key, first_row, num_rows, *
     return sums
 
 
-@functools.partial(jax.jit, static_argnames=("model", "objective"))
 def constrained_jacobian(flat_u, template_u, *, model, objective=None):
     """Jacobian of the flattened constrained params (and nuisance, if any) in the unconstrained
-    ones: the delta method's ``D``."""
-    if objective is None:
+    ones: the delta method's ``D``. Without nuisance parameters it is the program the
+    estimators' own finishes compile (one per model), whether or not ``objective`` is given."""
+    if objective is None or objective.nuisance is None:
         return jacobian_of(flat_u, template_u, model.to_constrained)
+    return _jacobian_with_nuisance(flat_u, template_u, model=model, objective=objective)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "objective"))
+def _jacobian_with_nuisance(flat_u, template_u, *, model, objective):
     return jacobian_of(
         flat_u, template_u, lambda theta: objective_params(model, objective, theta))
 
