@@ -235,40 +235,38 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     if isinstance(data, RowShards):
         return _sharded_derivatives(flat, template, data.array, est_state, key,
                                     mesh=data.mesh, num_rows=data.num_rows, **static)
-    return _derivatives()(flat, template, data, est_state, key, **static)
+    return _block_means()(flat, template, data, est_state, key, 0, 0, **static)
 
 
 @functools.cache
-def _derivatives():
-    """``_derivatives_impl`` jitted with the training chunks' CPU compile options
+def _block_means():
+    """:func:`block_derivatives`'s pass jitted with the training chunks' CPU compile options
     (:mod:`unnorm._xla`), built once so that every fit shares its compilation cache. The
     passes are the same small per-row work as a training step, many rows at a time, and
     XLA's default YNNPACK fusions slowed them as they slow the steps (measured in
     ``benchmarks/README.md``, "Fit speed")."""
-    return jax.jit(_derivatives_impl, static_argnames=_STATIC,
+    return jax.jit(_block_means_impl, static_argnames=_STATIC,
                    compiler_options=_xla.training_compiler_options())
 
 
-def _derivatives_impl(flat, template, data, est_state, key, *, model, objective, constrained,
-                      block: int | None = None) -> FullData:
-    n = data.shape[0]
-    sums = derivative_sums(flat, template, data, est_state, key, 0, n, model=model,
-                           objective=objective, constrained=constrained, block=block)
-    return jax.tree_util.tree_map(lambda total: total / n, sums)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def block_derivatives(flat, template, data, est_state, key, offset, skip, *, model, objective,
+def _block_means_impl(flat, template, data, est_state, key, offset, skip, *, model, objective,
                       constrained, block: int | None = None) -> FullData:
-    """:func:`derivatives` of the rows of ``data``, whose first row is row ``offset`` of the
-    data set (the index estimators key their per-observation noise on) and whose first
-    ``skip`` rows are weighted 0 (a host block shifted back over rows already counted); the
-    means are over all the rows of ``data``."""
     n = data.shape[0]
     sums = derivative_sums(flat, template, data, est_state, key, offset, offset + n,
                            skip=skip, model=model, objective=objective,
                            constrained=constrained, block=block)
     return jax.tree_util.tree_map(lambda total: total / n, sums)
+
+
+def block_derivatives(flat, template, data, est_state, key, offset, skip, *, model, objective,
+                      constrained, block: int | None = None) -> FullData:
+    """:func:`derivatives` of the rows of ``data``, whose first row is row ``offset`` of the
+    data set (the index estimators key their per-observation noise on) and whose first
+    ``skip`` rows are weighted 0 (a host block shifted back over rows already counted); the
+    means are over all the rows of ``data``. One compiled program serves every offset and
+    skip, and the in-memory pass (offset and skip 0)."""
+    return _block_means()(flat, template, data, est_state, key, offset, skip, model=model,
+                          objective=objective, constrained=constrained, block=block)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "num_rows"))
