@@ -835,7 +835,7 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
     sharded = isinstance(data, sharding.RowShards)
     row_block = (None if streamed or sharded or batch_size is not None
                  else data_source.full_batch_block_rows(
-                     data.shape[0], int(ravel_pytree(theta0)[0].size), objective))
+                     data.shape[0], _flat_size(theta0), objective))
     losses: list[np.ndarray] = []
     converged, done, pace = False, 0, None
     # the iterate at each block's end, with its step: how a Monte Carlo fit's iterates drift
