@@ -117,6 +117,26 @@ def test_nce_far_from_the_origin_is_recovered_and_moves_with_the_data():
     np.testing.assert_allclose(far.stderr["mu"], near.stderr["mu"], rtol=1e-3)
 
 
+def test_nce_from_a_far_off_init_starts_as_the_default_does():
+    # Before, init={"mu": 0, "prec": 1} on N(1e3, 1) skipped NCE's own start: the fit ended
+    # at mu = 0.014 with log Z = -497122, "converged", with a singular-Hessian warning. An
+    # init that barely overlaps the noise is now replaced as the defaults are.
+    data = _far_data(1e3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = un.fit(GAUSSIAN, data, "nce", init={"mu": np.zeros(1), "prec": np.eye(1)},
+                     key=KEY, progress_bar=False)
+    assert fit.converged
+    z = _z_scores(fit, {"mu": 1e3, "prec": 1.0})
+    assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
+    default = _nce_fit(data)
+    np.testing.assert_array_equal(fit.params["mu"], default.params["mu"])
+    # an init that overlaps the noise is kept: the fit from it reaches the same minimum
+    near = un.fit(GAUSSIAN, data, "nce", init={"mu": np.full(1, 1e3), "prec": np.eye(1)},
+                  key=KEY, progress_bar=False)
+    np.testing.assert_allclose(near.params["mu"], default.params["mu"], atol=1e-3)
+
+
 def test_nce_at_a_mean_of_a_million_is_recovered():
     # μ is held to a float32 spacing of 0.0625 there, about 1.4 standard errors: the trust
     # region finds the optimizer's answer a minimum to that precision where damped Newton's

@@ -288,7 +288,9 @@ def fit(
         Observations per step, drawn uniformly with replacement; ``None`` for full batch
         (refused for streamed data where the optimizer runs: each step would read every row).
     init : dict, optional
-        Starting parameters (constrained space); default ``model.params``.
+        Starting parameters (constrained space); default ``model.params``. An estimator with
+        a start of its own may begin elsewhere when these are poor (NCE, where the model at
+        ``init`` and its noise barely overlap: the member of the model nearest the noise).
     stderr : True, False or "auto"
         Compute sandwich standard errors; ``"auto"`` does so up to ``STDERR_AUTO_LIMIT`` scalar
         parameters.
@@ -421,9 +423,11 @@ def fit(
     initial_state = est_state
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
-    if objective.start is not None and init is None and num_params <= STDERR_AUTO_LIMIT:
-        # the estimator's own start (NCE: the model nearest its noise), not the model's
-        # defaults, which for data far from the origin leave its objective flat
+    if objective.start is not None and num_params <= STDERR_AUTO_LIMIT:
+        # the estimator's own start (NCE: the model nearest its noise) where it judges the
+        # given start poor, whether that is the model's defaults or the user's init: data far
+        # from either leave its objective flat, and from a user's far-off init NCE ended as
+        # far off as from the defaults, its log Z travelling with mu at the optimizer's pace
         started_at = objective.start(params0, est_state, view(data))
         if objective.nuisance is not None and started_at is not params0:
             # from the state as initialized, like the first call: the state the first call
