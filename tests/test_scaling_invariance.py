@@ -5,14 +5,18 @@ by many standard errors."""
 
 from __future__ import annotations
 
+import re
+import types
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import unnorm as un
+from unnorm import solvers
 from unnorm.trust_region import trust_region_newton
 
 KEY = jax.random.key(0)
@@ -155,6 +159,133 @@ def test_nce_on_a_scaled_two_dimensional_gaussian():
     assert fit.converged
     z = _z_scores(fit, {"mu": np.zeros(2), "prec": np.eye(2) / scale**2})
     assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
+
+
+@pytest.mark.parametrize("loc", [0.0, 1e8])
+def test_standard_errors_at_a_data_scale_of_1e8_in_float32(loc):
+    # Data on a scale of 1e8 put a precision of 1e-16 in float32. Score matching's location
+    # then has per-observation gradients Λ²(x − μ) of 1e-24, whose squares, 1e-48, flushed
+    # to 0 in J (a standard error of 1253 for a true 3.1e6), and the pseudo-inverse cut the
+    # location's curvature off beside the log-precision's (NCE: 4e-11), in float64 too. At
+    # loc 1e8 the closed form was taken, at mu = 1e-8. The standard errors are now those of
+    # the well-scaled fit, scaled, to float32 rounding.
+    base = _far_data(0.0)
+    scale = 1e8
+    fits = {}
+    for estimator in ("sm", "nce"):
+        with warnings.catch_warnings():
+            # score matching's optimizer stops far from a precision of 1e-16
+            warnings.simplefilter("ignore", RuntimeWarning)
+            near = un.fit(GAUSSIAN, base, estimator, key=KEY, progress_bar=False)
+            far = fits[estimator] = un.fit(GAUSSIAN, loc + scale * base, estimator, key=KEY,
+                                           progress_bar=False)
+        assert "closed form" not in far.stages and far.converged
+        z = _z_scores(far, {"mu": loc, "prec": scale**-2})
+        assert np.max(np.abs(z)) < 4, (estimator, far.params, far.stderr)
+        np.testing.assert_allclose(far.stderr["mu"] / scale, near.stderr["mu"], rtol=0.01,
+                                   err_msg=estimator)
+        np.testing.assert_allclose(far.stderr["prec"] * scale**2, near.stderr["prec"],
+                                   rtol=0.01, err_msg=estimator)
+    # score matching's location is the sample mean, its standard error the sample's s/√n
+    sample_se = scale * base.std() / np.sqrt(N)
+    assert float(fits["sm"].stderr["mu"][0]) == pytest.approx(sample_se, rel=1e-3)
+
+
+def test_score_matching_at_a_data_scale_of_1e10_and_beyond_in_float32():
+    # At 1e10 the location's curvature Λ² (1e-40) is 0 in float32: Newton stopped at
+    # mu = -1.46e11, 1e4 standard errors short, calling it a minimum, with a finite standard
+    # error. The refinement now goes on in coordinates scaled to unit curvature.
+    base = _far_data(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the optimizer stops far from 1e-20
+        near = un.fit(GAUSSIAN, base, "sm", key=KEY, progress_bar=False)
+        far = un.fit(GAUSSIAN, 1e10 * base, "sm", key=KEY, progress_bar=False)
+    assert far.converged
+    z = _z_scores(far, {"mu": 0.0, "prec": 1e-20})
+    assert np.max(np.abs(z)) < 4, (far.params, far.stderr)
+    np.testing.assert_allclose(far.stderr["mu"] / 1e10, near.stderr["mu"], rtol=0.01)
+    np.testing.assert_allclose(far.stderr["prec"] * 1e20, near.stderr["prec"], rtol=0.01)
+    # at 1e11, Λ² of 1e-44 is 0 before any scaling enters: no standard error is finite
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        lost = un.fit(GAUSSIAN, 1e11 * base, "sm", key=KEY, progress_bar=False)
+    assert any(re.search(r"standard errors of the 'sm' fit are NaN: the derivatives of its "
+                         r"objective in mu\[0\].* too small for float32", str(w.message))
+               for w in caught), [str(w.message) for w in caught]
+    assert all(np.all(np.isnan(se)) for se in lost.stderr.values())
+
+
+def test_the_rescaled_pass_is_the_pass_in_scaled_coordinates():
+    # the programs the fits above compiled (the model, score matching, n = 1000): S g, S H S
+    # and S J S with S = diag(scale), at the same value
+    from unnorm import driver
+
+    objective = driver._objective(un.estimators.SM(), GAUSSIAN, False)
+    data = jnp.asarray(10.0 * _far_data(0.0), dtype=jnp.float32)
+    u = GAUSSIAN.to_unconstrained({"mu": jnp.full(1, 0.5), "prec": jnp.full((1, 1), 0.02)})
+    flat = ravel_pytree(u)[0]
+    state = objective.init(GAUSSIAN.params, KEY, data)
+    options = dict(model=GAUSSIAN, objective=objective, constrained=False)
+    plain = solvers.derivatives(flat, u, data, state, KEY, **options)
+    scale = np.array([10.0, 0.5])
+    scaled = solvers.derivatives(flat, u, data, state, KEY, scale=jnp.asarray(scale, flat.dtype),
+                                 **options)
+    outer = np.outer(scale, scale)
+    for name, got, want in zip(scaled._fields, scaled,
+                               (plain.value, scale * plain.grad, outer * plain.hessian,
+                                outer * plain.score_outer), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=0,
+                                   err_msg=name)
+
+
+def _flushing_passes(hessian, score_outer):
+    """The sandwich's full-data pass as float32 computes it: in the coordinates scaled by
+    ``scale``, entries below the smallest normal number flushed to 0."""
+    tiny = np.finfo(np.float32).tiny
+
+    def passes(scale=None):
+        outer = np.outer(*(2 * [np.ones(2) if scale is None else np.asarray(scale, float)]))
+
+        def flushed(matrix):
+            matrix = outer * matrix
+            return np.where(np.abs(matrix) < tiny, 0.0, matrix).astype(np.float32)
+
+        return solvers.FullData(np.float32(0.0), np.zeros(2, np.float32), flushed(hessian),
+                                flushed(score_outer))
+
+    return passes
+
+
+def test_sandwich_sums_that_underflow_are_rescaled_or_reported():
+    from unnorm import driver
+
+    hessian = np.diag([1.0, 1e-36])
+    # J of 1e-46 flushes to 0 in float32, and comes back in coordinates where H is 1
+    passes = _flushing_passes(hessian, np.diag([1.0, 1e-46]))
+    h, j, underflow = driver._rescaled_sums(passes(), passes, np.float32)
+    np.testing.assert_allclose(np.diag(h), [1.0, 1e-36], rtol=1e-6)
+    np.testing.assert_allclose(np.diag(j), [1.0, 1e-46], rtol=1e-6)
+    assert not underflow.any()
+    # J of 1e-80 is 1e-44 even there; a curvature of 1e-90 is 0 in every pass, beside one
+    # that needed the rescaling: the parameters are reported, and no standard error is finite
+    for h, j in ((hessian, np.diag([1.0, 1e-80])),
+                 (np.diag([1e-36, 1e-90]), np.diag([1e-46, 0.0]))):
+        passes = _flushing_passes(h, j)
+        *_, underflow = driver._rescaled_sums(passes(), passes, np.float32)
+        assert underflow.tolist() == [False, True]
+    # a parameter the objective ignores, where nothing else underflows, is left to the
+    # singular-Hessian check
+    passes = _flushing_passes(np.diag([1.0, 0.0]), np.diag([1.0, 0.0]))
+    assert not driver._rescaled_sums(passes(), passes, np.float32)[2].any()
+    objective = types.SimpleNamespace(nuisance=None)
+    fitted = {"a": np.zeros(1), "b": np.zeros(1)}
+    with pytest.warns(RuntimeWarning, match=r"standard errors of the 'sm' fit are NaN: the "
+                                            r"derivatives of its objective in b\[0\] are too "
+                                            r"small for float32 .* Compute in float64 .* or "
+                                            r"standardize the data"):
+        cov = driver._mark_underflow(np.eye(2), underflow, objective, fitted, "'sm'",
+                                     np.float32)
+    assert np.isnan(cov).all()
 
 
 def test_failed_refinement_on_far_data_says_the_data_may_be_badly_scaled(monkeypatch):

@@ -48,6 +48,7 @@ from .uncertainty import (
     describe_direction,
     parameter_names,
     sandwich_from_moments,
+    underflowing,
     unidentified_directions,
 )
 
@@ -964,68 +965,124 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     converged when it finds it a minimum to working precision). From a point Newton left at a
     minimum it returns that point unchanged, so well-scaled fits are as they were.
 
+    Where the sums at the point found underflow the working dtype (:func:`_rescaled_sums`: a
+    location of data on a scale of 1e10 has a curvature Λ² of 1e-40 under score matching, 0 in
+    float32, and Newton stopped 1e4 standard errors short, calling it a minimum), the search
+    goes on from there in coordinates scaled to unit curvature (Newton's method is unchanged
+    by such a change of coordinates, its rounding is not), at most ``MAX_RESCALED_PASSES``
+    times.
+
     ``sums`` (emptied first) receives the full-data sums (:class:`~unnorm.solvers.FullData`)
-    of the last point evaluated, keyed by the point's bytes: the refinement returns a point it
-    evaluated, whose sums (``J`` included) the sandwich reuses (:func:`_sums_at`)."""
+    of the last point evaluated, keyed by the point's bytes, with the coordinate scale they
+    were computed in (None: unscaled): the refinement returns a point it evaluated, whose sums
+    (``J`` included) the sandwich reuses (:func:`_sums_at`)."""
     flat, unravel = ravel_pytree(u)
     static = dict(model=model, objective=objective, constrained=False)
     sums = {} if sums is None else sums
+    dtype = flat.dtype
 
-    def derivs(f):
-        point = np.asarray(f).tobytes()
-        # the trust region starts where damped Newton stopped, whose last evaluation was
-        # there: one full-data pass, not two
-        full = sums.get(point)
-        if full is None:
-            full = solvers.derivatives(f, u, data, est_state, key, **static)
-            sums.clear()
-            sums[point] = full
-        return full[:3]
+    def at(point, scale):
+        """The parameters at ``point`` of the coordinates scaled by ``scale``."""
+        if scale is None:
+            return point
+        return jnp.asarray(np.asarray(point, dtype=float) * scale, dtype=dtype)
+
+    def derivs_in(scale):
+        scale_arg = None if scale is None else jnp.asarray(scale, dtype=dtype)
+
+        def derivs(point):
+            f = at(point, scale)
+            key_ = np.asarray(f).tobytes()
+            # the trust region starts where damped Newton stopped, whose last evaluation was
+            # there: one full-data pass, not two
+            found = sums.get(key_)
+            if found is None or found[1] is not scale:
+                found = (solvers.derivatives(f, u, data, est_state, key, scale=scale_arg,
+                                             **static), scale)
+                sums.clear()
+                sums[key_] = found
+            return found[0][:3]
+
+        return derivs
+
+    def minimize(start, scale):
+        derivs = derivs_in(scale)
+        refined, converged = solvers.newton(derivs, start)
+        if stages is None:
+            return refined, converged, False
+        begin = refined if converged else start
+        far, far_converged = trust_region_newton(derivs, begin)
+        if far_converged:
+            # where damped Newton failed, the trust region may find the optimizer's answer
+            # already a minimum to working precision (a location of 1e6 held to a spacing of
+            # 0.0625, which Newton's tests do not allow for)
+            return far, True, far is not begin
+        return refined, converged, False
 
     sums.clear()
-    refined, converged = solvers.newton(derivs, flat)
-    if stages is None:
-        return unravel(refined), converged
-    start = refined if converged else flat
-    far, far_converged = trust_region_newton(derivs, start)
-    if far_converged:
-        # where damped Newton failed, the trust region may find the optimizer's answer
-        # already a minimum to working precision (a location of 1e6 held to a spacing of
-        # 0.0625, which Newton's tests do not allow for)
-        if far is not start:
-            stages.append("trust region")
-        return unravel(far), True
-    return unravel(refined), converged
+    point, converged, crossed = minimize(flat, None)
+    scale = None
+    for _ in range(MAX_RESCALED_PASSES):
+        found = sums.get(np.asarray(at(point, scale)).tobytes())
+        if found is None:
+            break
+        hessian = np.asarray(found[0].hessian, dtype=float)
+        outer = np.asarray(found[0].score_outer, dtype=float)
+        if not (np.all(np.isfinite(hessian)) and np.all(np.isfinite(outer))
+                and np.any(underflowing(hessian, outer, dtype))):
+            break
+        theta = np.asarray(at(point, scale), dtype=float)
+        scale = _unit_curvature_scale(hessian, 1.0 if scale is None else scale, dtype)
+        point, converged, moved = minimize(jnp.asarray(theta / scale, dtype=dtype), scale)
+        crossed = crossed or moved
+    if crossed:
+        stages.append("trust region")
+    return unravel(at(point, scale)), converged
+
+
+def _unit_curvature_scale(hessian: np.ndarray, scale, dtype) -> np.ndarray:
+    """The coordinate scale after ``scale`` in which ``hessian`` (computed in the coordinates
+    scaled by ``scale``) has unit diagonal, rounded to ``dtype`` as the passes read it. A
+    curvature lost to underflow gives no scale of its own: the largest one's, the
+    objective's, lifts it at least to the objective's size."""
+    diagonal = np.diag(hessian)
+    usable = diagonal > 0
+    fallback = 1.0 / np.sqrt(diagonal[usable].max()) if np.any(usable) else 1.0
+    step = np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), fallback)
+    return np.asarray(scale * step, dtype=dtype).astype(float)
 
 
 def _sums_at(theta, sums: dict):
-    """``(theta, the full-data sums at it)`` when Newton's last evaluation was at ``theta``,
-    else None."""
+    """``(theta, the full-data sums at it, their coordinate scale)`` when Newton's last
+    evaluation was at ``theta``, else None."""
     found = sums.get(np.asarray(ravel_pytree(theta)[0]).tobytes())
-    return None if found is None else (theta, found)
+    return None if found is None else (theta, *found)
 
 
 def _covariance(model, objective, fitted, est_state, data, key, in_constrained: bool,
                 label: str, refined_at=None):
     """Sandwich covariance of the flattened constrained parameters (and nuisance parameters),
     NaN in the rows and columns of parameters the data do not identify, with a warning.
-    ``refined_at``: ``(theta, sums)``, the unconstrained point of the last Newton step and
-    the full-data sums there, which the sandwich then reuses."""
+    ``refined_at``: ``(theta, sums, scale)``, the unconstrained point of the last Newton step
+    and the full-data sums there, in the coordinates scaled by ``scale`` (None: unscaled),
+    which the sandwich then reuses."""
+    scale = None
     if refined_at is not None and not in_constrained:
-        template, full = refined_at
+        template, full, scale = refined_at
     elif in_constrained:
         template, full = fitted, None
     else:
         template, full = _initial_theta(model, *((fitted, None) if objective.nuisance is None
                                                  else fitted)), None
     flat, _ = ravel_pytree(template)
+    passes = functools.partial(solvers.derivatives, flat, template, data, est_state, key,
+                               model=model, objective=objective, constrained=in_constrained)
     if full is None:
         # one blocked pass gives H and J = mean ∇ℓ_i ∇ℓ_iᵀ: the n per-observation gradients
         # are never held at once
-        full = solvers.derivatives(flat, template, data, est_state, key, model=model,
-                                   objective=objective, constrained=in_constrained)
-    hessian = np.asarray(full.hessian, dtype=float)
-    cov = sandwich_from_moments(hessian, full.score_outer, data.shape[0]).covariance
+        full = passes()
+    hessian, score_outer, underflow = _rescaled_sums(full, passes, flat.dtype, scale)
+    cov = sandwich_from_moments(hessian, score_outer, data.shape[0]).covariance
     if in_constrained:
         # the constrained coordinates can have directions the parameters cannot move in (the
         # antisymmetric part of a precision matrix): identification is judged in the free,
@@ -1039,11 +1096,79 @@ def _covariance(model, objective, fitted, est_state, data, key, in_constrained: 
                                                            objective=objective), dtype=float)
         free_hessian = hessian
         cov = delta_method(jacobian, cov)
+    if np.any(underflow):
+        # the constrained parameters that move with the coordinates whose sums underflowed
+        affected = (underflow if in_constrained
+                    else np.any(jacobian[:, underflow] != 0, axis=1))
+        return _mark_underflow(cov, affected, objective, fitted, label, flat.dtype)
     null = unidentified_directions(free_hessian, flat.dtype)
     if null.size:
         cov = _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
                                  flat.dtype)
     return cov
+
+
+#: rescaled full-data passes for the sandwich at most, each scaled by what the one before gave
+MAX_RESCALED_PASSES = 2
+
+
+def _rescaled_sums(full, passes, dtype, scale=None):
+    """``H`` and ``J`` in float64 for the sandwich, and the mask of the coordinates whose sums
+    underflow ``dtype`` still. Where some diagonal entry of ``full``'s lies below
+    :func:`~unnorm.uncertainty.precision_floor` (data on a scale of 1e8 give score matching's
+    location a ``J`` of 1e-48, flushed to 0 in float32), the pass is repeated in coordinates
+    scaled by ``diag(H)^{-1/2}`` (``passes(scale=...)``), in which each coordinate's
+    derivatives are of the objective's own size, and its sums are mapped back in float64.
+    ``scale``: the coordinate scale ``full`` was computed in (None: unscaled)."""
+    hessian = np.asarray(full.hessian, dtype=float)
+    outer = np.asarray(full.score_outer, dtype=float)
+    scale = np.ones(hessian.shape[0]) if scale is None else np.asarray(scale, dtype=float)
+
+    def finite():
+        return np.all(np.isfinite(hessian)) and np.all(np.isfinite(outer))
+
+    for _ in range(MAX_RESCALED_PASSES):
+        if not (finite() and np.any(underflowing(hessian, outer, dtype))):
+            break
+        scale = _unit_curvature_scale(hessian, scale, dtype)
+        full = passes(scale=jnp.asarray(scale, dtype=dtype))
+        hessian = np.asarray(full.hessian, dtype=float)
+        outer = np.asarray(full.score_outer, dtype=float)
+    underflow = np.zeros(hessian.shape[0], bool)
+    if finite():
+        underflow = underflowing(hessian, outer, dtype)
+        if np.any(scale != 1.0):
+            # where other coordinates needed rescaling, a coordinate whose curvature and
+            # gradients are both exactly 0 is one whose derivatives underflow even there
+            # (score matching's location on data of scale 1e11: Λ² of 1e-44 is 0 in
+            # float32 before any scaling enters), not one the objective ignores
+            underflow |= (np.diag(hessian) == 0) & (np.diag(outer) == 0)
+    back = np.outer(1.0 / scale, 1.0 / scale)
+    return hessian * back, outer * back, underflow
+
+
+def _mark_underflow(cov, affected, objective, fitted, label, dtype):
+    """The covariance all NaN, with a warning naming the parameters ``affected`` (a mask over
+    the constrained ones), whose sandwich sums underflow ``dtype`` even in rescaled
+    coordinates: the refinement could not see the objective change in them either, so the
+    estimate may be off in every parameter, and no finite standard error is given."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    listed = [names[i] for i in np.flatnonzero(affected)]
+    shown = ", ".join(listed[:MAX_NAMED]) + (
+        f" and {len(listed) - MAX_NAMED} more" if len(listed) > MAX_NAMED else "")
+    name = np.dtype(dtype).name
+    warnings.warn(
+        f"the standard errors of the {label} fit are NaN: the derivatives of its objective "
+        f"in {shown} are too small for {name} to hold (their products fall below its "
+        f"smallest normal number, {np.finfo(dtype).tiny:.3g}) even with the parameters "
+        "rescaled, as happens for data on a very large or very small scale, so the estimate "
+        "may be off in every parameter. Compute in float64 "
+        "(jax.config.update('jax_enable_x64', True)) or standardize the data (and map the "
+        "estimates back).", RuntimeWarning, stacklevel=4)
+    return np.full(np.shape(cov), np.nan)
 
 
 #: the singular-Hessian warning describes at most this many directions and names at most this

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Sandwich", "sandwich_covariance", "sandwich_from_moments", "delta_method",
+__all__ = ["Sandwich", "sandwich_covariance", "sandwich_from_moments", "jacobi_scale",
+           "precision_floor", "underflowing", "delta_method",
            "parameter_names", "symmetric_pinv", "unidentified_directions", "describe_direction"]
 
 
@@ -74,8 +75,10 @@ def sandwich_from_moments(hessian, score_outer, num_observations: int,
     Returns
     -------
     Sandwich
-        ``H⁺ J H⁺ / n`` (see :func:`sandwich_covariance`); all NaN, with a warning, when ``H``
-        or ``J`` has non-finite entries.
+        ``H⁺ J H⁺ / n`` (see :func:`sandwich_covariance`), the pseudo-inverse taken of ``H``
+        scaled to unit diagonal (:func:`jacobi_scale`), so that parameters on very different
+        scales are not cut off as singular; all NaN, with a warning, when ``H`` or ``J`` has
+        non-finite entries.
 
     Example
     -------
@@ -101,9 +104,63 @@ def sandwich_from_moments(hessian, score_outer, num_observations: int,
             "for overflow.", RuntimeWarning, stacklevel=3)
         nan = np.full((hessian.shape[0],) * 2, np.nan)
         return Sandwich(nan, hessian, score_cov, n)
-    h_pinv = symmetric_pinv(hessian)
-    cov = h_pinv @ score_cov @ h_pinv / n
+    # scaled to unit diagonal first (Jacobi preconditioning) and mapped back: a location of
+    # data on a scale of 1e8 has a curvature 1e-16 times a log-precision's, under the
+    # pseudo-inverse's cut-off of 1e-15 relative to the largest eigenvalue, which gave it a
+    # variance of about 0 instead of (1e8)²/n
+    scale = jacobi_scale(hessian)
+    h_pinv = symmetric_pinv(scale[:, None] * hessian * scale[None, :])
+    cov = h_pinv @ (scale[:, None] * score_cov * scale[None, :]) @ h_pinv / n
+    cov = scale[:, None] * cov * scale[None, :]
     return Sandwich(0.5 * (cov + cov.T), hessian, score_cov, n)
+
+
+def jacobi_scale(hessian) -> np.ndarray:
+    """``diag(H)^{-1/2}`` where the diagonal is positive and finite, 1 elsewhere: the scaling
+    ``S H S`` of a Hessian to unit diagonal, which leaves the sandwich unchanged in exact
+    arithmetic and makes its inverse independent of the parameters' units.
+
+    Examples
+    --------
+    >>> jacobi_scale(np.diag([4.0, 0.25, 0.0])).tolist()
+    [0.5, 2.0, 1.0]
+    """
+    diagonal = np.diag(np.asarray(hessian, dtype=float))
+    usable = np.isfinite(diagonal) & (diagonal > 0)
+    return np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), 1.0)
+
+
+def precision_floor(dtype) -> float:
+    """The smallest magnitude at which a mean of squares summed in ``dtype`` keeps about half
+    of its digits: ``tiny / √ε``. Squares below ``tiny``, the smallest normal number, are
+    flushed to zero (XLA's CPU backend does so) or lose their digits, each by at most
+    ``tiny``, so a mean above this floor is off by at most ``√ε`` relative to itself.
+
+    Example
+    -------
+    >>> f"{precision_floor(np.float32):.2g}"
+    '3.4e-35'
+    """
+    info = np.finfo(dtype)
+    return float(info.tiny) / float(np.sqrt(info.eps))
+
+
+def underflowing(hessian, score_outer, dtype) -> np.ndarray:
+    """Which parameters' curvature ``H_ii`` or gradient second moment ``J_ii``, computed in
+    ``dtype``, lies below :func:`precision_floor`, so that the sandwich would rest on numbers
+    lost to underflow: a boolean mask. A parameter with both exactly zero is not among them:
+    the objective does not depend on it, which :func:`unidentified_directions` reports.
+
+    Example
+    -------
+    >>> underflowing(np.diag([1.0, 1e-32, 0.0]), np.diag([1.0, 0.0, 0.0]), np.float32).tolist()
+    [False, True, False]
+    """
+    h = np.abs(np.diag(np.asarray(hessian, dtype=float)))
+    j = np.abs(np.diag(np.asarray(score_outer, dtype=float)))
+    floor = precision_floor(dtype)
+    flat = (h == 0) & (j == 0)
+    return ~flat & ((h < floor) | (j < floor))
 
 
 def symmetric_pinv(matrix) -> np.ndarray:
