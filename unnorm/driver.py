@@ -50,6 +50,7 @@ from .uncertainty import (
     sandwich_from_moments,
     underflowing,
     unidentified_directions,
+    unit_curvature_scale,
 )
 
 __all__ = ["fit", "FitError", "STDERR_AUTO_LIMIT"]
@@ -1032,24 +1033,12 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
                 and np.any(underflowing(hessian, outer, dtype))):
             break
         theta = np.asarray(at(point, scale), dtype=float)
-        scale = _unit_curvature_scale(hessian, 1.0 if scale is None else scale, dtype)
+        scale = unit_curvature_scale(hessian, 1.0 if scale is None else scale, dtype)
         point, converged, moved = minimize(jnp.asarray(theta / scale, dtype=dtype), scale)
         crossed = crossed or moved
     if crossed:
         stages.append("trust region")
     return unravel(at(point, scale)), converged
-
-
-def _unit_curvature_scale(hessian: np.ndarray, scale, dtype) -> np.ndarray:
-    """The coordinate scale after ``scale`` in which ``hessian`` (computed in the coordinates
-    scaled by ``scale``) has unit diagonal, rounded to ``dtype`` as the passes read it. A
-    curvature lost to underflow gives no scale of its own: the largest one's, the
-    objective's, lifts it at least to the objective's size."""
-    diagonal = np.diag(hessian)
-    usable = diagonal > 0
-    fallback = 1.0 / np.sqrt(diagonal[usable].max()) if np.any(usable) else 1.0
-    step = np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), fallback)
-    return np.asarray(scale * step, dtype=dtype).astype(float)
 
 
 def _sums_at(theta, sums: dict):
@@ -1130,7 +1119,7 @@ def _rescaled_sums(full, passes, dtype, scale=None):
     for _ in range(MAX_RESCALED_PASSES):
         if not (finite() and np.any(underflowing(hessian, outer, dtype))):
             break
-        scale = _unit_curvature_scale(hessian, scale, dtype)
+        scale = unit_curvature_scale(hessian, scale, dtype)
         full = passes(scale=jnp.asarray(scale, dtype=dtype))
         hessian = np.asarray(full.hessian, dtype=float)
         outer = np.asarray(full.score_outer, dtype=float)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 __all__ = ["Sandwich", "sandwich_covariance", "sandwich_from_moments", "jacobi_scale",
-           "precision_floor", "underflowing", "delta_method",
+           "unit_curvature_scale", "precision_floor", "underflowing", "delta_method",
            "parameter_names", "symmetric_pinv", "unidentified_directions", "describe_direction"]
 
 
@@ -128,6 +128,24 @@ def jacobi_scale(hessian) -> np.ndarray:
     diagonal = np.diag(np.asarray(hessian, dtype=float))
     usable = np.isfinite(diagonal) & (diagonal > 0)
     return np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), 1.0)
+
+
+def unit_curvature_scale(hessian, scale, dtype) -> np.ndarray:
+    """The coordinate scale, after ``scale``, in which ``hessian`` (computed in the coordinates
+    ``θ = scale ⊙ ψ``) has unit diagonal, rounded to ``dtype`` as the derivative passes read
+    it. A curvature lost to underflow gives no scale of its own: the largest one's, the
+    objective's, lifts it at least to the objective's size.
+
+    Example
+    -------
+    >>> unit_curvature_scale(np.diag([4.0, 0.0]), np.ones(2), np.float32).tolist()
+    [0.5, 0.5]
+    """
+    diagonal = np.diag(np.asarray(hessian, dtype=float))
+    usable = np.isfinite(diagonal) & (diagonal > 0)
+    fallback = 1.0 / np.sqrt(diagonal[usable].max()) if np.any(usable) else 1.0
+    step = np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), fallback)
+    return np.asarray(np.asarray(scale, dtype=float) * step, dtype=dtype).astype(float)
 
 
 def precision_floor(dtype) -> float:
