@@ -6,15 +6,44 @@ program's fingerprint, serves those from disk instead of compiling again. It liv
 temporary directory of this process (one per pytest-xdist worker: the cache files are not
 written atomically) and is removed at the end of the session. ``UNNORM_TEST_JAX_CACHE=<dir>``
 keeps it in ``<dir>`` across sessions instead.
+
+Nearly all of the suite's time is XLA compiling thousands of small programs once each. Where the
+installed jaxlib still offers XLA's older CPU fusion emitters (jaxlib 0.10; later ones have only
+the new ones), the suite asks for them through ``XLA_FLAGS``: they compile the same programs
+faster, with the same results (measured in benchmarks/README.md, "The test suite"). A jaxlib
+that does not know the flag would abort at start, so a child process tries it first, once per
+session (the workers inherit the answer); ``UNNORM_TEST_XLA_EMITTERS=new`` keeps XLA's default.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
-import jax
+_LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _accepts_xla_flag(flag: str) -> bool:
+    """Whether a JAX started with ``flag`` in ``XLA_FLAGS`` comes up (an unknown flag aborts)."""
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(),
+               JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1)"], env=env,
+                           capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+# before JAX starts its backend, which reads XLA_FLAGS once; pytest-xdist's workers and the
+# tests' child processes inherit the result through the environment
+if os.environ.get("UNNORM_TEST_XLA_EMITTERS") is None:
+    legacy = _accepts_xla_flag(_LEGACY_EMITTERS)
+    os.environ["UNNORM_TEST_XLA_EMITTERS"] = "legacy" if legacy else "new"
+    if legacy:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_LEGACY_EMITTERS}".strip()
+
+import jax  # noqa: E402
 
 _KEEP = os.environ.get("UNNORM_TEST_JAX_CACHE")
 _CACHE_DIR = _KEEP or tempfile.mkdtemp(prefix="unnorm-test-jax-cache-")
