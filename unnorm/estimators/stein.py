@@ -55,6 +55,7 @@ from jax.flatten_util import ravel_pytree
 from .. import _checks
 from ..model import Model
 from ..newton import constrained_jacobian
+from ..sharding import RowShards, sum_over_rows
 from ..stein_kernels import (
     GRAM_MAX_ENTRIES,
     KERNELS,
@@ -70,7 +71,6 @@ from ..stein_kernels import (
     stein_row_means,
 )
 from ..trust_region import trust_region_newton
-from ..sharding import RowShards, sum_over_rows
 from ..uncertainty import delta_method, sandwich_from_moments
 from .base import Batch, Estimator, Objective, PostFit, Traits
 
@@ -151,11 +151,11 @@ def _pair_sums(flat, template, rows, first_row, columns, bandwidth, *, model: Mo
     # each block of rows against all n columns: at most the entries of one device's matrix
     block = min(block_rows(n, block_size), m)
     positions, s_blocks, x_blocks = row_blocks(m, block, row_scores, row_x)
-    # the blocks' own padding gets an index past the data, which _kernel_sums weighs 0
-    index = jnp.where(positions < m, first_row + positions, n)
     sums = jax.lax.map(
         lambda a: _kernel_sums(*a, scores, jac, jac_x, x, kernel, bandwidth),
-        (index, s_blocks, x_blocks))
+        (first_row + positions, s_blocks, x_blocks))
+    # the blocks' own padding rows are cut; rows past the data (a device's padding) have
+    # global indices _kernel_sums weighs 0
     u_sum, b_sum, phi_jac, d1_jac, d1_jac_x = (a.reshape(-1, *a.shape[2:])[:m] for a in sums)
 
     b = b_sum / (n - 1)                                     # B_i = ∂m_i/∂s_i
