@@ -80,8 +80,8 @@ class Traits(NamedTuple):
         values finds the minimum it is drawn to, which need not be the optimizer's.
     sharded_post_fit : bool
         ``post_fit`` sums over the data where they are: in a fit whose rows are split over
-        several devices it receives them so (an :class:`unnorm.sharding.RowShards`), and
-        ``init_minibatch`` gives the state, rather than ``init``'s precomputation on one
+        several devices it receives the rows as split (an :class:`unnorm.sharding.RowShards`),
+        and ``init_minibatch`` gives the state, rather than ``init``'s precomputation on one
         device. KSD says True: its pairs of rows are summed per device. Otherwise ``post_fit``
         receives the whole data on one device.
     """

@@ -30,7 +30,9 @@ and ``φ'_ij`` the derivative of the kernel's profile in ``‖r‖²``,
     ∇²Û = 2 / (n(n-1)) Σ_{i≠j} φ_ij J_iᵀ J_j + (2/n) Σ_i ∇²_θ (B_iᵀ s_i(θ))   (B_i held fixed),
 
 so everything is a product of the ``n × n`` matrices ``φ``, ``φ'`` with ``n × d × p`` arrays,
-formed in blocks of rows: O(n² d p) time, no ``n²`` autodiff tape.
+formed in blocks of rows: O(n² d p) time, no ``n²`` autodiff tape. Every sum runs over the
+rows ``i``, each against all columns ``j``, so data whose rows are split over several devices
+are summed where they are: each device takes its own rows, and the devices' sums are added.
 
 **Standard errors.** ``∇Û`` is a second-order U-statistic with kernel ``∇_θ u_θ(x, y)``; by
 Hoeffding's decomposition its variance is ``(4/n) Var h₁(x) + O(1/n²)``, with
