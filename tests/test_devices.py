@@ -1,138 +1,212 @@
-"""``un.sample(devices=...)``: chains split over several devices with ``jax.sharding``.
+"""Several devices and several processes: ``un.sample``'s chains and ``un.fit``'s data rows.
 
-The CPU backend shows several devices only when ``XLA_FLAGS`` says so before JAX starts, so
-the sharded runs happen in a child process started with two host devices. It compares each
-sharded run with a single-device run of the same key, and records, on the arrays the compiled
-chunks return before anything reaches the host, that the chain axis is really split.
+The CPU backend shows several devices only when ``XLA_FLAGS`` says so before JAX starts, and
+several processes only when each calls ``jax.distributed.initialize``, so the sharded runs
+happen in children (``tests/_device_runs.py``), in float64, started together once for the
+module: one process with two host devices, which runs each sampler and estimator on both
+devices and on one, and two processes joined over 127.0.0.1 (gloo), each holding half the
+rows of one global array. Every test reads its part of their results.
+
+A sharded run must equal the single-device run of the same inputs: sampled draws bit for
+bit (each chain's keys are its own whatever the device count), fits within 1e-5 relative,
+standard errors included (the sums differ only in their order, rounding of about 1e-15 in
+float64, far below any real difference). The children also record what each device held
+and summed, so that a run that quietly fell back to one device fails.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
+import _device_runs as runs
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import unnorm as un
 from unnorm.samplers import devices as chain_devices
 
-_CHILD = textwrap.dedent("""
-    import json
-    import sys
-    import jax, jax.numpy as jnp, numpy as np
-    import unnorm as un
-    from unnorm.samplers import run
 
-    assert len(jax.devices()) == 2, jax.devices()
-    calls = []
-    chunk_runner = run._chunk_runner
-
-    def recording_runner(options=()):
-        compiled = chunk_runner(options)
-
-        def call(*args, **kwargs):
-            states, (draws, stats), finite = compiled(*args, **kwargs)
-            # the share of the chain axis one device holds: the draws are (draw, chain, ...),
-            # the states' leaves (chain, ...)
-            calls.append({
-                "draws": draws.sharding.shard_shape(draws.shape)[1] / draws.shape[1],
-                "states": max(leaf.sharding.shard_shape(leaf.shape)[0] / leaf.shape[0]
-                              for leaf in jax.tree_util.tree_leaves(states)),
-                "devices": len(draws.sharding.device_set),
-                "chains": draws.shape[1]})
-            return states, (draws, stats), finite
-        return call
-
-    run._chunk_runner = recording_runner
-    gaussian = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
-                        params={"mu": jnp.array([1.0, -1.0])}, support=un.supports.real(2))
-    ising = un.models.ising_chain(6, coupling=0.4)
-    out = {}
-    for sampler in sys.argv[1:]:
-        model = ising if sampler == "gibbs" else gaussian
-        # 3 chains over 2 devices: the chain axis is padded to 4. RWMH runs 2 chains, its
-        # whole run in one call (the draws leave the devices as that call's own buffers);
-        # Gibbs its whole run in one call with the padding to cut; MALA warmup and sampling.
-        sizes = {"rwmh": dict(num_chains=2, num_warmup=0, num_samples=4),
-                 "gibbs": dict(num_chains=3, num_warmup=0, num_samples=4)}
-        size = sizes.get(sampler, dict(num_chains=3, num_warmup=20, num_samples=30))
-        kwargs = dict(key=jax.random.key(3), sampler=sampler, progress_bar=False, warn=False,
-                      **size)
-        calls.clear()
-        sharded = un.sample(model, **kwargs)
-        sharded_calls = list(calls)
-        calls.clear()
-        single = un.sample(model, devices=1, chain_method="vectorized", **kwargs)
-        x, y = (np.asarray(d.posterior["x"]) for d in (sharded, single))
-        out[sampler] = {
-            "shape": list(x.shape), "max_diff": float(np.max(np.abs(x - y))),
-            "identical": bool(np.array_equal(x, y)),
-            "lp_identical": bool(np.array_equal(np.asarray(sharded.sample_stats["lp"]),
-                                                np.asarray(single.sample_stats["lp"]))),
-            "sharded_calls": sharded_calls, "single_calls": list(calls)}
-    print("RESULT " + json.dumps(out))
-""")
-
-
-def _run_child(samplers: list[str]) -> dict:
-    """The child's results per sampler: 3 chains on 2 host devices against 3 on one."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-                        ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    # the child finds the programs this process compiled (tests/conftest.py's cache)
-    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *samplers], env=env,
-                          capture_output=True, text=True, timeout=240)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+@pytest.fixture(scope="module")
+def children():
+    """The one-process child and the two processes, started at once (they compile their
+    programs side by side); stopped when the module's tests are done."""
+    started = {"devices": [runs.start_on_two_devices(
+                   cache_dir=jax.config.jax_compilation_cache_dir)],
+               "processes": runs.start_on_two_processes()}
+    yield started
+    runs.stop(started["devices"] + started["processes"])
 
 
 @pytest.fixture(scope="module")
-def two_device_child() -> dict:
-    return _run_child(["rwmh", "mala", "gibbs"])
+def two_devices(children) -> dict:
+    return runs.results(children["devices"])[0]
 
 
-@pytest.mark.parametrize("sampler", ["rwmh", "mala", "gibbs"])
-def test_sharded_draws_equal_the_single_device_draws(two_device_child, sampler):
-    result = two_device_child[sampler]
-    # (chains, draws): the padded fourth chain of MALA's and Gibbs' runs is dropped
-    assert result["shape"][:2] == {"rwmh": [2, 4], "mala": [3, 30], "gibbs": [3, 4]}[sampler]
+@pytest.fixture(scope="module")
+def two_processes(children) -> list[dict]:
+    return runs.results(children["processes"])
+
+
+def _assert_close(fitted: dict, single: dict) -> None:
+    for field in ("params", "stderr"):
+        np.testing.assert_allclose(fitted[field], single[field], rtol=1e-5, atol=0)
+
+
+# ---- sampling on two devices --------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", runs.SAMPLERS)
+def test_sharded_draws_equal_the_single_device_draws(two_devices, sampler):
+    result = two_devices["samplers"][sampler]
+    size = runs.SAMPLER_SIZES[sampler]
+    # (chains, draws): the padded fourth chain is dropped
+    assert result["shape"][:2] == [size["num_chains"], size["num_samples"]]
+    assert result["dtype"] == ("int32" if sampler == "gibbs" else "float64")
     # each chain's keys are fold_in(key, c) and its steps' fold_in(chain_key, t), whatever
-    # the device count; a chain's arithmetic is its own, so even MALA's gradients agree
+    # the device count; a chain's arithmetic is its own, so even the gradients agree
     assert result["identical"], result["max_diff"]
     assert result["lp_identical"]
 
 
-@pytest.mark.parametrize("sampler", ["rwmh", "mala", "gibbs"])
-def test_sharded_chunks_split_the_chain_axis(two_device_child, sampler):
-    chains = 2 if sampler == "rwmh" else 3
-    sharded = two_device_child[sampler]["sharded_calls"]
+@pytest.mark.parametrize("sampler", runs.SAMPLERS)
+def test_sharded_chunks_split_the_chain_axis(two_devices, sampler):
+    chains = runs.SAMPLER_SIZES[sampler]["num_chains"]
+    sharded = two_devices["samplers"][sampler]["sharded_calls"]
     assert sharded  # warmup and sampling calls
     for call in sharded:
         assert call["devices"] == 2
-        assert call["chains"] == (2 if sampler == "rwmh" else 4)  # 3 padded to 4
+        assert call["chains"] == chains + chains % 2  # padded to a multiple of 2
         assert call["draws"] == 0.5 and call["states"] == 0.5
-    for call in two_device_child[sampler]["single_calls"]:
+    for call in two_devices["samplers"][sampler]["single_calls"]:
         assert call["devices"] == 1 and call["chains"] == chains and call["draws"] == 1.0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
-def test_sharded_numpyro_kernels_equal_the_single_device_draws(sampler):
-    result = _run_child([sampler])[sampler]
-    assert result["identical"], result["max_diff"]
-    assert all(call["draws"] == 0.5 and call["states"] == 0.5
-               for call in result["sharded_calls"])
+def test_other_samplers_draw_alike_on_two_devices():
+    found = runs.results([runs.start_on_two_devices(("hmc", "rwmh"))])[0]["samplers"]
+    for sampler, result in found.items():
+        assert result["identical"], (sampler, result["max_diff"])
+        assert all(call["draws"] == 0.5 and call["states"] == 0.5
+                   for call in result["sharded_calls"])
 
+
+# ---- fitting on two devices ---------------------------------------------------------------------
+
+def _rows(name: str) -> int:
+    return next(count for fit, count, _ in runs.FIT_RUNS if fit == name)
+
+
+@pytest.mark.parametrize("name, stages", [
+    ("sm", ["closed form", "sandwich"]),
+    ("ssm", ["closed form", "sandwich"]),
+    ("nce", ["newton", "sandwich"]),
+    ("pcd", ["optimizer", "likelihood sandwich from model draws"]),
+    ("ksd", ["newton", "U-statistic sandwich"]),
+])
+def test_sharded_fit_equals_the_single_device_fit(two_devices, name, stages):
+    count = _rows(name)
+    sharded = two_devices["fits"][f"{name}/{count}/sharded"]
+    single = two_devices["fits"][f"{name}/{count}/single"]
+    assert sharded["stages"] == single["stages"] == stages
+    _assert_close(sharded, single)
+
+
+@pytest.mark.parametrize("run, stages", [
+    ("sm/301/sharded", ["closed form", "sandwich"]),
+    ("sm_optimizer/301/sharded", ["optimizer", "newton", "sandwich"]),
+    ("sm/301/single", ["closed form", "sandwich"]),
+])
+def test_score_matching_is_its_exact_solution(two_devices, run, stages):
+    # 301 rows: the padding row, weighted 0 in the sums and cut before the optimizer's loss,
+    # changes nothing
+    fitted = two_devices["fits"][run]
+    assert fitted["stages"] == stages
+    _assert_close(fitted, runs.score_matching_truth(runs.data()))
+
+
+@pytest.mark.parametrize("name", ["sm", "sm_optimizer", "ssm", "nce", "pcd", "ksd"])
+def test_sharded_fit_splits_the_rows(two_devices, name):
+    count = _rows(name)
+    half = -(-count // 2)  # 301 rows: padded to 302, 151 on each device
+    sharded = two_devices["fits"][f"{name}/{count}/sharded"]
+    assert sharded["placed"] == [{"shard": half, "padded": 2 * half, "rows": count,
+                                  "devices": 2}]
+    # every full-data pass sums the rows of one device: the per-row estimators' blocks, or
+    # KSD's rows of pairs against every column; PCD has none (its covariance comes from draws
+    # of the fitted model)
+    assert sharded["summed_rows"] == ([] if name in ("pcd", "ksd") else [half])
+    assert sharded["pair_rows"] == ([half] if name == "ksd" else [])
+    # the optimizer's chunk reads the rows where they are
+    optimizer = name in ("sm_optimizer", "pcd")
+    assert set(sharded["chunk_inputs"]) == ({half} if optimizer else set())
+    assert bool(sharded["chunk_inputs"]) == optimizer
+
+
+@pytest.mark.parametrize("name", ["sm", "ksd"])
+def test_single_device_fit_places_nothing(two_devices, name):
+    # devices=1 is the single-device fit: nothing placed, SM's passes over all 301 rows, KSD's
+    # pairs read from its kernel matrix
+    single = two_devices["fits"][f"{name}/{runs.NUM_ROWS}/single"]
+    assert single["placed"] == [] and single["chunk_inputs"] == [] and single["pair_rows"] == []
+    assert single["summed_rows"] == ([runs.NUM_ROWS] if name == "sm" else [])
+
+
+def test_sharded_steps_exchange_sums_not_rows(two_devices):
+    collectives = two_devices["fits"]["collectives"]
+    assert collectives["all-reduce"] > 0
+    assert collectives["all-gather"] == collectives["collective-permute"] == 0
+    assert collectives["all-to-all"] == 0
+
+
+def test_streamed_data_is_not_split_over_devices(two_devices):
+    error = two_devices["fits"]["streamed_error"]
+    assert error.startswith("devices must name one device (or be None) when data is streamed")
+    assert "got 2 devices" in error
+
+
+# ---- fitting over two processes -----------------------------------------------------------------
+
+def test_each_process_holds_half_of_a_global_array(two_processes):
+    for result in two_processes:
+        assert result["addressable_rows"] == [runs.PROCESS_ROWS]
+        assert not result["fully_addressable"]
+        # the global array is used where it lives; an array not split over its rows is refused
+        first, second = result["errors"]
+        assert "devices must be None or the devices of data" in first
+        assert "split over its rows along a one-dimensional mesh" in second
+
+
+@pytest.mark.parametrize("name", [name for name in runs.PROCESS_FITS if "/" not in name])
+def test_fit_over_two_processes_equals_the_single_process_fit(two_processes, two_devices,
+                                                              name):
+    first, second = (result[name] for result in two_processes)
+    # every process gets the same result, and it is the fit of all the rows in one process
+    # on one device
+    assert first["params"] == second["params"] and first["stderr"] == second["stderr"]
+    rows = 2 * runs.PROCESS_ROWS
+    if name == "sm":
+        # the single-device fit is SM's exact solution (test_score_matching_is_its_exact_solution)
+        single = {**runs.score_matching_truth(runs.data()[:rows]),
+                  "stages": ["closed form", "sandwich"]}
+    else:
+        single = two_devices["fits"][f"{name}/{rows}/single"]
+    assert first["stages"] == single["stages"]
+    _assert_close(first, single)
+    # each process summed its own 150 rows in the full-data passes
+    for result in (first, second):
+        assert result["summed_rows"] == ([] if name in ("pcd", "ksd")
+                                         else [runs.PROCESS_ROWS])
+        assert result["pair_rows"] == ([runs.PROCESS_ROWS] if name == "ksd" else [])
+
+
+def test_rows_every_process_holds_whole_are_split_alike(two_processes):
+    # a NumPy array of all the rows in every process: the fit splits it over the processes'
+    # devices itself, and returns the global array's fit
+    for result in two_processes:
+        assert result["sm/host"]["params"] == result["sm"]["params"]
+        assert result["sm/host"]["stderr"] == result["sm"]["stderr"]
+
+
+# ---- arguments ----------------------------------------------------------------------------------
 
 def test_check_devices_accepts_none_a_count_and_a_list():
     every = tuple(jax.devices())

@@ -216,6 +216,35 @@ def test_derivatives_read_from_the_kernel_matrix_match_the_blocked_ones():
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_pair_sums_of_row_slices_add_up_to_the_whole():
+    """A fit over several devices sums each device's rows of the Stein matrix against every
+    column (estimators.stein._pair_sums) and adds the sums. Rows 0-18 and 19-39 of 37
+    observations (three copies of the last past the end, as sharding pads them), in blocks of 8
+    that divide neither slice: the sums are the whole data's, and the padding and the blocks'
+    own padding add nothing."""
+    model = _test_model()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)
+    padded = x[np.minimum(np.arange(40), 36)]
+    u = model.to_unconstrained(model.params)
+    flat, _ = ravel_pytree(u)
+
+    @jax.jit
+    def halves(flat):
+        def pair_sums(rows, first_row):
+            value, grad, hessian, h1 = ksd_module._pair_sums(
+                flat, u, rows, first_row, x, 0.9, model=model, kernel="imq", block_size=8)
+            return value, grad, hessian, h1.T @ h1
+        return [a + b for a, b in zip(pair_sums(padded[:19], 0), pair_sums(padded[19:], 19),
+                                      strict=True)]
+
+    value, grad, hessian, outer = halves(flat)
+    whole = _derivatives(flat, u, x, 0.9, model=model, kernel="imq", block_size=8)
+    np.testing.assert_allclose(value / 37, whole[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad / 37, whole[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hessian / 37, whole[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outer, whole[3].T @ whole[3], rtol=1e-5, atol=1e-6)
+
+
 def test_a_minibatch_fit_builds_no_kernel_matrix():
     x = _gaussian_draws(200, 6)
     objective = un.estimators.KSD().build(GAUSSIAN, resample=False)

@@ -416,8 +416,11 @@ def fit(
         data_source.check_rows(data, model, params0)
     n = data.shape[0]
     est_key, train_key = jax.random.split(key)
-    init_state = (objective.init if batch_size is None or objective.init_minibatch is None
-                  else objective.init_minibatch)
+    # minibatches never read what init precomputes for full-batch steps (KSD's kernel
+    # matrix), nor does a fit whose own finish sums over rows split over devices
+    sharded_finish = placement.sharded and objective.traits.sharded_post_fit
+    init_state = (objective.init if (batch_size is None and not sharded_finish)
+                  or objective.init_minibatch is None else objective.init_minibatch)
     # what only looks at the data (NCE's noise fitted to its mean and covariance) sees a
     # subsample of streamed data, the data themselves otherwise
     est_state = init_state(params0, est_key, view(data))
@@ -503,8 +506,8 @@ def fit(
     # ---- finish: the estimator's own stage, or the driver's sandwich ----------------------
     covariance, chains = None, None
     if objective.post_fit is not None:
-        post = objective.post_fit(fitted, est_state, data, jax.random.split(train_key)[0],
-                                  compute_se, progress_bar)
+        post = objective.post_fit(fitted, est_state, rows if sharded_finish else data,
+                                  jax.random.split(train_key)[0], compute_se, progress_bar)
         fitted, covariance, chains = post.params, post.covariance, post.chains
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
         if covariance is not None and post.hessian is not None:

@@ -78,6 +78,12 @@ class Traits(NamedTuple):
         takes to converge. KSD says True: its steps and its derivatives both read the data's
         ``n × n`` kernel matrix. On an objective that is not convex, Newton from the initial
         values finds the minimum it is drawn to, which need not be the optimizer's.
+    sharded_post_fit : bool
+        ``post_fit`` sums over the data where they are: in a fit whose rows are split over
+        several devices it receives the rows as split (an :class:`unnorm.sharding.RowShards`),
+        and ``init_minibatch`` gives the state, rather than ``init``'s precomputation on one
+        device. KSD says True: its pairs of rows are summed per device. Otherwise ``post_fit``
+        receives the whole data on one device.
     """
 
     deterministic: bool = True
@@ -85,6 +91,7 @@ class Traits(NamedTuple):
     quadratic_if_linear_score: bool = False
     monte_carlo_gradient: bool = False
     cheap_newton: bool = False
+    sharded_post_fit: bool = False
 
 
 class Objective(NamedTuple):

@@ -30,7 +30,9 @@ and ``φ'_ij`` the derivative of the kernel's profile in ``‖r‖²``,
     ∇²Û = 2 / (n(n-1)) Σ_{i≠j} φ_ij J_iᵀ J_j + (2/n) Σ_i ∇²_θ (B_iᵀ s_i(θ))   (B_i held fixed),
 
 so everything is a product of the ``n × n`` matrices ``φ``, ``φ'`` with ``n × d × p`` arrays,
-formed in blocks of rows: O(n² d p) time, no ``n²`` autodiff tape.
+formed in blocks of rows: O(n² d p) time, no ``n²`` autodiff tape. Every sum runs over the
+rows ``i``, each against all columns ``j``, so data whose rows are split over several devices
+are summed where they are: each device takes its own rows, and the devices' sums are added.
 
 **Standard errors.** ``∇Û`` is a second-order U-statistic with kernel ``∇_θ u_θ(x, y)``; by
 Hoeffding's decomposition its variance is ``(4/n) Var h₁(x) + O(1/n²)``, with
@@ -55,6 +57,7 @@ from jax.flatten_util import ravel_pytree
 from .. import _checks
 from ..model import Model
 from ..newton import constrained_jacobian
+from ..sharding import RowShards, sum_over_rows
 from ..stein_kernels import (
     GRAM_MAX_ENTRIES,
     KERNELS,
@@ -70,7 +73,7 @@ from ..stein_kernels import (
     stein_row_means,
 )
 from ..trust_region import trust_region_newton
-from ..uncertainty import delta_method, sandwich_covariance
+from ..uncertainty import delta_method, sandwich_from_moments
 from .base import Batch, Estimator, Objective, PostFit, Traits
 
 __all__ = ["KSD"]
@@ -120,46 +123,85 @@ def _kernel_sums(index, sa, xa, scores, jac, jac_x, x, kernel: str, bandwidth):
             (d1 @ flat_jac).reshape(-1, *jac.shape[1:]), d1 @ jac_x)
 
 
+def _pair_sums(flat, template, rows, first_row, columns, bandwidth, *, model: Model,
+               kernel: str, block_size: int | None = None):
+    """The U-statistic's sums over the rows ``rows`` of the Stein matrix, observations
+    ``first_row, first_row + 1, ...`` of ``columns`` (the whole data set; rows at or past its
+    length, padding, weigh 0), each row against every column: ``Σ m_i``, ``Σ 2 J_iᵀB_i``, the
+    rows' part of ``n ∇²Û`` and their ``h₁ᵢ`` (module docstring). Divided by ``n`` (and summed
+    over the devices that hold the other rows) they are :func:`_derivatives`."""
+    _, unravel = ravel_pytree(template)
+    n, m = columns.shape[0], rows.shape[0]
+    points = columns.reshape(n, -1)
+    center = jnp.mean(points, axis=0)
+    x = points - center
+
+    def scores_of(f, at):
+        return _flat_scores(model, model.to_constrained(unravel(f)), at)
+
+    def jacobian(at):
+        # J_i = ∂s_i/∂θ, (b, d, p): p forward passes through the score, cheap
+        return jnp.moveaxis(jax.vmap(lambda v: jax.jvp(lambda f: scores_of(f, at), (flat,),
+                                                       (v,))[1])(
+            jnp.eye(flat.size, dtype=flat.dtype)), 0, -1)
+
+    scores, jac = scores_of(flat, columns), jacobian(columns)
+    jac_x = jnp.einsum("ndp,nd->np", jac, x)
+    row_scores, row_jac = scores_of(flat, rows), jacobian(rows)
+    row_x = rows.reshape(m, -1) - center
+
+    # each block of rows against all n columns: at most the entries of one device's matrix
+    block = min(block_rows(n, block_size), m)
+    positions, s_blocks, x_blocks = row_blocks(m, block, row_scores, row_x)
+    sums = jax.lax.map(
+        lambda a: _kernel_sums(*a, scores, jac, jac_x, x, kernel, bandwidth),
+        (first_row + positions, s_blocks, x_blocks))
+    # the blocks' own padding rows are cut; rows past the data (a device's padding) have
+    # global indices _kernel_sums weighs 0
+    u_sum, b_sum, phi_jac, d1_jac, d1_jac_x = (a.reshape(-1, *a.shape[2:])[:m] for a in sums)
+
+    b = b_sum / (n - 1)                                     # B_i = ∂m_i/∂s_i
+    value = jnp.sum(u_sum) / (n - 1)
+    grad = 2.0 * jnp.einsum("ndp,nd->p", row_jac, b)
+    cross = 2.0 / (n - 1) * jnp.einsum("ndp,ndq->pq", row_jac, phi_jac)
+    weights = jax.lax.stop_gradient(2.0 * b)
+    curvature = jax.hessian(lambda f: jnp.sum(weights * scores_of(f, rows)))(flat)
+    # h₁ᵢ = J_iᵀB_i + Σ_{j≠i} J_jᵀ ∂u_ij/∂s_j / (n-1), with ∂u_ij/∂s_j = φ s_i + 2φ' (x_i - x_j)
+    h1 = (jnp.einsum("ndp,nd->np", row_jac, b)
+          + (jnp.einsum("ndp,nd->np", phi_jac, row_scores)
+             + 2.0 * (jnp.einsum("ndp,nd->np", d1_jac, row_x) - d1_jac_x)) / (n - 1))
+    return value, grad, cross + curvature, h1
+
+
 @functools.partial(jax.jit, static_argnames=("model", "kernel", "block_size"))
 def _derivatives(flat, template, data, bandwidth, *, model: Model, kernel: str,
                  block_size: int | None = None):
     """``Û``, its gradient and Hessian in the flat unconstrained parameters, and ``h₁``
     ``(n, p)``, the gradients of the row means (module docstring). The Stein matrix is formed
     ``block_size`` rows at a time (default: all rows up to ``n² = 2²⁴`` entries)."""
-    _, unravel = ravel_pytree(template)
     n = data.shape[0]
-    points = data.reshape(n, -1)
-    x = points - jnp.mean(points, axis=0)
+    value, grad, hessian, h1 = _pair_sums(flat, template, data, 0, data, bandwidth,
+                                          model=model, kernel=kernel, block_size=block_size)
+    return value / n, grad / n, hessian / n, h1
 
-    def scores_of(f):
-        return _flat_scores(model, model.to_constrained(unravel(f)), data)
 
-    scores = scores_of(flat)
-    # J_i = ∂s_i/∂θ, (n, d, p): p forward passes through the score, cheap
-    jac = jnp.moveaxis(jax.vmap(lambda v: jax.jvp(scores_of, (flat,), (v,))[1])(
-        jnp.eye(flat.size, dtype=flat.dtype)), 0, -1)
-    jac_x = jnp.einsum("ndp,nd->np", jac, x)
+@functools.partial(jax.jit, static_argnames=("model", "kernel", "mesh", "num_rows"))
+def _sharded_derivatives(flat, template, padded, bandwidth, *, model: Model, kernel: str,
+                         mesh, num_rows: int):
+    """``Û``, its gradient and Hessian, and the sandwich's middle ``J = (1/n) Σ 4 h₁ᵢh₁ᵢᵀ``,
+    from data whose rows are split over the devices of ``mesh`` (``padded``, its first
+    ``num_rows`` rows the observations): each device sums its own rows of the Stein matrix
+    against every column (the columns gathered to every device) and ``psum`` adds the
+    devices' sums (:func:`unnorm.sharding.sum_over_rows`). The same numbers as
+    :func:`_derivatives`, up to the order of the sums."""
+    def local_sums(rows, first_row, total_rows, flat, template, columns, bandwidth):
+        value, grad, hessian, h1 = _pair_sums(flat, template, rows, first_row,
+                                              columns[:total_rows], bandwidth, model=model,
+                                              kernel=kernel)
+        return value, grad, hessian, 4.0 * (h1.T @ h1)
 
-    block = block_rows(n, block_size)
-    index, s_blocks, x_blocks = row_blocks(n, block, scores, x)
-    sums = jax.lax.map(
-        lambda a: _kernel_sums(*a, scores, jac, jac_x, x, kernel, bandwidth),
-        (index, s_blocks, x_blocks))
-    u_sum, b_sum, phi_jac, d1_jac, d1_jac_x = (a.reshape(-1, *a.shape[2:])[:n] for a in sums)
-
-    row_means = u_sum / (n - 1)
-    b = b_sum / (n - 1)                                     # B_i = ∂m_i/∂s_i
-    value = jnp.mean(row_means)
-    grad = 2.0 / n * jnp.einsum("ndp,nd->p", jac, b)
-    cross = 2.0 / (n * (n - 1)) * jnp.einsum("ndp,ndq->pq", jac, phi_jac)
-    weights = jax.lax.stop_gradient(2.0 / n * b)
-    curvature = jax.hessian(lambda f: jnp.sum(weights * scores_of(f)))(flat)
-    hessian = cross + curvature
-    # h₁ᵢ = J_iᵀB_i + Σ_{j≠i} J_jᵀ ∂u_ij/∂s_j / (n-1), with ∂u_ij/∂s_j = φ s_i + 2φ' (x_i - x_j)
-    h1 = (jnp.einsum("ndp,nd->np", jac, b)
-          + (jnp.einsum("ndp,nd->np", phi_jac, scores)
-             + 2.0 * (jnp.einsum("ndp,nd->np", d1_jac, x) - d1_jac_x)) / (n - 1))
-    return value, grad, hessian, h1
+    sums = sum_over_rows(local_sums, mesh, padded, num_rows, flat, template, padded, bandwidth)
+    return tuple(total / num_rows for total in sums)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "kernel", "with_h1"))
@@ -201,6 +243,12 @@ def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth=None, *, 
           + (jnp.einsum("ndp,nd->np", phi_jac, scores)
              + 2.0 * (jnp.einsum("ndp,nd->np", d1_jac, x) - d1_jac_x)) / (n - 1))
     return value, grad, cross + curvature, h1
+
+
+def _outer(h1) -> np.ndarray:
+    """The sandwich's middle ``J = (1/n) Σ_i (2h₁ᵢ)(2h₁ᵢ)ᵀ`` from the ``(n, p)`` ``h₁``."""
+    h1 = np.asarray(h1, dtype=float)
+    return 4.0 * (h1.T @ h1) / h1.shape[0]
 
 
 # ---- the estimator ------------------------------------------------------------------------------
@@ -325,15 +373,22 @@ class KSD(Estimator):
             u = model.to_unconstrained(params)
             flat, unravel = ravel_pytree(u)
             static = dict(model=model, kernel=kernel)
-            if isinstance(state.gram, SteinGram) and len(state.gram.weights) == n:
-                def derivatives(f, with_h1=False):
-                    return _gram_derivatives(f, u, data, state.gram, h, with_h1=with_h1,
-                                             **static)
+            if isinstance(data, RowShards):
+                # rows split over several devices: each sums its rows' pairs where they are
+                def derivatives(f, with_outer=False):
+                    found = _sharded_derivatives(f, u, data.array, h, mesh=data.mesh,
+                                                 num_rows=data.num_rows, **static)
+                    return found if with_outer else found[:3]
+            elif isinstance(state.gram, SteinGram) and len(state.gram.weights) == n:
+                def derivatives(f, with_outer=False):
+                    found = _gram_derivatives(f, u, data, state.gram, h, with_h1=with_outer,
+                                              **static)
+                    return found if not with_outer else (*found[:3], _outer(found[3]))
             else:
                 # a minibatch fit (or n beyond the matrix's limit): the kernel in row blocks
-                def derivatives(f, with_h1=False):
+                def derivatives(f, with_outer=False):
                     found = _derivatives(f, u, data, h, **static)
-                    return found if with_h1 else found[:3]
+                    return found[:3] if not with_outer else (*found[:3], _outer(found[3]))
             # Trust-region Newton steps: from the initial values, where the driver starts KSD
             # (Traits.cheap_newton), the Hessian of Û is often indefinite, and line-searched
             # Newton steps along its shifted inverse overflowed to NaN and were halved back
@@ -348,13 +403,14 @@ class KSD(Estimator):
                     "(method='optimizer', more num_steps).",
                     RuntimeWarning, stacklevel=3)
             fitted = model.to_constrained(unravel(flat))
-            _, _, hessian, h1 = derivatives(flat, with_h1=True)
-            cov_u = sandwich_covariance(2.0 * np.asarray(h1), np.asarray(hessian)).covariance
+            _, _, hessian, outer = derivatives(flat, with_outer=True)
+            cov_u = sandwich_from_moments(np.asarray(hessian), np.asarray(outer), n).covariance
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u)
             return PostFit(fitted, covariance, None, refined_by="newton",
                            covariance_from="U-statistic sandwich", converged=bool(converged),
                            hessian=np.asarray(hessian, dtype=float))
 
         return Objective(init, loss, terms,
-                         Traits(convex_if_linear_energy=True, cheap_newton=True),
+                         Traits(convex_if_linear_energy=True, cheap_newton=True,
+                                sharded_post_fit=True),
                          post_fit=post_fit, init_minibatch=init_minibatch)

@@ -1,0 +1,413 @@
+"""The child processes of the device tests, and the calls that start them.
+
+The CPU backend shows several devices only when ``XLA_FLAGS`` says so before JAX starts, and
+several processes only when each calls ``jax.distributed.initialize``, so the sharded runs of
+``tests/test_devices.py`` and ``tests/test_fit_devices.py`` happen in children, in float64:
+
+* ``python _device_runs.py devices``: one process with two host devices runs every sampler
+  and estimator of the tests twice, on both devices and on one (``devices=1``), and records
+  what each device really held and summed;
+* ``python _device_runs.py process <id> <port>``, twice: two processes joined over 127.0.0.1
+  (gloo collectives), each holding half the rows of one global array, fit every estimator of
+  the tests; process 0 also fits on one device of its own.
+
+One child (one pair) serves all the tests of a file: a JAX start and the compilation of each
+program happen once. The sizes are the smallest that reach every code path (an odd row count
+for the padding, a few chains and steps): the comparison is of identical inputs on one device
+and on two, which needs no statistical power. Each child prints one ``RESULT <json>`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import Any, NamedTuple
+
+_SCRIPT = os.path.abspath(__file__)
+#: the children's data: 301 rows, so that two devices hold 151 each, one of them a copy of
+#: the last (padding); the processes split the first 300
+NUM_ROWS = 301
+#: each process holds rows [150 i, 150 (i + 1)) of the first 300
+PROCESS_ROWS = 150
+
+
+# ---- what both kinds of children fit ------------------------------------------------------------
+
+def _model():
+    import jax.numpy as jnp
+
+    import unnorm as un
+
+    # the energy is affine in θ = (a, b): SM and SSM solve in closed form, NCE and KSD start
+    # with Newton; PCD runs the optimizer on the rows
+    return un.Model(lambda p, x: 0.5 * p["a"] * jnp.sum(x ** 2) - jnp.dot(p["b"], x),
+                    params={"a": 1.0, "b": jnp.zeros(2)},
+                    constraints={"a": un.constraints.positive}, support=un.supports.real(2))
+
+
+def data():
+    import numpy as np
+
+    return np.random.default_rng(0).normal([0.5, -0.5], 0.8, size=(NUM_ROWS, 2))
+
+
+def _fits():
+    import unnorm as un
+
+    return {"sm": ("sm", {}), "sm_optimizer": ("sm", {"method": "optimizer", "num_steps": 40}),
+            "ssm": (un.estimators.SSM(), {}), "nce": ("nce", {}),
+            "pcd": (un.estimators.PCD(k=2, num_chains=8), {"num_steps": 30}),
+            "ksd": ("ksd", {})}
+
+
+def _fit(model, name: str, rows, **kwargs) -> dict:
+    import jax
+    import numpy as np
+
+    import unnorm as un
+
+    estimator, options = _fits()[name]
+    result = un.fit(model, rows, estimator, key=jax.random.key(1), progress_bar=False,
+                    **options, **kwargs)
+
+    def flat(tree):
+        return [float(v) for _, leaf in sorted(tree.items()) for v in np.ravel(leaf)]
+    return {"params": flat(result.params), "stderr": flat(result.stderr),
+            "stages": list(result.stages)}
+
+
+class _Recorder:
+    """The rows each full-data pass sums where it runs (inside ``shard_map``: one device's):
+    the per-row estimators' blocks (``solvers.derivative_sums``) and KSD's rows of pairs
+    (``estimators.stein._pair_sums``), recorded while they are traced."""
+
+    def __init__(self):
+        from unnorm import solvers
+        from unnorm.estimators import stein
+
+        self.summed_rows: list[int] = []
+        self.pair_rows: list[int] = []
+        derivative_sums, pair_sums = solvers.derivative_sums, stein._pair_sums
+
+        def recording_sums(flat, template, rows, *args, **kwargs):
+            self.summed_rows.append(int(rows.shape[0]))
+            return derivative_sums(flat, template, rows, *args, **kwargs)
+
+        def recording_pairs(flat, template, rows, *args, **kwargs):
+            self.pair_rows.append(int(rows.shape[0]))
+            return pair_sums(flat, template, rows, *args, **kwargs)
+
+        solvers.derivative_sums, stein._pair_sums = recording_sums, recording_pairs
+
+    def clear(self):
+        self.summed_rows.clear(), self.pair_rows.clear()
+
+    def rows(self) -> dict:
+        return {"summed_rows": sorted(set(self.summed_rows)),
+                "pair_rows": sorted(set(self.pair_rows))}
+
+
+# ---- one process, two devices -------------------------------------------------------------------
+
+#: the samplers' runs: 3 chains over 2 devices pad the chain axis to 4 (Gibbs, MALA, NUTS);
+#: RWMH's 2 chains fill it, its whole run one call whose draws leave as that call's buffers
+SAMPLER_SIZES = {"rwmh": dict(num_chains=2, num_warmup=0, num_samples=4),
+                 "gibbs": dict(num_chains=3, num_warmup=0, num_samples=4),
+                 "mala": dict(num_chains=3, num_warmup=10, num_samples=10),
+                 "nuts": dict(num_chains=3, num_warmup=10, num_samples=10),
+                 "hmc": dict(num_chains=3, num_warmup=10, num_samples=10)}
+#: the default run's samplers: a discrete kernel, one of unnorm's gradient kernels, NumPyro's
+SAMPLERS = ("gibbs", "mala", "nuts")
+#: (fit, rows, devices) of the one-process child: "sharded" on both devices, "single" on one.
+#: On 301 rows SM (closed form and optimizer, against its exact solution) and KSD meet the
+#: padding; SSM, NCE and PCD fit the 300 rows the two processes split, so that their
+#: single-device fits are also the references of the processes' fits, as KSD's single-device
+#: fit of those rows is (SM's reference there is its exact solution)
+FIT_RUNS = (("sm", NUM_ROWS, "sharded"), ("sm", NUM_ROWS, "single"),
+            ("sm_optimizer", NUM_ROWS, "sharded"),
+            ("ksd", NUM_ROWS, "sharded"), ("ksd", NUM_ROWS, "single"),
+            *((name, 2 * PROCESS_ROWS, label) for name in ("ssm", "nce", "pcd")
+              for label in ("sharded", "single")),
+            ("ksd", 2 * PROCESS_ROWS, "single"))
+
+
+def _sample_on_devices(samplers) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import unnorm as un
+    from unnorm.samplers import run
+
+    calls = []
+    chunk_runner = run._chunk_runner
+
+    def recording_runner(options=()):
+        compiled = chunk_runner(options)
+
+        def call(*args, **kwargs):
+            states, (draws, stats), finite = compiled(*args, **kwargs)
+            # the share of the chain axis one device holds: the draws are (draw, chain, ...),
+            # the states' leaves (chain, ...)
+            calls.append({
+                "draws": draws.sharding.shard_shape(draws.shape)[1] / draws.shape[1],
+                "states": max(leaf.sharding.shard_shape(leaf.shape)[0] / leaf.shape[0]
+                              for leaf in jax.tree_util.tree_leaves(states)),
+                "devices": len(draws.sharding.device_set),
+                "chains": draws.shape[1]})
+            return states, (draws, stats), finite
+        return call
+
+    run._chunk_runner = recording_runner
+    gaussian = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
+                        params={"mu": jnp.array([1.0, -1.0])}, support=un.supports.real(2))
+    ising = un.models.ising_chain(6, coupling=0.4)
+    out = {}
+    for sampler in samplers:
+        size = SAMPLER_SIZES[sampler]
+        model = ising if sampler == "gibbs" else gaussian
+        kwargs = dict(key=jax.random.key(3), sampler=sampler, progress_bar=False, warn=False,
+                      **size)
+        calls.clear()
+        sharded = un.sample(model, **kwargs)
+        sharded_calls = list(calls)
+        calls.clear()
+        single = un.sample(model, devices=1, chain_method="vectorized", **kwargs)
+        x, y = (np.asarray(d.posterior["x"]) for d in (sharded, single))
+        out[sampler] = {
+            "shape": list(x.shape), "dtype": str(x.dtype),
+            "max_diff": float(np.max(np.abs(x - y))), "identical": bool(np.array_equal(x, y)),
+            "lp_identical": bool(np.array_equal(np.asarray(sharded.sample_stats["lp"]),
+                                                np.asarray(single.sample_stats["lp"]))),
+            "sharded_calls": sharded_calls, "single_calls": list(calls)}
+    run._chunk_runner = chunk_runner
+    return out
+
+
+def _fit_on_devices() -> dict:
+    import jax
+
+    import unnorm as un
+    from unnorm import sharding
+
+    model, rows = _model(), data()
+    recorder = _Recorder()
+    placed, chunk_inputs, collectives = [], [], {}
+    place_rows, replicated_jit = sharding.place_rows, sharding.replicated_jit
+
+    def recording_place(*args, **kwargs):
+        placement = place_rows(*args, **kwargs)
+        array = placement.array
+        placed.append({"shard": array.sharding.shard_shape(array.shape)[0],
+                       "padded": array.shape[0], "rows": placement.num_rows,
+                       "devices": len(array.sharding.device_set)})
+        return placement
+
+    def recording_jit(*args, **kwargs):
+        compiled = replicated_jit(*args, **kwargs)
+
+        def call(train, rows, *rest, **options):
+            chunk_inputs.append(rows.sharding.shard_shape(rows.shape)[0])
+            if not collectives:
+                # what the devices exchange in a chunk of steps: partial sums, never rows
+                text = compiled.lower(train, rows, *rest, **options).compile().as_text()
+                collectives.update({op: text.count(op + "(") + text.count(op + "-start(")
+                                    for op in ("all-gather", "all-reduce",
+                                               "collective-permute", "all-to-all")})
+            return compiled(train, rows, *rest, **options)
+        return call
+
+    sharding.place_rows, sharding.replicated_jit = recording_place, recording_jit
+    out = {}
+    for name, count, label in FIT_RUNS:
+        placed.clear(), chunk_inputs.clear(), recorder.clear()
+        found = _fit(model, name, rows[:count], devices=None if label == "sharded" else 1)
+        out[f"{name}/{count}/{label}"] = {**found, "placed": list(placed),
+                                          "chunk_inputs": list(chunk_inputs), **recorder.rows()}
+
+    class Rows:
+        # a row source: streamed in host blocks, on one device
+        def __len__(self):
+            return NUM_ROWS
+
+        def __getitem__(self, index):
+            return rows[index]
+
+    try:
+        un.fit(model, Rows(), "sm", key=jax.random.key(1), devices=2, progress_bar=False)
+        out["streamed_error"] = None
+    except ValueError as err:
+        out["streamed_error"] = str(err)
+    out["collectives"] = collectives
+    return out
+
+
+def _devices_main(samplers) -> dict:
+    """The default run's samplers and fits; with ``samplers`` named, only those samplers."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    assert len(jax.devices()) == 2, jax.devices()
+    if samplers:
+        return {"samplers": _sample_on_devices(samplers)}
+    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices()}
+
+
+# ---- two processes ------------------------------------------------------------------------------
+
+#: "<name>": the global array; "sm/host": every process passes all the rows as a NumPy array,
+#: which the fit splits over the processes' devices itself
+PROCESS_FITS = ("sm", "ssm", "nce", "pcd", "ksd", "sm/host")
+
+
+def _process_main(process_id: int, port: int) -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id)
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    process, count = jax.process_index(), jax.process_count()
+    assert count == 2 and len(jax.devices()) == 2, jax.devices()
+    model, recorder = _model(), _Recorder()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = data()[:2 * PROCESS_ROWS]
+    local = rows[PROCESS_ROWS * process:PROCESS_ROWS * (process + 1)]
+    spanning = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+    out = {"addressable_rows": [s.data.shape[0] for s in spanning.addressable_shards],
+           "fully_addressable": spanning.is_fully_addressable, "errors": []}
+    # the global array is used where it lives: a device count cannot split it otherwise,
+    # and an array that is not split over its rows is refused
+    copies = jax.make_array_from_process_local_data(NamedSharding(mesh, P()), rows)
+    for bad, kwargs in ((spanning, {"devices": 1}), (copies, {})):
+        try:
+            _fit(model, "sm", bad, **kwargs)
+        except ValueError as err:
+            out["errors"].append(str(err))
+    for name in PROCESS_FITS:
+        estimator, _, host = name.partition("/")
+        recorder.clear()
+        out[name] = {**_fit(model, estimator, rows if host else spanning), **recorder.rows()}
+    return out
+
+
+# ---- the parent's side --------------------------------------------------------------------------
+
+def score_matching_truth(x) -> dict:
+    """SM's estimate and sandwich standard errors for the children's energy
+    ``E = a|x|²/2 - b·x``, computed with NumPy: the score ``s = b - a x`` is linear in
+    θ = (a, b), so the terms are ``ℓ_i = |s_i|²/2 + div s_i = |s_i|²/2 - d a`` (Hyvärinen
+    2005), a quadratic whose minimizer is one linear solve, and ``H⁻¹JH⁻¹/n`` comes from their
+    exact derivatives."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    n, d = x.shape
+    sq = np.sum(x ** 2, axis=1)
+    # ∇²ℓ_i in (a, b): [[|x|², -xᵀ], [-x, I]]; ∇ℓ_i at 0: (-d, 0)
+    hessian = np.block([[np.mean(sq)[None, None], -x.mean(axis=0)[None, :]],
+                        [-x.mean(axis=0)[:, None], np.eye(d)]])
+    theta = np.linalg.solve(hessian, np.r_[d, np.zeros(d)])
+    a, b = theta[0], theta[1:]
+    s = b - a * x
+    grads = np.column_stack([-np.sum(s * x, axis=1) - d, s])
+    inverse = np.linalg.inv(hessian)
+    covariance = inverse @ (grads.T @ grads / n) @ inverse / n
+    return {"params": theta.tolist(), "stderr": np.sqrt(np.diag(covariance)).tolist()}
+
+
+class Child(NamedTuple):
+    """A started child process and the files its output goes to (files, not pipes: a child
+    that writes while the parent waits on another never blocks)."""
+
+    process: subprocess.Popen
+    stdout: Any
+    stderr: Any
+
+
+def _child_env(device_count: int, cache_dir: str | None) -> dict:
+    env = dict(os.environ)
+    # each program runs a few times on a few hundred rows, so compiling is nearly all of the
+    # children's time: XLA's cheaper code generation (a quarter less CPU in a PCD fit)
+    env["XLA_FLAGS"] = " ".join([
+        env.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={device_count}",
+        "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+    ]).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    if cache_dir is None:
+        # two processes compiling the same programs would write the same cache files at once
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    else:
+        # the worker's cache (tests/conftest.py): a rerun in the same session compiles nothing
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    return env
+
+
+def _start(arguments: list[str], env: dict) -> Child:
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, _SCRIPT, *arguments], env=env, stdout=stdout,
+                               stderr=stderr, text=True)
+    return Child(process, stdout, stderr)
+
+
+def start_on_two_devices(samplers=(), cache_dir: str | None = None) -> Child:
+    """The one-process child, started (:func:`results` waits for it); with ``samplers``
+    named, it runs only those samplers."""
+    return _start(["devices", *samplers], _child_env(2, cache_dir))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_on_two_processes() -> list[Child]:
+    """The two processes, started (process 0 first); :func:`results` waits for them."""
+    port = str(_free_port())
+    return [_start(["process", str(i), port], _child_env(1, None)) for i in range(2)]
+
+
+def stop(children: list[Child]) -> None:
+    """Kill those of ``children`` still running and close their files."""
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
+        child.stdout.close(), child.stderr.close()
+
+
+def results(children: list[Child], timeout: float = 300) -> list[dict]:
+    """What each of ``children`` printed on its ``RESULT`` line, once all have ended; all are
+    stopped past ``timeout`` seconds or when one fails."""
+    found = []
+    try:
+        for child in children:
+            child.process.wait(timeout=timeout)
+            child.stdout.seek(0), child.stderr.seek(0)
+            lines = [line for line in child.stdout.read().splitlines()
+                     if line.startswith("RESULT ")]
+            assert child.process.returncode == 0 and lines, child.stderr.read()[-3000:]
+            found.append(json.loads(lines[-1][len("RESULT "):]))
+    except BaseException:
+        stop(children)
+        raise
+    return found
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "devices":
+        result = _devices_main(sys.argv[2:])
+    else:
+        result = _process_main(int(sys.argv[2]), int(sys.argv[3]))
+    print("RESULT " + json.dumps(result))
