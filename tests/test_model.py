@@ -1,5 +1,7 @@
 """Model declaration: functional and declarative forms, energy, score, constraints."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +128,70 @@ def test_score_is_jittable_and_vmappable():
     xs = jax.random.normal(jax.random.key(0), (5, 2))
     scores = jax.jit(jax.vmap(model.score, in_axes=(None, 0)))(model.params, xs)
     assert scores.shape == (5, 2)
+
+
+def _centred_energy(params, x):
+    return 0.5 * jnp.sum((x - params["mu"]) ** 2)
+
+
+def _shifted_energy(params, x, *, shift):
+    return 0.5 * jnp.sum((x - params["mu"] - shift) ** 2)
+
+
+def test_models_built_alike_are_equal_and_share_compiled_programs():
+    """Equal when built alike (same importable energy or partial of one with equal arguments,
+    equal initial parameters, constraints, support and name); a model built again compiles
+    nothing in a fit its twin already ran."""
+    assert un.models.gaussian(2) == un.models.gaussian(2)
+    assert hash(un.models.gaussian(2)) == hash(un.models.gaussian(2))
+    assert un.models.ising_chain(5, coupling=0.2) == un.models.ising_chain(5, coupling=0.2)
+    # anything that could change a compiled program or a result makes them differ
+    assert un.models.gaussian(2) != un.models.gaussian(3)
+    assert un.models.gaussian(2) != un.models.gaussian(2, mean=jnp.ones(2))
+    assert un.models.ising_chain(5, coupling=0.2) != un.models.ising_chain(5, coupling=0.3)
+    assert un.models.ising_chain(5) != un.models.ising_chain(5, periodic=True)
+
+    def build(shift, support=None, name=None):
+        return un.Model(functools.partial(_shifted_energy, shift=shift),
+                        params={"mu": jnp.zeros(2)}, support=support or un.supports.real(2),
+                        name=name)
+
+    assert build(1.0) == build(1.0)
+    assert build(1.0) != build(2.0)
+    assert build(1.0) != build(1.0, support=un.supports.positive(2))
+    assert build(1.0) != build(1.0, name="other")
+    # another function, even one computing the same energy
+    assert un.Model(_centred_energy, params={"mu": jnp.zeros(2)},
+                    support=un.supports.real(2)) != build(0.0)
+    # lambdas and closures are equal only through the very same function object: two of the
+    # same code may read different globals or cells
+
+    def closure_model(scale):
+        def energy(params, x):
+            return scale * jnp.sum((x - params["mu"]) ** 2)
+        return un.Model(energy, params={"mu": jnp.zeros(2)}, support=un.supports.real(2))
+
+    assert closure_model(1.0) != closure_model(1.0)
+    same = lambda params, x: jnp.sum((x - params["mu"]) ** 2)  # noqa: E731
+    assert (un.Model(same, params={"mu": jnp.zeros(2)}, support=un.supports.real(2))
+            == un.Model(same, params={"mu": jnp.zeros(2)}, support=un.supports.real(2)))
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(event)
+
+    x = np.random.default_rng(3).normal(size=(200, 2))
+    first = un.fit(build(0.5), x, "sm", key=jax.random.key(0), progress_bar=False)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = un.fit(build(0.5), x, "sm", key=jax.random.key(0), progress_bar=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert not compiles, compiles
+    np.testing.assert_array_equal(first.params["mu"], again.params["mu"])
+    np.testing.assert_array_equal(first.stderr["mu"], again.stderr["mu"])
+    # the other shift is another program, and another answer
+    other = un.fit(build(1.5), x, "sm", key=jax.random.key(0), progress_bar=False)
+    np.testing.assert_allclose(other.params["mu"], first.params["mu"] - 1.0, atol=1e-4)

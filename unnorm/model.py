@@ -125,7 +125,11 @@ class Model:
 
     # _declared: (module, qualname) of the function @un.model turned into this model, which
     # pickle then finds by name (the function's own name is bound to the Model)
-    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name", "_declared")
+    # _structure: what the model is made of, as a hashable value (:func:`_structure_key`): two
+    # models built alike are equal, so JAX's compiled programs, keyed on the model as a static
+    # argument, serve both
+    __slots__ = ("_energy_fn", "_params", "_constraints", "_support", "_name", "_declared",
+                 "_structure")
 
     def __init_subclass__(cls, **kwargs):
         raise TypeError("unnorm.Model is final; write a function that returns a Model instead.")
@@ -185,10 +189,29 @@ class Model:
         object.__setattr__(self, "_support", support)
         object.__setattr__(self, "_name", name or getattr(energy, "__name__", "model"))
         object.__setattr__(self, "_declared", None)
+        object.__setattr__(self, "_structure", _structure_key(
+            energy, checked, cons, support, self._name))
         self._check_energy_shape()
 
     def __setattr__(self, key, value):
         raise AttributeError("unnorm.Model is immutable; build a new Model to change it.")
+
+    # ---- equality ------------------------------------------------------------------------------
+    def __eq__(self, other) -> bool:
+        """Two models are equal when they are built alike: the same energy (the same function,
+        or a ``functools.partial`` of the same importable function with equal arguments), equal
+        initial parameters, constraints, support and name. Compiled programs are keyed on the
+        model, so a model built again (``un.models.gaussian(2)`` inside a simulation loop)
+        reuses what the first one compiled. Energies that are lambdas or closures are equal only
+        to themselves, being the same function object."""
+        if self is other:
+            return True
+        if not isinstance(other, Model):
+            return NotImplemented
+        return self._structure == other._structure
+
+    def __hash__(self) -> int:
+        return hash(self._structure)
 
     # ---- copy and pickle -----------------------------------------------------------------------
     def __copy__(self) -> Model:
@@ -392,6 +415,80 @@ class Model:
                     )
             checked[key] = tree
         return checked
+
+
+def _value_key(value: Any) -> Any:
+    """A hashable stand-in for ``value`` that is equal exactly when the values are (arrays by
+    dtype, shape and bytes), or None when there is no such stand-in."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return (type(value), value)
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        if isinstance(value, jax.core.Tracer):
+            return None
+        array = np.asarray(value)
+        return ("array", array.dtype.str, array.shape, array.tobytes())
+    if isinstance(value, (tuple, list)):
+        keys = tuple(_value_key(v) for v in value)
+        return None if any(k is None for k in keys) else (type(value), keys)
+    if callable(value):
+        return _function_key(value)
+    return None
+
+
+def _function_key(fn: Callable) -> Any:
+    """A function importable by its name (the same object wherever it is looked up), or a
+    ``functools.partial`` of one with arguments :func:`_value_key` can hold; None otherwise.
+    Lambdas and closures return None: the values they close over, or the globals they read,
+    could differ between two functions of the same code."""
+    if isinstance(fn, functools.partial):
+        inner = _function_key(fn.func)
+        args = _value_key(tuple(fn.args))
+        keywords = _value_key(tuple(sorted(fn.keywords.items())))
+        if inner is None or args is None or keywords is None:
+            return None
+        return ("partial", inner, args, keywords)
+    if (inspect.isfunction(fn) and "<" not in fn.__qualname__
+            and _lookup(fn.__module__, fn.__qualname__) is fn):
+        return fn
+    return None
+
+
+def _structure_key(energy: Callable, params: Mapping[str, Any], constraints: Mapping[str, Any],
+                   support: Support, name: str) -> tuple:
+    """What a model is made of, as a hashable value (see :meth:`Model.__eq__`). An energy or
+    constraint without a structural stand-in enters as itself, by identity."""
+    energy_key = _function_key(energy)
+    if energy_key is None:
+        energy_key = ("object", _identity(energy))
+    params_key = []
+    for pname in sorted(params):
+        leaves, tree = jax.tree_util.tree_flatten(params[pname])
+        params_key.append((pname, tree, tuple(_value_key(leaf) for leaf in leaves)))
+    constraints_key = []
+    for pname in sorted(constraints):
+        con = constraints[pname]
+        fields = _value_key(tuple(sorted(vars(con).items()))) if hasattr(con, "__dict__") else ()
+        constraints_key.append((pname, type(con), fields if fields is not None
+                                else ("object", _identity(con))))
+    support_key = (support.kind, support.event_shape, _value_key(support.low),
+                   _value_key(support.high))
+    return (energy_key, tuple(params_key), tuple(constraints_key), support_key, name)
+
+
+class _identity:
+    """Hashes and compares an object by identity, whatever its own ``__eq__``, and keeps it
+    alive as long as the key (so its id is not reused)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _identity) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
 def _pickles_by_name(fn: Callable) -> bool:

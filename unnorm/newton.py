@@ -8,7 +8,9 @@ directly, so that imports point one way, estimators → newton, never back.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,6 @@ from jax.flatten_util import ravel_pytree
 __all__ = ["newton", "constrained_jacobian"]
 
 
-@functools.partial(jax.jit, static_argnames=("to_constrained",))
 def constrained_jacobian(flat_u: jax.Array, template_u, to_constrained: Callable) -> jax.Array:
     """Jacobian of the flattened ``to_constrained(unravel(flat_u))`` in the flattened
     unconstrained values: the delta method's ``D`` (``template_u`` gives the tree structure).
@@ -31,9 +32,35 @@ def constrained_jacobian(flat_u: jax.Array, template_u, to_constrained: Callable
     >>> float(d[0, 0])
     1.0
 
-    Compiled once per ``to_constrained`` (a model's bound method compares equal across calls),
-    not op by op where it is called outside compiled code.
+    Compiled once per ``to_constrained``, not op by op where it is called outside compiled
+    code. A bound method is keyed on its object's own equality (Python compares bound methods
+    by the identity of their object), so the method of a model built again, equal to the
+    first, reuses its program.
     """
+    return _constrained_jacobian(flat_u, template_u, to_constrained=_static_callable(
+        to_constrained))
+
+
+class _BoundMethod(NamedTuple):
+    """``getattr(owner, name)``, equal and hashed as ``(owner, name)`` are."""
+
+    owner: object
+    name: str
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self.owner, self.name)(*args, **kwargs)
+
+
+def _static_callable(function: Callable) -> Callable:
+    """``function`` as a static argument of ``jax.jit``: a bound method as a
+    :class:`_BoundMethod`, anything else as it is."""
+    if inspect.ismethod(function):
+        return _BoundMethod(function.__self__, function.__name__)
+    return function
+
+
+@functools.partial(jax.jit, static_argnames=("to_constrained",))
+def _constrained_jacobian(flat_u, template_u, *, to_constrained: Callable) -> jax.Array:
     _, unravel = ravel_pytree(template_u)
     return jax.jacfwd(lambda f: ravel_pytree(to_constrained(unravel(f)))[0])(flat_u)
 
