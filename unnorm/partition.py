@@ -34,7 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .ais import AISSummary, annealed_log_partition, default_chunk_length, summarize
+from .ais_runs import (  # noqa: F401 (the thresholds' home used to be this module)
+    MIN_ESS_FRACTION,
+    PARETO_K_THRESHOLD,
+    RISE_THRESHOLD,
+    anneal_with_doublings,
+    pareto_k_threshold,
+    warn_heavy_weights,
+    warn_still_rising,
+)
 from .diagnostics import ConvergenceWarning
 from .improper import weights_problem
 from .model import Model
@@ -59,25 +67,6 @@ class LogPartition(NamedTuple):
     pareto_k: float | None = None
     num_replicates: int | None = None
     num_temperatures: int | None = None
-
-
-#: AIS weights with a Pareto k̂ above ``min(1 - 1/log10(S), 0.7)`` for S weights have too heavy
-#: a tail for their mean or its standard error to be trusted (Vehtari, Simpson, Gelman, Yao &
-#: Gabry 2024, PSIS, §3: the threshold falls with the sample size, 0.45 for 64 weights)
-PARETO_K_THRESHOLD = 0.7
-
-
-def pareto_k_threshold(num_weights: int) -> float:
-    """The sample-size-dependent k̂ threshold of Vehtari et al. (2024)."""
-    return min(1.0 - 1.0 / np.log10(max(num_weights, 11)), PARETO_K_THRESHOLD)
-#: ... or an effective sample size below this fraction of the chains
-MIN_ESS_FRACTION = 0.1
-#: A doubling of ``num_temperatures`` that raises the estimate by more than this many standard
-#: errors of the difference says that the estimate is still rising (one-sided, about 2% of
-#: checks of a schedule already fine enough)
-RISE_THRESHOLD = 2.0
-# folded into the key for the doubled schedules' runs, away from the replicates' fold_in(key, r)
-_DOUBLING_TAG = 0x5C4ED
 
 
 @functools.partial(jax.jit, static_argnames=("model", "size", "total"))
@@ -280,27 +269,15 @@ def log_partition(
                 f"max_doublings={max_doublings} would anneal over num_temperatures * "
                 f"2**max_doublings = {num_temperatures << max_doublings} temperatures; the "
                 f"limit is {_checks.INT32_MAX}. Lower max_doublings or num_temperatures.")
-        options = dict(num_chains=num_chains, num_mcmc_steps=num_mcmc_steps,
-                       step_size=step_size, adapt_step_size=adapt_step_size,
-                       target_accept=target_accept, base_loc=base_loc, base_scale=base_scale,
-                       progress_bar=progress_bar, schedule=schedule,
-                       # the doubled schedules' runs reuse the first run's compiled program
-                       chunk_length=default_chunk_length(num_temperatures))
-        stage = _ais_stage(model, params, key, num_temperatures, num_replicates, options)
-        for doubling in range(1, max_doublings + 1):
-            # a finer schedule from fresh chains (keys disjoint from the replicates'): the
-            # estimate of a run that still lags behind γ_β rises as the schedule is refined
-            finer = _ais_stage(model, params,
-                               jax.random.fold_in(jax.random.fold_in(key, _DOUBLING_TAG),
-                                                  doubling),
-                               2 * stage.num_temperatures, num_replicates, options)
-            rise, combined = _rise(stage, finer)
-            stage = finer._replace(previous=stage)
-            if rise <= combined:
-                break
-        _warn_heavy_weights(stage.pooled, num_replicates)
+        stage = anneal_with_doublings(
+            model, params, key, num_temperatures, num_replicates, max_doublings,
+            dict(num_chains=num_chains, num_mcmc_steps=num_mcmc_steps, step_size=step_size,
+                 adapt_step_size=adapt_step_size, target_accept=target_accept,
+                 base_loc=base_loc, base_scale=base_scale, progress_bar=progress_bar,
+                 schedule=schedule))
+        warn_heavy_weights(stage.pooled, num_replicates)
         if stage.previous is not None:
-            _warn_still_rising(stage, max_doublings)
+            warn_still_rising(stage, max_doublings)
         if not model.support.is_discrete:
             problem = weights_problem(stage.final_positions, model.support.event_shape,
                                       stage.pooled.khat)
@@ -309,87 +286,6 @@ def log_partition(
         return LogPartition(stage.pooled.estimate, stage.stderr, "ais", stage.pooled.ess,
                             stage.pooled.khat, num_replicates, stage.num_temperatures)
     return _exact(model, params, _checks.check_int(max_units, "max_units", 1))
-
-
-class _Stage(NamedTuple):
-    """The runs of one schedule: their pooled weights' summary, the standard error reported for
-    it, the chains' final positions (continuous supports) and the stage before (coarser)."""
-
-    num_temperatures: int
-    pooled: AISSummary
-    stderr: float
-    final_positions: np.ndarray | None
-    previous: _Stage | None = None
-
-
-def _ais_stage(model: Model, params, key, num_temperatures: int, num_replicates: int,
-               options: dict) -> _Stage:
-    """``num_replicates`` independent runs of ``num_temperatures`` temperatures (keys
-    ``fold_in(key, r)``, or ``key`` itself for one run), pooled."""
-    runs = [annealed_log_partition(
-        model, params, key if num_replicates == 1 else jax.random.fold_in(key, replicate),
-        num_temperatures=num_temperatures, **options) for replicate in range(num_replicates)]
-    pooled = summarize(np.concatenate([run.log_weights for run in runs]), runs[0].log_z0)
-    stderr = pooled.stderr
-    if num_replicates > 1:
-        # the spread of independent runs: honest where the weights' own variance is not
-        per_run = [summarize(run.log_weights, run.log_z0).estimate for run in runs]
-        stderr = float(np.std(per_run, ddof=1) / np.sqrt(num_replicates))
-    final = (None if model.support.is_discrete else
-             np.concatenate([run.final_positions for run in runs]))
-    return _Stage(num_temperatures, pooled, stderr, final)
-
-
-def _rise(coarse: _Stage, fine: _Stage) -> tuple[float, float]:
-    """How far the finer schedule's estimate lies above the coarser one's, and the standard
-    error of that difference (the two stages are independent)."""
-    combined = float(np.hypot(coarse.stderr, fine.stderr))
-    return fine.pooled.estimate - coarse.pooled.estimate, combined
-
-
-def _warn_still_rising(stage: _Stage, max_doublings: int) -> None:
-    """A :class:`~unnorm.diagnostics.ConvergenceWarning` when the last doubling of
-    ``num_temperatures`` still raised the estimate by more than ``RISE_THRESHOLD`` standard
-    errors of the difference."""
-    rise, combined = _rise(stage.previous, stage)
-    if not rise > RISE_THRESHOLD * combined:
-        return
-    warnings.warn(
-        f"method='ais': the estimate is still rising with num_temperatures: "
-        f"{stage.previous.num_temperatures} temperatures gave {stage.previous.pooled.estimate:.3f} "
-        f"± {stage.previous.stderr:.3f}, {stage.num_temperatures} gave "
-        f"{stage.pooled.estimate:.3f} ± {stage.stderr:.3f} ({rise / combined:.1f} standard "
-        "errors of the difference higher), so the chains still lag behind the intermediate "
-        "distributions and the estimate returned (the finer one) is probably biased low as "
-        f"well, possibly by as much as the rise ({rise:.3f}); its standard error does not include "
-        "that. "
-        f"Raise num_temperatures (to {2 * stage.num_temperatures} or more) or max_doublings "
-        f"(now {max_doublings}); more chains or replicates do not help.",
-        ConvergenceWarning, stacklevel=3)
-
-
-def _warn_heavy_weights(summary, num_replicates: int) -> None:
-    """A :class:`~unnorm.diagnostics.ConvergenceWarning` when the weights' tail is too heavy
-    for the delta-method standard error."""
-    threshold = pareto_k_threshold(summary.num_kept)
-    heavy = summary.khat > threshold
-    few = summary.ess < MIN_ESS_FRACTION * summary.num_kept
-    if not (heavy or few):
-        return
-    remedy = ("the standard error comes from the spread of the independent runs, but the "
-              "estimate itself may still be biased low" if num_replicates > 1 else
-              "its standard error understates the error and the estimate may be biased low; "
-              "pass num_replicates=10 (or more) for a standard error from the spread of "
-              "independent runs")
-    warnings.warn(
-        f"method='ais': the importance weights are heavy-tailed (Pareto k̂ = "
-        f"{summary.khat:.2f}, threshold {threshold:.2f} for {summary.num_kept} weights; "
-        "effective sample size "
-        f"{summary.ess:.1f} of {summary.num_kept} chains, "
-        f"{summary.ess / summary.num_kept:.0%}): {remedy}. Raise num_temperatures (or "
-        "num_mcmc_steps) so the chains stay near each intermediate distribution; max_doublings=2 "
-        "doubles num_temperatures while the estimate still rises.",
-        ConvergenceWarning, stacklevel=3)
 
 
 def _exact(model: Model, params, max_units: int) -> LogPartition:
