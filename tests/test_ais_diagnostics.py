@@ -144,29 +144,37 @@ def test_the_schedule_by_support_and_its_checks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("coupling", [0.4407, 0.6])
-def test_ais_standard_errors_on_the_16x16_torus(coupling):
+@pytest.mark.parametrize("coupling, max_doublings", [(0.4407, 0), (0.6, 1)])
+def test_ais_standard_errors_on_the_16x16_torus(coupling, max_doublings):
     """Over 20 runs the reported standard errors give Σz² inside the χ² 99% range, or the runs
     that break it are the ones a warning flags.
 
-    At the critical coupling and at β = 0.6 (the ordered phase), with the default schedule of a
-    spin support (equal steps in β). The sigmoid schedule failed at β = 0.6: its runs fell up to
-    0.95 nat below the truth (z down to -4.7) with well-balanced weights (ESS 28% of 64 chains,
-    k̂ = 0.17) that no weight diagnostic flags, because the chains ordered late, in the middle
-    of the path where that schedule is sparsest."""
+    With the default schedule of a spin support (equal steps in β). At the critical coupling
+    one run of 1000 temperatures suffices. At β = 0.6 (the ordered phase) it does not: the
+    sigmoid schedule's runs fell up to 0.95 nat below the truth (z down to -4.7) with
+    well-balanced weights (ESS 28% of 64 chains, k̂ = 0.17) that no weight diagnostic flags,
+    because the chains ordered late; equal steps shrank that bias but left a run at z = -3.6
+    that no warning flagged. One doubling (max_doublings=1: 1000 temperatures, then 2000 from
+    fresh chains, whose estimate is returned) is what holds there."""
     model = _torus(16, 16, coupling)
     exact = torus_log_z(16, 16, coupling)
-    z, flagged = [], []
+    z, flagged, lines = [], [], []
     for run in range(20):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", un.ConvergenceWarning)
             lz = un.log_partition(model, method="ais", key=jax.random.key(run), num_chains=64,
-                                  num_temperatures=1000, progress_bar=False)
+                                  num_temperatures=1000, max_doublings=max_doublings,
+                                  progress_bar=False)
         z.append((lz.estimate - exact) / lz.stderr)
-        flagged.append(any(issubclass(w.category, un.ConvergenceWarning) for w in caught))
+        kinds = ["rising" if "still rising" in str(w.message) else "heavy" for w in caught
+                 if issubclass(w.category, un.ConvergenceWarning)]
+        flagged.append(bool(kinds))
+        lines.append(f"{run}: T={lz.num_temperatures} z={z[-1]:+.2f} ess={lz.ess:.1f} "
+                     f"k={lz.pareto_k:.2f} {kinds}")
     z, flagged = np.array(z), np.array(flagged)
-    print(f"coupling {coupling}: sum z^2 = {np.sum(z**2):.1f}, z = {np.round(z, 2).tolist()}, "
-          f"flagged = {np.flatnonzero(flagged).tolist()}")
+    print(f"coupling {coupling}, max_doublings {max_doublings}: sum z^2 = {np.sum(z**2):.1f}, "
+          f"flagged {int(flagged.sum())}, sum z^2 unflagged = {np.sum(z[~flagged]**2):.1f}",
+          *lines, sep="\n")
     low, high = chi2.ppf([0.005, 0.995], df=z.size)
     if low <= np.sum(z**2) <= high:
         return

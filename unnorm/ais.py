@@ -68,9 +68,9 @@ def schedule_betas(schedule: str | None, num_temperatures: int, support) -> np.n
     β K ≈ 0.44) lies in the middle of the path, where the sigmoid is sparsest, and the chains
     that order late lag behind γ_β; with 1000 temperatures on the 16 × 16 torus at K = 0.6 the
     sigmoid's estimates fell about 0.9 nat below the exact log Z (3 standard errors) with
-    well-balanced weights, and equal steps removed most of it. The uniform base, unlike a
-    Gaussian one, is never much wider or narrower than the target, which is what the sigmoid's
-    dense ends are for."""
+    well-balanced weights, and equal steps shrank that bias at the same cost. The uniform base,
+    unlike a Gaussian one, is never much wider or narrower than the target, which is what the
+    sigmoid's dense ends are for."""
     if schedule is None:
         schedule = "linear" if support.is_discrete else "sigmoid"
     _checks.check_choice(schedule, "schedule", SCHEDULES)
