@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
+from .ais import SCHEDULES
 from .ais_runs import (  # noqa: F401 (the thresholds' home used to be this module)
     MIN_ESS_FRACTION,
     PARETO_K_THRESHOLD,
@@ -264,6 +265,8 @@ def log_partition(
         num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
                                              _checks.INT32_MAX)
         max_doublings = _checks.check_int(max_doublings, "max_doublings", 0, 30)
+        if schedule is not None:
+            _checks.check_choice(schedule, "schedule", SCHEDULES)
         if num_temperatures << max_doublings > _checks.INT32_MAX:
             raise ValueError(
                 f"max_doublings={max_doublings} would anneal over num_temperatures * "
