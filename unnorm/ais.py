@@ -28,7 +28,8 @@ from .samplers import langevin
 from .samplers.registry import build_sampler
 from .samplers.target import unconstrained_logdensity
 
-__all__ = ["AISRun", "AISSummary", "annealed_log_partition", "summarize"]
+__all__ = ["AISRun", "AISSummary", "SCHEDULES", "annealed_log_partition", "default_chunk_length",
+           "schedule_betas", "summarize"]
 
 # Sigmoid schedule's steepness (Grosse, Ghahramani & Adams 2015 use δ = 4).
 _SIGMOID_DELTA = 4.0
@@ -39,6 +40,11 @@ _NUM_SCANS = 20
 _LOG_STEP_BOUNDS = (math.log(1e-7), math.log(1e7))
 
 
+#: The β schedules of ``schedule=``: the sigmoid of Grosse, Ghahramani & Adams (2015), dense at
+#: both ends, or equal steps.
+SCHEDULES = ("sigmoid", "linear")
+
+
 def _sigmoid_schedule(num_temperatures: int) -> np.ndarray:
     """β_0 = 0 < ... < β_K = 1, float64 (Grosse, Ghahramani & Adams 2015)."""
     t = np.linspace(-_SIGMOID_DELTA, _SIGMOID_DELTA, num_temperatures)
@@ -46,6 +52,31 @@ def _sigmoid_schedule(num_temperatures: int) -> np.ndarray:
     beta = (s - s[0]) / (s[-1] - s[0])
     beta[0], beta[-1] = 0.0, 1.0
     return beta
+
+
+def default_chunk_length(num_temperatures: int) -> int:
+    """Temperatures per compiled call: 1/_NUM_SCANS of the annealing, rounded up."""
+    return -(-(num_temperatures - 1) // _NUM_SCANS)
+
+
+def schedule_betas(schedule: str | None, num_temperatures: int, support) -> np.ndarray:
+    """The β_0 = 0 < ... < β_K = 1 of ``schedule`` (checked here); None picks by support:
+    equal steps from the uniform base of a binary or spin support, the sigmoid from the
+    Gaussian base of a continuous one.
+
+    Why equal steps on discrete supports: an ordering transition (the Ising model's, at
+    β K ≈ 0.44) lies in the middle of the path, where the sigmoid is sparsest, and the chains
+    that order late lag behind γ_β; with 1000 temperatures on the 16 × 16 torus at K = 0.6 the
+    sigmoid's estimates fell about 0.9 nat below the exact log Z (3 standard errors) with
+    well-balanced weights, and equal steps shrank that bias at the same cost. The uniform base,
+    unlike a Gaussian one, is never much wider or narrower than the target, which is what the
+    sigmoid's dense ends are for."""
+    if schedule is None:
+        schedule = "linear" if support.is_discrete else "sigmoid"
+    _checks.check_choice(schedule, "schedule", SCHEDULES)
+    if schedule == "linear":
+        return np.linspace(0.0, 1.0, num_temperatures)
+    return _sigmoid_schedule(num_temperatures)
 
 
 def _base_array(value, name: str, support, default: float, positive: bool) -> np.ndarray:
@@ -86,10 +117,13 @@ class AISRun(NamedTuple):
 
 def annealed_log_partition(model: Model, params, key, *, num_chains, num_temperatures,
                            num_mcmc_steps, step_size, adapt_step_size, target_accept, base_loc,
-                           base_scale, progress_bar) -> AISRun:
+                           base_scale, progress_bar, schedule=None,
+                           chunk_length=None) -> AISRun:
     """One AIS run towards log Z (see :func:`unnorm.log_partition`, ``method=\"ais\"``); the
     weights are summarized by :func:`summarize`. Arguments are checked here; ``params``
-    already are."""
+    already are. ``chunk_length``: the temperatures one compiled call holds (default
+    ``ceil((num_temperatures - 1) / 20)``); runs that share it, the model and the number of
+    chains share one compiled program whatever their ``num_temperatures``."""
     support = model.support
     num_chains = _checks.check_int(num_chains, "num_chains", 1, _checks.INT32_MAX)
     num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
@@ -124,9 +158,9 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
         pilot_keys = jax.random.split(jax.random.fold_in(key, 1), num_pilot)
         chain_keys = jnp.concatenate([chain_keys, pilot_keys])
 
-    betas = _sigmoid_schedule(num_temperatures)
+    betas = schedule_betas(schedule, num_temperatures, support)
     num_steps = num_temperatures - 1
-    length = -(-num_steps // _NUM_SCANS)
+    length = default_chunk_length(num_temperatures) if chunk_length is None else chunk_length
     padded = num_steps + length
     # Padding at β = 1 with a zero increment, never run (each call runs only the temperatures
     # left): it gives every call's slice of the schedule one length (one compilation).

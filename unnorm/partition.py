@@ -34,7 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .ais import annealed_log_partition, summarize
+from .ais import SCHEDULES
+from .ais_runs import (  # noqa: F401 (the thresholds' home used to be this module)
+    MIN_ESS_FRACTION,
+    PARETO_K_THRESHOLD,
+    RISE_THRESHOLD,
+    anneal_with_doublings,
+    pareto_k_threshold,
+    warn_heavy_weights,
+    warn_still_rising,
+)
 from .diagnostics import ConvergenceWarning
 from .improper import weights_problem
 from .model import Model
@@ -49,7 +58,8 @@ _CHUNK = 2**14
 class LogPartition(NamedTuple):
     """An estimate of ``log Z`` with its standard error (0.0 for exact enumeration); for
     ``method="ais"`` also the effective sample size of the importance weights, their Pareto
-    ``pareto_k`` (PSIS) and the number of independent runs pooled (None for exact)."""
+    ``pareto_k`` (PSIS), the number of independent runs pooled and the number of temperatures
+    of the run returned, after any ``max_doublings`` (None for exact)."""
 
     estimate: float
     stderr: float
@@ -57,19 +67,7 @@ class LogPartition(NamedTuple):
     ess: float | None = None
     pareto_k: float | None = None
     num_replicates: int | None = None
-
-
-#: AIS weights with a Pareto k̂ above ``min(1 - 1/log10(S), 0.7)`` for S weights have too heavy
-#: a tail for their mean or its standard error to be trusted (Vehtari, Simpson, Gelman, Yao &
-#: Gabry 2024, PSIS, §3: the threshold falls with the sample size, 0.45 for 64 weights)
-PARETO_K_THRESHOLD = 0.7
-
-
-def pareto_k_threshold(num_weights: int) -> float:
-    """The sample-size-dependent k̂ threshold of Vehtari et al. (2024)."""
-    return min(1.0 - 1.0 / np.log10(max(num_weights, 11)), PARETO_K_THRESHOLD)
-#: ... or an effective sample size below this fraction of the chains
-MIN_ESS_FRACTION = 0.1
+    num_temperatures: int | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("model", "size", "total"))
@@ -101,6 +99,8 @@ def log_partition(
     base_loc=None,
     base_scale=None,
     progress_bar: bool = True,
+    schedule: str | None = None,
+    max_doublings: int = 0,
 ) -> LogPartition:
     r"""Log normalizing constant ``log Z(θ)`` of ``p(x; θ) ∝ exp(-E(x; θ))`` (Song & Kingma 2021,
     eq. 2).
@@ -126,10 +126,18 @@ def log_partition(
     - **Binary and spin supports** (any size): the base is uniform (``log Z0 = d log 2``) and
       the transitions are ``num_mcmc_steps`` sequential Gibbs sweeps per temperature.
 
-    The β are the sigmoid schedule of Grosse, Ghahramani & Adams (2015),
+    On continuous supports the β are the sigmoid schedule of Grosse, Ghahramani & Adams (2015),
     ``β_k ∝ σ(δ (2k/K - 1))`` rescaled to [0, 1], δ = 4: it is denser at both ends, where
     ``γ_β`` changes fastest when the target is narrower than the base (near β = 0) or wider
-    (near β = 1); which of the two holds is rarely known in advance.
+    (near β = 1); which of the two holds is rarely known in advance. On binary and spin
+    supports they are equal steps, ``β_k = k/K``: a phase transition in the middle of the path
+    (the Ising model's ordering) needs the temperatures the sigmoid spends on its ends.
+
+    A run whose chains lag behind ``γ_β`` is biased low, and its weights can look well balanced
+    (the chains all miss the same configurations): the sign is an estimate that still rises
+    when ``num_temperatures`` grows. ``max_doublings`` checks it: it runs again with twice the
+    temperatures (fresh chains) while the estimate rises by more than one standard error of the
+    difference, and warns when the last doubling still raised it by more than two.
 
     Parameters
     ----------
@@ -178,6 +186,15 @@ def log_partition(
         weights of lower variance, so fewer temperatures for the same standard error.
     progress_bar : bool
         ``"ais"``: show a tqdm bar over the temperatures (off when ``CI`` is set).
+    schedule : {"sigmoid", "linear"}, optional
+        ``"ais"``: the β schedule; default ``"linear"`` on binary and spin supports,
+        ``"sigmoid"`` on continuous ones.
+    max_doublings : int
+        ``"ais"``: at most this many further runs, each with twice the temperatures of the one
+        before and fresh chains (keys from ``key``, disjoint from the first run's), while the
+        estimate rises by more than one standard error of the difference; the result is the
+        last run's (default 0: one run, no check). Doubling ``j`` costs ``2**j`` first runs, so
+        up to ``2**(max_doublings + 1) - 1`` in all (3 for one doubling, 7 for two).
 
     Returns
     -------
@@ -189,7 +206,8 @@ def log_partition(
         ``pareto_k`` (the Pareto k̂ of the log-weights, ArviZ's PSIS) and ``ess`` show: a
         :class:`~unnorm.diagnostics.ConvergenceWarning` says so when k̂ exceeds
         ``min(1 - 1/log10 S, 0.7)`` for S weights (Vehtari et al. 2024; 0.45 for 64 chains, 0.58
-        for 256) or the ESS is under 10% of the chains. ``num_replicates`` records the runs pooled.
+        for 256) or the ESS is under 10% of the chains. ``num_replicates`` records the runs pooled
+        and ``num_temperatures`` the temperatures of the run returned (``"ais"``; None for exact).
 
     Raises
     ------
@@ -209,6 +227,9 @@ def log_partition(
         ``"ais"``: the weights are heavy-tailed (Pareto k̂ above its threshold, or ESS under
         10% of the chains): the delta-method standard error understates the error (an
         improper density gives such weights too).
+        ``"ais"`` with ``max_doublings``: the last doubling of ``num_temperatures`` still raised
+        the estimate by more than two standard errors of the difference, so the estimate is
+        probably biased low.
 
     Examples
     --------
@@ -241,51 +262,33 @@ def log_partition(
                 "jax.random.key(0) (the same key gives the same estimate); got key=None."
             )
         num_replicates = _checks.check_int(num_replicates, "num_replicates", 1)
-        runs = [annealed_log_partition(
-            model, params, key if num_replicates == 1 else jax.random.fold_in(key, replicate),
-            num_chains=num_chains, num_temperatures=num_temperatures,
-            num_mcmc_steps=num_mcmc_steps, step_size=step_size,
-            adapt_step_size=adapt_step_size, target_accept=target_accept, base_loc=base_loc,
-            base_scale=base_scale, progress_bar=progress_bar)
-            for replicate in range(num_replicates)]
-        pooled = summarize(np.concatenate([run.log_weights for run in runs]), runs[0].log_z0)
-        stderr = pooled.stderr
-        if num_replicates > 1:
-            # the spread of independent runs: honest where the weights' own variance is not
-            per_run = [summarize(run.log_weights, run.log_z0).estimate for run in runs]
-            stderr = float(np.std(per_run, ddof=1) / np.sqrt(num_replicates))
-        _warn_heavy_weights(pooled, num_replicates)
+        num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
+                                             _checks.INT32_MAX)
+        max_doublings = _checks.check_int(max_doublings, "max_doublings", 0, 30)
+        if schedule is not None:
+            _checks.check_choice(schedule, "schedule", SCHEDULES)
+        if num_temperatures << max_doublings > _checks.INT32_MAX:
+            raise ValueError(
+                f"max_doublings={max_doublings} would anneal over num_temperatures * "
+                f"2**max_doublings = {num_temperatures << max_doublings} temperatures; the "
+                f"limit is {_checks.INT32_MAX}. Lower max_doublings or num_temperatures.")
+        stage = anneal_with_doublings(
+            model, params, key, num_temperatures, num_replicates, max_doublings,
+            dict(num_chains=num_chains, num_mcmc_steps=num_mcmc_steps, step_size=step_size,
+                 adapt_step_size=adapt_step_size, target_accept=target_accept,
+                 base_loc=base_loc, base_scale=base_scale, progress_bar=progress_bar,
+                 schedule=schedule))
+        warn_heavy_weights(stage.pooled, num_replicates)
+        if stage.previous is not None:
+            warn_still_rising(stage, max_doublings)
         if not model.support.is_discrete:
-            problem = weights_problem(np.concatenate([run.final_positions for run in runs]),
-                                      model.support.event_shape, pooled.khat)
+            problem = weights_problem(stage.final_positions, model.support.event_shape,
+                                      stage.pooled.khat)
             if problem:
                 warnings.warn(problem, ConvergenceWarning, stacklevel=2)
-        return LogPartition(pooled.estimate, stderr, "ais", pooled.ess, pooled.khat,
-                            num_replicates)
+        return LogPartition(stage.pooled.estimate, stage.stderr, "ais", stage.pooled.ess,
+                            stage.pooled.khat, num_replicates, stage.num_temperatures)
     return _exact(model, params, _checks.check_int(max_units, "max_units", 1))
-
-
-def _warn_heavy_weights(summary, num_replicates: int) -> None:
-    """A :class:`~unnorm.diagnostics.ConvergenceWarning` when the weights' tail is too heavy
-    for the delta-method standard error."""
-    threshold = pareto_k_threshold(summary.num_kept)
-    heavy = summary.khat > threshold
-    few = summary.ess < MIN_ESS_FRACTION * summary.num_kept
-    if not (heavy or few):
-        return
-    remedy = ("the standard error comes from the spread of the independent runs, but the "
-              "estimate itself may still be biased low" if num_replicates > 1 else
-              "its standard error understates the error and the estimate may be biased low; "
-              "pass num_replicates=10 (or more) for a standard error from the spread of "
-              "independent runs")
-    warnings.warn(
-        f"method='ais': the importance weights are heavy-tailed (Pareto k̂ = "
-        f"{summary.khat:.2f}, threshold {threshold:.2f} for {summary.num_kept} weights; "
-        "effective sample size "
-        f"{summary.ess:.1f} of {summary.num_kept} chains, "
-        f"{summary.ess / summary.num_kept:.0%}): {remedy}. Raise num_temperatures (or "
-        "num_mcmc_steps) so the chains stay near each intermediate distribution.",
-        ConvergenceWarning, stacklevel=3)
 
 
 def _exact(model: Model, params, max_units: int) -> LogPartition:
