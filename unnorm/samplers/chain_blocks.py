@@ -47,7 +47,7 @@ TRAJECTORY_BLOCK = 2
 #: chain, so a block must hold enough chains for the loop's cost per block to be small beside
 #: their arithmetic, at the price of padding lanes in runs of fewer chains
 #: (benchmarks/README.md).
-LOCAL_BLOCK = 16
+LOCAL_BLOCK = 32
 
 
 def block_width(kernel) -> int | None:
