@@ -10,7 +10,7 @@ turns one rounding into different draws. ``un.sample`` therefore runs the chains
 gradient-based kernel on the CPU in blocks of a fixed width ``W`` (the kernel's
 ``chain_block``): chain ``c`` is lane ``c mod W`` of block ``c // W``, the last block padded with
 copies of the last chain, and every block is one call of the same compiled program of ``W``
-chains, for its start (:func:`unnorm.samplers.run`'s ``_start``) and for each chunk of steps.
+chains, for its start and for each chunk of steps (:mod:`unnorm.samplers.run`).
 Whatever the number of chains, their grouping over cores (a group runs its blocks one after
 the other) or the chains in the block's other lanes, chain ``c`` is computed by the same
 executable, in the same lane, from the same inputs; lanes never exchange values (no step
@@ -20,7 +20,8 @@ number of chains.
 The width trades the loop's fixed cost per block and step against the padding of runs of few
 chains (benchmarks/README.md): NUTS and HMC, whose vectorized trajectories wait for their
 longest lane, take narrow blocks; the Langevin kernels, whose steps are a few vector operations
-per chain, wider ones. Gradient-free kernels (random-walk Metropolis, Gibbs) and accelerators
+per chain, wider ones. Gradient-free kernels (random-walk Metropolis, Gibbs), chains sharded over
+several devices and accelerators
 keep one vectorized computation per group.
 
 Example

@@ -267,8 +267,10 @@ def sample(
     chain_method : {"parallel", "vectorized"}
         ``"parallel"`` (default): on the CPU, the chains are split into one group per
         available core, each group vectorized, the groups run at the same time in threads.
-        ``"vectorized"``: all chains in one vectorized computation. The same on accelerators;
-        each chain's draws are the same either way, to floating-point rounding.
+        ``"vectorized"``: all chains in one group. The same on accelerators. On the CPU each
+        chain's draws are the same either way, and whatever ``num_chains``, bit for bit:
+        gradient-based samplers compute their chains in blocks of a fixed width, each block
+        one compiled program (:mod:`unnorm.samplers.chain_blocks`).
     devices : None, int or list of jax.Device
         The devices the chains are split over (along the chain axis, with ``jax.sharding``;
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
@@ -276,8 +278,9 @@ def sample(
         single-device one (on the CPU, with ``chain_method``'s thread groups); with several,
         the chains are sharded and ``chain_method`` is not used. ``num_chains`` need not be a
         multiple of the device count: the last device's chains are padded with copies of the
-        last chain, whose draws are dropped. A chain's draws do not depend on the devices (to
-        floating-point rounding for gradient-based samplers).
+        last chain, whose draws are dropped. A chain's draws do not depend on the devices (for
+        gradient-based samplers, as far as XLA rounds the sharded and the single-device
+        programs alike).
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
