@@ -20,9 +20,8 @@ number of chains.
 The width trades the loop's fixed cost per block and step against the padding of runs of few
 chains (benchmarks/README.md): NUTS and HMC, whose vectorized trajectories wait for their
 longest lane, take narrow blocks; the Langevin kernels, whose steps are a few vector operations
-per chain, wider ones. Gradient-free kernels (random-walk Metropolis, Gibbs), chains sharded over
-several devices and accelerators
-keep one vectorized computation per group.
+per chain, wider ones. Gradient-free kernels (random-walk Metropolis, Gibbs), chains sharded
+over several devices and accelerators keep one vectorized computation per group.
 
 Example
 -------
