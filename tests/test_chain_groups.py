@@ -31,6 +31,19 @@ def test_layout_covers_every_chain_once_with_no_empty_group(num_chains, cores):
     assert layout.num_groups * layout.group_size - num_chains < layout.group_size
 
 
+@given(num_chains=st.integers(1, 300), cores=st.integers(1, 16),
+       block=st.sampled_from([1, 2, 5, 32]))
+def test_groups_hold_whole_blocks_each_block_once(num_chains, cores, block):
+    layout = chain_groups.choose_layout(num_chains, "parallel", cores=cores, block=block)
+    units = layout.units
+    assert units.group_size == block and units.num_groups == -(-num_chains // block)
+    assert layout.group_size % block == 0
+    runs = [list(layout.units_of(g)) for g in range(layout.num_groups)]
+    assert [u for run in runs for u in run] == list(range(units.num_groups))
+    assert all(run for run in runs)       # no group without a block
+    assert sum(units.real_chains(u) for u in range(units.num_groups)) == num_chains
+
+
 def test_vectorized_is_one_group(monkeypatch):
     monkeypatch.setattr(chain_groups, "available_cores", lambda: 8)
     assert chain_groups.choose_layout(64, "vectorized").num_groups == 1
