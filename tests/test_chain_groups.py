@@ -153,12 +153,12 @@ def test_a_failure_in_one_group_says_where(monkeypatch):
         return real_chunk(*args, **kwargs)
 
     monkeypatch.setattr(sample_run, "_chunk_runner", lambda options=(): failing_chunk)
-    # three blocks of MALA chains in two groups; the options of the test below share its
+    # three blocks of HMC chains in two groups; the options of the test below share its
     # compilation
     with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.4 of 30: "
                                            r"FloatingPointError: boom in a group"):
-        un.sample(_DENSE_GAUSSIAN, num_chains=2 * chain_blocks.LOCAL_BLOCK + 1,
-                  **_SAME_DRAWS_OPTIONS, sampler="mala")
+        un.sample(_DENSE_GAUSSIAN, num_chains=2 * chain_blocks.TRAJECTORY_BLOCK + 1,
+                  **_SAME_DRAWS_OPTIONS, sampler="hmc")
 
 
 def test_chain_method_is_checked():
@@ -210,7 +210,7 @@ def test_a_chains_draws_do_not_depend_on_how_many_run_beside_it(sampler, model):
                                   np.asarray(two.posterior["x"]))
 
 
-@pytest.mark.parametrize("sampler", ["nuts", "hmc", "mala"])
+@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
 def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, monkeypatch):
     # chain c is lane c mod W of a block of W chains, every block one compiled program: the
     # first 2 chains of any run are a 2-chain run, bit for bit, adaptation included

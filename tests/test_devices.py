@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import pytest
 
 import unnorm as un
-from unnorm.samplers import chain_blocks
 from unnorm.samplers import devices as chain_devices
 
 _CHILD = textwrap.dedent("""
@@ -122,10 +121,8 @@ def test_sharded_chunks_split_the_chain_axis(two_device_child, sampler):
         assert call["devices"] == 2
         assert call["chains"] == (2 if sampler == "rwmh" else 4)  # 3 padded to 4
         assert call["draws"] == 0.5 and call["states"] == 0.5
-    # on one CPU device MALA's 3 chains are one block of its fixed width (chain_blocks)
-    width = chain_blocks.LOCAL_BLOCK if sampler == "mala" else chains
     for call in two_device_child[sampler]["single_calls"]:
-        assert call["devices"] == 1 and call["chains"] == width and call["draws"] == 1.0
+        assert call["devices"] == 1 and call["chains"] == chains and call["draws"] == 1.0
 
 
 @pytest.mark.slow

@@ -516,10 +516,9 @@ def test_progress_bar_chunking_does_not_change_draws(run, monkeypatch):
 
 @pytest.mark.parametrize("run", ["mala-2d", "gibbs-ising"])
 def test_chain_groups_do_not_change_draws(run, monkeypatch):
-    # chain_method="parallel" splits the chains into one group per core; with 3 cores, 5 Gibbs
-    # chains are groups of 2, 2 and 1 (the last padded with a copy of chain 4), 5 MALA chains
-    # one block of its fixed width (samplers/chain_blocks.py), so one group. Each chain's draws
-    # must be those of the single vectorized computation.
+    # chain_method="parallel" splits the chains into one group per core; with 3 cores, 5 chains
+    # are groups of 2, 2 and 1 (the last padded with a copy of chain 4). Each chain's draws must
+    # be those of the single vectorized computation.
     from unnorm.samplers import chain_groups
 
     monkeypatch.setattr(chain_groups, "available_cores", lambda: 3)

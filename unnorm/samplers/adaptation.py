@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc_util import dual_averaging
 
-from . import chain_blocks
 from .spec import Kernel
 
 __all__ = ["AdaptiveState", "adaptive_kernel", "step_size_adaptation"]
@@ -122,5 +121,4 @@ def adaptive_kernel(name: str, uses_gradient: bool, kernel_init: Callable,
         refresh=refresh,
         get_step_size=lambda state: state.step_size,
         set_step_size=lambda state, value: state._replace(step_size=value),
-        chain_block=chain_blocks.LOCAL_BLOCK if uses_gradient else None,
     )

@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _checks
-from . import chain_blocks, langevin
+from . import langevin
 from .spec import Kernel, SamplerSpec
 
 __all__ = ["AnnealedLangevinState", "AnnealedLangevinInfo", "geometric_sigmas", "ladder", "init",
@@ -328,7 +328,6 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
         refresh=refresh,
         get_step_size=lambda state: state.step_size,
         set_step_size=lambda state, value: state._replace(step_size=value),
-        chain_block=chain_blocks.LOCAL_BLOCK,
     )
 
 

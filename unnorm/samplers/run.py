@@ -268,9 +268,11 @@ def sample(
         ``"parallel"`` (default): on the CPU, the chains are split into one group per
         available core, each group vectorized, the groups run at the same time in threads.
         ``"vectorized"``: all chains in one group. The same on accelerators. On the CPU each
-        chain's draws are the same either way, and whatever ``num_chains``, bit for bit:
-        gradient-based samplers compute their chains in blocks of a fixed width, each block
-        one compiled program (:mod:`unnorm.samplers.chain_blocks`).
+        chain's draws are the same either way, and whatever ``num_chains``, bit for bit for
+        NUTS, HMC, random-walk Metropolis and Gibbs (NUTS and HMC compute their chains in
+        blocks of a fixed width, each block one compiled program:
+        :mod:`unnorm.samplers.chain_blocks`); for MALA, ULA and annealed Langevin only as far
+        as XLA rounds the batches of either size alike.
     devices : None, int or list of jax.Device
         The devices the chains are split over (along the chain axis, with ``jax.sharding``;
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
