@@ -210,6 +210,15 @@ def test_a_chains_draws_do_not_depend_on_how_many_run_beside_it(sampler, model):
                                   np.asarray(two.posterior["x"]))
 
 
+@pytest.mark.parametrize("sampler,width", [("nuts", chain_blocks.TRAJECTORY_BLOCK),
+                                           ("hmc", chain_blocks.TRAJECTORY_BLOCK),
+                                           ("mala", None), ("langevin", None), ("rwmh", None)])
+def test_only_trajectory_kernels_run_in_blocks(sampler, width):
+    # blocks for the Langevin kernels cost too much at either end of the chain counts
+    # (benchmarks/README.md): they run each group as one vectorized computation
+    assert chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=10)) == width
+
+
 @pytest.mark.parametrize("sampler", ["nuts", "hmc"])
 def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, monkeypatch):
     # chain c is lane c mod W of a block of W chains, every block one compiled program: the
