@@ -8,8 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import unnorm as un
-from unnorm.samplers import chain_groups
+from unnorm.samplers import chain_blocks, chain_groups
 from unnorm.samplers import run as sample_run
+
+# A dense precision: the gradient is a product by a matrix, batched over the chains, whose
+# rounding XLA's CPU backend chose by the batch's size before the chains ran in fixed blocks.
+_DENSE_GAUSSIAN = un.models.gaussian(3, precision=[[2.0, 0.6, -0.3], [0.6, 1.5, 0.4],
+                                                  [-0.3, 0.4, 1.0]])
+_SAME_DRAWS_OPTIONS = dict(key=jax.random.key(7), num_warmup=30, num_samples=20,
+                           progress_bar=False, warn=False)
 
 
 @given(num_chains=st.integers(1, 300), cores=st.integers(1, 16))
@@ -22,6 +29,19 @@ def test_layout_covers_every_chain_once_with_no_empty_group(num_chains, cores):
     # only the last group is padded, by less than a group
     assert all(n == layout.group_size for n in real[:-1])
     assert layout.num_groups * layout.group_size - num_chains < layout.group_size
+
+
+@given(num_chains=st.integers(1, 300), cores=st.integers(1, 16),
+       block=st.sampled_from([1, 2, 5, 32]))
+def test_groups_hold_whole_blocks_each_block_once(num_chains, cores, block):
+    layout = chain_groups.choose_layout(num_chains, "parallel", cores=cores, block=block)
+    units = layout.units
+    assert units.group_size == block and units.num_groups == -(-num_chains // block)
+    assert layout.group_size % block == 0
+    runs = [list(layout.units_of(g)) for g in range(layout.num_groups)]
+    assert [u for run in runs for u in run] == list(range(units.num_groups))
+    assert all(run for run in runs)       # no group without a block
+    assert sum(units.real_chains(u) for u in range(units.num_groups)) == num_chains
 
 
 def test_vectorized_is_one_group(monkeypatch):
@@ -128,16 +148,17 @@ def test_a_failure_in_one_group_says_where(monkeypatch):
 
     def failing_chunk(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # the second group of the first chunk
+        if len(calls) == 2:  # a block of the first chunk, in either group
             raise FloatingPointError("boom in a group")
         return real_chunk(*args, **kwargs)
 
     monkeypatch.setattr(sample_run, "_chunk_runner", lambda options=(): failing_chunk)
-    model = un.models.gaussian(2)
-    with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.4 of 50: "
+    # three blocks of HMC chains in two groups; the options of the test below share its
+    # compilation
+    with pytest.raises(RuntimeError, match=r"failed during warmup at draws 0\.\.4 of 30: "
                                            r"FloatingPointError: boom in a group"):
-        un.sample(model, key=jax.random.key(0), sampler="mala", num_chains=4, num_warmup=50,
-                  num_samples=50, progress_bar=False, warn=False)
+        un.sample(_DENSE_GAUSSIAN, num_chains=2 * chain_blocks.TRAJECTORY_BLOCK + 1,
+                  **_SAME_DRAWS_OPTIONS, sampler="hmc")
 
 
 def test_chain_method_is_checked():
@@ -187,6 +208,40 @@ def test_a_chains_draws_do_not_depend_on_how_many_run_beside_it(sampler, model):
     five = un.sample(model, num_chains=5, chain_method="parallel", **options)
     np.testing.assert_array_equal(np.asarray(five.posterior["x"])[:2],
                                   np.asarray(two.posterior["x"]))
+
+
+@pytest.mark.parametrize("sampler,width", [("nuts", chain_blocks.TRAJECTORY_BLOCK),
+                                           ("hmc", chain_blocks.TRAJECTORY_BLOCK),
+                                           ("mala", None), ("langevin", None), ("rwmh", None)])
+def test_only_trajectory_kernels_run_in_blocks(sampler, width):
+    # blocks for the Langevin kernels cost too much at either end of the chain counts
+    # (benchmarks/README.md): they run each group as one vectorized computation
+    assert chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=10)) == width
+
+
+@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
+def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, monkeypatch):
+    # chain c is lane c mod W of a block of W chains, every block one compiled program: the
+    # first 2 chains of any run are a 2-chain run, bit for bit, adaptation included
+    width = chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=30))
+    options = dict(_SAME_DRAWS_OPTIONS, sampler=sampler)
+    two = un.sample(_DENSE_GAUSSIAN, num_chains=2, chain_method="vectorized", **options)
+    # 2W + 1 chains on 2 cores are two groups; every run calls the one compiled block
+    runs = [(5, "vectorized", 2), (5, "parallel", 1), (2 * width + 1, "parallel", 2),
+            (8, "parallel", 2)]
+    for num_chains, chain_method, cores in runs:
+        monkeypatch.setattr(chain_groups, "available_cores", lambda cores=cores: cores)
+        layout = chain_groups.choose_layout(num_chains, chain_method, block=width)
+        assert layout.num_groups == (cores if chain_method == "parallel"
+                                     and num_chains > width else 1)
+        many = un.sample(_DENSE_GAUSSIAN, num_chains=num_chains, chain_method=chain_method,
+                         **options)
+        for group in ("posterior", "sample_stats"):
+            for name, value in many[group].data_vars.items():
+                np.testing.assert_array_equal(np.asarray(value)[:2],
+                                              np.asarray(two[group][name]),
+                                              err_msg=f"{name}, {num_chains} chains, "
+                                                      f"{chain_method}, {cores} cores")
 
 
 def test_starting_points_do_not_depend_on_the_number_of_chains():

@@ -15,9 +15,16 @@ too; the dispatching thread, which only waits, allocates the draws' array meanwh
 
 Every group has the same size, so one compilation serves them all: when the chains do not
 divide evenly, the last group is padded with copies of the last chain, whose draws are dropped.
-The groups change nothing in the algorithm: each chain's steps depend only on its own state and
-key, so its draws are those of ``chain_method="vectorized"`` (to floating-point rounding, as
-XLA may order a reduction differently for a different batch size).
+The chains of NUTS and HMC come in fixed-width blocks
+(:mod:`unnorm.samplers.chain_blocks`): a group then holds whole blocks, which it runs one
+compiled call after the other
+(:attr:`GroupLayout.units`, :meth:`GroupLayout.units_of`), so that every block is the same
+program of the same width. The groups change nothing in the algorithm: each chain's steps
+depend only on its own state and key, so its draws are those of ``chain_method="vectorized"``
+and of any other number of chains, bit for bit for NUTS and HMC; for the kernels that run each
+group as one vectorized computation (the Langevin kernels, random-walk Metropolis, Gibbs) as
+far as XLA rounds their energies and gradients alike in batches of every size, which the tests
+find for the gradient-free kernels on the built-in models but not for MALA on a dense Gaussian.
 
 Example
 -------
@@ -50,14 +57,41 @@ CHAIN_METHODS = ("parallel", "vectorized")
 
 
 class GroupLayout(NamedTuple):
-    """``num_chains`` chains in ``num_groups`` groups of ``group_size`` (the last one padded)."""
+    """``num_chains`` chains in ``num_groups`` groups of ``group_size`` (the last one padded).
+
+    With a ``block`` width (:mod:`unnorm.samplers.chain_blocks`) every group holds whole blocks
+    of that many chains, so that chain ``c`` is lane ``c mod block`` of a block whatever the
+    grouping; None: each group is one vectorized computation of its chains."""
 
     num_chains: int
     num_groups: int
+    block: int | None = None
 
     @property
     def group_size(self) -> int:
-        return -(-self.num_chains // self.num_groups)
+        if self.block is None:
+            return -(-self.num_chains // self.num_groups)
+        return self.block * -(-self.num_blocks // self.num_groups)
+
+    @property
+    def num_blocks(self) -> int:
+        """The blocks the chains fill (1 without a block width)."""
+        return 1 if self.block is None else -(-self.num_chains // self.block)
+
+    @property
+    def units(self) -> GroupLayout:
+        """The units a compiled call runs: one block each (the layout of the blocks as groups
+        of ``block`` chains), or without a block width the groups themselves."""
+        return self if self.block is None else GroupLayout(self.num_chains, self.num_blocks,
+                                                           self.block)
+
+    def units_of(self, group: int) -> range:
+        """The units (indices into :attr:`units`) that group ``group`` runs, one after the
+        other."""
+        if self.block is None:
+            return range(group, group + 1)
+        per_group = self.group_size // self.block
+        return range(group * per_group, min((group + 1) * per_group, self.num_blocks))
 
     def real_chains(self, group: int) -> int:
         """How many of the group's chains are real (the rest are padding)."""
@@ -104,17 +138,20 @@ def available_cores() -> int:
     return max(1, cores or 1)
 
 
-def choose_layout(num_chains: int, chain_method: str, cores: int | None = None) -> GroupLayout:
+def choose_layout(num_chains: int, chain_method: str, cores: int | None = None,
+                  block: int | None = None) -> GroupLayout:
     """One group per core (``cores``, default :func:`available_cores`) for ``"parallel"`` on
-    the CPU backend, at least one chain per group; a single group for ``"vectorized"`` and on
-    accelerators (which run one vectorized computation in parallel already)."""
+    the CPU backend, at least one chain (one block of ``block`` chains, when given) per group;
+    a single group for ``"vectorized"`` and on accelerators (which run one vectorized
+    computation in parallel already)."""
     groups = 1
     if chain_method == "parallel" and jax.default_backend() == "cpu":
-        groups = min(num_chains, available_cores() if cores is None else cores)
+        units = num_chains if block is None else -(-num_chains // block)
+        groups = min(units, available_cores() if cores is None else cores)
         # No empty group: with 2 cores, 3 chains are 2 + 1 (padded), never 3 + 0.
-        while groups > 1 and GroupLayout(num_chains, groups).real_chains(groups - 1) == 0:
+        while groups > 1 and GroupLayout(num_chains, groups, block).real_chains(groups - 1) == 0:
             groups -= 1
-    return GroupLayout(num_chains, groups)
+    return GroupLayout(num_chains, groups, block)
 
 
 def split(tree: Any, layout: GroupLayout) -> tuple:
@@ -122,9 +159,9 @@ def split(tree: Any, layout: GroupLayout) -> tuple:
 
     Padding repeats the last chain, so padded chains start where a real one does and stay
     finite."""
-    if layout.num_groups == 1:
-        return (tree,)
     size = layout.group_size
+    if layout.num_groups == 1 and size == layout.num_chains:
+        return (tree,)
     index = np.minimum(np.arange(layout.num_groups * size), layout.num_chains - 1)
     return tuple(
         jax.tree_util.tree_map(lambda leaf, g=g: leaf[index[g * size:(g + 1) * size]], tree)

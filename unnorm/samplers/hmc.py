@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
+from . import chain_blocks
 from .spec import Kernel, SamplerSpec, StepCap, option_checks
 
 __all__ = ["HMCKernel", "HMCInfo", "build", "NUTS", "HMC", "MAX_NUM_STEPS"]
@@ -188,6 +189,7 @@ def _kernel(name: str, tuning: dict, num_warmup: int) -> Kernel:
         get_step_size=lambda state: state.adapt_state.step_size,
         set_step_size=lambda state, value: state._replace(
             adapt_state=state.adapt_state._replace(step_size=value)),
+        chain_block=chain_blocks.TRAJECTORY_BLOCK,
     )
 
 

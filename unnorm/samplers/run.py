@@ -28,7 +28,7 @@ from .._compat import to_inference_data
 from ..diagnostics import ConvergenceWarning, warn_convergence, warn_step_cap
 from ..improper import warn_runaway
 from ..model import Model, format_params
-from . import chain_groups, chains
+from . import chain_blocks, chain_groups, chains
 from . import devices as chain_devices
 from .registry import build_kernel, check_sampler, check_step_options, check_tuning
 from .spec import Kernel
@@ -41,23 +41,25 @@ _WARMUP, _SAMPLING = "warmup", "sampling"
 _DISCRETE_DRAW_DTYPE = np.int8
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "layout"))
+@functools.partial(jax.jit, static_argnames=("model", "spec", "units"))
 def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
-             layout: chain_groups.GroupLayout):
-    """Everything before the first step, in one compiled function: the keys, the starting
-    points (``positions``, or when it is None the dispersed ``unconstrained`` ones), their
-    checks and the chains' states.
+             units: chain_groups.GroupLayout):
+    """Everything before the chains' states, in one compiled function: the keys, the starting
+    points (``positions``, or when it is None the dispersed ``unconstrained`` ones) and their
+    checks.
 
-    Returns ``(positions, unconstrained, value_ok, grad_ok, groups)``; ``value_ok`` /
-    ``grad_ok`` say per chain whether the energy and the log-density (and, for gradient-based
-    samplers, its gradient) are finite at the start; ``groups`` holds per chain group
-    ``(states, warmup_keys, sampling_keys)``."""
-    num_chains = layout.num_chains
+    Returns ``(positions, value_ok, grad_ok, parts)``; ``value_ok`` / ``grad_ok`` say per
+    chain whether the energy and the log-density (and, for gradient-based samplers, its
+    gradient) are finite at the start; ``parts`` holds per unit of chains (a block, or a
+    group; :attr:`~unnorm.samplers.chain_groups.GroupLayout.units`) ``(chain_keys, points,
+    warmup_keys, sampling_keys)``, the points those :func:`_start` takes."""
+    num_chains = units.num_chains
     # chain c's keys come from fold_in(key, c) alone: its draws do not depend on num_chains
     keys = jax.vmap(lambda c: jax.random.split(jax.random.fold_in(key, c), 3))(
         jnp.arange(num_chains))
     chain_keys, warmup_keys, sampling_keys = (keys[:, i] for i in range(3))
     support = model.support
+    points = unconstrained if positions is None else positions
     if positions is None:
         positions = unconstrained if support.is_discrete else support.transform(unconstrained)
     else:
@@ -70,9 +72,20 @@ def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
     if spec.uses_gradient:
         grads = jax.vmap(jax.grad(logdensity_fn))(unconstrained)
         grad_ok = jnp.all(jnp.isfinite(grads), axis=tuple(range(1, grads.ndim)))
-    states = jax.vmap(lambda k, u: spec.init(u, logdensity_fn, k))(chain_keys, unconstrained)
-    groups = chain_groups.split((states, warmup_keys, sampling_keys), layout)
-    return positions, unconstrained, value_ok, grad_ok, groups
+    parts = chain_groups.split((chain_keys, points, warmup_keys, sampling_keys), units)
+    return positions, value_ok, grad_ok, parts
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "given"))
+def _start(model: Model, spec: Kernel, params, chain_keys, points, given: bool):
+    """The states of one unit of chains, started at ``points``: the given positions
+    (``given``) or unconstrained points. Compiled for the unit's width, as the steps are, so
+    that a chain's cached log-density and gradient do not depend on the chains beside it
+    (:mod:`unnorm.samplers.chain_blocks`)."""
+    support = model.support
+    u = support.transform.inv(points) if given and not support.is_discrete else points
+    logdensity_fn = unconstrained_logdensity(model, params)
+    return jax.vmap(lambda k, point: spec.init(point, logdensity_fn, k))(chain_keys, u)
 
 
 def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, start, count,
@@ -254,8 +267,12 @@ def sample(
     chain_method : {"parallel", "vectorized"}
         ``"parallel"`` (default): on the CPU, the chains are split into one group per
         available core, each group vectorized, the groups run at the same time in threads.
-        ``"vectorized"``: all chains in one vectorized computation. The same on accelerators;
-        each chain's draws are the same either way, to floating-point rounding.
+        ``"vectorized"``: all chains in one group. The same on accelerators. On the CPU each
+        chain's draws are the same either way, and whatever ``num_chains``, bit for bit for
+        NUTS, HMC, random-walk Metropolis and Gibbs (NUTS and HMC compute their chains in
+        blocks of a fixed width, each block one compiled program:
+        :mod:`unnorm.samplers.chain_blocks`); for MALA, ULA and annealed Langevin only as far
+        as XLA rounds the batches of either size alike.
     devices : None, int or list of jax.Device
         The devices the chains are split over (along the chain axis, with ``jax.sharding``;
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
@@ -263,8 +280,9 @@ def sample(
         single-device one (on the CPU, with ``chain_method``'s thread groups); with several,
         the chains are sharded and ``chain_method`` is not used. ``num_chains`` need not be a
         multiple of the device count: the last device's chains are padded with copies of the
-        last chain, whose draws are dropped. A chain's draws do not depend on the devices (to
-        floating-point rounding for gradient-based samplers).
+        last chain, whose draws are dropped. A chain's draws do not depend on the devices (for
+        gradient-based samplers, as far as XLA rounds the sharded and the single-device
+        programs alike).
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -432,20 +450,25 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     spec = build_kernel(sampler_spec, num_warmup, values, tuning)
 
     positions = _initial_positions(model, init, num_chains)
+    given = positions is not None
     dispersed = None
-    if positions is None:
+    if not given:
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
-    # Sharded chains run as one group: the devices, not threads, run them at once.
+    # Sharded chains run as one group (the devices, not threads, run them at once), and as one
+    # unit: XLA partitions the one vectorized computation over the devices.
     layout = (chain_groups.GroupLayout(num_chains, 1) if placement is not None
-              else chain_groups.choose_layout(num_chains, chain_method))
-    positions, _, value_ok, grad_ok, groups = _prepare(
-        model, spec, params, key, positions, dispersed, layout)
+              else chain_groups.choose_layout(num_chains, chain_method,
+                                              block=chain_blocks.block_width(spec)))
+    positions, value_ok, grad_ok, parts = _prepare(
+        model, spec, params, key, positions, dispersed, layout.units)
     _check_initial_state(params, positions, value_ok, grad_ok)
+    units = tuple((_start(model, spec, params, chain_keys, points, given), warmup, sampling)
+                  for chain_keys, points, warmup, sampling in parts)
     if placement is not None:
-        groups = (placement.chains(groups[0]),)
+        units = (placement.chains(units[0]),)
         params = placement.replicated(params)
-    states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*groups, strict=True))
+    states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*units, strict=True))
 
     disabled = _checks.progress_disabled(progress_bar)
     # Warmup is num_warmup single steps whatever the thinning: NumPyro's kernels count their
@@ -502,7 +525,8 @@ def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
 
 
 class _PhaseRunner(NamedTuple):
-    """Runs one phase (warmup or sampling) of every chain group, in chunks."""
+    """Runs one phase (warmup or sampling) of every chain group, in chunks: each group's
+    units (its blocks of chains, or the group itself) one compiled call after the other."""
 
     model: Model
     spec: Kernel
@@ -517,7 +541,7 @@ class _PhaseRunner(NamedTuple):
                  thinning: int, phase: str, pace: pacing.Pace | None = None):
         """Run ``total`` draws (of ``thinning`` steps each) in calls of at most ``capacity``
         draws, each paced to about :data:`unnorm.pacing.TARGET_SECONDS` from ``pace`` (that
-        of a call before, if any). Returns the final states (one per group), for sampling the
+        of a call before, if any). Returns the final states (one per unit), for sampling the
         draws and the statistics as NumPy arrays of dims (chain, draw, ...), whether every
         draw is finite, and the pace of the last call.
 
@@ -527,7 +551,7 @@ class _PhaseRunner(NamedTuple):
         if phase == _SAMPLING:
             host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
                     if self.model.support.is_discrete else None)
-            sink = chain_groups.DrawSink(self.layout, total, host_dtypes=host)
+            sink = chain_groups.DrawSink(self.layout.units, total, host_dtypes=host)
         finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
         # Built here, not in the workers: two first calls at once could build two jitted
@@ -558,17 +582,21 @@ class _PhaseRunner(NamedTuple):
 
     def _call(self, run_chunk, sink, states, chain_keys, done: int, count: int, capacity: int,
               thinning: int, warmup, phase: str, total: int) -> list:
-        """One compiled call of every group: ``count`` draws from draw ``done``."""
+        """One compiled call of every unit (each group's one after the other): ``count`` draws
+        from draw ``done``."""
         # The first sampling call ends the warmup (fixes the adapted step size) first.
         finalize = phase == _SAMPLING and done == 0
 
-        def run_group(g):
+        def run_unit(u):
             state, out, ok = jax.block_until_ready(run_chunk(
-                self.model, self.spec, self.params, chain_keys[g], states[g], done, count,
+                self.model, self.spec, self.params, chain_keys[u], states[u], done, count,
                 warmup, finalize, capacity, thinning))
             if sink is not None:
-                sink.write(out, done, g, count)
+                sink.write(out, done, u, count)
             return state, out[1], ok
+
+        def run_group(g):
+            return [run_unit(u) for u in self.layout.units_of(g)]
 
         reserve = None
         if sink is not None and done == 0 and not sink.keeps_device_buffer(count, capacity):
@@ -577,7 +605,8 @@ class _PhaseRunner(NamedTuple):
             reserve = functools.partial(sink.reserve_first, self.model.support.event_shape,
                                         self.position_dtype)
         try:
-            return chain_groups.map_groups(run_group, self.layout, self.pool, reserve)
+            groups = chain_groups.map_groups(run_group, self.layout, self.pool, reserve)
+            return [unit for group in groups for unit in group]
         except Exception as err:
             raise RuntimeError(
                 f"sampler {self.spec.name!r} failed during {phase} at draws "
@@ -591,7 +620,8 @@ class _PhaseRunner(NamedTuple):
         if self.disabled:
             return
         # sliced on the host: a slice of a device array compiles a program per length
-        real = [(stats, self.layout.real_chains(g)) for g, (_, stats, _) in enumerate(results)]
+        real = [(stats, self.layout.units.real_chains(u))
+                for u, (_, stats, _) in enumerate(results)]
         accept = np.mean(np.concatenate(
             [np.asarray(stats["acceptance_rate"])[:count, :n].ravel() for stats, n in real]))
         diverging = sum(int(np.sum(np.asarray(stats["diverging"])[:count, :n]))

@@ -37,7 +37,10 @@ class Kernel(NamedTuple):
     ``get_step_size(state)`` and ``set_step_size(state, value)`` read and write the step size of
     a sampler that has one (None otherwise). ``compiler_options``: XLA options (name, value)
     pairs for the CPU compilation of ``un.sample``'s chunks of this kernel, used only where the
-    installed jaxlib accepts them.
+    installed jaxlib accepts them. ``chain_block``: the width of the blocks of chains
+    ``un.sample`` computes this kernel's steps in on the CPU, so that a chain's draws do not
+    depend on how many chains run beside it (:mod:`unnorm.samplers.chain_blocks`); None: every
+    group of chains is one vectorized computation.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Kernel(NamedTuple):
     get_step_size: Callable | None = None
     set_step_size: Callable | None = None
     compiler_options: tuple = ()
+    chain_block: int | None = None
 
 
 class StepCap(NamedTuple):

@@ -357,6 +357,8 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
         get_step_size=get_step_size,
         set_step_size=set_step_size,
         compiler_options=_COMPILER_OPTIONS,
+        # each chain carries its replicas: the base's blocks of chains serve as they are
+        chain_block=base.chain_block,
     )
 
 
