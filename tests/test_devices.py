@@ -23,7 +23,11 @@ import numpy as np
 import pytest
 
 import unnorm as un
+from unnorm.samplers import chain_blocks
 from unnorm.samplers import devices as chain_devices
+
+#: the samplers whose chains run on one device in fixed-width blocks, and the width
+BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK}
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +66,15 @@ def test_sharded_draws_equal_the_single_device_draws(two_devices, sampler):
     assert result["shape"][:2] == [size["num_chains"], size["num_samples"]]
     assert result["dtype"] == ("int32" if sampler == "gibbs" else "float64")
     # each chain's keys are fold_in(key, c) and its steps' fold_in(chain_key, t), whatever
-    # the device count; a chain's arithmetic is its own, so even the gradients agree
-    assert result["identical"], result["max_diff"]
-    assert result["lp_identical"]
+    # the device count; a chain's arithmetic is its own, so even the gradients agree. NUTS on
+    # one device runs its chains in blocks of two (one compiled width-2 program per block,
+    # the same whatever the chain count), the sharded run as one computation partitioned by
+    # XLA: the same arithmetic, rounded alike only up to the last bits
+    if sampler in BLOCKED:
+        assert result["max_diff"] <= 1e-10, result["max_diff"]
+    else:
+        assert result["identical"], result["max_diff"]
+        assert result["lp_identical"]
 
 
 @pytest.mark.parametrize("sampler", runs.SAMPLERS)
@@ -77,7 +87,9 @@ def test_sharded_chunks_split_the_chain_axis(two_devices, sampler):
         assert call["chains"] == chains + chains % 2  # padded to a multiple of 2
         assert call["draws"] == 0.5 and call["states"] == 0.5
     for call in two_devices["samplers"][sampler]["single_calls"]:
-        assert call["devices"] == 1 and call["chains"] == chains and call["draws"] == 1.0
+        # one device: one call over every chain, or one per block of a blocked kernel
+        width = BLOCKED.get(sampler, chains)
+        assert call["devices"] == 1 and call["chains"] == width and call["draws"] == 1.0
 
 
 @pytest.mark.slow
