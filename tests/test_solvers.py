@@ -67,3 +67,30 @@ def test_block_rows():
     assert solvers.block_rows(2_000_000, 1) == solvers.MAX_BLOCK_ROWS
     assert solvers.block_rows(10**6, 10**6) == solvers.MIN_BLOCK_ROWS
     assert solvers.block_rows(300, 2) == 300  # one block of the whole data, no padding
+
+
+def test_float32_sums_over_many_blocks_keep_their_precision():
+    """20 000 rows in blocks of 4: 5000 block sums added in float32. A plain running sum's
+    rounding grows with the number of additions: without the compensation the gradient was off
+    by 4.2e-6 and J by 2.3e-6 of their largest entries; with it, 2.8e-7 and 1.7e-8."""
+    model = un.models.gaussian(2, mean=np.array([3.0, -2.0]))
+    rows = np.random.default_rng(4).normal(loc=[3.0, -2.0], size=(20_000, 2))
+    objective = un.estimators.SM().build(model, False)
+    u = model.to_unconstrained(model.params)
+    flat, _ = ravel_pytree(u)
+    key = jax.random.key(0)
+
+    def means(dtype, block):
+        data = jnp.asarray(rows, dtype)
+        state = objective.init(model.params, key, data)
+        return solvers.derivatives(flat.astype(dtype), jax.tree_util.tree_map(
+            lambda leaf: leaf.astype(dtype), u), data, state, key, model=model,
+            objective=objective, constrained=False, block=block)
+
+    with jax.enable_x64(True):
+        exact = means(jnp.float64, 4096)
+    blocked = means(jnp.float32, 4)
+    assert blocked.grad.dtype == jnp.float32
+    for name, got, want in zip(blocked._fields, blocked, exact, strict=True):
+        got, want = np.asarray(got, float), np.asarray(want)
+        assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want)), name

@@ -335,13 +335,29 @@ def derivative_sums(flat, template, data, est_state, key, first_row, num_rows, *
         values, grads = jax.vmap(jax.value_and_grad(term), (None, 0, 0))(flat, x, index)
         block_sums = FullData(weight @ values, weight @ grads, hessian,
                               grads.T @ (grads * weight[:, None]))
-        return jax.tree_util.tree_map(jnp.add, sums, block_sums), None
+        return jax.tree_util.tree_map(lambda term, carried: _compensated_add(carried, term),
+                                      block_sums, sums), None
 
     p = flat.size
     zeros = FullData(jnp.zeros((), dtype), jnp.zeros(p, dtype), jnp.zeros((p, p), dtype),
                      jnp.zeros((p, p), dtype))
-    sums, _ = jax.lax.scan(add_block, zeros, jnp.arange(-(-n // rows)))
-    return sums
+    # each sum carries its rounding error beside it: a plain running sum of ~10³ block sums
+    # in float32 put an SM fit of 10⁷ rows 9.7 standard errors from the truth
+    carried = jax.tree_util.tree_map(lambda zero: (zero, zero), zeros)
+    carried, _ = jax.lax.scan(add_block, carried, jnp.arange(-(-n // rows)))
+    return jax.tree_util.tree_map(lambda pair: pair[0], carried,
+                                  is_leaf=lambda node: type(node) is tuple)
+
+
+def _compensated_add(carried: tuple, term: jax.Array) -> tuple:
+    """Kahan's compensated summation (Higham 2002, "Accuracy and Stability of Numerical
+    Algorithms", §4.3): ``carried = (sum, compensation)``, the compensation the low-order part
+    the running sum lost, so that the error of n additions stays near one rounding instead of
+    growing with n."""
+    total, compensation = carried
+    corrected = term - compensation
+    new_total = total + corrected
+    return new_total, (new_total - total) - corrected
 
 
 def constrained_jacobian(flat_u, template_u, *, model, objective=None):
