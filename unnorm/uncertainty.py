@@ -144,7 +144,7 @@ def unit_curvature_scale(hessian, scale, dtype) -> np.ndarray:
     diagonal = np.diag(np.asarray(hessian, dtype=float))
     usable = np.isfinite(diagonal) & (diagonal > 0)
     fallback = 1.0 / np.sqrt(diagonal[usable].max()) if np.any(usable) else 1.0
-    step = np.where(usable, 1.0 / np.sqrt(np.where(usable, diagonal, 1.0)), fallback)
+    step = np.where(usable, jacobi_scale(hessian), fallback)
     return np.asarray(np.asarray(scale, dtype=float) * step, dtype=dtype).astype(float)
 
 
