@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import unnorm as un
+from unnorm.trust_region import trust_region_newton
 
 KEY = jax.random.key(0)
 
@@ -212,3 +213,39 @@ def test_newton_reaches_the_minimum_of_an_objective_with_small_values():
 
     u, converged = un.solvers.newton(derivatives, jnp.array([3.0]))
     assert converged and abs(float(u[0]) - np.log(2)) < 1e-4
+
+
+def _quadratic_under_a_constant(target, curvature, constant):
+    """``constant + ½ (u - target)ᵀ H (u - target)``: the constant swamps the value's changes
+    near the minimum, as the many rows' mean of a float32 fit does (n = 10⁷, |value| = 5 and
+    a decrement of Σz²/n against Newton's rounding test 100 ε |value|)."""
+    def derivatives(u):
+        gap = np.asarray(u, dtype=float) - target
+        return constant + 0.5 * float(gap @ curvature @ gap), curvature @ gap, curvature
+    return derivatives
+
+
+@pytest.mark.parametrize("minimize", ["newton", "trust region"])
+def test_newton_finishes_a_minimum_the_value_can_no_longer_show(minimize):
+    target = np.array([0.25, -0.5])
+    curvature = np.array([[2.0, 0.6], [0.6, 1.0]])
+    derivatives = _quadratic_under_a_constant(target, curvature, 1e3)
+    # a decrement of 1e-3: for a mean over 10⁵ rows, Σz² = n·decrement ≈ 100 from the minimum,
+    # yet in float32 below the value's rounding test 100 ε |value| = 1.2e-2, where Newton stopped
+    start = jnp.asarray(target + np.array([0.02, -0.03]), dtype=jnp.float32)
+    decrement = un.newton.newton_decrement(derivatives(start)[1], curvature)
+    assert 1e-4 < decrement < 100 * np.finfo(np.float32).eps * 1e3
+    run = un.solvers.newton if minimize == "newton" else trust_region_newton
+    u, converged = run(derivatives, start)
+    assert converged and u.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(u, float), target, atol=4 * np.spacing(np.float32(0.5)))
+    # a decrement already negligible for the data's size leaves the point as it was
+    unchanged, converged = run(derivatives, start, negligible=1.01 * decrement)
+    assert converged and unchanged is start
+
+
+def test_polish_takes_no_step_where_the_hessian_is_not_positive_definite():
+    singular = np.array([[1.0, 1.0], [1.0, 1.0]])  # a + b only: not identified
+    derivatives = _quadratic_under_a_constant(np.zeros(2), singular, 1e3)
+    start = jnp.asarray([0.01, 0.01], dtype=jnp.float32)
+    assert un.newton.polish(derivatives, start, derivatives(start), 1e-7) is start

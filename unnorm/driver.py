@@ -1009,13 +1009,16 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
 
         return derivs
 
+    # a tenth of a standard error (Σz² ≤ 0.01): the decrement of a mean over n rows is Σz²/n
+    negligible = 1e-2 / max(int(data.shape[0]), 1)
+
     def minimize(start, scale):
         derivs = derivs_in(scale)
-        refined, converged = solvers.newton(derivs, start)
+        refined, converged = solvers.newton(derivs, start, negligible=negligible)
         if stages is None:
             return refined, converged, False
         begin = refined if converged else start
-        far, far_converged = trust_region_newton(derivs, begin)
+        far, far_converged = trust_region_newton(derivs, begin, negligible=negligible)
         if far_converged:
             # where damped Newton failed, the trust region may find the optimizer's answer
             # already a minimum to working precision (a location of 1e6 held to a spacing of

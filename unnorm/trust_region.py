@@ -15,6 +15,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from .newton import polish
+
 __all__ = ["trust_region_newton"]
 
 
@@ -68,8 +70,8 @@ def _at_minimum(u, value: float, grad: np.ndarray, hess: np.ndarray, eps: float)
     return decrement <= 100 * eps * max(abs(value), np.finfo(float).tiny)
 
 
-def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
-                        max_iter: int = 300) -> tuple[jnp.ndarray, bool]:
+def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray, max_iter: int = 300,
+                        negligible: float | None = None) -> tuple[jnp.ndarray, bool]:
     """Minimize a smooth objective by trust-region Newton steps.
 
     Parameters
@@ -80,6 +82,8 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
         The starting point (flat).
     max_iter : int
         The most derivative evaluations.
+    negligible : float, optional
+        The Newton decrement at which a minimum is finished (:func:`unnorm.newton.polish`).
 
     Returns
     -------
@@ -126,7 +130,7 @@ def trust_region_newton(derivs_fn: Callable, u0: jnp.ndarray,
             return u, False
         semidefinite = eigvals[0] >= -100 * eigvals.size * eps * abs(eigvals[-1])
         if semidefinite and _at_minimum(u, value, grad, hess, eps):
-            return u, True
+            return polish(evaluate, u, (value, grad, hess), eps, negligible), True
         step = _step(eigvals, eigvecs, grad / scaling, radius) / scaling
         if not np.all(np.isfinite(step) & (np.abs(step) <= np.finfo(u.dtype).max / 4)):
             radius *= 0.25  # a step past the dtype's range: the region was far too large
