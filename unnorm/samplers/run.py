@@ -455,19 +455,29 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     if not given:
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
-    # Sharded chains run as one group (the devices, not threads, run them at once), and as one
-    # unit: XLA partitions the one vectorized computation over the devices.
-    layout = (chain_groups.GroupLayout(num_chains, 1) if placement is not None
-              else chain_groups.choose_layout(num_chains, chain_method,
-                                              block=chain_blocks.block_width(spec)))
+    block = chain_blocks.block_width(spec)
+    if placement is None:
+        layout = chain_groups.choose_layout(num_chains, chain_method, block=block)
+    elif block is None:
+        # Sharded chains run as one group (the devices, not threads, run them at once), and as
+        # one unit: XLA partitions the one vectorized computation over the devices.
+        layout = chain_groups.GroupLayout(num_chains, 1)
+    else:
+        # One group per device, of whole blocks: each block is the single-device program,
+        # so its chains' draws are the single-device ones bit for bit.
+        layout = placement.block_layout(block)
     positions, value_ok, grad_ok, parts = _prepare(
         model, spec, params, key, positions, dispersed, layout.units)
     _check_initial_state(params, positions, value_ok, grad_ok)
+    # The starts run on the default device, as on one device; only the chunks of steps are
+    # spread over the devices.
     units = tuple((_start(model, spec, params, chain_keys, points, given), warmup, sampling)
                   for chain_keys, points, warmup, sampling in parts)
-    if placement is not None:
-        units = (placement.chains(units[0]),)
-        params = placement.replicated(params)
+    unit_params = (params,) * len(units)
+    if placement is not None and block is None:
+        units, unit_params = (placement.chains(units[0]),), (placement.replicated(params),)
+    elif placement is not None:
+        units, unit_params = placement.place_blocks(units, params, layout)
     states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*units, strict=True))
 
     disabled = _checks.progress_disabled(progress_bar)
@@ -485,8 +495,8 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     with tqdm(total=num_warmup + num_samples, disable=disabled,
               desc=f"{sampler} ({num_chains} chains{_on_devices(placement)})",
               unit="draw") as bar:
-        run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
-                           disabled, positions.dtype)
+        run = _PhaseRunner(model, spec, unit_params, layout, chain_groups.executor(layout),
+                           bar, disabled, positions.dtype)
         states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
                                  warmup_capacity, warmup_thinning, _WARMUP)
         # the sampling's draws cost what the warmup's did when they are as long
@@ -526,11 +536,12 @@ def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
 
 class _PhaseRunner(NamedTuple):
     """Runs one phase (warmup or sampling) of every chain group, in chunks: each group's
-    units (its blocks of chains, or the group itself) one compiled call after the other."""
+    units (its blocks of chains, or the group itself) one compiled call after the other, unit
+    ``u`` with the parameters ``params[u]`` (a copy on the unit's device)."""
 
     model: Model
     spec: Kernel
-    params: Any
+    params: tuple
     layout: chain_groups.GroupLayout
     pool: Any
     bar: Any
@@ -589,7 +600,7 @@ class _PhaseRunner(NamedTuple):
 
         def run_unit(u):
             state, out, ok = jax.block_until_ready(run_chunk(
-                self.model, self.spec, self.params, chain_keys[u], states[u], done, count,
+                self.model, self.spec, self.params[u], chain_keys[u], states[u], done, count,
                 warmup, finalize, capacity, thinning))
             if sink is not None:
                 sink.write(out, done, u, count)
