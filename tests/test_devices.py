@@ -243,6 +243,31 @@ def test_check_devices_accepts_none_a_count_and_a_list():
     assert chain_devices.ChainPlacement(every[:1] * 2, 5).padded_chains == 6
 
 
+@pytest.mark.parametrize("num_devices, num_chains, blocks_per_device", [
+    (2, 3, [[0], [1]]),           # the test's run: chains 0-1 on device 0, chain 2 on device 1
+    (2, 5, [[0, 1], [2]]),        # the last device one block fewer
+    (3, 5, [[0], [1], [2]]),
+    (4, 10, [[0, 1], [2, 3], [4]]),  # ⌈5 / 4⌉ = 2 blocks a device: the fourth stays idle
+    (2, 1, [[0]]),                # one block: one device
+])
+def test_blocks_split_into_contiguous_runs_per_device(num_devices, num_chains,
+                                                      blocks_per_device):
+    # a placement's devices are only named here (nothing runs): one device stands for all
+    placement = chain_devices.ChainPlacement(tuple(jax.devices()[:1]) * num_devices, num_chains)
+    layout = placement.block_layout(chain_blocks.TRAJECTORY_BLOCK)
+    assert layout.block == chain_blocks.TRAJECTORY_BLOCK
+    assert [list(layout.units_of(g)) for g in range(layout.num_groups)] == blocks_per_device
+    blocks = tuple({"chains": np.array([2 * u, 2 * u + 1])} for u in range(layout.num_blocks))
+    placed, params = placement.place_blocks(blocks, {"a": np.ones(2)}, layout)
+    assert [int(b["chains"][0]) for b in placed] == [2 * u for u in range(layout.num_blocks)]
+    assert all(b["chains"].committed for b in placed)
+    # one copy of the parameters per device, shared by its blocks
+    copies = [params[units[0]] for units in blocks_per_device]
+    assert len({id(c) for c in copies}) == len(copies)
+    assert all(params[u] is copies[g] for g, units in enumerate(blocks_per_device)
+               for u in units)
+
+
 @pytest.mark.parametrize("devices, error, match", [
     (0, ValueError, "devices must be between 1 and"),
     (len(jax.devices()) + 1, ValueError, "devices must be between 1 and"),

@@ -6,7 +6,7 @@ mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted c
 call paced to about half a second (:mod:`unnorm.pacing`), so that a progress bar can be shown
 and an interrupt is raised between calls. Each step's key is ``fold_in(chain_key, step)``: the
 draws do not depend on how the run is chunked. With several devices the chains are split over
-them with ``jax.sharding`` (:mod:`unnorm.samplers.devices`).
+them (:mod:`unnorm.samplers.devices`).
 """
 
 from __future__ import annotations
@@ -278,11 +278,14 @@ def sample(
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
         ``n``: the first ``n`` of them; or a list of devices. With one device the run is the
         single-device one (on the CPU, with ``chain_method``'s thread groups); with several,
-        the chains are sharded and ``chain_method`` is not used. ``num_chains`` need not be a
-        multiple of the device count: the last device's chains are padded with copies of the
-        last chain, whose draws are dropped. A chain's draws do not depend on the devices (for
-        gradient-based samplers, as far as XLA rounds the sharded and the single-device
-        programs alike).
+        the chains are split over them and ``chain_method`` is not used. ``num_chains`` need
+        not be a multiple of the device count: the last device's chains are padded with copies
+        of the last chain, whose draws are dropped. A chain's draws do not depend on the
+        devices: on the CPU bit for bit for NUTS and HMC, which run each block of chains
+        through the single-device program on the device that holds it
+        (:mod:`unnorm.samplers.devices`); for the other samplers, and on accelerators, as far
+        as XLA rounds the sharded and the single-device programs alike (on two CPU devices it
+        did for random-walk Metropolis, MALA and Gibbs in the tests).
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -493,7 +496,7 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         sampling_capacity = _phase_capacity(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains{_on_devices(placement)})",
+              desc=f"{sampler} ({num_chains} chains{_on_devices(placement, layout)})",
               unit="draw") as bar:
         run = _PhaseRunner(model, spec, unit_params, layout, chain_groups.executor(layout),
                            bar, disabled, positions.dtype)
@@ -529,9 +532,15 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         model.support.is_discrete)
 
 
-def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
-    """The progress bar's note of the devices a sharded run uses ("" on one device)."""
-    return "" if placement is None else f" on {len(placement.devices)} devices"
+def _on_devices(placement: chain_devices.ChainPlacement | None,
+                layout: chain_groups.GroupLayout) -> str:
+    """The progress bar's note of the devices a sharded run uses ("" on one device): a
+    blocked kernel's run uses one per group, fewer when there are fewer blocks than
+    devices."""
+    if placement is None:
+        return ""
+    used = len(placement.devices) if layout.block is None else layout.num_groups
+    return f" on {used} device{'s' if used > 1 else ''}"
 
 
 class _PhaseRunner(NamedTuple):
