@@ -15,6 +15,12 @@ Run from the repository root::
     python benchmarks/chain_blocks.py --only nuts4,hmc4      # the kernels' own blocks
     python benchmarks/chain_blocks.py --width 32 --only mala4,mala64,mala1024
     python benchmarks/chain_blocks.py --pad 16 --only mala4,mala8,mala1024
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+        python benchmarks/chain_blocks.py --only nuts4,hmc4   # on two host devices
+
+With several devices ``un.sample`` splits the chains over all of them: "no blocks" is then the
+chain axis partitioned by XLA over the devices, "blocks" the kernels' blocks run on the
+devices that hold them (:mod:`unnorm.samplers.devices`).
 
 Cases: MALA on N(0, I₁₀) at a fixed step size 0.9, no warmup (4 chains × 20 000 draws, 64 × 2000,
 1024 × 1000, 8 × 10 000); NUTS and HMC on gaussian(2), 4 chains, 1000 warmup steps and 1000

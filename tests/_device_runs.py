@@ -151,13 +151,17 @@ def _sample_on_devices(samplers) -> dict:
 
         def call(*args, **kwargs):
             states, (draws, stats), finite = compiled(*args, **kwargs)
+            leaves = jax.tree_util.tree_leaves(states)
             # the share of the chain axis one device holds: the draws are (draw, chain, ...),
-            # the states' leaves (chain, ...)
+            # the states' leaves (chain, ...); and the ids of the devices that hold them (a
+            # blocked kernel's calls run in threads, one per device: list.append is atomic)
             calls.append({
                 "draws": draws.sharding.shard_shape(draws.shape)[1] / draws.shape[1],
                 "states": max(leaf.sharding.shard_shape(leaf.shape)[0] / leaf.shape[0]
-                              for leaf in jax.tree_util.tree_leaves(states)),
-                "devices": len(draws.sharding.device_set),
+                              for leaf in leaves),
+                "devices": sorted(d.id for d in draws.sharding.device_set),
+                "state_devices": sorted({d.id for leaf in leaves
+                                         for d in leaf.sharding.device_set}),
                 "chains": draws.shape[1]})
             return states, (draws, stats), finite
         return call

@@ -26,8 +26,9 @@ import unnorm as un
 from unnorm.samplers import chain_blocks
 from unnorm.samplers import devices as chain_devices
 
-#: the samplers whose chains run on one device in fixed-width blocks, and the width
-BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK}
+#: the samplers whose chains run in fixed-width blocks, and the width: on two devices each
+#: block is the single-device program, run on the device that holds its chains
+BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK, "hmc": chain_blocks.TRAJECTORY_BLOCK}
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +67,43 @@ def test_sharded_draws_equal_the_single_device_draws(two_devices, sampler):
     assert result["shape"][:2] == [size["num_chains"], size["num_samples"]]
     assert result["dtype"] == ("int32" if sampler == "gibbs" else "float64")
     # each chain's keys are fold_in(key, c) and its steps' fold_in(chain_key, t), whatever
-    # the device count; a chain's arithmetic is its own, so even the gradients agree. NUTS on
-    # one device runs its chains in blocks of two (one compiled width-2 program per block,
-    # the same whatever the chain count), the sharded run as one computation partitioned by
-    # XLA: the same arithmetic, rounded alike only up to the last bits
+    # the device count; a chain's arithmetic is its own, so even the gradients agree. NUTS
+    # runs its blocks of two chains through the single-device run's width-2 program on
+    # either device: the same executable code on the same inputs
+    assert result["identical"], result["max_diff"]
+    assert result["lp_identical"]
+
+
+def _assert_split(result: dict, sampler: str) -> None:
+    """The sharded run's calls split the chain axis over both devices, and the single-device
+    run's calls stay on device 0."""
+    chains = runs.SAMPLER_SIZES[sampler]["num_chains"]
+    sharded = result["sharded_calls"]
+    assert sharded  # warmup and sampling calls
     if sampler in BLOCKED:
-        assert result["max_diff"] <= 1e-10, result["max_diff"]
+        # one call per block, on one device, its states where its draws are: chains 0 and 1
+        # on device 0, chain 2 (and its padding copy) on device 1, a block each per chunk
+        for call in sharded:
+            assert call["chains"] == BLOCKED[sampler], call
+            assert len(call["devices"]) == 1 and call["state_devices"] == call["devices"]
+            assert call["draws"] == 1.0 and call["states"] == 1.0
+        per_device = [sum(call["devices"] == [d] for call in sharded) for d in (0, 1)]
+        assert per_device[0] == per_device[1] == len(sharded) // 2, per_device
     else:
-        assert result["identical"], result["max_diff"]
-        assert result["lp_identical"]
+        for call in sharded:
+            assert call["devices"] == call["state_devices"] == [0, 1]
+            assert call["chains"] == chains + chains % 2  # padded to a multiple of 2
+            assert call["draws"] == 0.5 and call["states"] == 0.5
+    for call in result["single_calls"]:
+        # one device: one call over every chain, or one per block of a blocked kernel
+        width = BLOCKED.get(sampler, chains)
+        assert call["devices"] == call["state_devices"] == [0]
+        assert call["chains"] == width and call["draws"] == 1.0
 
 
 @pytest.mark.parametrize("sampler", runs.SAMPLERS)
 def test_sharded_chunks_split_the_chain_axis(two_devices, sampler):
-    chains = runs.SAMPLER_SIZES[sampler]["num_chains"]
-    sharded = two_devices["samplers"][sampler]["sharded_calls"]
-    assert sharded  # warmup and sampling calls
-    for call in sharded:
-        assert call["devices"] == 2
-        assert call["chains"] == chains + chains % 2  # padded to a multiple of 2
-        assert call["draws"] == 0.5 and call["states"] == 0.5
-    for call in two_devices["samplers"][sampler]["single_calls"]:
-        # one device: one call over every chain, or one per block of a blocked kernel
-        width = BLOCKED.get(sampler, chains)
-        assert call["devices"] == 1 and call["chains"] == width and call["draws"] == 1.0
+    _assert_split(two_devices["samplers"][sampler], sampler)
 
 
 @pytest.mark.slow
@@ -97,8 +111,8 @@ def test_other_samplers_draw_alike_on_two_devices():
     found = runs.results([runs.start_on_two_devices(("hmc", "rwmh"))])[0]["samplers"]
     for sampler, result in found.items():
         assert result["identical"], (sampler, result["max_diff"])
-        assert all(call["draws"] == 0.5 and call["states"] == 0.5
-                   for call in result["sharded_calls"])
+        assert result["lp_identical"], sampler
+        _assert_split(result, sampler)
 
 
 # ---- fitting on two devices ---------------------------------------------------------------------
@@ -227,6 +241,31 @@ def test_check_devices_accepts_none_a_count_and_a_list():
     assert chain_devices.check_devices([every[0]]) == every[:1]
     assert chain_devices.check_devices(every[0]) == every[:1]
     assert chain_devices.ChainPlacement(every[:1] * 2, 5).padded_chains == 6
+
+
+@pytest.mark.parametrize("num_devices, num_chains, blocks_per_device", [
+    (2, 3, [[0], [1]]),           # the test's run: chains 0-1 on device 0, chain 2 on device 1
+    (2, 5, [[0, 1], [2]]),        # the last device one block fewer
+    (3, 5, [[0], [1], [2]]),
+    (4, 10, [[0, 1], [2, 3], [4]]),  # ⌈5 / 4⌉ = 2 blocks a device: the fourth stays idle
+    (2, 1, [[0]]),                # one block: one device
+])
+def test_blocks_split_into_contiguous_runs_per_device(num_devices, num_chains,
+                                                      blocks_per_device):
+    # a placement's devices are only named here (nothing runs): one device stands for all
+    placement = chain_devices.ChainPlacement(tuple(jax.devices()[:1]) * num_devices, num_chains)
+    layout = placement.block_layout(chain_blocks.TRAJECTORY_BLOCK)
+    assert layout.block == chain_blocks.TRAJECTORY_BLOCK
+    assert [list(layout.units_of(g)) for g in range(layout.num_groups)] == blocks_per_device
+    blocks = tuple({"chains": np.array([2 * u, 2 * u + 1])} for u in range(layout.num_blocks))
+    placed, params = placement.place_blocks(blocks, {"a": np.ones(2)}, layout)
+    assert [int(b["chains"][0]) for b in placed] == [2 * u for u in range(layout.num_blocks)]
+    assert all(b["chains"].committed for b in placed)
+    # one copy of the parameters per device, shared by its blocks
+    copies = [params[units[0]] for units in blocks_per_device]
+    assert len({id(c) for c in copies}) == len(copies)
+    assert all(params[u] is copies[g] for g, units in enumerate(blocks_per_device)
+               for u in units)
 
 
 @pytest.mark.parametrize("devices, error, match", [

@@ -12,12 +12,14 @@ kernel's ``chain_block``): chain ``c`` is lane ``c mod W`` of block ``c // W``, 
 padded with copies of the last chain, and every block is one call of the same compiled program
 of ``W`` chains, for its start and for each chunk of steps (:mod:`unnorm.samplers.run`).
 Whatever the number of chains, their grouping over cores (a group runs its blocks one after
-the other) or the chains in the block's other lanes, chain ``c`` is computed by the same
-executable, in the same lane, from the same inputs; lanes never exchange values (no step
-reduces over chains), so its draws are identical bit for bit. The identity rests on one
+the other), the CPU devices they are split over (each block runs on its device, compiled there
+from the same program: :mod:`unnorm.samplers.devices`) or the chains in the block's other
+lanes, chain ``c`` is computed by the same code, in the same lane, from the same inputs;
+lanes never exchange values (no step reduces over chains), so its draws are identical bit for
+bit. The identity rests on one
 compiled program giving the same bits for the same inputs (the same jaxlib, CPU and
-``XLA_FLAGS``), not on how XLA vectorizes a batch. One compilation also serves every number of
-chains.
+``XLA_FLAGS``), not on how XLA vectorizes a batch. One compilation (one per device) also
+serves every number of chains.
 
 NUTS and HMC take narrow blocks (``W = 2``): their vectorized trajectories wait for the longest
 lane, so blocks of few chains lose little against one vectorized group. The Langevin kernels
@@ -30,8 +32,8 @@ also records a padding of every group to a multiple of 16 chains in one call, tr
 Their chains agree across chain counts and groupings only as far as XLA rounds batches of
 those sizes alike, which it does for some models and not for others (a dense Gaussian's
 gradient rounded differently in batches of 2 and 8 chains). Gradient-free kernels (random-walk
-Metropolis, Gibbs), chains sharded over several devices and accelerators keep one vectorized
-computation per group too.
+Metropolis, Gibbs) and accelerators keep one vectorized computation per group too, and on
+several devices one computation partitioned by XLA.
 
 Example
 -------

@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 __all__ = ["CHAIN_METHODS", "GroupLayout", "available_cores", "cgroup_cpu_limit",
-           "choose_layout", "split", "executor", "map_groups", "host_view", "DrawSink"]
+           "choose_layout", "spread", "split", "executor", "map_groups", "host_view", "DrawSink"]
 
 #: ``un.sample``'s ``chain_method`` values.
 CHAIN_METHODS = ("parallel", "vectorized")
@@ -144,13 +144,19 @@ def choose_layout(num_chains: int, chain_method: str, cores: int | None = None,
     the CPU backend, at least one chain (one block of ``block`` chains, when given) per group;
     a single group for ``"vectorized"`` and on accelerators (which run one vectorized
     computation in parallel already)."""
-    groups = 1
     if chain_method == "parallel" and jax.default_backend() == "cpu":
-        units = num_chains if block is None else -(-num_chains // block)
-        groups = min(units, available_cores() if cores is None else cores)
-        # No empty group: with 2 cores, 3 chains are 2 + 1 (padded), never 3 + 0.
-        while groups > 1 and GroupLayout(num_chains, groups, block).real_chains(groups - 1) == 0:
-            groups -= 1
+        return spread(num_chains, available_cores() if cores is None else cores, block)
+    return GroupLayout(num_chains, 1, block)
+
+
+def spread(num_chains: int, workers: int, block: int | None = None) -> GroupLayout:
+    """``num_chains`` chains (in blocks of ``block``, when given) split into at most
+    ``workers`` groups (cores, or devices), each with at least one real chain."""
+    units = num_chains if block is None else -(-num_chains // block)
+    groups = max(1, min(units, workers))
+    # No empty group: with 2 cores, 3 chains are 2 + 1 (padded), never 3 + 0.
+    while groups > 1 and GroupLayout(num_chains, groups, block).real_chains(groups - 1) == 0:
+        groups -= 1
     return GroupLayout(num_chains, groups, block)
 
 

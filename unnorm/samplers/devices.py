@@ -1,18 +1,33 @@
-"""The chains of ``un.sample`` placed over several devices with ``jax.sharding``.
+"""The chains of ``un.sample`` placed over several devices.
 
-A run over ``n`` devices builds a one-dimensional :class:`jax.sharding.Mesh` whose axis is named
+Kernels that run each group of chains as one vectorized computation (MALA, ULA, random-walk
+Metropolis, Gibbs; every kernel on accelerators) are split with ``jax.sharding``. A run over
+``n`` devices builds a one-dimensional :class:`jax.sharding.Mesh` whose axis is named
 ``"chains"``. Every array with a leading chain axis (the kernels' states, the per-chain keys)
 is placed with ``NamedSharding(mesh, P("chains"))``: each device holds ``num_chains / n``
 chains. The parameters are replicated (``P()``). The compiled chunks are the same jitted
 functions as on one device; XLA's SPMD partitioner (GSPMD, Xu et al. 2021) splits them along
 the chain axis, which no step couples, so each device advances its own chains and the draw
-buffers come out split the same way.
+buffers come out split the same way. When ``num_chains`` is not a multiple of ``n``, the chain
+axis is padded with copies of the last chain (as the CPU's chain groups are) and the padding's
+draws are dropped on the host.
 
-When ``num_chains`` is not a multiple of ``n``, the chain axis is padded with copies of the last
-chain (as the CPU's chain groups are) and the padding's draws are dropped on the host. A
-chain's keys are ``fold_in(key, c)`` and its steps' ``fold_in(chain_key, t)``, whatever the
-device count, so its draws are those of a single-device run (up to the rounding of batched
-products in gradient-based kernels, as for the chain groups).
+Kernels that run their chains in fixed-width blocks on the CPU (NUTS, HMC and parallel
+tempering over them: :mod:`unnorm.samplers.chain_blocks`) keep their blocks on several devices:
+the blocks are split into contiguous runs, one per device (:meth:`ChainPlacement.block_layout`),
+each block's state, keys and a copy of the parameters are committed to its device
+(:meth:`ChainPlacement.place_blocks`), and every call is the single-device run's program of
+one block, run where its inputs are. An executable is bound to its device, so each device
+compiles the program once for itself; the same program, compiled by the same XLA for the same
+CPU, is the same code. One thread per device dispatches its blocks one after the other, as the
+chain groups do on one device's cores, so the devices compute at once. One SPMD program
+partitioned by XLA would compute the same arithmetic in a different executable, which rounded
+differently (in the last bits, about 1e-14 in float64); the blocks run the same code.
+
+A chain's keys are ``fold_in(key, c)`` and its steps' ``fold_in(chain_key, t)``, whatever the
+device count, so its draws are those of a single-device run: bit for bit for the blocked
+kernels (the same program on the same inputs), and for the others as far as XLA rounds the
+partitioned and the single-device programs alike.
 
 Example
 -------
@@ -33,6 +48,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from . import chain_groups
 
 __all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "placement"]
 
@@ -100,6 +117,27 @@ class ChainPlacement(NamedTuple):
     def replicated(self, tree: Any) -> Any:
         """A PyTree copied whole onto every device (the parameters)."""
         return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def block_layout(self, width: int) -> chain_groups.GroupLayout:
+        """The chains in blocks of ``width``, the blocks split into contiguous runs over the
+        devices: group ``g`` is the blocks of ``devices[g]``. Fewer blocks than devices leave
+        the last devices unused (no device runs only padding)."""
+        return chain_groups.spread(self.num_chains, len(self.devices), width)
+
+    def place_blocks(self, blocks: tuple, params: Any, layout: chain_groups.GroupLayout
+                     ) -> tuple[tuple, tuple]:
+        """Each of ``blocks`` (PyTrees, one per unit of ``layout``, a :meth:`block_layout`)
+        committed to its group's device, and per block the parameters on that device (one
+        copy per device). A jitted function called on committed arrays runs on their
+        device."""
+        placed, block_params = [], []
+        for group in range(layout.num_groups):
+            device = self.devices[group]
+            copy = jax.device_put(params, device)
+            for unit in layout.units_of(group):
+                placed.append(jax.device_put(blocks[unit], device))
+                block_params.append(copy)
+        return tuple(placed), tuple(block_params)
 
 
 def placement(devices: Any, num_chains: int) -> ChainPlacement | None:

@@ -6,7 +6,7 @@ mapped back to ``x``. Chains run vectorized (``vmap``) and steps run in jitted c
 call paced to about half a second (:mod:`unnorm.pacing`), so that a progress bar can be shown
 and an interrupt is raised between calls. Each step's key is ``fold_in(chain_key, step)``: the
 draws do not depend on how the run is chunked. With several devices the chains are split over
-them with ``jax.sharding`` (:mod:`unnorm.samplers.devices`).
+them (:mod:`unnorm.samplers.devices`).
 """
 
 from __future__ import annotations
@@ -278,11 +278,14 @@ def sample(
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
         ``n``: the first ``n`` of them; or a list of devices. With one device the run is the
         single-device one (on the CPU, with ``chain_method``'s thread groups); with several,
-        the chains are sharded and ``chain_method`` is not used. ``num_chains`` need not be a
-        multiple of the device count: the last device's chains are padded with copies of the
-        last chain, whose draws are dropped. A chain's draws do not depend on the devices (for
-        gradient-based samplers, as far as XLA rounds the sharded and the single-device
-        programs alike).
+        the chains are split over them and ``chain_method`` is not used. ``num_chains`` need
+        not be a multiple of the device count: the last device's chains are padded with copies
+        of the last chain, whose draws are dropped. A chain's draws do not depend on the
+        devices: on the CPU bit for bit for NUTS and HMC, which run each block of chains
+        through the single-device program on the device that holds it
+        (:mod:`unnorm.samplers.devices`); for the other samplers, and on accelerators, as far
+        as XLA rounds the sharded and the single-device programs alike (on two CPU devices it
+        did for random-walk Metropolis, MALA and Gibbs in the tests).
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -455,19 +458,29 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
     if not given:
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
-    # Sharded chains run as one group (the devices, not threads, run them at once), and as one
-    # unit: XLA partitions the one vectorized computation over the devices.
-    layout = (chain_groups.GroupLayout(num_chains, 1) if placement is not None
-              else chain_groups.choose_layout(num_chains, chain_method,
-                                              block=chain_blocks.block_width(spec)))
+    block = chain_blocks.block_width(spec)
+    if placement is None:
+        layout = chain_groups.choose_layout(num_chains, chain_method, block=block)
+    elif block is None:
+        # Sharded chains run as one group (the devices, not threads, run them at once), and as
+        # one unit: XLA partitions the one vectorized computation over the devices.
+        layout = chain_groups.GroupLayout(num_chains, 1)
+    else:
+        # One group per device, of whole blocks: each block is the single-device program,
+        # so its chains' draws are the single-device ones bit for bit.
+        layout = placement.block_layout(block)
     positions, value_ok, grad_ok, parts = _prepare(
         model, spec, params, key, positions, dispersed, layout.units)
     _check_initial_state(params, positions, value_ok, grad_ok)
+    # The starts run on the default device, as on one device; only the chunks of steps are
+    # spread over the devices.
     units = tuple((_start(model, spec, params, chain_keys, points, given), warmup, sampling)
                   for chain_keys, points, warmup, sampling in parts)
-    if placement is not None:
-        units = (placement.chains(units[0]),)
-        params = placement.replicated(params)
+    unit_params = (params,) * len(units)
+    if placement is not None and block is None:
+        units, unit_params = (placement.chains(units[0]),), (placement.replicated(params),)
+    elif placement is not None:
+        units, unit_params = placement.place_blocks(units, params, layout)
     states, warmup_keys, sampling_keys = (tuple(part) for part in zip(*units, strict=True))
 
     disabled = _checks.progress_disabled(progress_bar)
@@ -483,10 +496,10 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         sampling_capacity = _phase_capacity(num_samples, length, not disabled)
     started = time.perf_counter()
     with tqdm(total=num_warmup + num_samples, disable=disabled,
-              desc=f"{sampler} ({num_chains} chains{_on_devices(placement)})",
+              desc=f"{sampler} ({num_chains} chains{_on_devices(placement, layout)})",
               unit="draw") as bar:
-        run = _PhaseRunner(model, spec, params, layout, chain_groups.executor(layout), bar,
-                           disabled, positions.dtype)
+        run = _PhaseRunner(model, spec, unit_params, layout, chain_groups.executor(layout),
+                           bar, disabled, positions.dtype)
         states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
                                  warmup_capacity, warmup_thinning, _WARMUP)
         # the sampling's draws cost what the warmup's did when they are as long
@@ -519,18 +532,25 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         model.support.is_discrete)
 
 
-def _on_devices(placement: chain_devices.ChainPlacement | None) -> str:
-    """The progress bar's note of the devices a sharded run uses ("" on one device)."""
-    return "" if placement is None else f" on {len(placement.devices)} devices"
+def _on_devices(placement: chain_devices.ChainPlacement | None,
+                layout: chain_groups.GroupLayout) -> str:
+    """The progress bar's note of the devices a sharded run uses ("" on one device): a
+    blocked kernel's run uses one per group, fewer when there are fewer blocks than
+    devices."""
+    if placement is None:
+        return ""
+    used = len(placement.devices) if layout.block is None else layout.num_groups
+    return f" on {used} device{'s' if used > 1 else ''}"
 
 
 class _PhaseRunner(NamedTuple):
     """Runs one phase (warmup or sampling) of every chain group, in chunks: each group's
-    units (its blocks of chains, or the group itself) one compiled call after the other."""
+    units (its blocks of chains, or the group itself) one compiled call after the other, unit
+    ``u`` with the parameters ``params[u]`` (a copy on the unit's device)."""
 
     model: Model
     spec: Kernel
-    params: Any
+    params: tuple
     layout: chain_groups.GroupLayout
     pool: Any
     bar: Any
@@ -589,7 +609,7 @@ class _PhaseRunner(NamedTuple):
 
         def run_unit(u):
             state, out, ok = jax.block_until_ready(run_chunk(
-                self.model, self.spec, self.params, chain_keys[u], states[u], done, count,
+                self.model, self.spec, self.params[u], chain_keys[u], states[u], done, count,
                 warmup, finalize, capacity, thinning))
             if sink is not None:
                 sink.write(out, done, u, count)
