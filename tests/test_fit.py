@@ -233,7 +233,7 @@ def test_newton_finishes_a_minimum_the_value_can_no_longer_show(minimize):
     # a decrement of 1e-3: for a mean over 10⁵ rows, Σz² = n·decrement ≈ 100 from the minimum,
     # yet in float32 below the value's rounding test 100 ε |value| = 1.2e-2, where Newton stopped
     start = jnp.asarray(target + np.array([0.02, -0.03]), dtype=jnp.float32)
-    decrement = un.newton.newton_decrement(derivatives(start)[1], curvature)
+    decrement = un.newton.newton_decrement(derivatives(start)[1], curvature, 1.2e-7)
     assert 1e-4 < decrement < 100 * np.finfo(np.float32).eps * 1e3
     run = un.solvers.newton if minimize == "newton" else trust_region_newton
     u, converged = run(derivatives, start)

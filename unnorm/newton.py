@@ -86,16 +86,30 @@ NEGLIGIBLE_EXPONENT = 1.5
 POLISH_STEPS = 3
 
 
-def newton_decrement(grad: np.ndarray, hess: np.ndarray) -> float:
+def newton_decrement(grad: np.ndarray, hess: np.ndarray, eps: float = 2.0**-52) -> float:
     """``gᵀH⁻¹g``, the gradient's squared length in the Hessian's metric (twice the decrease a
-    Newton step predicts), NaN where the Hessian is not positive definite."""
+    Newton step predicts); NaN where the Hessian is not positive definite to the precision
+    ``eps`` of the numbers it was computed in."""
+    return _newton_step(grad, hess, eps)[1]
+
+
+def _newton_step(grad: np.ndarray, hess: np.ndarray,
+                 eps: float) -> tuple[np.ndarray | None, float]:
+    """The Newton step ``-H⁻¹g`` and the decrement ``gᵀH⁻¹g``; ``(None, nan)`` unless the
+    symmetrized Hessian is positive definite to working precision. Its smallest eigenvalue must
+    stand clear of the ±p ε λ_max that rounding gives a zero one: along a direction the data do
+    not identify (two parameters entering only through their sum) the step would be rounding
+    divided by rounding, a jump along the valley of minima."""
     hess = 0.5 * (hess + hess.T)
     try:
-        factor = np.linalg.cholesky(hess)
+        eigvals, eigvecs = np.linalg.eigh(hess)
     except np.linalg.LinAlgError:
-        return float("nan")
-    half = np.linalg.solve(factor, grad)
-    return float(half @ half)
+        return None, float("nan")
+    if not eigvals[0] > 100 * eigvals.size * eps * abs(eigvals[-1]):
+        return None, float("nan")
+    coefficients = eigvecs.T @ grad
+    step = -eigvecs @ (coefficients / eigvals)
+    return step, float(coefficients @ (coefficients / eigvals))
 
 
 def polish(evaluate: Callable, u: jax.Array, derivatives: tuple, eps: float,
@@ -149,14 +163,13 @@ def polish(evaluate: Callable, u: jax.Array, derivatives: tuple, eps: float,
     True
     """
     value, grad, hess = derivatives
-    decrement = newton_decrement(grad, hess)
+    step, decrement = _newton_step(grad, hess, eps)
     tiny = float(np.finfo(float).tiny)
     if negligible is None:
         negligible = eps ** NEGLIGIBLE_EXPONENT * max(abs(float(value)), tiny)
     for _ in range(POLISH_STEPS):
         if not decrement > negligible:
             break  # (NaN: an indefinite or singular Hessian, which Newton's steps do not fix)
-        step = -np.linalg.solve(0.5 * (hess + hess.T), grad)
         candidate = u + jnp.asarray(step, dtype=u.dtype)
         if bool(jnp.all(candidate == u)):
             break  # the step is below the spacing of u's numbers
@@ -166,11 +179,11 @@ def polish(evaluate: Callable, u: jax.Array, derivatives: tuple, eps: float,
             break
         if new_value > value + 100 * eps * max(abs(float(value)), abs(float(new_value)), tiny):
             break  # a real increase: not the quadratic neighbourhood
-        new_decrement = newton_decrement(new_grad, new_hess)
+        new_step, new_decrement = _newton_step(new_grad, new_hess, eps)
         if not new_decrement < decrement:
             break  # at the gradient's own rounding (or an indefinite Hessian: NaN)
         falling = new_decrement < 0.25 * decrement
-        u, value, grad, hess, decrement = candidate, new_value, new_grad, new_hess, new_decrement
+        u, value, step, decrement = candidate, new_value, new_step, new_decrement
         if not falling:
             break
     return u
