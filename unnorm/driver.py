@@ -520,6 +520,11 @@ def fit(
                                  refined_at=_sums_at(theta, newton_sums) if "newton" in stages
                                  else None)
         stages.append("sandwich")
+        if objective.check_estimate is not None:
+            doubt = objective.check_estimate(fitted, est_state, view(data))
+            if doubt and not np.all(np.isnan(covariance)):
+                covariance = _mark_doubtful(covariance, objective, fitted,
+                                            repr(estimator.name), doubt)
     if objective.post_fit is not None and post.converged is not None:
         converged = post.converged
     elif objective.traits.monte_carlo_gradient and "optimizer" in stages:
@@ -1160,6 +1165,20 @@ def _mark_underflow(cov, affected, objective, fitted, label, dtype):
         "may be off in every parameter. Compute in float64 "
         "(jax.config.update('jax_enable_x64', True)) or standardize the data (and map the "
         "estimates back).", RuntimeWarning, stacklevel=4)
+    return np.full(np.shape(cov), np.nan)
+
+
+def _mark_doubtful(cov, objective, fitted, label: str, reason: str):
+    """The covariance all NaN, with a warning giving the estimator's ``reason`` to doubt the
+    estimate (``Objective.check_estimate``) and naming the parameters."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    shown = ", ".join(names[:MAX_NAMED]) + (
+        f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+    warnings.warn(f"the standard errors of the {label} fit are NaN ({shown}): {reason}",
+                  RuntimeWarning, stacklevel=3)
     return np.full(np.shape(cov), np.nan)
 
 

@@ -39,6 +39,7 @@ from .. import _checks
 from ..model import Model
 from ..supports import Support
 from ..trust_region import trust_region_newton
+from ..uncertainty import precision_floor
 from .base import Batch, Estimator, Objective, Traits, observation_keys
 
 __all__ = ["NCE"]
@@ -173,6 +174,16 @@ def _std(values: jax.Array) -> jax.Array:
     largest = jnp.max(jnp.abs(values))
     largest = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
     return jnp.std(values / largest) * largest
+
+
+def _spread_line(data) -> str:
+    """The data's smallest and largest standard deviation over the coordinates, for
+    messages."""
+    flat = np.asarray(data, dtype=float).reshape(len(data), -1)
+    sd = flat.std(axis=0)
+    if sd.size == 1:
+        return f"the data's standard deviation is {sd[0]:.3g}"
+    return f"the data's standard deviations range from {sd.min():.3g} to {sd.max():.3g}"
 
 
 def _widening(spread: float, default_noise: bool) -> list[float]:
@@ -322,11 +333,12 @@ class NCE(Estimator):
         # ---- the start: the member of the model nearest the noise ----
         _, unravel = ravel_pytree(model.to_unconstrained(model.params))
 
-        def standardized_scores(flat_u, noise_params, ys):
+        def standardized_scores(flat_u, noise_params, ys, unit=1.0):
             """The model's score ``s_θ = ∇ₓ log p_θ``, its gap to the noise's centred score
             ``s_n − s̄_n`` and that centred score, at each noise draw, times the draws'
             standard deviation per coordinate: in the noise's standardized coordinates,
-            where they are of order one near the noise at any scale of the data."""
+            where they are of order one near the noise at any scale of the data; in units of
+            ``1 / unit``."""
             params = model.to_constrained(unravel(flat_u))
             num = ys.shape[0]
             model_scores = jax.vmap(jax.grad(lambda y: -model.energy(params, y)))(ys)
@@ -334,7 +346,9 @@ class NCE(Estimator):
                 lambda y: -model.energy(params, y) - noise_log_prob(noise_params, y)))(ys)
             noise_scores = jax.vmap(jax.grad(lambda y: noise_log_prob(noise_params, y)))(ys)
             spread = jnp.std(ys.reshape(num, -1), axis=0)
-            spread = jnp.where((spread > 0) & jnp.isfinite(spread), spread, 1.0)
+            # the unit enters before the scores do: (1e14 · 1e14) / 1e28 would be formed
+            # as 1e14 · (1e14 / 1e28), whose square in the curvatures underflows
+            spread = jnp.where((spread > 0) & jnp.isfinite(spread), spread, 1.0) * unit
             # The noise's score has mean 0; its draws' mean, left in, drew the model to a
             # constant score of the same size (a wide model far from the noise, a false
             # minimum). The gap is formed in one gradient, before it is scaled and squared,
@@ -369,8 +383,8 @@ class NCE(Estimator):
             largest = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
 
             def divergence(flat):
-                model_scores, gaps, noise_scores = (
-                    a / largest for a in standardized_scores(flat, noise_params, ys))
+                model_scores, gaps, noise_scores = standardized_scores(
+                    flat, noise_params, ys, 1.0 / largest)
                 value = jnp.mean(jnp.sum(model_scores * (model_scores - 2 * noise_scores),
                                          axis=1))
                 squared = jnp.mean(jnp.sum(jnp.square(gaps), axis=1))
@@ -419,6 +433,35 @@ class NCE(Estimator):
             better = np.isfinite(after) and not after >= before
             return candidate if better else params
 
+        def check_estimate(theta, state, data):
+            if self.noise is not None or support.kind != "real":
+                # a user's noise need not resemble the data, and on a bounded support a
+                # flat density is a density
+                return None
+            params, _ = theta
+            flat = np.asarray(data, dtype=float).reshape(data.shape[0], -1)
+            variance = flat.var(axis=0)
+            dtype = np.dtype(data.dtype)
+            if np.any(variance < precision_floor(dtype)) or np.any(
+                    variance * data.shape[0] > np.finfo(dtype).max):
+                return ("the data's variance is too small or too large for "
+                        f"{dtype.name} to hold the sums of squares behind NCE's noise and "
+                        f"objective ({_spread_line(data)}), so the estimate may be off in "
+                        "every parameter. Standardize the data (and map the estimates back), "
+                        "or compute in float64 (jax.config.update('jax_enable_x64', True)).")
+            # the nuisance program as first called (the state as initialized): no compiling
+            spread = float(nuisance(params, NCEState(state.noise_key, ()), data)[0].spread)
+            if not spread < START_SPREAD:
+                return None
+            return (f"at the estimate the model's log-density varies over draws of the noise "
+                    f"(a Gaussian with the data's mean and covariance) by {spread:.2g} times "
+                    "as much as the noise's own: the fitted model is far wider than the data, "
+                    "so NCE did not fit them, and the estimate may be off in every parameter. "
+                    "This happens for data on a scale that the working dtype cannot hold "
+                    f"({_spread_line(data)}). Standardize the data (and map the estimates "
+                    "back), or compute in float64 (jax.config.update('jax_enable_x64', "
+                    "True)).")
+
         def terms(theta, state, batch: Batch, key):
             keys = observation_keys(state.noise_key, batch, key, resample)
             return jax.vmap(term, in_axes=(None, None, 0, 0))(theta, state.noise_params,
@@ -429,4 +472,5 @@ class NCE(Estimator):
 
         return Objective(init, loss, terms,
                          Traits(deterministic=not resample, convex_if_linear_energy=True),
-                         nuisance=nuisance, start=None if support.is_discrete else start)
+                         nuisance=nuisance, start=None if support.is_discrete else start,
+                         check_estimate=None if support.is_discrete else check_estimate)
