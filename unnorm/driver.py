@@ -428,6 +428,7 @@ def fit(
     initial_state = est_state
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
+    started = False
     if objective.start is not None and num_params <= STDERR_AUTO_LIMIT:
         # the estimator's own start (NCE: the model nearest its noise) where it judges the
         # given start poor, whether that is the model's defaults or the user's init: data far
@@ -438,9 +439,10 @@ def fit(
             # from the state as initialized, like the first call: the state the first call
             # returned is shaped otherwise (its noise fitted), and compiled a second program
             est_state, nuisance0 = objective.nuisance(started_at, initial_state, view(data))
+        started = started_at is not params0
         params0 = started_at
     plan = _plan(objective, model, params0, data_host, solve_directly=solve_directly,
-                 compute_se=compute_se, default_optimizer=default_optimizer)
+                 compute_se=compute_se, default_optimizer=default_optimizer, started=started)
     if streamed and batch_size is None and plan.start == "optimizer":
         raise data_source.full_batch_error(
             data, f"estimator {estimator.name!r} starts with the optimizer on this model (no "
@@ -774,6 +776,18 @@ def _scale_hint(data) -> str:
     return ""
 
 
+def _off_scale(data) -> bool:
+    """Whether some coordinate of the data has a standard deviation outside [1e-3, 1e3], the
+    scales at which the optimizer's steps of about 1e-2 suit a location (see
+    :func:`_scale_hint`)."""
+    flat = np.asarray(view(data), dtype=float)
+    flat = flat.reshape(len(flat), -1)
+    if len(flat) < 2:
+        return False
+    sd = flat.std(axis=0, ddof=1)
+    return bool(np.any((sd > 1e3) | ((sd < 1e-3) & (sd > 0))))
+
+
 class Plan(NamedTuple):
     """The stages of a fit, read from the objective's traits before anything runs.
 
@@ -795,11 +809,20 @@ SOLVE_STAGES = ("closed form", "newton", "optimizer", "trust region", "Monte Car
 
 
 def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: bool,
-          compute_se: bool, default_optimizer: bool) -> Plan:
+          compute_se: bool, default_optimizer: bool, started: bool = False) -> Plan:
     traits = objective.traits
     refine = compute_se and traits.deterministic and objective.post_fit is None
     if not (solve_directly and traits.deterministic):
         return Plan("optimizer", refine)
+    if (started and compute_se and default_optimizer and objective.post_fit is None
+            and _off_scale(data)):
+        # the estimator's own start (NCE: the model nearest its noise, which is fitted to
+        # the data) is near the minimum, where Newton converges; on data whose scale is far
+        # from 1 the optimizer's steps, about its learning rate in each parameter, are far
+        # from the data's (a location of data on a scale of 1e-20 in float64 went 1e7
+        # standard deviations away, beyond the refinement's reach). Where Newton fails,
+        # the optimizer takes over from the start.
+        return Plan("newton", refine)
     score_checked = traits.quadratic_if_linear_score
     if score_checked and solvers.score_is_linear(model, params0, data):
         # refine: for the optimizer that takes over when the solution leaves the parameter space
