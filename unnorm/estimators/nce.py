@@ -458,9 +458,9 @@ class NCE(Estimator):
                     "as much as the noise's own: the fitted model is far wider than the data, "
                     "so NCE did not fit them, and the estimate may be off in every parameter. "
                     "This happens for data on a scale that the working dtype cannot hold "
-                    f"({_spread_line(data)}). Standardize the data (and map the estimates "
-                    "back), or compute in float64 (jax.config.update('jax_enable_x64', "
-                    "True)).")
+                    f"({_spread_line(data)}), or from a start far off. Standardize the data "
+                    "(and map the estimates back), or compute in float64 "
+                    "(jax.config.update('jax_enable_x64', True)).")
 
         def terms(theta, state, batch: Batch, key):
             keys = observation_keys(state.noise_key, batch, key, resample)
