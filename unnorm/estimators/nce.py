@@ -176,6 +176,15 @@ def _std(values: jax.Array) -> jax.Array:
     return jnp.std(values / largest) * largest
 
 
+def _widened(state: NCEState, width: float) -> NCEState:
+    """The state with its default noise, a Gaussian, widened ``width`` times about its
+    location: drawn with the same key, the same draws stretched."""
+    if width == 1.0:
+        return state
+    loc, scale_tril = state.noise_params
+    return state._replace(noise_params=(loc, jnp.asarray(width, scale_tril.dtype) * scale_tril))
+
+
 def _spread_line(data) -> str:
     """The data's smallest and largest standard deviation over the coordinates, for
     messages."""
@@ -419,10 +428,7 @@ class NCE(Estimator):
                 return params
             flat = ravel_pytree(model.to_unconstrained(params))[0]
             for width in _widening(float(state.spread), self.noise is None):
-                # the default noise widened about its location, the same draws stretched
-                loc, scale_tril = state.noise_params if width != 1.0 else (None, None)
-                widened = (state if width == 1.0 else state._replace(
-                    noise_params=(loc, jnp.asarray(width, scale_tril.dtype) * scale_tril)))
+                widened = _widened(state, width)
                 ys = start_draws(widened, data.dtype)[:START_DIVERGENCE_DRAWS]
                 flat, _ = trust_region_newton(
                     lambda f, noise=widened.noise_params, ys=ys:
@@ -439,8 +445,8 @@ class NCE(Estimator):
                 # flat density is a density
                 return None
             params, _ = theta
-            flat = np.asarray(data, dtype=float).reshape(data.shape[0], -1)
-            variance = flat.var(axis=0)
+            variance = np.var(np.asarray(data).reshape(data.shape[0], -1), axis=0,
+                              dtype=np.float64)
             dtype = np.dtype(data.dtype)
             if np.any(variance < precision_floor(dtype)) or np.any(
                     variance * data.shape[0] > np.finfo(dtype).max):
