@@ -464,12 +464,12 @@ def fit(
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
-        # from an estimator's own start, trust-region steps follow, as after the optimizer:
-        # damped Newton, finding no decrease at working precision, stopped a 2-D Gaussian's
-        # NCE fit on data of scale 1e10 1.4 standard errors from the minimum
+        # from an estimator's own start, near the minimum, Newton runs in coordinates scaled
+        # to its curvatures there and trust-region steps follow, as after the optimizer
         polish: list | None = [] if started else None
         refined, newton_converged = _refine(model, objective, theta, est_state, rows,
-                                            train_key, stages=polish, sums=newton_sums)
+                                            train_key, stages=polish, sums=newton_sums,
+                                            prescale=started)
         if newton_converged:
             theta = refined
             fitted = objective_params(model, objective, theta)
@@ -992,7 +992,7 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
 
 
 def _refine(model, objective, u, est_state, data, key, stages: list | None = None,
-            sums: dict | None = None):
+            sums: dict | None = None, prescale: bool = False):
     """Damped Newton on the full-data objective from ``u``: the point and whether it is a
     minimum. Given ``stages``, continued by trust-region Newton steps, with ``"trust region"``
     added to ``stages`` when they moved the point. Far from a minimum (data far from the origin
@@ -1008,6 +1008,12 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     goes on from there in coordinates scaled to unit curvature (Newton's method is unchanged
     by such a change of coordinates, its rounding is not), at most ``MAX_RESCALED_PASSES``
     times.
+
+    ``prescale``: ``u`` is near the minimum (an estimator's own start), so that where the
+    Hessian's diagonal there spans more than ``MAX_CURVATURE_RANGE`` the search runs in
+    coordinates scaled to unit curvature from the start (:func:`_wide_curvature_scale`); from
+    an optimizer's answer far off, its curvatures need not be the minimum's (score matching's
+    location on data of scale 1e10, scaled by them, ended 32 standard errors off).
 
     ``sums`` (emptied first) receives the full-data sums (:class:`~unnorm.solvers.FullData`)
     of the last point evaluated, keyed by the point's bytes, with the coordinate scale they
@@ -1057,7 +1063,7 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
         return refined, converged, False
 
     sums.clear()
-    scale = _wide_curvature_scale(derivs_in(None), flat, sums, dtype)
+    scale = _wide_curvature_scale(derivs_in(None), flat, sums, dtype) if prescale else None
     point, converged, crossed = minimize(flat if scale is None
                                          else jnp.asarray(np.asarray(flat, float) / scale,
                                                           dtype=dtype), scale)
