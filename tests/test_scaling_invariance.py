@@ -216,6 +216,28 @@ def test_nce_at_extreme_data_scales_is_the_well_scaled_fit_scaled():
         assert abs(far.nuisance["log_z"] - truth) < 4 * far.nuisance_stderr["log_z"], scale
 
 
+@pytest.mark.slow  # its own programs (2-D, n = 500): about 25 s on two shared cores
+def test_nce_on_a_two_dimensional_gaussian_at_a_scale_of_1e10():
+    # A Cholesky factor's off-diagonal curvature (1e20) beside a location's (1e-20): from
+    # NCE's start damped Newton stopped 1.4 standard errors from the minimum and called it
+    # one. The refinement from an estimator's own start now runs in coordinates scaled to
+    # unit curvature; the fit is the well-scaled one, scaled, to the Newton refinement's
+    # stopping rule (0.2 standard errors, see above).
+    model = un.models.gaussian(2)
+    base = np.random.default_rng(1).normal(size=(500, 2)) @ np.array([[1.0, 0.0],
+                                                                       [0.6, 0.8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        near = un.fit(model, base, "nce", key=KEY, progress_bar=False)
+    scale = 1e10
+    far = _nce_fit(scale * (base + 1.0), model)
+    for name, power in (("mu", 1), ("prec", -2)):
+        se = far.stderr[name] / scale**power
+        np.testing.assert_allclose(se, near.stderr[name], rtol=0.01, err_msg=name)
+        gap = (far.params[name] / scale**power - (name == "mu") - near.params[name]) / se
+        assert np.max(np.abs(gap)) < 0.5, (name, far.params, near.params)
+
+
 def test_nce_beyond_what_float32_holds_gives_no_standard_error():
     # Data on a scale of 1e-18 have a variance of 1e-36, below float32's precision floor
     # (3.4e-35): the noise cannot be fitted to them. The fit ended at mu = 5e9 ± 3e9 and
