@@ -191,6 +191,107 @@ def test_standard_errors_at_a_data_scale_of_1e8_in_float32(loc):
     assert float(fits["sm"].stderr["mu"][0]) == pytest.approx(sample_se, rel=1e-3)
 
 
+def test_nce_at_extreme_data_scales_is_the_well_scaled_fit_scaled():
+    # Before, at a scale of 1e10 NCE's start overflowed (mu = -3e13, prec = 3e-28) and the
+    # fit stopped with non-finite losses; at 1e-8 the start was not sought (the model, a
+    # million times wider than the noise, gave importance weights as even as a model twice
+    # as wide) and the fit ended at prec = 1.2e-5 / scale² ± 9e-6, finite standard errors
+    # around a precision 1e5 of them off. Float32 holds these problems: each fit is the
+    # well-scaled one, scaled, to the Newton refinement's stopping rule (a decrease within
+    # 100 ε of the loss, about 0.2 standard errors at n = 1000; 0.05 is seen) and the
+    # standard errors to float32 rounding.
+    base = _far_data(0.0)
+    near = _nce_fit(base)
+    for scale, loc in ((1e10, 0.0), (1e-8, 0.0), (1e-8, 1e-8), (1e-6, 0.0)):
+        far = _nce_fit(loc + scale * base)
+        assert far.converged, scale
+        for name, power in (("mu", 1), ("prec", -2)):
+            se = far.stderr[name] / scale**power
+            np.testing.assert_allclose(se, near.stderr[name], rtol=0.01, err_msg=str(scale))
+            shift = loc / scale if name == "mu" else 0.0
+            gap = (far.params[name] / scale**power - shift - near.params[name]) / se
+            assert np.max(np.abs(gap)) < 0.5, (scale, name, far.params, near.params)
+        # log Z = ½ log(2π / Λ), with Λ = prec / scale²
+        truth = 0.5 * np.log(2 * np.pi) + np.log(scale)
+        assert abs(far.nuisance["log_z"] - truth) < 4 * far.nuisance_stderr["log_z"], scale
+
+
+@pytest.mark.slow  # its own programs (2-D, n = 500): about 25 s on two shared cores
+def test_nce_on_a_two_dimensional_gaussian_at_a_scale_of_1e10():
+    # A Cholesky factor's off-diagonal curvature (1e20) beside a location's (1e-20): from
+    # NCE's start damped Newton stopped 1.4 standard errors from the minimum and called it
+    # one. The refinement from an estimator's own start now runs in coordinates scaled to
+    # unit curvature; the fit is the well-scaled one, scaled, to the Newton refinement's
+    # stopping rule (0.2 standard errors, see above).
+    model = un.models.gaussian(2)
+    base = np.random.default_rng(1).normal(size=(500, 2)) @ np.array([[1.0, 0.0],
+                                                                       [0.6, 0.8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        near = un.fit(model, base, "nce", key=KEY, progress_bar=False)
+    scale = 1e10
+    far = _nce_fit(scale * (base + 1.0), model)
+    for name, power in (("mu", 1), ("prec", -2)):
+        se = far.stderr[name] / scale**power
+        np.testing.assert_allclose(se, near.stderr[name], rtol=0.01, err_msg=name)
+        gap = (far.params[name] / scale**power - (name == "mu") - near.params[name]) / se
+        assert np.max(np.abs(gap)) < 0.5, (name, far.params, near.params)
+
+
+def test_nce_beyond_what_float32_holds_gives_no_standard_error():
+    # Data on a scale of 1e-18 have a variance of 1e-36, below float32's precision floor
+    # (3.4e-35): the noise cannot be fitted to them. The fit ended at mu = 5e9 ± 3e9 and
+    # log Z = -16.3 ± 0.02 (the truth is -40.5), only prec's standard error NaN.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        lost = un.fit(GAUSSIAN, 1e-18 * _far_data(0.0), "nce", key=KEY, progress_bar=False)
+    # the sandwich's sums may underflow first, which says so and names them as well
+    assert any(re.search(r"standard errors of the 'nce' fit are NaN \(mu\[0\], prec\[0,0\], "
+                         r"nuisance.log_z\): the data's variance is too small or too large "
+                         r"for float32 .* standard deviation is 1.01e-18", str(w.message))
+               or re.search(r"standard errors of the 'nce' fit are NaN: the derivatives of its "
+                            r"objective in mu\[0\], prec\[0,0\], nuisance.log_z are too small "
+                            r"for float32", str(w.message))
+               for w in caught), [str(w.message) for w in caught]
+    assert all(np.all(np.isnan(se)) for se in lost.stderr.values())
+    assert np.isnan(lost.nuisance_stderr["log_z"])
+
+
+def test_nce_doubts_a_fit_far_wider_than_its_noise():
+    # the test NCE gives the driver: on well-scaled data, a model a thousand times wider than
+    # the data (the noise has the data's moments) is no fit of them, the fitted one is
+    from unnorm import driver
+
+    data = jnp.asarray(_far_data(0.0), dtype=jnp.float32)
+    objective = driver._objective(un.estimators.NCE(), GAUSSIAN, False)
+    state = objective.init(GAUSSIAN.params, KEY, data)
+    state, nuisance = objective.nuisance(GAUSSIAN.params, state, data)
+    fitted = {"mu": jnp.zeros(1), "prec": jnp.eye(1)}
+    assert objective.check_estimate((fitted, nuisance), state, data) is None
+    wide = {"mu": jnp.zeros(1), "prec": jnp.full((1, 1), 1e-6)}
+    message = objective.check_estimate((wide, nuisance), state, data)
+    assert re.search(r"varies over draws of the noise .* by 1e-06 times .* far wider than "
+                     r"the data, .* standard deviation is 1.0\d", message), message
+
+
+def test_nce_noise_and_start_widths_scale_with_the_data():
+    from unnorm.estimators import nce
+
+    base = jnp.asarray(_far_data(0.0), dtype=jnp.float32)
+    loc, tril = nce._fit_noise(GAUSSIAN.support, base)
+    # the ridge is relative: at 1e-8 the noise was ten times the data's variance
+    tiny_loc, tiny_tril = nce._fit_noise(GAUSSIAN.support, 1e-8 * base)
+    np.testing.assert_allclose(np.asarray(tiny_tril) / 1e-8, np.asarray(tril), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(tiny_loc) / 1e-8, np.asarray(loc), rtol=1e-5)
+    # a model 1e8 times wider than the noise (log-densities spread 1e-16 times as much): the
+    # noise widened to its width, then narrowed a hundred times at each search
+    np.testing.assert_allclose(nce._widening(1e-16, True), [1e8, 1e6, 1e4, 1e2, 1.0],
+                               rtol=1e-12)
+    assert nce._widening(0.01, True) == [1.0]  # near enough
+    assert nce._widening(1e-16, False) == [1.0]  # a user's noise is not widened
+    assert nce._widening(float("nan"), True) == [1.0]
+
+
 def test_score_matching_at_a_data_scale_of_1e10_and_beyond_in_float32():
     # At 1e10 the location's curvature Λ² (1e-40) is 0 in float32: Newton stopped at
     # mu = -1.46e11, 1e4 standard errors short, calling it a minimum, with a finite standard

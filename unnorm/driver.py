@@ -428,6 +428,7 @@ def fit(
     initial_state = est_state
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
+    started = False
     if objective.start is not None and num_params <= STDERR_AUTO_LIMIT:
         # the estimator's own start (NCE: the model nearest its noise) where it judges the
         # given start poor, whether that is the model's defaults or the user's init: data far
@@ -438,9 +439,10 @@ def fit(
             # from the state as initialized, like the first call: the state the first call
             # returned is shaped otherwise (its noise fitted), and compiled a second program
             est_state, nuisance0 = objective.nuisance(started_at, initial_state, view(data))
+        started = started_at is not params0
         params0 = started_at
     plan = _plan(objective, model, params0, data_host, solve_directly=solve_directly,
-                 compute_se=compute_se, default_optimizer=default_optimizer)
+                 compute_se=compute_se, default_optimizer=default_optimizer, started=started)
     if streamed and batch_size is None and plan.start == "optimizer":
         raise data_source.full_batch_error(
             data, f"estimator {estimator.name!r} starts with the optimizer on this model (no "
@@ -462,12 +464,17 @@ def fit(
         if fitted is not None:
             stages.append("closed form")
     elif plan.start == "newton" and objective.post_fit is None:
+        # from an estimator's own start, near the minimum, Newton runs in coordinates scaled
+        # to its curvatures there and trust-region steps follow, as after the optimizer
+        polish: list | None = [] if started else None
         refined, newton_converged = _refine(model, objective, theta, est_state, rows,
-                                            train_key, sums=newton_sums)
+                                            train_key, stages=polish, sums=newton_sums,
+                                            prescale=started)
         if newton_converged:
             theta = refined
             fitted = objective_params(model, objective, theta)
             stages.append("newton")
+            stages.extend(polish or [])
     elif plan.start == "newton":
         # the estimator's own finish runs the Newton steps (KSD's U-statistic)
         fitted = objective_params(model, objective, theta)
@@ -520,6 +527,11 @@ def fit(
                                  refined_at=_sums_at(theta, newton_sums) if "newton" in stages
                                  else None)
         stages.append("sandwich")
+        if objective.check_estimate is not None:
+            doubt = objective.check_estimate(fitted, est_state, view(data))
+            if doubt and not np.all(np.isnan(covariance)):
+                covariance = _mark_doubtful(covariance, objective, fitted,
+                                            repr(estimator.name), doubt)
     if objective.post_fit is not None and post.converged is not None:
         converged = post.converged
     elif objective.traits.monte_carlo_gradient and "optimizer" in stages:
@@ -769,6 +781,18 @@ def _scale_hint(data) -> str:
     return ""
 
 
+def _off_scale(data) -> bool:
+    """Whether some coordinate of the data has a standard deviation outside [1e-3, 1e3], the
+    scales at which the optimizer's steps of about 1e-2 suit a location (see
+    :func:`_scale_hint`)."""
+    flat = np.asarray(view(data), dtype=float)
+    flat = flat.reshape(len(flat), -1)
+    if len(flat) < 2:
+        return False
+    sd = flat.std(axis=0, ddof=1)
+    return bool(np.any((sd > 1e3) | ((sd < 1e-3) & (sd > 0))))
+
+
 class Plan(NamedTuple):
     """The stages of a fit, read from the objective's traits before anything runs.
 
@@ -790,11 +814,20 @@ SOLVE_STAGES = ("closed form", "newton", "optimizer", "trust region", "Monte Car
 
 
 def _plan(objective: Objective, model: Model, params0, data, *, solve_directly: bool,
-          compute_se: bool, default_optimizer: bool) -> Plan:
+          compute_se: bool, default_optimizer: bool, started: bool = False) -> Plan:
     traits = objective.traits
     refine = compute_se and traits.deterministic and objective.post_fit is None
     if not (solve_directly and traits.deterministic):
         return Plan("optimizer", refine)
+    if (started and compute_se and default_optimizer and objective.post_fit is None
+            and _off_scale(data)):
+        # the estimator's own start (NCE: the model nearest its noise, which is fitted to
+        # the data) is near the minimum, where Newton converges; on data whose scale is far
+        # from 1 the optimizer's steps, about its learning rate in each parameter, are far
+        # from the data's (a location of data on a scale of 1e-20 in float64 went 1e7
+        # standard deviations away, beyond the refinement's reach). Where Newton fails,
+        # the optimizer takes over from the start.
+        return Plan("newton", refine)
     score_checked = traits.quadratic_if_linear_score
     if score_checked and solvers.score_is_linear(model, params0, data):
         # refine: for the optimizer that takes over when the solution leaves the parameter space
@@ -959,7 +992,7 @@ def _failure_run_end(losses: np.ndarray, run: int) -> int:
 
 
 def _refine(model, objective, u, est_state, data, key, stages: list | None = None,
-            sums: dict | None = None):
+            sums: dict | None = None, prescale: bool = False):
     """Damped Newton on the full-data objective from ``u``: the point and whether it is a
     minimum. Given ``stages``, continued by trust-region Newton steps, with ``"trust region"``
     added to ``stages`` when they moved the point. Far from a minimum (data far from the origin
@@ -975,6 +1008,12 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     goes on from there in coordinates scaled to unit curvature (Newton's method is unchanged
     by such a change of coordinates, its rounding is not), at most ``MAX_RESCALED_PASSES``
     times.
+
+    ``prescale``: ``u`` is near the minimum (an estimator's own start), so that where the
+    Hessian's diagonal there spans more than ``MAX_CURVATURE_RANGE`` the search runs in
+    coordinates scaled to unit curvature from the start (:func:`_wide_curvature_scale`); from
+    an optimizer's answer far off, its curvatures need not be the minimum's (score matching's
+    location on data of scale 1e10, scaled by them, ended 32 standard errors off).
 
     ``sums`` (emptied first) receives the full-data sums (:class:`~unnorm.solvers.FullData`)
     of the last point evaluated, keyed by the point's bytes, with the coordinate scale they
@@ -1027,8 +1066,10 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
         return refined, converged, False
 
     sums.clear()
-    point, converged, crossed = minimize(flat, None)
-    scale = None
+    scale = _wide_curvature_scale(derivs_in(None), flat, sums, dtype) if prescale else None
+    point, converged, crossed = minimize(flat if scale is None
+                                         else jnp.asarray(np.asarray(flat, float) / scale,
+                                                          dtype=dtype), scale)
     for _ in range(MAX_RESCALED_PASSES):
         found = sums.get(np.asarray(at(point, scale)).tobytes())
         if found is None:
@@ -1045,6 +1086,31 @@ def _refine(model, objective, u, est_state, data, key, stages: list | None = Non
     if crossed:
         stages.append("trust region")
     return unravel(at(point, scale)), converged
+
+
+#: a Hessian whose diagonal spans more than this ratio is refined in coordinates scaled to unit
+#: curvature from the start: eigenvalues and solves in float64 lose the small curvatures
+#: beside the large ones
+MAX_CURVATURE_RANGE = 1e8
+
+
+def _wide_curvature_scale(derivs, flat, sums: dict, dtype):
+    """The coordinate scale to refine in from ``flat``: None (unscaled) unless the diagonal of
+    the Hessian there spans more than ``MAX_CURVATURE_RANGE`` (a 2-D Gaussian's NCE on data
+    of scale 1e10: a location's curvature of 1e-20 beside a Cholesky factor's off-diagonal
+    one of 1e20, where damped Newton stopped 1.4 standard errors from the minimum and called
+    it one), then the scale to unit curvature."""
+    derivs(flat)
+    found = sums.get(np.asarray(flat).tobytes())
+    if found is None:
+        return None
+    hessian = np.asarray(found[0].hessian, dtype=float)
+    diagonal = np.abs(np.diag(hessian))
+    usable = np.isfinite(diagonal) & (diagonal > 0)
+    if not (np.all(np.isfinite(hessian)) and np.count_nonzero(usable) > 1
+            and diagonal[usable].max() > MAX_CURVATURE_RANGE * diagonal[usable].min()):
+        return None
+    return unit_curvature_scale(hessian, 1.0, dtype)
 
 
 def _sums_at(theta, sums: dict):
@@ -1163,6 +1229,20 @@ def _mark_underflow(cov, affected, objective, fitted, label, dtype):
         "may be off in every parameter. Compute in float64 "
         "(jax.config.update('jax_enable_x64', True)) or standardize the data (and map the "
         "estimates back).", RuntimeWarning, stacklevel=4)
+    return np.full(np.shape(cov), np.nan)
+
+
+def _mark_doubtful(cov, objective, fitted, label: str, reason: str):
+    """The covariance all NaN, with a warning giving the estimator's ``reason`` to doubt the
+    estimate (``Objective.check_estimate``) and naming the parameters."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    shown = ", ".join(names[:MAX_NAMED]) + (
+        f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+    warnings.warn(f"the standard errors of the {label} fit are NaN ({shown}): {reason}",
+                  RuntimeWarning, stacklevel=3)
     return np.full(np.shape(cov), np.nan)
 
 

@@ -25,6 +25,9 @@ Three optional extension points serve estimators that do not fit that mould:
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
 * ``init_minibatch`` — the state for fits that take minibatches, where ``init`` precomputes
   what only full-batch steps read (KSD's ``n × n`` kernel matrix, up to 256 MB).
+* ``check_estimate`` — the estimator's own test of the estimate, for a failure its derivatives
+  cannot show (NCE: a model far wider than its noise, which is fitted to the data); the
+  driver then gives no standard errors.
 """
 
 from __future__ import annotations
@@ -128,6 +131,10 @@ class Objective(NamedTuple):
         ``init_minibatch(params, key, data) -> state``, ``init`` for fits that take
         minibatches, where ``init`` would precompute what only full-batch steps read (KSD's
         kernel matrix); default ``init``.
+    check_estimate : callable, optional
+        ``check_estimate(theta, state, data) -> str | None``: at the estimate ``theta`` (what
+        ``loss`` takes), why the estimate cannot be trusted, or None. A message makes every
+        standard error NaN, with a warning that gives it.
     """
 
     init: Callable
@@ -138,6 +145,7 @@ class Objective(NamedTuple):
     post_fit: Callable | None = None
     start: Callable | None = None
     init_minibatch: Callable | None = None
+    check_estimate: Callable | None = None
 
 
 class PostFit(NamedTuple):

@@ -39,6 +39,7 @@ from .. import _checks
 from ..model import Model
 from ..supports import Support
 from ..trust_region import trust_region_newton
+from ..uncertainty import precision_floor
 from .base import Batch, Estimator, Objective, Traits, observation_keys
 
 __all__ = ["NCE"]
@@ -54,6 +55,13 @@ START_ROWS = 2048
 #: draws means log-ratios of model to noise spread over more than about two units, where the
 #: logistic loss saturates
 START_OVERLAP = 0.05
+#: ... and when the model is much wider than the noise, which the effective sample size of
+#: draws from the noise cannot see (their weights then vary as the noise's own density does,
+#: whatever the width): the model's log-density varies over the noise draws by less than this
+#: fraction of the noise's own (a Gaussian 32 times the noise's width), so that the
+#: optimizer, stepping about its learning rate in a log-precision, would have the logarithm
+#: of that ratio to cross on an objective nearly flat in it
+START_SPREAD = 1e-3
 
 
 class NCEState(NamedTuple):
@@ -61,11 +69,14 @@ class NCEState(NamedTuple):
     ``(loc, scale_tril)`` of a Gaussian in the unconstrained space (continuous supports) or the
     ``probs`` of independent coordinates (binary / spin). ``overlap``: how much the model at the
     starting parameters and the noise overlap, the effective sample size of the importance
-    weights behind the start of log Z as a fraction of the draws (Kong 1992)."""
+    weights behind the start of log Z as a fraction of the draws (Kong 1992). ``spread``: the
+    standard deviation of the model's log-density over those draws relative to the noise's
+    own, small where the model is much wider than the noise."""
 
     noise_key: jax.Array
     noise_params: Any
     overlap: Any = ()
+    spread: Any = ()
 
 
 # ---- the default noise: fitted to the data ------------------------------------------------------
@@ -75,7 +86,8 @@ def _fit_noise(support: Support, data: jax.Array):
 
     Continuous supports: a Gaussian with the data's mean and covariance in the unconstrained
     space of the support (a ridge of 1e-3 of the mean variance keeps it proper when the data are
-    degenerate), mapped to the support: NCE works best with noise close to the data
+    degenerate; relative to the data's own variance, so that the noise scales with the data at
+    any scale), mapped to the support: NCE works best with noise close to the data
     (Gutmann & Hyvärinen 2012, §2.4). Discrete supports: independent coordinates with the data's
     marginal frequencies, shrunk as (count + 1) / (n + 2) so that no configuration has noise
     probability zero.
@@ -91,7 +103,11 @@ def _fit_noise(support: Support, data: jax.Array):
     loc = jnp.mean(u, axis=0)
     centred = u - loc
     cov = centred.T @ centred / max(n - 1, 1)
-    ridge = 1e-3 * jnp.maximum(jnp.trace(cov) / cov.shape[0], 1e-12)
+    # an absolute floor made the noise of data on a scale of 1e-8 (variance 1e-16) ten times
+    # the data's variance; only data whose spread the dtype cannot hold (every row alike)
+    # take the floor
+    variance = jnp.trace(cov) / cov.shape[0]
+    ridge = 1e-3 * jnp.where(variance > 1e3 * jnp.finfo(cov.dtype).tiny, variance, 1e-12)
     return loc, jnp.linalg.cholesky(cov + ridge * jnp.eye(cov.shape[0], dtype=cov.dtype))
 
 
@@ -149,6 +165,51 @@ def _user_noise(noise):
         return noise.log_prob(x)
 
     return sample, log_prob
+
+
+def _std(values: jax.Array) -> jax.Array:
+    """The standard deviation of ``values``, computed in units of their largest magnitude:
+    the squares of log-densities of 1e-21 (data on a scale of 1e-10) underflow float32, and
+    those of 1e27 (a scale of 1e14) overflow it."""
+    largest = jnp.max(jnp.abs(values))
+    largest = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
+    return jnp.std(values / largest) * largest
+
+
+def _widened(state: NCEState, width: float) -> NCEState:
+    """The state with its default noise, a Gaussian, widened ``width`` times about its
+    location: drawn with the same key, the same draws stretched."""
+    if width == 1.0:
+        return state
+    loc, scale_tril = state.noise_params
+    return state._replace(noise_params=(loc, jnp.asarray(width, scale_tril.dtype) * scale_tril))
+
+
+def _spread_line(data) -> str:
+    """The data's smallest and largest standard deviation over the coordinates, for
+    messages."""
+    flat = np.asarray(data, dtype=float).reshape(len(data), -1)
+    sd = flat.std(axis=0)
+    if sd.size == 1:
+        return f"the data's standard deviation is {sd[0]:.3g}"
+    return f"the data's standard deviations range from {sd.min():.3g} to {sd.max():.3g}"
+
+
+def _widening(spread: float, default_noise: bool) -> list[float]:
+    """The widths, relative to the noise's, of the noises the start moves the model to in
+    turn: the last is the noise itself. Where the model is much wider than the noise (its
+    log-density varies over the noise draws ``spread`` times as much as the noise's, about
+    the squared ratio of the widths for energies quadratic near the noise), the Fisher
+    divergence is nearly flat in the model's width, and a search from there wandered off
+    (data on a scale of 1e-8 from a precision of 1: its location moved to 0.77, where
+    float32 no longer holds ``x − μ``). The default noise, a Gaussian, is then first widened
+    to the model's width and narrowed in steps of at most a hundred (a continuation), each
+    search starting where the last ended, within a hundred of its noise's width."""
+    if not (default_noise and np.isfinite(spread) and 0 < spread < START_SPREAD):
+        return [1.0]
+    ratio = spread ** -0.5
+    steps = math.ceil(math.log10(ratio) / 2)
+    return [ratio ** (k / steps) for k in range(steps, 0, -1)] + [1.0]
 
 
 # ---- the estimator ------------------------------------------------------------------------------
@@ -249,23 +310,25 @@ class NCE(Estimator):
             draw_key = jax.random.split(state.noise_key)[0]
             return sample_noise(state.noise_params, draw_key, START_DRAWS).astype(dtype)
 
-        def log_weights(params, noise_params, ys):
-            # log of the model's unnormalized density over the noise's, at each draw
-            return jax.vmap(lambda y: -model.energy(params, y)
-                            - noise_log_prob(noise_params, y))(ys)
-
         def importance_log_z(params, state, dtype):
-            """log Z(θ) by importance sampling from the noise, and the weights' effective
-            sample size as a fraction of the draws."""
-            log_w = log_weights(params, state.noise_params, start_draws(state, dtype))
+            """log Z(θ) by importance sampling from the noise, the weights' effective sample
+            size as a fraction of the draws, and the spread of the model's log-density over
+            the draws relative to the noise's."""
+            ys = start_draws(state, dtype)
+            model_log_p = jax.vmap(lambda y: -model.energy(params, y))(ys)
+            noise_log_p = jax.vmap(lambda y: noise_log_prob(state.noise_params, y))(ys)
+            # log of the model's unnormalized density over the noise's, at each draw
+            log_w = model_log_p - noise_log_p
             log_z = jax.scipy.special.logsumexp(log_w) - jnp.log(log_w.shape[0])
             overlap = jnp.exp(2 * jax.scipy.special.logsumexp(log_w)
                               - jax.scipy.special.logsumexp(2 * log_w)) / log_w.shape[0]
+            spread = _std(model_log_p) / _std(noise_log_p)
             # a non-finite energy at the noise says nothing about the overlap (NaN: no
             # start is sought), and the optimizer's checks report it
             finite = jnp.isfinite(log_z)
             return (jnp.where(finite, log_z, 0.0).astype(dtype),
-                    jnp.where(finite, overlap, jnp.nan).astype(dtype))
+                    jnp.where(finite, overlap, jnp.nan).astype(dtype),
+                    jnp.where(finite, spread, jnp.nan).astype(dtype))
 
         @jax.jit
         def nuisance(params, state, data):
@@ -273,25 +336,80 @@ class NCE(Estimator):
             state = state._replace(noise_params=noise_params)
             # log Z(θ₀) by importance sampling from the noise: a starting point near the
             # optimum of c, where the NCE objective is best conditioned
-            log_z, overlap = importance_log_z(params, state, data.dtype)
-            return state._replace(overlap=overlap), {"log_z": log_z}
+            log_z, overlap, spread = importance_log_z(params, state, data.dtype)
+            return state._replace(overlap=overlap, spread=spread), {"log_z": log_z}
 
         # ---- the start: the member of the model nearest the noise ----
         _, unravel = ravel_pytree(model.to_unconstrained(model.params))
 
-        def fisher_divergence(flat_u, noise_params, ys):
-            # E_noise ‖∇ₓ log p_θ − ∇ₓ log p_n‖²: the two scores are known, so no integration
-            # by parts; each draw's gap is formed before it is squared, which keeps its
-            # precision where the energy itself (½ Λ x² at x = 1e6) has lost it in rounding
+        def standardized_scores(flat_u, noise_params, ys, unit=1.0):
+            """The model's score ``s_θ = ∇ₓ log p_θ``, its gap to the noise's centred score
+            ``s_n − s̄_n`` and that centred score, at each noise draw, times the draws'
+            standard deviation per coordinate: in the noise's standardized coordinates,
+            where they are of order one near the noise at any scale of the data; in units of
+            ``1 / unit``."""
             params = model.to_constrained(unravel(flat_u))
+            num = ys.shape[0]
+            model_scores = jax.vmap(jax.grad(lambda y: -model.energy(params, y)))(ys)
             gaps = jax.vmap(jax.grad(
                 lambda y: -model.energy(params, y) - noise_log_prob(noise_params, y)))(ys)
-            return jnp.mean(jnp.sum(jnp.square(gaps.reshape(ys.shape[0], -1)), axis=1))
+            noise_scores = jax.vmap(jax.grad(lambda y: noise_log_prob(noise_params, y)))(ys)
+            spread = jnp.std(ys.reshape(num, -1), axis=0)
+            # the unit enters before the scores do: (1e14 · 1e14) / 1e28 would be formed
+            # as 1e14 · (1e14 / 1e28), whose square in the curvatures underflows
+            spread = jnp.where((spread > 0) & jnp.isfinite(spread), spread, 1.0) * unit
+            # The noise's score has mean 0; its draws' mean, left in, drew the model to a
+            # constant score of the same size (a wide model far from the noise, a false
+            # minimum). The gap is formed in one gradient, before it is scaled and squared,
+            # which keeps its precision where the energy itself (½ Λ x² at x = 1e6) has lost
+            # it in rounding.
+            noise_mean = jnp.mean(noise_scores.reshape(num, -1), axis=0)
+            return (model_scores.reshape(num, -1) * spread,
+                    (gaps.reshape(num, -1) + noise_mean) * spread,
+                    (noise_scores.reshape(num, -1) - noise_mean) * spread)
 
         @jax.jit
         def divergence_derivatives(flat_u, noise_params, ys):
-            value, grad = jax.value_and_grad(fisher_divergence)(flat_u, noise_params, ys)
-            return value, grad, jax.hessian(fisher_divergence)(flat_u, noise_params, ys)
+            """``M`` and the value, gradient and Hessian of ``(D − F) / M²`` at ``flat_u``:
+            ``D = E_noise ‖s_θ − s_n‖²``, the Fisher divergence of the model from the noise
+            in the standardized coordinates, less its value ``F = E_noise ‖s_n‖²`` where the
+            model is flat, and ``M`` the largest standardized score there, held fixed.
+
+            ``F`` is taken off so that where the model is much wider than the noise (data
+            on a scale of 1e-6 from a precision of 1), on the plateau ``D ≈ F``, the value is
+            of the size of its slope, and the trust region, whose tests are relative to the
+            value, neither stops there as if at a minimum nor loses the changes in rounding:
+            the value is formed as ``s_θ · (s_θ − 2 s_n)``, its derivatives as those of
+            ``‖s_θ − s_n‖²`` (equal, ``F`` being constant), each the more precise where it is
+            used. ``M`` keeps the pieces of order one, so that neither ``D`` from a start far
+            off (1e40 from Λ = 1 on a scale of 1e10) overflows nor the curvature of a
+            location near the noise (Λ², 1e-40 in the data's units) underflows float32; the
+            host multiplies by ``M²`` in float64.
+            """
+            model_scores, gaps, noise_scores = standardized_scores(flat_u, noise_params, ys)
+            largest = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(gaps)),
+                                                        jnp.max(jnp.abs(noise_scores))))
+            largest = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
+
+            def divergence(flat):
+                model_scores, gaps, noise_scores = standardized_scores(
+                    flat, noise_params, ys, 1.0 / largest)
+                value = jnp.mean(jnp.sum(model_scores * (model_scores - 2 * noise_scores),
+                                         axis=1))
+                squared = jnp.mean(jnp.sum(jnp.square(gaps), axis=1))
+                return jax.lax.stop_gradient(value) + (squared
+                                                       - jax.lax.stop_gradient(squared))
+
+            value, grad = jax.value_and_grad(divergence)(flat_u)
+            return largest, value, grad, jax.hessian(divergence)(flat_u)
+
+        def divergence_in_float64(flat_u, noise_params, ys):
+            # Newton's and the trust region's steps do not change when the objective is
+            # multiplied by a constant, so the objective is (D − F) / M² times M² wherever it
+            # is evaluated
+            largest, *derivatives = (np.asarray(a, dtype=float) for a in
+                                     divergence_derivatives(flat_u, noise_params, ys))
+            return tuple(largest**2 * a for a in derivatives)
 
         @jax.jit
         def start_loss(params, state, data):
@@ -304,19 +422,51 @@ class NCE(Estimator):
                 theta, state.noise_params, batch.x, keys))
 
         def start(params, state, data):
-            if not float(state.overlap) < START_OVERLAP:
+            if not (float(state.overlap) < START_OVERLAP or float(state.spread) < START_SPREAD):
                 # the model at its start overlaps the noise, so the objective is well
                 # conditioned there (or the energy is not finite at the noise: NaN)
                 return params
-            ys = start_draws(state, data.dtype)[:START_DIVERGENCE_DRAWS]
-            flat0 = ravel_pytree(model.to_unconstrained(params))[0]
-            flat, _ = trust_region_newton(
-                lambda f: divergence_derivatives(f, state.noise_params, ys), flat0)
+            flat = ravel_pytree(model.to_unconstrained(params))[0]
+            for width in _widening(float(state.spread), self.noise is None):
+                widened = _widened(state, width)
+                ys = start_draws(widened, data.dtype)[:START_DIVERGENCE_DRAWS]
+                flat, _ = trust_region_newton(
+                    lambda f, noise=widened.noise_params, ys=ys:
+                    divergence_in_float64(f, noise, ys), flat)
             candidate = model.to_constrained(unravel(flat))
             before = float(start_loss(params, state, data))
             after = float(start_loss(candidate, state, data))
             better = np.isfinite(after) and not after >= before
             return candidate if better else params
+
+        def check_estimate(theta, state, data):
+            if self.noise is not None or support.kind != "real":
+                # a user's noise need not resemble the data, and on a bounded support a
+                # flat density is a density
+                return None
+            params, _ = theta
+            variance = np.var(np.asarray(data).reshape(data.shape[0], -1), axis=0,
+                              dtype=np.float64)
+            dtype = np.dtype(data.dtype)
+            if np.any(variance < precision_floor(dtype)) or np.any(
+                    variance * data.shape[0] > np.finfo(dtype).max):
+                return ("the data's variance is too small or too large for "
+                        f"{dtype.name} to hold the sums of squares behind NCE's noise and "
+                        f"objective ({_spread_line(data)}), so the estimate may be off in "
+                        "every parameter. Standardize the data (and map the estimates back), "
+                        "or compute in float64 (jax.config.update('jax_enable_x64', True)).")
+            # the nuisance program as first called (the state as initialized): no compiling
+            spread = float(nuisance(params, NCEState(state.noise_key, ()), data)[0].spread)
+            if not spread < START_SPREAD:
+                return None
+            return (f"at the estimate the model's log-density varies over draws of the noise "
+                    f"(a Gaussian with the data's mean and covariance) by {spread:.2g} times "
+                    "as much as the noise's own: the fitted model is far wider than the data, "
+                    "so NCE did not fit them, and the estimate may be off in every parameter. "
+                    "This happens for data on a scale that the working dtype cannot hold "
+                    f"({_spread_line(data)}), or from a start far off. Standardize the data "
+                    "(and map the estimates back), or compute in float64 "
+                    "(jax.config.update('jax_enable_x64', True)).")
 
         def terms(theta, state, batch: Batch, key):
             keys = observation_keys(state.noise_key, batch, key, resample)
@@ -328,4 +478,5 @@ class NCE(Estimator):
 
         return Objective(init, loss, terms,
                          Traits(deterministic=not resample, convex_if_linear_energy=True),
-                         nuisance=nuisance, start=None if support.is_discrete else start)
+                         nuisance=nuisance, start=None if support.is_discrete else start,
+                         check_estimate=None if support.is_discrete else check_estimate)
