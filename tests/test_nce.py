@@ -135,3 +135,20 @@ def test_nce_log_z_standard_error_matches_its_monte_carlo_spread():
     # and the estimates centre on the truth, within 4 standard errors of their mean
     truth = 0.5 * np.log(2 * np.pi)
     assert abs(np.mean(estimates) - truth) < 4 * np.std(estimates, ddof=1) / np.sqrt(200)
+
+
+@pytest.mark.parametrize("dim", [1, 4])
+def test_default_noise_density_is_numpyros_gaussian(dim):
+    # the whitening matrix computed once per fit gives each row's density as NumPyro's
+    # MultivariateNormal does, by a product instead of a triangular solve per row
+    from unnorm.estimators import nce
+
+    mixing = np.tril(np.ones((dim, dim)))
+    x = jnp.asarray(np.random.default_rng(dim).normal(size=(300, dim)) @ mixing.T + 2.0,
+                    dtype=jnp.float32)
+    noise = nce._fit_noise(un.supports.real(dim), x)
+    reference = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril).log_prob(x)
+    np.testing.assert_allclose(jax.vmap(noise.log_prob)(x), reference, rtol=2e-6)
+    widened = nce._widened(nce.NCEState(jax.random.key(0), noise), 3.0).noise_params
+    reference = dist.MultivariateNormal(noise.loc, scale_tril=3.0 * noise.scale_tril).log_prob(x)
+    np.testing.assert_allclose(jax.vmap(widened.log_prob)(x), reference, rtol=2e-6)

@@ -278,11 +278,13 @@ def test_nce_noise_and_start_widths_scale_with_the_data():
     from unnorm.estimators import nce
 
     base = jnp.asarray(_far_data(0.0), dtype=jnp.float32)
-    loc, tril = nce._fit_noise(GAUSSIAN.support, base)
+    loc, tril, whitening = nce._fit_noise(GAUSSIAN.support, base)
     # the ridge is relative: at 1e-8 the noise was ten times the data's variance
-    tiny_loc, tiny_tril = nce._fit_noise(GAUSSIAN.support, 1e-8 * base)
+    tiny_loc, tiny_tril, tiny_whitening = nce._fit_noise(GAUSSIAN.support, 1e-8 * base)
     np.testing.assert_allclose(np.asarray(tiny_tril) / 1e-8, np.asarray(tril), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(tiny_loc) / 1e-8, np.asarray(loc), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(tiny_whitening) * 1e-8, np.asarray(whitening),
+                               rtol=1e-5)
     # a model 1e8 times wider than the noise (log-densities spread 1e-16 times as much): the
     # noise widened to its width, then narrowed a hundred times at each search
     np.testing.assert_allclose(nce._widening(1e-16, True), [1e8, 1e6, 1e4, 1e2, 1.0],

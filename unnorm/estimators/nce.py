@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import solve_triangular
 
 from .. import _checks
 from ..model import Model
@@ -66,7 +67,7 @@ START_SPREAD = 1e-3
 
 class NCEState(NamedTuple):
     """The key the per-observation noise is drawn from and the fitted noise's parameters:
-    ``(loc, scale_tril)`` of a Gaussian in the unconstrained space (continuous supports) or the
+    a :class:`GaussianNoise` in the unconstrained space (continuous supports) or the
     ``probs`` of independent coordinates (binary / spin). ``overlap``: how much the model at the
     starting parameters and the noise overlap, the effective sample size of the importance
     weights behind the start of log Z as a fraction of the draws (Kong 1992). ``spread``: the
@@ -80,6 +81,26 @@ class NCEState(NamedTuple):
 
 
 # ---- the default noise: fitted to the data ------------------------------------------------------
+
+class GaussianNoise(NamedTuple):
+    """The default noise of a continuous support: a Gaussian in the unconstrained space, with
+    its Cholesky factor and that factor's inverse (the whitening matrix), which the fit
+    computes once. NumPyro's ``MultivariateNormal.log_prob`` solves a triangular system for
+    every row it is given, and XLA's CPU triangular solve made that most of an NCE step from
+    four dimensions on (benchmarks/README.md); with the inverse at hand each row's density
+    is a matrix-vector product."""
+
+    loc: jax.Array
+    scale_tril: jax.Array
+    whitening: jax.Array
+
+    def log_prob(self, u: jax.Array) -> jax.Array:
+        """The log-density at one flat point ``u``: ``-|W(u - loc)|²/2 - Σ log L_ii -
+        (d/2) log 2π``, as NumPyro's ``MultivariateNormal(loc, scale_tril=L)`` gives it."""
+        z = self.whitening @ (u - self.loc)
+        return (-0.5 * jnp.sum(z * z) - jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
+                - 0.5 * u.shape[-1] * math.log(2 * math.pi))
+
 
 def _fit_noise(support: Support, data: jax.Array):
     """Parameters of the default noise, matched to the data's first two moments.
@@ -108,7 +129,9 @@ def _fit_noise(support: Support, data: jax.Array):
     # take the floor
     variance = jnp.trace(cov) / cov.shape[0]
     ridge = 1e-3 * jnp.where(variance > 1e3 * jnp.finfo(cov.dtype).tiny, variance, 1e-12)
-    return loc, jnp.linalg.cholesky(cov + ridge * jnp.eye(cov.shape[0], dtype=cov.dtype))
+    eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
+    scale_tril = jnp.linalg.cholesky(cov + ridge * eye)
+    return GaussianNoise(loc, scale_tril, solve_triangular(scale_tril, eye, lower=True))
 
 
 def _default_noise(support: Support):
@@ -129,16 +152,15 @@ def _default_noise(support: Support):
 
         return sample, log_prob
 
-    def gaussian(noise_params):
-        loc, scale_tril = noise_params
-        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+    def gaussian(noise: GaussianNoise):
+        return dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril)
 
     if support.kind == "real":
         def sample(noise_params, key, k):
             return gaussian(noise_params).sample(key, (k,)).reshape(k, *shape)
 
         def log_prob(noise_params, x):
-            return gaussian(noise_params).log_prob(x.reshape(-1))
+            return noise_params.log_prob(x.reshape(-1))
 
         return sample, log_prob
 
@@ -151,8 +173,7 @@ def _default_noise(support: Support):
     def log_prob(noise_params, x):
         # the density of x = T(u), u Gaussian: change of variables
         u = transform.inv(x)
-        return gaussian(noise_params).log_prob(u.reshape(-1)) - transform.log_abs_det_jacobian(
-            u, x)
+        return noise_params.log_prob(u.reshape(-1)) - transform.log_abs_det_jacobian(u, x)
 
     return sample, log_prob
 
@@ -181,8 +202,10 @@ def _widened(state: NCEState, width: float) -> NCEState:
     location: drawn with the same key, the same draws stretched."""
     if width == 1.0:
         return state
-    loc, scale_tril = state.noise_params
-    return state._replace(noise_params=(loc, jnp.asarray(width, scale_tril.dtype) * scale_tril))
+    noise = state.noise_params
+    width = jnp.asarray(width, noise.scale_tril.dtype)
+    return state._replace(noise_params=noise._replace(scale_tril=width * noise.scale_tril,
+                                                      whitening=noise.whitening / width))
 
 
 def _spread_line(data) -> str:
