@@ -52,8 +52,8 @@ from jax.sharding import PartitionSpec as P
 
 from . import chain_groups
 
-__all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "placement", "from_first_process",
-           "local_chains"]
+__all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "require_local", "placement",
+           "from_first_process", "local_chains"]
 
 #: the mesh axis the chains are split along
 CHAIN_AXIS = "chains"
@@ -74,7 +74,7 @@ def check_devices(devices: Any) -> tuple[jax.Device, ...]:
             raise ValueError(
                 f"devices must be between 1 and the {len(available)} device(s) of "
                 f"jax.devices() when given as a count; got {count}.")
-        return _with_local(tuple(available[:count]))
+        return tuple(available[:count])
     if isinstance(devices, jax.Device):
         devices = [devices]
     if (isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
@@ -88,13 +88,14 @@ def check_devices(devices: Any) -> tuple[jax.Device, ...]:
     platforms = {d.platform for d in devices}
     if len(platforms) > 1:
         raise ValueError(f"devices must all be of one platform; got {sorted(platforms)}.")
-    return _with_local(devices)
+    return devices
 
 
-def _with_local(devices: tuple) -> tuple:
-    """``devices``, refused when none belongs to this process: a process computes only on
-    its own devices, so a run on others' alone (such as ``devices=1`` on any process but
-    the first, whose device it names) has nothing to run here."""
+def require_local(devices: tuple) -> tuple:
+    """Checked ``devices`` (:func:`check_devices`), refused when none belongs to this process:
+    a process computes only on its own devices, so a run on others' alone (such as
+    ``devices=1`` on any process but the first, whose device it names) has nothing to run
+    here."""
     if not any(d.process_index == jax.process_index() for d in devices):
         raise ValueError(
             f"devices must include a device of this process (process {jax.process_index()} "
@@ -250,7 +251,7 @@ def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
 def placement(devices: Any, num_chains: int) -> ChainPlacement | None:
     """The placement of ``un.sample``'s chains for its ``devices`` argument, or None for a
     single device (the single-device path, with the CPU's chain groups)."""
-    checked = check_devices(devices)
+    checked = require_local(check_devices(devices))
     if len(checked) == 1:
         return None
     return ChainPlacement(checked, num_chains)

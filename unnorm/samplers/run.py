@@ -342,7 +342,7 @@ def sample(
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
     dims, coords = _check_dims(model, dims, coords)
-    chosen = chain_devices.check_devices(devices)
+    chosen = chain_devices.require_local(chain_devices.check_devices(devices))
     placement = (chain_devices.ChainPlacement(chosen, num_chains) if len(chosen) > 1
                  else None)
     # an explicit single device is honoured; devices=None leaves JAX's default device alone
@@ -589,9 +589,11 @@ class _PhaseRunner(NamedTuple):
         if sink is not None and self.spans_processes:
             # a process may hold none of the blocks: it still needs the outputs' arrays,
             # to receive the other processes' chains
-            sink.allocate(run_chunk.eval_shape(
-                self.model, self.spec, self.params[0], chain_keys[0], states[0], 0, capacity,
-                warmup, False, capacity, thinning)[1])
+            sink.allocate(jax.eval_shape(
+                lambda params, keys, state: _run_chunk_impl(
+                    self.model, self.spec, params, keys, state, 0, capacity, warmup, False,
+                    capacity, thinning)[1],
+                self.params[0], chain_keys[0], states[0]))
         try:
             while done < total:
                 count = pacing.next_count(pace, total - done, capacity)
