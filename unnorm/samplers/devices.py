@@ -29,6 +29,16 @@ device count, so its draws are those of a single-device run: bit for bit for the
 kernels (the same program on the same inputs), and for the others as far as XLA rounds the
 partitioned and the single-device programs alike.
 
+The devices may belong to several processes (``jax.distributed``), each process running the
+same ``un.sample`` call. Every process computes the starting states from the same key and
+places the chains of its own devices (:meth:`ChainPlacement.chains` builds the global arrays
+from each process's slices; a blocked kernel's process runs only the blocks of its devices,
+:meth:`ChainPlacement.is_local`). The number of draws a call runs, chosen from timings, is
+process 0's (:func:`from_first_process`), so that every process calls the partitioned program
+in step. Each process copies the draws of its own chains to the host, and one all-gather
+(:meth:`ChainPlacement.gather`) completes every process's arrays with the others' chains:
+every process returns the same draws.
+
 Example
 -------
 >>> import jax

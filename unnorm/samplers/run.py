@@ -285,7 +285,10 @@ def sample(
         through the single-device program on the device that holds it
         (:mod:`unnorm.samplers.devices`); for the other samplers, and on accelerators, as far
         as XLA rounds the sharded and the single-device programs alike (on two CPU devices it
-        did for random-walk Metropolis, MALA and Gibbs in the tests).
+        did for random-walk Metropolis, MALA and Gibbs in the tests). When the devices belong
+        to several processes (``jax.distributed``), every process makes the same call, computes
+        the chains of its own devices, and returns the same InferenceData, every chain's draws
+        gathered to it; ``devices`` must then include a device of the calling process.
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
