@@ -159,11 +159,19 @@ def _sample(models: dict, sampler: str, **kwargs):
 
 def _draws(idata) -> dict:
     """An InferenceData's draws and log-densities as lists (JSON writes a float so that it
-    reads back bit for bit)."""
+    reads back bit for bit), and a digest of every sample statistic's name, dtype and
+    bytes."""
+    import hashlib
+
     import numpy as np
 
+    digest = hashlib.sha256()
+    for name in sorted(idata.sample_stats.data_vars):
+        values = np.ascontiguousarray(idata.sample_stats[name])
+        digest.update(f"{name}:{values.dtype}:{values.shape}".encode())
+        digest.update(values.tobytes())
     return {"x": np.asarray(idata.posterior["x"]).tolist(),
-            "lp": np.asarray(idata.sample_stats["lp"]).tolist()}
+            "lp": np.asarray(idata.sample_stats["lp"]).tolist(), "stats": digest.hexdigest()}
 
 
 def _record_chunk_calls(calls: list):

@@ -245,6 +245,8 @@ def test_sampling_over_two_processes_equals_the_single_device_run(two_processes,
     # one process on one device, bit for bit (JSON reads a float back exactly)
     assert first["x"] == second["x"] == single["x"]
     assert first["lp"] == second["lp"] == single["lp"]
+    # and every sample statistic (step sizes, acceptance, divergences, tree sizes)
+    assert first["stats"] == second["stats"] == single["stats"]
 
 
 @pytest.mark.parametrize("sampler", runs.SAMPLERS)

@@ -275,7 +275,11 @@ class DrawSink:
         Meant for the dispatching thread while the groups compute: the pages of a fresh array
         are mapped on first write, and when the workers took those page faults in their copies,
         a 41 MB copy took 20-60 ms one call in five or ten instead of 2-5 ms (256 Gibbs chains
-        × 400 draws of 100 spins; benchmarks/README.md)."""
+        × 400 draws of 100 spins; benchmarks/README.md). Nothing when :meth:`allocate` has
+        made the arrays already."""
+        with self._lock:
+            if self._arrays is not None:
+                return
         array = np.empty((self.total, self.layout.num_chains, *event_shape), dtype)
         array.reshape(-1)[::max(1, mmap.PAGESIZE // array.itemsize)] = 0
         with self._lock:
