@@ -102,10 +102,10 @@ def check_devices(devices: Any) -> tuple[jax.Device, ...]:
 
 
 def require_local(devices: tuple) -> tuple:
-    """Checked ``devices`` (:func:`check_devices`), refused when none belongs to this process:
-    a process computes only on its own devices, so a run on others' alone (such as
-    ``devices=1`` on any process but the first, whose device it names) has nothing to run
-    here."""
+    """``devices`` as :func:`check_devices` returns them, refused when none belongs to this
+    process: a process computes only on its own devices, so a run on others' alone (such
+    as ``devices=1`` on any process but the first, whose device it names) has nothing to
+    run here."""
     if not any(d.process_index == jax.process_index() for d in devices):
         raise ValueError(
             f"devices must include a device of this process (process {jax.process_index()} "
