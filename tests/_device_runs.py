@@ -9,7 +9,7 @@ several processes only when each calls ``jax.distributed.initialize``, so the sh
   what each device really held and summed;
 * ``python _device_runs.py process <id> <port>``, twice: two processes joined over 127.0.0.1
   (gloo collectives), each holding half the rows of one global array, fit every estimator of
-  the tests; process 0 also fits on one device of its own.
+  the tests, then sample with the default run's samplers over both processes' devices.
 
 One child (one pair) serves all the tests of a file: a JAX start and the compilation of each
 program happen once. The sizes are the smallest that reach every code path (an odd row count
@@ -135,15 +135,52 @@ FIT_RUNS = (("sm", NUM_ROWS, "sharded"), ("sm", NUM_ROWS, "single"),
             ("ksd", 2 * PROCESS_ROWS, "single"))
 
 
-def _sample_on_devices(samplers) -> dict:
-    import jax
+def _sampler_models():
     import jax.numpy as jnp
-    import numpy as np
 
     import unnorm as un
+
+    gaussian = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
+                        params={"mu": jnp.array([1.0, -1.0])}, support=un.supports.real(2))
+    return {"gaussian": gaussian, "ising": un.models.ising_chain(6, coupling=0.4)}
+
+
+def _sample(models: dict, sampler: str, **kwargs):
+    """The samplers' common run: ``sampler``'s sizes, the Ising chain for Gibbs and the
+    Gaussian for the others, key 3."""
+    import jax
+
+    import unnorm as un
+
+    model = models["ising" if sampler == "gibbs" else "gaussian"]
+    return un.sample(model, key=jax.random.key(3), sampler=sampler, progress_bar=False,
+                     warn=False, **SAMPLER_SIZES[sampler], **kwargs)
+
+
+def _draws(idata) -> dict:
+    """An InferenceData's draws and log-densities as lists (JSON writes a float so that it
+    reads back bit for bit), and a digest of every sample statistic's name, dtype and
+    bytes."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(idata.sample_stats.data_vars):
+        values = np.ascontiguousarray(idata.sample_stats[name])
+        digest.update(f"{name}:{values.dtype}:{values.shape}".encode())
+        digest.update(values.tobytes())
+    return {"x": np.asarray(idata.posterior["x"]).tolist(),
+            "lp": np.asarray(idata.sample_stats["lp"]).tolist(), "stats": digest.hexdigest()}
+
+
+def _record_chunk_calls(calls: list):
+    """Every compiled chunk call of the samplers recorded in ``calls`` (what its outputs'
+    devices held) until the returned function restores the unrecorded runner."""
+    import jax
+
     from unnorm.samplers import run
 
-    calls = []
     chunk_runner = run._chunk_runner
 
     def recording_runner(options=()):
@@ -151,10 +188,13 @@ def _sample_on_devices(samplers) -> dict:
 
         def call(*args, **kwargs):
             states, (draws, stats), finite = compiled(*args, **kwargs)
+            if isinstance(draws, jax.core.Tracer):  # the outputs' shapes, nothing computed
+                return states, (draws, stats), finite
             leaves = jax.tree_util.tree_leaves(states)
             # the share of the chain axis one device holds: the draws are (draw, chain, ...),
-            # the states' leaves (chain, ...); and the ids of the devices that hold them (a
-            # blocked kernel's calls run in threads, one per device: list.append is atomic)
+            # the states' leaves (chain, ...); the ids of the devices that hold them (a
+            # blocked kernel's calls run in threads, one per device: list.append is atomic),
+            # and of those this process's
             calls.append({
                 "draws": draws.sharding.shard_shape(draws.shape)[1] / draws.shape[1],
                 "states": max(leaf.sharding.shard_shape(leaf.shape)[0] / leaf.shape[0]
@@ -162,33 +202,41 @@ def _sample_on_devices(samplers) -> dict:
                 "devices": sorted(d.id for d in draws.sharding.device_set),
                 "state_devices": sorted({d.id for leaf in leaves
                                          for d in leaf.sharding.device_set}),
+                "local_devices": sorted(d.id for d in draws.sharding.addressable_devices),
                 "chains": draws.shape[1]})
             return states, (draws, stats), finite
         return call
 
     run._chunk_runner = recording_runner
-    gaussian = un.Model(lambda p, x: 0.5 * jnp.sum((x - p["mu"]) ** 2),
-                        params={"mu": jnp.array([1.0, -1.0])}, support=un.supports.real(2))
-    ising = un.models.ising_chain(6, coupling=0.4)
+
+    def restore():
+        run._chunk_runner = chunk_runner
+    return restore
+
+
+def _sample_on_devices(samplers) -> dict:
+    import numpy as np
+
+    calls = []
+    restore = _record_chunk_calls(calls)
+    models = _sampler_models()
     out = {}
     for sampler in samplers:
-        size = SAMPLER_SIZES[sampler]
-        model = ising if sampler == "gibbs" else gaussian
-        kwargs = dict(key=jax.random.key(3), sampler=sampler, progress_bar=False, warn=False,
-                      **size)
         calls.clear()
-        sharded = un.sample(model, **kwargs)
+        sharded = _sample(models, sampler)
         sharded_calls = list(calls)
         calls.clear()
-        single = un.sample(model, devices=1, chain_method="vectorized", **kwargs)
+        single = _sample(models, sampler, devices=1, chain_method="vectorized")
         x, y = (np.asarray(d.posterior["x"]) for d in (sharded, single))
         out[sampler] = {
             "shape": list(x.shape), "dtype": str(x.dtype),
             "max_diff": float(np.max(np.abs(x - y))), "identical": bool(np.array_equal(x, y)),
             "lp_identical": bool(np.array_equal(np.asarray(sharded.sample_stats["lp"]),
                                                 np.asarray(single.sample_stats["lp"]))),
-            "sharded_calls": sharded_calls, "single_calls": list(calls)}
-    run._chunk_runner = chunk_runner
+            "sharded_calls": sharded_calls, "single_calls": list(calls),
+            # the reference of the two processes' runs
+            "single": _draws(single)}
+    restore()
     return out
 
 
@@ -300,6 +348,29 @@ def _process_main(process_id: int, port: int) -> dict:
         estimator, _, host = name.partition("/")
         recorder.clear()
         out[name] = {**_fit(model, estimator, rows if host else spanning), **recorder.rows()}
+    out["samplers"] = _sample_on_processes()
+    return out
+
+
+def _sample_on_processes() -> dict:
+    """The default run's samplers over both processes' devices (``devices`` left out), with
+    the chunk calls this process made; and the refusal of a device count that names only
+    another process's device."""
+    from unnorm.samplers import devices as chain_devices
+
+    calls = []
+    restore = _record_chunk_calls(calls)
+    models = _sampler_models()
+    out = {}
+    for sampler in SAMPLERS:
+        calls.clear()
+        out[sampler] = {**_draws(_sample(models, sampler)), "calls": list(calls)}
+    restore()
+    try:
+        chain_devices.require_local(chain_devices.check_devices(1))
+        out["count_error"] = None
+    except ValueError as err:
+        out["count_error"] = str(err)
     return out
 
 

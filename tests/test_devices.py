@@ -232,6 +232,54 @@ def test_rows_every_process_holds_whole_are_split_alike(two_processes):
         assert result["sm/host"]["stderr"] == result["sm"]["stderr"]
 
 
+# ---- sampling over two processes ----------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", runs.SAMPLERS)
+def test_sampling_over_two_processes_equals_the_single_device_run(two_processes, two_devices,
+                                                                   sampler):
+    first, second = (result["samplers"][sampler] for result in two_processes)
+    single = two_devices["samplers"][sampler]["single"]
+    size = runs.SAMPLER_SIZES[sampler]
+    assert np.shape(first["x"])[:2] == (size["num_chains"], size["num_samples"])
+    # every process gets every chain, and each chain's draws and log-densities are those of
+    # one process on one device, bit for bit (JSON reads a float back exactly)
+    assert first["x"] == second["x"] == single["x"]
+    assert first["lp"] == second["lp"] == single["lp"]
+    # and every sample statistic (step sizes, acceptance, divergences, tree sizes)
+    assert first["stats"] == second["stats"] == single["stats"]
+
+
+@pytest.mark.parametrize("sampler", runs.SAMPLERS)
+def test_each_process_runs_the_chains_of_its_own_device(two_processes, sampler):
+    first, second = (result["samplers"][sampler]["calls"] for result in two_processes)
+    assert first and second
+    own = [{d for call in calls for d in call["local_devices"]} for calls in (first, second)]
+    # one device each, not the same one
+    assert len(own[0]) == len(own[1]) == 1 and own[0] != own[1]
+    if sampler in BLOCKED:
+        # 3 chains: block 0 (chains 0-1) on process 0's device, block 1 (chain 2 and its
+        # padding copy) on process 1's; no process runs the other's block
+        for calls in (first, second):
+            for call in calls:
+                assert call["devices"] == call["state_devices"] == call["local_devices"]
+                assert call["chains"] == BLOCKED[sampler] and call["draws"] == 1.0
+    else:
+        # one partitioned program, called by both processes in step (as many calls, of as
+        # many draws), each computing the half of the padded chain axis its device holds
+        assert len(first) == len(second)
+        both = sorted(own[0] | own[1])
+        for call in first + second:
+            assert call["devices"] == call["state_devices"] == both
+            assert call["chains"] == 4 and call["draws"] == 0.5 and call["states"] == 0.5
+
+
+def test_a_device_count_naming_another_process_device_is_refused(two_processes):
+    # devices=1 names jax.devices()[0], process 0's device: process 1 has nothing to run
+    first, second = (result["samplers"]["count_error"] for result in two_processes)
+    assert first is None
+    assert second.startswith("devices must include a device of this process (process 1 of 2")
+
+
 # ---- arguments ----------------------------------------------------------------------------------
 
 def test_check_devices_accepts_none_a_count_and_a_list():

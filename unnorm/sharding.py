@@ -46,7 +46,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .samplers.devices import check_devices
+from .samplers.devices import check_devices, require_local
 
 __all__ = ["ROW_AXIS", "RowShards", "FitDevices", "choose_devices", "place_rows",
            "global_rows", "host_rows", "sum_over_rows", "replicated_jit", "uncommitted"]
@@ -134,7 +134,7 @@ def choose_devices(devices: Any, data: Any) -> FitDevices:
                 f"processes (its {len(own)} device(s) hold its rows where they are); got "
                 f"{devices!r}.")
         return FitDevices(own, data)
-    return FitDevices(check_devices(devices))
+    return FitDevices(require_local(check_devices(devices)))
 
 
 def place_rows(data: Any, devices: tuple, dtype) -> RowShards:

@@ -239,8 +239,10 @@ class DrawSink:
     ``host_dtypes`` maps a leaf dtype to the dtype it is stored in (e.g. int8 -> float32);
     other leaves keep theirs."""
 
-    def __init__(self, layout: GroupLayout, total: int, host_dtypes: dict | None = None):
+    def __init__(self, layout: GroupLayout, total: int, host_dtypes: dict | None = None,
+                 keep_buffers: bool = True):
         self.layout, self.total = layout, total
+        self._keep_buffers = keep_buffers
         self._host_dtypes = {np.dtype(k): np.dtype(v) for k, v in (host_dtypes or {}).items()}
         self._lock = threading.Lock()
         self._treedef = None
@@ -251,7 +253,20 @@ class DrawSink:
         """Whether a first call of ``count`` draws in outputs of ``length`` is stored as the
         device's buffers (one group, all draws in one call): no output array is allocated
         then."""
-        return self.layout.num_groups == 1 and count == length == self.total
+        return (self._keep_buffers and self.layout.num_groups == 1
+                and count == length == self.total)
+
+    def allocate(self, shapes: Any) -> None:
+        """Allocate the output arrays for outputs shaped as ``shapes`` (``jax.ShapeDtypeStruct``
+        leaves of dims (draw, chain, ...)), before any :meth:`write`: a process that computes
+        none of the chains (they belong to other processes' devices) then still holds arrays
+        for them to be gathered into."""
+        leaves, treedef = jax.tree_util.tree_flatten(shapes)
+        with self._lock:
+            if self._arrays is None:
+                self._treedef = treedef
+                self._arrays = [self._new_array(leaf) for leaf in leaves]
+                self._reserved = None
 
     def reserve_first(self, event_shape: tuple, dtype) -> None:
         """Allocate the first leaf's array (the draws: ``event_shape`` per chain and draw, in
@@ -260,7 +275,11 @@ class DrawSink:
         Meant for the dispatching thread while the groups compute: the pages of a fresh array
         are mapped on first write, and when the workers took those page faults in their copies,
         a 41 MB copy took 20-60 ms one call in five or ten instead of 2-5 ms (256 Gibbs chains
-        × 400 draws of 100 spins; benchmarks/README.md)."""
+        × 400 draws of 100 spins; benchmarks/README.md). Nothing when :meth:`allocate` has
+        made the arrays already."""
+        with self._lock:
+            if self._arrays is not None:
+                return
         array = np.empty((self.total, self.layout.num_chains, *event_shape), dtype)
         array.reshape(-1)[::max(1, mmap.PAGESIZE // array.itemsize)] = 0
         with self._lock:
@@ -290,7 +309,22 @@ class DrawSink:
         chains, offset = self.layout.real_chains(group), group * self.layout.group_size
         kept = min(count, self.total - start)
         for target, leaf in zip(self._arrays, leaves, strict=True):
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                self._write_shards(target, leaf, start, kept)
+                continue
             target[start:start + kept, offset:offset + chains] = host_view(leaf)[:kept, :chains]
+
+    def _write_shards(self, target: np.ndarray, leaf: jax.Array, start: int, kept: int) -> None:
+        """The chains of ``leaf`` (one group split over several processes' devices) that this
+        process's devices hold, into their columns of ``target``."""
+        num_chains = self.layout.num_chains
+        for shard in leaf.addressable_shards:
+            chains = shard.index[1]
+            first = chains.start or 0
+            last = min(num_chains, leaf.shape[1] if chains.stop is None else chains.stop)
+            if last > first:
+                target[start:start + kept, first:last] = (
+                    host_view(shard.data)[:kept, :last - first])
 
     def _new_array(self, leaf) -> np.ndarray:
         shape = (self.total, self.layout.num_chains, *leaf.shape[2:])

@@ -29,6 +29,16 @@ device count, so its draws are those of a single-device run: bit for bit for the
 kernels (the same program on the same inputs), and for the others as far as XLA rounds the
 partitioned and the single-device programs alike.
 
+The devices may belong to several processes (``jax.distributed``), each process running the
+same ``un.sample`` call. Every process computes the starting states from the same key and
+places the chains of its own devices (:meth:`ChainPlacement.chains` builds the global arrays
+from each process's slices; a blocked kernel's process runs only the blocks of its devices,
+:meth:`ChainPlacement.is_local`). The number of draws a call runs, chosen from timings, is
+process 0's (:func:`from_first_process`), so that every process calls the partitioned program
+in step. Each process copies the draws of its own chains to the host, and one all-gather
+(:meth:`ChainPlacement.gather`) completes every process's arrays with the others' chains:
+every process returns the same draws.
+
 Example
 -------
 >>> import jax
@@ -46,12 +56,14 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import chain_groups
 
-__all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "placement"]
+__all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "require_local", "placement",
+           "from_first_process", "local_chains"]
 
 #: the mesh axis the chains are split along
 CHAIN_AXIS = "chains"
@@ -89,6 +101,19 @@ def check_devices(devices: Any) -> tuple[jax.Device, ...]:
     return devices
 
 
+def require_local(devices: tuple) -> tuple:
+    """``devices`` as :func:`check_devices` returns them, refused when none belongs to this
+    process: a process computes only on its own devices, so a run on others' alone (such
+    as ``devices=1`` on any process but the first, whose device it names) has nothing to
+    run here."""
+    if not any(d.process_index == jax.process_index() for d in devices):
+        raise ValueError(
+            f"devices must include a device of this process (process {jax.process_index()} "
+            f"of {jax.process_count()}, whose devices are jax.local_devices() = "
+            f"{jax.local_devices()!r}); got {list(devices)!r}.")
+    return devices
+
+
 class ChainPlacement(NamedTuple):
     """``num_chains`` chains split over ``devices`` (padded to a multiple of their count)."""
 
@@ -105,6 +130,11 @@ class ChainPlacement(NamedTuple):
     def mesh(self) -> Mesh:
         return Mesh(np.array(self.devices), (CHAIN_AXIS,))
 
+    @property
+    def spans_processes(self) -> bool:
+        """Whether some of the devices belong to other processes (``jax.distributed``)."""
+        return any(d.process_index != jax.process_index() for d in self.devices)
+
     def chains(self, tree: Any) -> Any:
         """A PyTree whose leaves have a leading chain axis, padded (copies of the last chain)
         and split over the devices along that axis."""
@@ -112,11 +142,24 @@ class ChainPlacement(NamedTuple):
         if extra:
             index = np.minimum(np.arange(self.padded_chains), self.num_chains - 1)
             tree = jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
-        return jax.device_put(tree, NamedSharding(self.mesh, P(CHAIN_AXIS)))
+        return self._put(tree, NamedSharding(self.mesh, P(CHAIN_AXIS)))
 
     def replicated(self, tree: Any) -> Any:
         """A PyTree copied whole onto every device (the parameters)."""
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return self._put(tree, NamedSharding(self.mesh, P()))
+
+    def _put(self, tree: Any, sharding: NamedSharding) -> Any:
+        """``tree`` placed with ``sharding``. Over several processes each one holds the same
+        values (every process computes the starts from the same key) and places the slices
+        of its own devices: ``jax.device_put`` only reaches this process's devices."""
+        if not self.spans_processes:
+            return jax.device_put(tree, sharding)
+        return jax.tree_util.tree_map(lambda leaf: _global_array(leaf, sharding), tree)
+
+    def is_local(self, group: int) -> bool:
+        """Whether group ``group`` of a :meth:`block_layout` (device ``group``) is this
+        process's to run."""
+        return self.devices[group].process_index == jax.process_index()
 
     def block_layout(self, width: int) -> chain_groups.GroupLayout:
         """The chains in blocks of ``width``, the blocks split into contiguous runs over the
@@ -132,6 +175,11 @@ class ChainPlacement(NamedTuple):
         device."""
         placed, block_params = [], []
         for group in range(layout.num_groups):
+            if not self.is_local(group):
+                # another process runs these blocks: they stay as they are, never run here
+                placed.extend(blocks[unit] for unit in layout.units_of(group))
+                block_params.extend(params for _ in layout.units_of(group))
+                continue
             device = self.devices[group]
             copy = jax.device_put(params, device)
             for unit in layout.units_of(group):
@@ -139,11 +187,81 @@ class ChainPlacement(NamedTuple):
                 block_params.append(copy)
         return tuple(placed), tuple(block_params)
 
+    def chain_processes(self, layout: chain_groups.GroupLayout) -> np.ndarray:
+        """The process that computes each of the ``num_chains`` chains: that of the device
+        holding the chain, in a :meth:`block_layout` or (``layout.block`` None) split evenly
+        along the padded chain axis."""
+        if layout.block is None:
+            per_device = self.padded_chains // len(self.devices)
+            device_of_chain = np.arange(self.num_chains) // per_device
+        else:
+            device_of_chain = np.empty(self.num_chains, dtype=int)
+            for group in range(layout.num_groups):
+                units = layout.units_of(group)
+                device_of_chain[units.start * layout.block:units.stop * layout.block] = group
+        return np.array([self.devices[d].process_index for d in device_of_chain])
+
+    def gather(self, tree: Any, layout: chain_groups.GroupLayout) -> Any:
+        """A PyTree of NumPy arrays of dims (chain, ...) in which this process filled its own
+        chains, completed in place with every other process's (an all-gather): each process
+        then holds every chain. Every process must call it."""
+        owners = self.chain_processes(layout)
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        processes = range(jax.process_count())
+        chains = [np.flatnonzero(owners == p) for p in processes]
+        # process_allgather takes arrays of one shape from every process: each sends its
+        # chains padded to the largest share
+        width = max(1, *(len(c) for c in chains))
+        mine = chains[jax.process_index()]
+        local = []
+        for leaf in leaves:
+            part = np.zeros((width, *leaf.shape[1:]), leaf.dtype)
+            part[:len(mine)] = leaf[mine]
+            local.append(part)
+        gathered = multihost_utils.process_allgather(local)
+        for leaf, parts in zip(leaves, gathered, strict=True):
+            for p in processes:
+                leaf[chains[p]] = parts[p, :len(chains[p])]
+        return treedef.unflatten(leaves)
+
+
+def from_first_process(value: Any) -> Any:
+    """``value`` (NumPy scalars or arrays, the same shapes on every process) as process 0
+    holds it, on every process: the decisions taken on the host from timings (how many
+    draws a call runs) are then the same everywhere, so the processes call their programs
+    in step."""
+    if jax.process_count() == 1:
+        return value
+    return multihost_utils.broadcast_one_to_all(value)
+
+
+def local_chains(leaf: Any, num_chains: int) -> np.ndarray:
+    """The values of dims (draw, chain, ...) that this process holds of the first
+    ``num_chains`` chains of ``leaf``: all of them, or for an array split over several
+    processes' devices the chains of its own (for the progress bar)."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return np.asarray(leaf)[:, :num_chains]
+    # one shard per start: a replicated leaf has a whole copy on each local device
+    shards = {shard.index[1].start or 0: shard for shard in leaf.addressable_shards}
+    parts = [np.asarray(shards[first].data)[:, :max(0, num_chains - first)]
+             for first in sorted(shards)]
+    return np.concatenate(parts, axis=1)
+
+
+def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """One array that every process holds whole, as a global array of ``sharding``: each
+    process places the slices of its own devices. Typed PRNG keys stay keys."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
 
 def placement(devices: Any, num_chains: int) -> ChainPlacement | None:
     """The placement of ``un.sample``'s chains for its ``devices`` argument, or None for a
     single device (the single-device path, with the CPU's chain groups)."""
-    checked = check_devices(devices)
+    checked = require_local(check_devices(devices))
     if len(checked) == 1:
         return None
     return ChainPlacement(checked, num_chains)

@@ -285,7 +285,10 @@ def sample(
         through the single-device program on the device that holds it
         (:mod:`unnorm.samplers.devices`); for the other samplers, and on accelerators, as far
         as XLA rounds the sharded and the single-device programs alike (on two CPU devices it
-        did for random-walk Metropolis, MALA and Gibbs in the tests).
+        did for random-walk Metropolis, MALA and Gibbs in the tests). When the devices belong
+        to several processes (``jax.distributed``), every process makes the same call, computes
+        the chains of its own devices, and returns the same InferenceData, every chain's draws
+        gathered to it; ``devices`` must then include a device of the calling process.
     step_size : float, optional
         Initial step size (adapted during warmup for nuts, hmc, mala, rwmh and langevin unless
         ``adapt_step_size=False``). For mala/langevin it is ε of eq. 6.
@@ -342,7 +345,7 @@ def sample(
         **sampler_options,
         **check_step_options(sampler_spec, step_size=step_size, target_accept=target_accept)})
     dims, coords = _check_dims(model, dims, coords)
-    chosen = chain_devices.check_devices(devices)
+    chosen = chain_devices.require_local(chain_devices.check_devices(devices))
     placement = (chain_devices.ChainPlacement(chosen, num_chains) if len(chosen) > 1
                  else None)
     # an explicit single device is honoured; devices=None leaves JAX's default device alone
@@ -499,7 +502,7 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
               desc=f"{sampler} ({num_chains} chains{_on_devices(placement, layout)})",
               unit="draw") as bar:
         run = _PhaseRunner(model, spec, unit_params, layout, chain_groups.executor(layout),
-                           bar, disabled, positions.dtype)
+                           bar, disabled, positions.dtype, placement)
         states, _, _, pace = run(states, warmup_keys, num_warmup // warmup_thinning,
                                  warmup_capacity, warmup_thinning, _WARMUP)
         # the sampling's draws cost what the warmup's did when they are as long
@@ -507,6 +510,9 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
             states, sampling_keys, num_samples, sampling_capacity, thinning, _SAMPLING,
             pace if warmup_thinning == thinning else None)
     elapsed = time.perf_counter() - started
+    if placement is not None and placement.spans_processes:
+        # process 0's wall time, so that every process returns the same InferenceData
+        elapsed = float(chain_devices.from_first_process(np.float32(elapsed)))
 
     if not finite:  # kernels reject non-finite moves; this guards the guard
         raise RuntimeError(
@@ -556,6 +562,11 @@ class _PhaseRunner(NamedTuple):
     bar: Any
     disabled: bool
     position_dtype: Any
+    placement: chain_devices.ChainPlacement | None = None
+
+    @property
+    def spans_processes(self) -> bool:
+        return self.placement is not None and self.placement.spans_processes
 
     def __call__(self, states: tuple, chain_keys: tuple, total: int, capacity: int,
                  thinning: int, phase: str, pace: pacing.Pace | None = None):
@@ -571,15 +582,28 @@ class _PhaseRunner(NamedTuple):
         if phase == _SAMPLING:
             host = ({_DISCRETE_DRAW_DTYPE: self.position_dtype}
                     if self.model.support.is_discrete else None)
-            sink = chain_groups.DrawSink(self.layout.units, total, host_dtypes=host)
+            sink = chain_groups.DrawSink(self.layout.units, total, host_dtypes=host,
+                                         keep_buffers=not self.spans_processes)
         finite, done = True, 0
         warmup = jnp.asarray(phase == _WARMUP)
         # Built here, not in the workers: two first calls at once could build two jitted
         # functions, and compile twice.
         run_chunk = _chunk_runner(self.spec.compiler_options)
+        if sink is not None and self.spans_processes:
+            # a process may hold none of the blocks: it still needs the outputs' arrays,
+            # to receive the other processes' chains
+            sink.allocate(jax.eval_shape(
+                lambda params, keys, state: _run_chunk_impl(
+                    self.model, self.spec, params, keys, state, 0, capacity, warmup, False,
+                    capacity, thinning)[1],
+                self.params[0], chain_keys[0], states[0]))
         try:
             while done < total:
                 count = pacing.next_count(pace, total - done, capacity)
+                if self.spans_processes:
+                    # every process runs as many draws a call as process 0: a partitioned
+                    # program is one call on all of them
+                    count = int(chain_devices.from_first_process(np.int32(count)))
                 results, pace = pacing.timed(functools.partial(
                     self._call, run_chunk, sink, states, chain_keys, done, count, capacity,
                     thinning, warmup, phase, total), count)
@@ -598,7 +622,12 @@ class _PhaseRunner(NamedTuple):
                 f"{total} {unit}") from None
         if phase != _SAMPLING:
             return states, None, True, pace
-        return states, sink.result(), finite, pace
+        outputs = sink.result()
+        if self.spans_processes:
+            outputs = self.placement.gather(outputs, self.layout)
+            # each process checked only its own chains' draws
+            finite = self.model.support.is_discrete or bool(np.isfinite(outputs[0]).all())
+        return states, outputs, finite, pace
 
     def _call(self, run_chunk, sink, states, chain_keys, done: int, count: int, capacity: int,
               thinning: int, warmup, phase: str, total: int) -> list:
@@ -616,6 +645,10 @@ class _PhaseRunner(NamedTuple):
             return state, out[1], ok
 
         def run_group(g):
+            if (self.layout.block is not None and self.placement is not None
+                    and not self.placement.is_local(g)):
+                # another process's device holds these blocks: their states stay, unrun
+                return [(states[u], None, True) for u in self.layout.units_of(g)]
             return [run_unit(u) for u in self.layout.units_of(g)]
 
         reserve = None
@@ -640,10 +673,14 @@ class _PhaseRunner(NamedTuple):
         if self.disabled:
             return
         # sliced on the host: a slice of a device array compiles a program per length
+        # over several processes, this process's chains
         real = [(stats, self.layout.units.real_chains(u))
-                for u, (_, stats, _) in enumerate(results)]
+                for u, (_, stats, _) in enumerate(results) if stats is not None]
+        if not real:  # another process computes every chain
+            return
         accept = np.mean(np.concatenate(
-            [np.asarray(stats["acceptance_rate"])[:count, :n].ravel() for stats, n in real]))
-        diverging = sum(int(np.sum(np.asarray(stats["diverging"])[:count, :n]))
+            [chain_devices.local_chains(stats["acceptance_rate"], n)[:count].ravel()
+             for stats, n in real]))
+        diverging = sum(int(np.sum(chain_devices.local_chains(stats["diverging"], n)[:count]))
                         for stats, n in real)
         self.bar.set_postfix(phase=phase, accept=f"{accept:.2f}", divergent=diverging)
