@@ -204,17 +204,16 @@ def _sharded_derivatives(flat, template, padded, bandwidth, *, model: Model, ker
     return tuple(total / num_rows for total in sums)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "kernel"))
-def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth, *, model: Model,
-                      kernel: str):
-    """``Û``, its gradient and Hessian in the flat unconstrained parameters, and ``h₁``, as
-    :func:`_derivatives` gives them, from the data's :class:`~unnorm.stein_kernels.SteinGram`:
-    the kernel matrix is read, not evaluated again (``n²`` powers). ``∇Û`` needs only
-    ``B_i = ((φS)_i - 2c_i)/(n-1)``, so one evaluation costs two products of the ``n × n``
-    matrix, with the scores and with their Jacobian; ``h₁`` adds the matrix ``φ'``, an
-    elementwise function of ``φ`` (:func:`~unnorm.stein_kernels.kernel_slope`). The Newton
-    steps need no ``h₁``, the sandwich after them does: one program computing it every time
-    costs little beside a second program compiled for the sandwich alone."""
+@functools.partial(jax.jit, static_argnames=("model", "kernel", "with_h1"))
+def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth=None, *, model: Model,
+                      kernel: str | None = None, with_h1: bool = False):
+    """``Û``, its gradient and Hessian in the flat unconstrained parameters, and with
+    ``with_h1`` also ``h₁`` (``kernel`` and ``bandwidth`` then needed), as :func:`_derivatives`
+    gives them, from the data's :class:`~unnorm.stein_kernels.SteinGram`: the kernel matrix is
+    read, not evaluated again (``n²`` powers). ``∇Û`` needs only ``B_i = ((φS)_i - 2c_i)/(n-1)``,
+    so one evaluation costs two products of the ``n × n`` matrix, with the scores and with
+    their Jacobian; ``h₁`` adds the matrix ``φ'``, an elementwise function of ``φ``
+    (:func:`~unnorm.stein_kernels.kernel_slope`)."""
     _, unravel = ravel_pytree(template)
     n = data.shape[0]
 
@@ -233,6 +232,8 @@ def _gram_derivatives(flat, template, data, gram: SteinGram, bandwidth, *, model
     cross = 2.0 / (n * (n - 1)) * jnp.einsum("ndp,ndq->pq", jac, phi_jac)
     weights = jax.lax.stop_gradient(2.0 / n * b)
     curvature = jax.hessian(lambda f: jnp.sum(weights * scores_of(f)))(flat)
+    if not with_h1:
+        return value, grad, cross + curvature
     points = data.reshape(n, -1)
     x = points - jnp.mean(points, axis=0)
     d1 = kernel_slope(kernel, gram.weights, bandwidth)
@@ -380,8 +381,9 @@ class KSD(Estimator):
                     return found if with_outer else found[:3]
             elif isinstance(state.gram, SteinGram) and len(state.gram.weights) == n:
                 def derivatives(f, with_outer=False):
-                    found = _gram_derivatives(f, u, data, state.gram, h, **static)
-                    return found[:3] if not with_outer else (*found[:3], _outer(found[3]))
+                    found = _gram_derivatives(f, u, data, state.gram, h, with_h1=with_outer,
+                                              **static)
+                    return found if not with_outer else (*found[:3], _outer(found[3]))
             else:
                 # a minibatch fit (or n beyond the matrix's limit): the kernel in row blocks
                 def derivatives(f, with_outer=False):
