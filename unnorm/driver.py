@@ -428,7 +428,7 @@ def fit(
     initial_state = est_state
     if objective.nuisance is not None:
         est_state, nuisance0 = objective.nuisance(params0, est_state, view(data))
-    started = False
+    own_start = False
     if objective.start is not None and num_params <= STDERR_AUTO_LIMIT:
         # the estimator's own start (NCE: the model nearest its noise) where it judges the
         # given start poor, whether that is the model's defaults or the user's init: data far
@@ -439,10 +439,10 @@ def fit(
             # from the state as initialized, like the first call: the state the first call
             # returned is shaped otherwise (its noise fitted), and compiled a second program
             est_state, nuisance0 = objective.nuisance(started_at, initial_state, view(data))
-        started = started_at is not params0
+        own_start = started_at is not params0
         params0 = started_at
     plan = _plan(objective, model, params0, data_host, solve_directly=solve_directly,
-                 compute_se=compute_se, default_optimizer=default_optimizer, started=started)
+                 compute_se=compute_se, default_optimizer=default_optimizer, started=own_start)
     if streamed and batch_size is None and plan.start == "optimizer":
         raise data_source.full_batch_error(
             data, f"estimator {estimator.name!r} starts with the optimizer on this model (no "
@@ -466,10 +466,10 @@ def fit(
     elif plan.start == "newton" and objective.post_fit is None:
         # from an estimator's own start, near the minimum, Newton runs in coordinates scaled
         # to its curvatures there and trust-region steps follow, as after the optimizer
-        polish: list | None = [] if started else None
+        polish: list | None = [] if own_start else None
         refined, newton_converged = _refine(model, objective, theta, est_state, rows,
                                             train_key, stages=polish, sums=newton_sums,
-                                            prescale=started)
+                                            prescale=own_start)
         if newton_converged:
             theta = refined
             fitted = objective_params(model, objective, theta)
