@@ -466,15 +466,15 @@ def fit(
     elif plan.start == "newton" and objective.post_fit is None:
         # from an estimator's own start, near the minimum, Newton runs in coordinates scaled
         # to its curvatures there and trust-region steps follow, as after the optimizer
-        polish: list | None = [] if own_start else None
+        after_newton: list | None = [] if own_start else None
         refined, newton_converged = _refine(model, objective, theta, est_state, rows,
-                                            train_key, stages=polish, sums=newton_sums,
+                                            train_key, stages=after_newton, sums=newton_sums,
                                             prescale=own_start)
         if newton_converged:
             theta = refined
             fitted = objective_params(model, objective, theta)
             stages.append("newton")
-            stages.extend(polish or [])
+            stages.extend(after_newton or [])
     elif plan.start == "newton":
         # the estimator's own finish runs the Newton steps (KSD's U-statistic)
         fitted = objective_params(model, objective, theta)
@@ -740,10 +740,7 @@ def _refinement_shift(model, objective, optimizer_theta, fitted, covariance, dat
     moved = np.flatnonzero(shift > MAX_REFINEMENT_SHIFT)
     if not moved.size:
         return None
-    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
-    names = parameter_names(params)
-    if nuisance is not None:
-        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    names = _fitted_names(objective, fitted)
     moved = moved[np.argsort(-shift[moved])]
     listed = "; ".join(f"{names[i]} from {start[i]:.6g} to {end[i]:.6g} ({shift[i]:.3g} "
                        "standard errors)" for i in moved[:3])
@@ -1213,13 +1210,8 @@ def _mark_underflow(cov, affected, objective, fitted, label, dtype):
     the constrained ones), whose sandwich sums underflow ``dtype`` even in rescaled
     coordinates: the refinement could not see the objective change in them either, so the
     estimate may be off in every parameter, and no finite standard error is given."""
-    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
-    names = parameter_names(params)
-    if nuisance is not None:
-        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
-    listed = [names[i] for i in np.flatnonzero(affected)]
-    shown = ", ".join(listed[:MAX_NAMED]) + (
-        f" and {len(listed) - MAX_NAMED} more" if len(listed) > MAX_NAMED else "")
+    names = _fitted_names(objective, fitted)
+    shown = _named([names[i] for i in np.flatnonzero(affected)])
     name = np.dtype(dtype).name
     warnings.warn(
         f"the standard errors of the {label} fit are NaN: the derivatives of its objective "
@@ -1235,12 +1227,8 @@ def _mark_underflow(cov, affected, objective, fitted, label, dtype):
 def _mark_doubtful(cov, objective, fitted, label: str, reason: str):
     """The covariance all NaN, with a warning giving the estimator's ``reason`` to doubt the
     estimate (``Objective.check_estimate``) and naming the parameters."""
-    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
-    names = parameter_names(params)
-    if nuisance is not None:
-        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
-    shown = ", ".join(names[:MAX_NAMED]) + (
-        f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+    names = _fitted_names(objective, fitted)
+    shown = _named(names)
     warnings.warn(f"the standard errors of the {label} fit are NaN ({shown}): {reason}",
                   RuntimeWarning, stacklevel=3)
     return np.full(np.shape(cov), np.nan)
@@ -1249,6 +1237,22 @@ def _mark_doubtful(cov, objective, fitted, label: str, reason: str):
 #: the singular-Hessian warning describes at most this many directions and names at most this
 #: many parameters
 MAX_DESCRIBED, MAX_NAMED = 3, 12
+
+
+def _fitted_names(objective, fitted) -> list[str]:
+    """The names of the fitted parameters, flattened as the covariance is, the nuisance's
+    prefixed ``nuisance.``."""
+    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
+    names = parameter_names(params)
+    if nuisance is not None:
+        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    return names
+
+
+def _named(names: list[str]) -> str:
+    """At most ``MAX_NAMED`` of ``names``, and how many more, for a warning."""
+    return ", ".join(names[:MAX_NAMED]) + (
+        f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
 
 
 def _mark_post_fit_unidentified(model, objective, fitted, cov, hessian, label: str):
@@ -1269,10 +1273,7 @@ def _mark_post_fit_unidentified(model, objective, fitted, cov, hessian, label: s
 def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):
     """NaN the covariance of the parameters that move along ``directions`` (columns, in the
     constrained coordinates), and say which they are and what it means."""
-    params, nuisance = (fitted, None) if objective.nuisance is None else fitted
-    names = parameter_names(params)
-    if nuisance is not None:
-        names += [f"nuisance.{name}" for name in parameter_names(nuisance)]
+    names = _fitted_names(objective, fitted)
     loadings = np.abs(directions)
     affected = np.flatnonzero(loadings.max(axis=1) > 1e-3 * loadings.max())
     # a model with many unidentified directions (an RBM's pixels that are never on) would
@@ -1280,9 +1281,7 @@ def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):
     described = "; ".join(describe_direction(d, names) for d in directions.T[:MAX_DESCRIBED])
     if directions.shape[1] > MAX_DESCRIBED:
         described += f"; and {directions.shape[1] - MAX_DESCRIBED} more directions"
-    affected_names = ", ".join(names[i] for i in affected[:MAX_NAMED])
-    if affected.size > MAX_NAMED:
-        affected_names += f" and {affected.size - MAX_NAMED} more"
+    affected_names = _named([names[i] for i in affected])
     warnings.warn(
         f"the Hessian of the {label} objective at the estimate is singular (to "
         f"{np.dtype(dtype).name} precision): the parameters are not identified from these "

@@ -87,9 +87,19 @@ POLISH_STEPS = 3
 
 
 def newton_decrement(grad: np.ndarray, hess: np.ndarray, eps: float = 2.0**-52) -> float:
-    """``gᵀH⁻¹g``, the gradient's squared length in the Hessian's metric (twice the decrease a
-    Newton step predicts); NaN where the Hessian is not positive definite to the precision
-    ``eps`` of the numbers it was computed in."""
+    """``gᵀH⁻¹g``, the Newton decrement squared (Boyd & Vandenberghe 2004, §9.5.1):
+    the gradient's squared length in the Hessian's metric, twice the decrease a Newton step
+    predicts; NaN where the Hessian is not positive definite to the precision ``eps`` of the
+    numbers it was computed in.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> newton_decrement(np.array([2.0, 0.0]), np.diag([4.0, 1.0]))
+    1.0
+    >>> newton_decrement(np.array([1.0, 1.0]), np.ones((2, 2)))  # singular
+    nan
+    """
     return _newton_step(grad, hess, eps)[1]
 
 
