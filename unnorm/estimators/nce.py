@@ -102,6 +102,21 @@ class GaussianNoise(NamedTuple):
                 - 0.5 * u.shape[-1] * math.log(2 * math.pi))
 
 
+def _power_of_two_at_most(values: jax.Array) -> jax.Array:
+    """Elementwise, the largest power of two at most each value (1 where a value is not
+    positive and finite). Dividing or multiplying by a power of two is exact, so arithmetic in
+    units of one rounds as it does without them, wherever neither overflows nor underflows."""
+    usable = (values > 0) & jnp.isfinite(values)
+    exponent = jnp.frexp(jnp.where(usable, values, 1.0))[1]
+    return jnp.where(usable, jnp.ldexp(jnp.ones_like(values), exponent - 1), 1.0)
+
+
+def _power_of_two_below(values: jax.Array) -> jax.Array:
+    """The largest power of two at most the largest magnitude of ``values`` (1 where that is
+    0 or not finite)."""
+    return _power_of_two_at_most(jnp.max(jnp.abs(values)))
+
+
 def _fit_noise(support: Support, data: jax.Array):
     """Parameters of the default noise, matched to the data's first two moments.
 
@@ -112,6 +127,11 @@ def _fit_noise(support: Support, data: jax.Array):
     (Gutmann & Hyvärinen 2012, §2.4). Discrete supports: independent coordinates with the data's
     marginal frequencies, shrunk as (count + 1) / (n + 2) so that no configuration has noise
     probability zero.
+
+    The mean and covariance are computed in units of a power of two near the data's largest
+    magnitude and deviation, and only the Cholesky factor and its inverse are brought back:
+    the covariance itself of data on a scale of 1e18 (1e36, summed over the rows) overflows
+    float32, where its factor (1e18) does not.
     """
     n = data.shape[0]
     flat = data.reshape(n, -1)
@@ -121,17 +141,29 @@ def _fit_noise(support: Support, data: jax.Array):
         return ((count + 1.0) / (n + 2.0),)
     u = flat if support.kind == "real" else jax.vmap(
         lambda x: support.transform.inv(x.reshape(support.event_shape)).reshape(-1))(flat)
-    loc = jnp.mean(u, axis=0)
+    magnitude = _power_of_two_below(u)
+    loc = jnp.mean(u / magnitude, axis=0) * magnitude
     centred = u - loc
-    cov = centred.T @ centred / max(n - 1, 1)
+
+    def covariance_in(unit):
+        scaled = centred / unit
+        return scaled.T @ scaled / max(n - 1, 1)
+
+    unit = _power_of_two_below(centred)
+    cov = covariance_in(unit)
     # an absolute floor made the noise of data on a scale of 1e-8 (variance 1e-16) ten times
     # the data's variance; only data whose spread the dtype cannot hold (every row alike)
-    # take the floor
+    # take the floor, a noise variance of 1e-15, in units of 2⁻²⁰ (about its root)
     variance = jnp.trace(cov) / cov.shape[0]
-    ridge = 1e-3 * jnp.where(variance > 1e3 * jnp.finfo(cov.dtype).tiny, variance, 1e-12)
+    held = jnp.sqrt(variance) * unit > jnp.sqrt(1e3 * jnp.finfo(cov.dtype).tiny)
+    floor_unit = 2.0**-20
+    unit = jnp.where(held, unit, floor_unit)
+    cov = jnp.where(held, cov, covariance_in(floor_unit))
+    ridge = 1e-3 * jnp.where(held, variance, 1e-12 / floor_unit**2)
     eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
-    scale_tril = jnp.linalg.cholesky(cov + ridge * eye)
-    return GaussianNoise(loc, scale_tril, solve_triangular(scale_tril, eye, lower=True))
+    factor = jnp.linalg.cholesky(cov + ridge * eye)
+    return GaussianNoise(loc, unit * factor,
+                         solve_triangular(factor, eye, lower=True) / unit)
 
 
 def _default_noise(support: Support):
@@ -414,7 +446,20 @@ class NCE(Estimator):
                                                         jnp.max(jnp.abs(noise_scores))))
             largest = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
 
-            def divergence(flat):
+            def gaps_at(flat):
+                return standardized_scores(flat, noise_params, ys, 1.0 / largest)[1]
+
+            # Each parameter is moved in units of a power of two near the change that moves
+            # the gaps by one (exact, so that where nothing under- or overflows the result is
+            # as without them): at data on a scale of 1e18 from a precision of 1, a location
+            # moves the gaps by 1e-18 per unit where a log-precision moves them by 1, and
+            # the location's curvature, formed as products of such derivatives in the
+            # Hessian's passes, flushed to 0 in float32.
+            sensitivity = jnp.max(jnp.abs(jax.jacfwd(gaps_at)(flat_u)), axis=(0, 1))
+            param_unit = jax.lax.stop_gradient(_power_of_two_at_most(1.0 / sensitivity))
+
+            def divergence(step):
+                flat = flat_u + param_unit * step
                 model_scores, gaps, noise_scores = standardized_scores(
                     flat, noise_params, ys, 1.0 / largest)
                 value = jnp.mean(jnp.sum(model_scores * (model_scores - 2 * noise_scores),
@@ -423,16 +468,19 @@ class NCE(Estimator):
                 return jax.lax.stop_gradient(value) + (squared
                                                        - jax.lax.stop_gradient(squared))
 
-            value, grad = jax.value_and_grad(divergence)(flat_u)
-            return largest, value, grad, jax.hessian(divergence)(flat_u)
+            step = jnp.zeros_like(flat_u)
+            value, grad = jax.value_and_grad(divergence)(step)
+            return largest, param_unit, value, grad, jax.hessian(divergence)(step)
 
         def divergence_in_float64(flat_u, noise_params, ys):
             # Newton's and the trust region's steps do not change when the objective is
             # multiplied by a constant, so the objective is (D − F) / M² times M² wherever it
             # is evaluated
-            largest, *derivatives = (np.asarray(a, dtype=float) for a in
-                                     divergence_derivatives(flat_u, noise_params, ys))
-            return tuple(largest**2 * a for a in derivatives)
+            largest, param_unit, value, grad, hess = (
+                np.asarray(a, dtype=float)
+                for a in divergence_derivatives(flat_u, noise_params, ys))
+            return (largest**2 * value, largest**2 * grad / param_unit,
+                    largest**2 * hess / np.outer(param_unit, param_unit))
 
         @jax.jit
         def start_loss(params, state, data):
@@ -471,9 +519,8 @@ class NCE(Estimator):
             variance = np.var(np.asarray(data).reshape(data.shape[0], -1), axis=0,
                               dtype=np.float64)
             dtype = np.dtype(data.dtype)
-            if np.any(variance < precision_floor(dtype)) or np.any(
-                    variance * data.shape[0] > np.finfo(dtype).max):
-                return ("the data's variance is too small or too large for "
+            if np.any(variance < precision_floor(dtype)):
+                return ("the data's variance is too small for "
                         f"{dtype.name} to hold the sums of squares behind NCE's noise and "
                         f"objective ({_spread_line(data)}), so the estimate may be off in "
                         "every parameter. Standardize the data (and map the estimates back), "
