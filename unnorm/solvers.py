@@ -231,6 +231,17 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     the working dtype (a location of data on a scale of 1e8 has per-observation gradients
     of 1e-24 under score matching, whose squares are below float32's smallest number).
 
+    Where the in-memory pass gives a Hessian with non-finite entries beside finite
+    per-observation gradients, it is repeated one row per block: the Hessian of a block's sum
+    forms sums over its rows (of ``½(x − μ)²`` for a Gaussian's precision) that can overflow
+    where no row's own derivatives do.
+
+    Where the in-memory pass gives a Hessian with non-finite entries beside finite
+    per-observation gradients, those entries are taken from a second pass whose rows are
+    weighted by a power of two at most one over a block's rows: the Hessian of a block's sum
+    forms sums over its rows (of ``½(x − μ)²`` for a Gaussian's precision) that can overflow
+    where no row's own derivatives do.
+
     ``data`` split over several devices (:class:`~unnorm.sharding.RowShards`) is summed where
     it lives: each device runs the blocks of its own rows and the devices' sums are added.
     Streamed data (a :class:`~unnorm.data_source.RowSource`) go through
@@ -247,7 +258,25 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     if isinstance(data, RowShards):
         return _sharded_derivatives(flat, template, data.array, est_state, key, scale,
                                     mesh=data.mesh, num_rows=data.num_rows, **static)
-    return _block_means()(flat, template, data, est_state, key, 0, 0, scale=scale, **static)
+    full = _block_means()(flat, template, data, est_state, key, 0, 0, 1.0, scale=scale,
+                          **static)
+    hessian = np.asarray(full.hessian)
+    if np.all(np.isfinite(hessian)) or not np.all(np.isfinite(np.asarray(full.score_outer))):
+        return full
+    # The block's reverse pass sums each constrained parameter's cotangent over its rows
+    # before the chain rule scales it: a precision of 1e-36 on data of scale 1e18 has
+    # cotangents ½(x − μ)² of 1e36 per row, whose sum over 1000 rows overflows float32 where
+    # every row's Hessian entry is of order one. The pass is repeated with the rows weighted
+    # by a power of two at most one over the block's rows (the same compiled program), and
+    # the entries that overflowed are taken from it: the others, whose products may be small
+    # enough to underflow there (a location's curvature of 1e-36), are kept.
+    rows = block_rows(data.shape[0], flat.size) if block is None else min(block, data.shape[0])
+    row_scale = 2.0 ** -max(int(rows - 1).bit_length(), 0)
+    scaled = _block_means()(flat, template, data, est_state, key, 0, 0, row_scale, scale=scale,
+                            **static)
+    merged = np.where(np.isfinite(hessian), hessian,
+                      np.asarray(scaled.hessian, dtype=float) / row_scale)
+    return full._replace(hessian=jnp.asarray(merged, dtype=hessian.dtype))
 
 
 @functools.cache
@@ -261,12 +290,14 @@ def _block_means():
                    compiler_options=_xla.training_compiler_options())
 
 
-def _block_means_impl(flat, template, data, est_state, key, offset, skip, *, model, objective,
-                      constrained, block: int | None = None, scale=None) -> FullData:
+def _block_means_impl(flat, template, data, est_state, key, offset, skip, row_scale, *, model,
+                      objective, constrained, block: int | None = None,
+                      scale=None) -> FullData:
     n = data.shape[0]
     sums = derivative_sums(flat, template, data, est_state, key, offset, offset + n,
                            skip=skip, model=model, objective=objective,
-                           constrained=constrained, block=block, scale=scale)
+                           constrained=constrained, block=block, scale=scale,
+                           row_scale=row_scale)
     return jax.tree_util.tree_map(lambda total: total / n, sums)
 
 
@@ -277,7 +308,7 @@ def block_derivatives(flat, template, data, est_state, key, offset, skip, *, mod
     ``skip`` rows are weighted 0 (a host block shifted back over rows already counted); the
     means are over all the rows of ``data``. One compiled program serves every offset and
     skip, and the in-memory pass (offset and skip 0)."""
-    return _block_means()(flat, template, data, est_state, key, offset, skip, model=model,
+    return _block_means()(flat, template, data, est_state, key, offset, skip, 1.0, model=model,
                           objective=objective, constrained=constrained, block=block,
                           scale=scale)
 
@@ -298,12 +329,13 @@ def _sharded_derivatives(flat, template, padded, est_state, key, scale=None, *, 
 
 def derivative_sums(flat, template, data, est_state, key, first_row, num_rows, *, model,
                     objective, constrained, skip=0, block: int | None = None,
-                    scale=None) -> FullData:
+                    scale=None, row_scale=1.0) -> FullData:
     """The sums (not means) of :func:`derivatives` over the rows of ``data``, whose first row
     is observation ``first_row`` of ``num_rows``: the indices the terms are keyed on are
     ``first_row + i``; rows at or past ``num_rows`` (padding) and the first ``skip`` rows
     (already counted by a host block before) have weight 0. ``scale``: in the coordinates
-    ``φ`` of ``flat + scale ⊙ φ``, at ``φ = 0``."""
+    ``φ`` of ``flat + scale ⊙ φ``, at ``φ = 0``. ``row_scale``: every row's weight, and so
+    every sum, multiplied by it."""
     term = _full_data_term(model, objective, template, est_state, key, constrained)
     if scale is not None:
         # differentiated through the scaling, so that each parameter's share is scaled
@@ -327,7 +359,8 @@ def derivative_sums(flat, template, data, est_state, key, first_row, num_rows, *
         x = jax.lax.dynamic_slice_in_dim(data, first, rows)
         local = first + jnp.arange(rows)
         index = first_row + local
-        weight = ((local >= start) & (local >= skip) & (index < num_rows)).astype(dtype)
+        weight = ((local >= start) & (local >= skip) & (index < num_rows)).astype(
+            dtype) * row_scale
         # the Hessian of the block's sum, not the forward derivative of its per-row gradients:
         # a reverse pass summed over the rows is one product where per-row parameter
         # gradients are one outer product per row, p times over
