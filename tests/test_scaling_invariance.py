@@ -216,6 +216,29 @@ def test_nce_at_extreme_data_scales_is_the_well_scaled_fit_scaled():
         assert abs(far.nuisance["log_z"] - truth) < 4 * far.nuisance_stderr["log_z"], scale
 
 
+def test_nce_at_a_data_scale_of_1e18_is_the_well_scaled_fit_scaled():
+    # Before, the default noise's covariance (1e36, summed over the rows) overflowed float32
+    # and the fit stopped with FitError; with the noise factored in units of the data's
+    # spread, the start's location curvature (1e-36 in products of 1e-18) flushed to 0 and
+    # the start went to mu = -3e31; and the full-data Hessian summed the precision's
+    # cotangents ½(x − μ)² (1e36 a row) over 1000 rows, past float32's 3.4e38. Float32
+    # holds each row's derivatives: the fit is the well-scaled one, scaled, as at 1e10.
+    base = _far_data(0.0)
+    near = _nce_fit(base)
+    scale = 1e18
+    for loc in (0.0, scale):
+        far = _nce_fit(loc + scale * base)
+        assert far.converged and "optimizer" not in far.stages, (loc, far.stages)
+        for name, power in (("mu", 1), ("prec", -2)):
+            se = far.stderr[name] / scale**power
+            np.testing.assert_allclose(se, near.stderr[name], rtol=0.01, err_msg=name)
+            gap = (far.params[name] / scale**power - (loc / scale if name == "mu" else 0.0)
+                   - near.params[name]) / se
+            assert np.max(np.abs(gap)) < 0.5, (loc, name, far.params, near.params)
+        truth = 0.5 * np.log(2 * np.pi) + np.log(scale)
+        assert abs(far.nuisance["log_z"] - truth) < 4 * far.nuisance_stderr["log_z"], loc
+
+
 @pytest.mark.slow  # its own programs (2-D, n = 500): about 25 s on two shared cores
 def test_nce_on_a_two_dimensional_gaussian_at_a_scale_of_1e10():
     # A Cholesky factor's off-diagonal curvature (1e20) beside a location's (1e-20): from
@@ -247,7 +270,7 @@ def test_nce_beyond_what_float32_holds_gives_no_standard_error():
         lost = un.fit(GAUSSIAN, 1e-18 * _far_data(0.0), "nce", key=KEY, progress_bar=False)
     # the sandwich's sums may underflow first, which says so and names them as well
     assert any(re.search(r"standard errors of the 'nce' fit are NaN \(mu\[0\], prec\[0,0\], "
-                         r"nuisance.log_z\): the data's variance is too small or too large "
+                         r"nuisance.log_z\): the data's variance is too small "
                          r"for float32 .* standard deviation is 1.01e-18", str(w.message))
                or re.search(r"standard errors of the 'nce' fit are NaN: the derivatives of its "
                             r"objective in mu\[0\], prec\[0,0\], nuisance.log_z are too small "
@@ -284,6 +307,13 @@ def test_nce_noise_and_start_widths_scale_with_the_data():
     np.testing.assert_allclose(np.asarray(tiny_tril) / 1e-8, np.asarray(tril), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(tiny_loc) / 1e-8, np.asarray(loc), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(tiny_whitening) * 1e-8, np.asarray(whitening),
+                               rtol=1e-5)
+    # at 1e18 the covariance itself (1e36, summed over the rows) is past float32's range;
+    # the noise is factored without forming it
+    huge_loc, huge_tril, huge_whitening = nce._fit_noise(GAUSSIAN.support, 1e18 * base)
+    np.testing.assert_allclose(np.asarray(huge_tril) / 1e18, np.asarray(tril), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(huge_loc) / 1e18, np.asarray(loc), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(huge_whitening) * 1e18, np.asarray(whitening),
                                rtol=1e-5)
     # a model 1e8 times wider than the noise (log-densities spread 1e-16 times as much): the
     # noise widened to its width, then narrowed a hundred times at each search
