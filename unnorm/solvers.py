@@ -232,11 +232,6 @@ def derivatives(flat, template, data, est_state, key, *, model, objective, const
     of 1e-24 under score matching, whose squares are below float32's smallest number).
 
     Where the in-memory pass gives a Hessian with non-finite entries beside finite
-    per-observation gradients, it is repeated one row per block: the Hessian of a block's sum
-    forms sums over its rows (of ``½(x − μ)²`` for a Gaussian's precision) that can overflow
-    where no row's own derivatives do.
-
-    Where the in-memory pass gives a Hessian with non-finite entries beside finite
     per-observation gradients, those entries are taken from a second pass whose rows are
     weighted by a power of two at most one over a block's rows: the Hessian of a block's sum
     forms sums over its rows (of ``½(x − μ)²`` for a Gaussian's precision) that can overflow
