@@ -425,8 +425,8 @@ def reusable_chunk(num_warmup: int, thinning: int) -> int:
 
 def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, num_warmup: int,
                  num_samples: int, thinning: int = 1, init: Any = None,
-                 progress_bar: bool = True, warn: bool = True, chunk: int | None = None
-                 ) -> Draws:
+                 progress_bar: bool = True, warn: bool = True, chunk: int | None = None,
+                 devices: tuple | None = None) -> Draws:
     """:func:`sample` with the sampler's default options for the chain-based estimators: the
     draws as arrays (:class:`Draws`), no InferenceData.
 
@@ -435,12 +435,17 @@ def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, nu
     phases run in compiled calls of at most that many draws, the warmup's of ``thinning``
     steps where ``thinning`` divides ``num_warmup`` (the same steps, keys and adaptation as
     single steps): one compilation then serves samplings of any length, such as MLE's rounds.
-    Each chain's draws are those of :func:`sample` with the same arguments.
+    Each chain's draws are those of :func:`sample` with the same arguments. ``devices``
+    (checked devices, as a fit chose them): the chains split over them as :func:`sample`
+    splits them; None or one device: the single-device run.
     """
     sampler_spec = check_sampler(sampler, model)
     tuning = check_tuning(sampler_spec, check_step_options(sampler_spec))
+    placement = (chain_devices.ChainPlacement(tuple(devices), num_chains)
+                 if devices is not None and len(devices) > 1 else None)
     return _run(model, params, _checks.check_key(key), sampler_spec, tuning, num_chains,
-                num_warmup, num_samples, thinning, init, progress_bar, warn, "parallel", chunk)
+                num_warmup, num_samples, thinning, init, progress_bar, warn, "parallel", chunk,
+                placement)
 
 
 def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
