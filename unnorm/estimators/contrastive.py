@@ -264,7 +264,8 @@ def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmu
     the standard errors, and of ``fit.chains``. In chunks of one length whatever
     ``num_samples``, so that one compilation serves every sampling of a fit (MLE's rounds
     differ in length) and every fit of the model. ``devices``: the fit's devices, over which
-    the chains are split as :func:`unnorm.sample` splits them (None: one device)."""
+    the chains of NUTS and HMC are split as :func:`unnorm.sample` splits them, their draws
+    one device's bit for bit (:func:`unnorm.samplers.run.sample_draws`; None: one device)."""
     thinning = check_sampler(sampler, model).thinning
     return sample_draws(model, params, key=key, sampler=sampler, num_chains=chains,
                         num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
