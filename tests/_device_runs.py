@@ -398,14 +398,43 @@ def _ais_on_devices() -> dict:
     return {"sharded": _ais(), "single": _ais(devices=1)}
 
 
+def _mle_on_devices() -> dict:
+    """An MLE fit on both devices and on one, with the devices of its post-fit samplings
+    (NUTS: in blocks of two chains, split over the devices)."""
+    import jax
+
+    import unnorm as un
+
+    calls = []
+    restore = _record_chunk_calls(calls)
+    out = {}
+    for label, devices in (("sharded", None), ("single", 1)):
+        calls.clear()
+        fitted = un.fit(_model(), data()[:2 * PROCESS_ROWS],
+                        un.estimators.MLE(k=2, num_chains=8, num_warmup=20, num_samples=50,
+                                          max_rounds=1),
+                        key=jax.random.key(1), num_steps=30, progress_bar=False,
+                        devices=devices)
+        out[label] = {"params": [float(v) for v in (fitted.params["a"], *fitted.params["b"])],
+                      "stderr": [float(v) for v in (fitted.stderr["a"], *fitted.stderr["b"])],
+                      "stages": list(fitted.stages),
+                      "sample_devices": sorted({tuple(c["devices"]) for c in calls})}
+    restore()
+    return out
+
+
 def _devices_main(samplers) -> dict:
-    """The default run's samplers and fits; with ``samplers`` named, only those samplers."""
+    """The default run's samplers and fits; with ``samplers`` named, only those samplers (and
+    with ``"mle"`` among them, the MLE fits of :func:`_mle_on_devices`)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     assert len(jax.devices()) == 2, jax.devices()
     if samplers:
-        return {"samplers": _sample_on_devices(samplers)}
+        out = {"samplers": _sample_on_devices([s for s in samplers if s != "mle"])}
+        if "mle" in samplers:
+            out["mle"] = _mle_on_devices()
+        return out
     return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(),
             "ais": _ais_on_devices()}
 

@@ -218,6 +218,19 @@ def test_sharded_pcd_steps_exchange_sums_not_chains(two_devices):
     assert collectives["all-to-all"] == 0
 
 
+@pytest.mark.slow
+def test_mle_samples_its_fitted_model_on_the_fit_devices():
+    # MLE's post-fit sampler, NUTS, runs blocks of two chains: on two devices its 4 chains
+    # are one block on each, whose draws are one device's bit for bit, so the Monte Carlo
+    # MLE and its standard errors are the single-device fit's to rounding
+    found = runs.results([runs.start_on_two_devices(("mle",))])[0]["mle"]
+    sharded, single = found["sharded"], found["single"]
+    assert sharded["stages"] == single["stages"]
+    assert "Monte Carlo MLE" in sharded["stages"]
+    assert sharded["sample_devices"] == [[0], [1]] and single["sample_devices"] == [[0]]
+    _assert_close(sharded, single)
+
+
 def test_chains_split_only_in_equal_shares(two_devices):
     # 7 chains on 2 devices stay whole on each (padding would change the means over chains)
     assert two_devices["fits"]["split_shares"] == {"7": [1.0], "8": [0.5]}
