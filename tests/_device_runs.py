@@ -345,7 +345,7 @@ def _fit_on_devices() -> dict:
 #: 7 chains and the 8 pilot chains of the step size's adaptation: 15, padded to 16 on two
 #: devices, the pilots' mean acceptance leaving the padding copy out
 AIS_PARAMS = {"a": 2.0, "b": [0.3, -0.2]}
-AIS_RUN = dict(num_chains=7, num_temperatures=21)
+AIS_RUN = dict(num_chains=7, num_temperatures=5)
 
 
 def _record_annealing(calls: list):
