@@ -321,11 +321,13 @@ def fit(
         (default): all of ``jax.devices()``; an int ``n``: the first ``n`` of them; or a list
         of devices. With one device the fit is the single-device one. The full-data passes
         (closed form, Newton, sandwich) and the full-batch optimizer steps run where the rows
-        live, each device summing its own; the result equals the single-device fit up to the
-        order of floating-point sums. ``data`` may be a global ``jax.Array`` whose rows
-        belong to several processes (``jax.distributed``), split over its rows as
-        ``jax.make_array_from_process_local_data`` builds it; every process then gets the
-        same result.
+        live, each device summing its own; PCD's and MLE's persistent chains are split over
+        the same devices along their chain axis when their count is a multiple of the device
+        count (replicated otherwise), each device advancing its own. The result equals the
+        single-device fit up to the order of floating-point sums. ``data`` may be a global
+        ``jax.Array`` whose rows belong to several processes (``jax.distributed``), split
+        over its rows as ``jax.make_array_from_process_local_data`` builds it; every process
+        then gets the same result.
 
     Returns
     -------
