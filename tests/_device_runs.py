@@ -5,11 +5,12 @@ several processes only when each calls ``jax.distributed.initialize``, so the sh
 ``tests/test_devices.py`` and ``tests/test_fit_devices.py`` happen in children, in float64:
 
 * ``python _device_runs.py devices``: one process with two host devices runs every sampler
-  and estimator of the tests twice, on both devices and on one (``devices=1``), and records
-  what each device really held and summed;
+  and estimator of the tests and an AIS run of ``un.log_partition`` twice, on both devices
+  and on one (``devices=1``), and records what each device really held and summed;
 * ``python _device_runs.py process <id> <port>``, twice: two processes joined over 127.0.0.1
   (gloo collectives), each holding half the rows of one global array, fit every estimator of
-  the tests, then sample with the default run's samplers over both processes' devices.
+  the tests, then sample with the default run's samplers and run AIS over both processes'
+  devices.
 
 One child (one pair) serves all the tests of a file: a JAX start and the compilation of each
 program happen once. The sizes are the smallest that reach every code path (an odd row count
@@ -240,16 +241,33 @@ def _sample_on_devices(samplers) -> dict:
     return out
 
 
+def _shares(tree) -> list[float]:
+    """The shares of their leading axis that one device holds of ``tree``'s arrays (1.0: each
+    device holds all of it), without repeats."""
+    import jax
+
+    return sorted({leaf.sharding.shard_shape(leaf.shape)[0] / leaf.shape[0]
+                   for leaf in jax.tree_util.tree_leaves(tree) if leaf.ndim})
+
+
+def _collectives(compiled_text: str) -> dict:
+    return {op: compiled_text.count(op + "(") + compiled_text.count(op + "-start(")
+            for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all")}
+
+
 def _fit_on_devices() -> dict:
     import jax
+    import numpy as np
 
     import unnorm as un
     from unnorm import sharding
+    from unnorm.estimators import contrastive
 
     model, rows = _model(), data()
     recorder = _Recorder()
-    placed, chunk_inputs, collectives = [], [], {}
-    place_rows, replicated_jit = sharding.place_rows, sharding.replicated_jit
+    placed, chunk_inputs, collectives, states, sample_calls = [], [], {}, [], []
+    running = [None]  # the fit running now
+    place_rows, placed_jit = sharding.place_rows, sharding.placed_jit
 
     def recording_place(*args, **kwargs):
         placement = place_rows(*args, **kwargs)
@@ -260,26 +278,51 @@ def _fit_on_devices() -> dict:
         return placement
 
     def recording_jit(*args, **kwargs):
-        compiled = replicated_jit(*args, **kwargs)
+        compiled = placed_jit(*args, **kwargs)
 
         def call(train, rows, *rest, **options):
             chunk_inputs.append(rows.sharding.shard_shape(rows.shape)[0])
-            if not collectives:
+            if running[0] not in collectives:
                 # what the devices exchange in a chunk of steps: partial sums, never rows
+                # (nor, for PCD, chains)
                 text = compiled.lower(train, rows, *rest, **options).compile().as_text()
-                collectives.update({op: text.count(op + "(") + text.count(op + "-start(")
-                                    for op in ("all-gather", "all-reduce",
-                                               "collective-permute", "all-to-all")})
-            return compiled(train, rows, *rest, **options)
+                collectives[running[0]] = _collectives(text)
+            new_train, losses = compiled(train, rows, *rest, **options)
+            # where the estimator's state (PCD's chains) was before and after the call
+            states.append([_shares(train.est_state), _shares(new_train.est_state)])
+            return new_train, losses
         return call
 
-    sharding.place_rows, sharding.replicated_jit = recording_place, recording_jit
+    starts = []
+    sample_model = contrastive.sample_model
+
+    def recording_sample_model(*args, **kwargs):
+        # the positions the post-fit sampling starts from: the persistent chains' last
+        starts.append(np.asarray(args[7]).tolist())
+        return sample_model(*args, **kwargs)
+
+    sharding.place_rows, sharding.placed_jit = recording_place, recording_jit
+    contrastive.sample_model = recording_sample_model
+    restore = _record_chunk_calls(sample_calls)
     out = {}
     for name, count, label in FIT_RUNS:
-        placed.clear(), chunk_inputs.clear(), recorder.clear()
+        placed.clear(), chunk_inputs.clear(), recorder.clear(), states.clear()
+        sample_calls.clear(), starts.clear()
+        running[0] = name
         found = _fit(model, name, rows[:count], devices=None if label == "sharded" else 1)
-        out[f"{name}/{count}/{label}"] = {**found, "placed": list(placed),
-                                          "chunk_inputs": list(chunk_inputs), **recorder.rows()}
+        out[f"{name}/{count}/{label}"] = {
+            **found, "placed": list(placed), "chunk_inputs": list(chunk_inputs),
+            **recorder.rows(),
+            "states": sorted({(tuple(before), tuple(after)) for before, after in states}),
+            # the post-fit sampling's calls: the devices its draws were on
+            "sample_devices": sorted({tuple(call["devices"]) for call in sample_calls}),
+            "post_fit_starts": list(starts)}
+    restore()
+    contrastive.sample_model = sample_model
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), (sharding.ROW_AXIS,))
+    # 8 chains are split 4 and 4; 7 stay whole on every device
+    out["split_shares"] = {str(num): _shares(sharding.split_chains(
+        jax.device_put(np.zeros((num, 2))), mesh)) for num in (7, 8)}
 
     class Rows:
         # a row source: streamed in host blocks, on one device
@@ -298,15 +341,102 @@ def _fit_on_devices() -> dict:
     return out
 
 
+#: AIS on the children's energy at these params (not the base: the weights then vary), with
+#: 7 chains and the 8 pilot chains of the step size's adaptation: 15, padded to 16 on two
+#: devices, the pilots' mean acceptance leaving the padding copy out
+AIS_PARAMS = {"a": 2.0, "b": [0.3, -0.2]}
+AIS_RUN = dict(num_chains=7, num_temperatures=5)
+
+
+def _record_annealing(calls: list):
+    """Every compiled call of AIS's continuous annealing recorded in ``calls``: the share of
+    the chain axis one device held of its keys and of the chains' positions it returned, and
+    the devices of those."""
+    from unnorm import ais
+
+    anneal = ais._anneal_continuous
+
+    def call(*args, chain_keys, **kwargs):
+        carry, stats = anneal(*args, chain_keys=chain_keys, **kwargs)
+        positions = carry[0][0]
+        calls.append({"chains": positions.shape[0], "keys": _shares(chain_keys)[0],
+                      "positions": _shares(positions)[0],
+                      "devices": sorted(d.id for d in positions.sharding.device_set),
+                      "local_devices": sorted(d.id for d in
+                                              positions.sharding.addressable_devices)})
+        return carry, stats
+
+    ais._anneal_continuous = call
+
+    def restore():
+        ais._anneal_continuous = anneal
+    return restore
+
+
+def _ais(**kwargs) -> dict:
+    import warnings
+
+    import jax
+    import numpy as np
+
+    import unnorm as un
+
+    params = {"a": AIS_PARAMS["a"], "b": np.array(AIS_PARAMS["b"])}
+    calls = []
+    restore = _record_annealing(calls)
+    with warnings.catch_warnings():
+        # 7 weights: too few for the Pareto k̂ that the heavy-tail check reads
+        warnings.simplefilter("ignore")
+        found = un.log_partition(_model(), params, method="ais", key=jax.random.key(2),
+                                 progress_bar=False, **AIS_RUN, **kwargs)
+    restore()
+    return {"estimate": found.estimate, "stderr": found.stderr, "ess": found.ess,
+            "calls": calls}
+
+
+def _ais_on_devices() -> dict:
+    return {"sharded": _ais(), "single": _ais(devices=1)}
+
+
+def _mle_on_devices() -> dict:
+    """An MLE fit on both devices and on one, with the devices of its post-fit samplings
+    (NUTS: in blocks of two chains, split over the devices)."""
+    import jax
+
+    import unnorm as un
+
+    calls = []
+    restore = _record_chunk_calls(calls)
+    out = {}
+    for label, devices in (("sharded", None), ("single", 1)):
+        calls.clear()
+        fitted = un.fit(_model(), data()[:2 * PROCESS_ROWS],
+                        un.estimators.MLE(k=2, num_chains=8, num_warmup=20, num_samples=50,
+                                          max_rounds=1),
+                        key=jax.random.key(1), num_steps=30, progress_bar=False,
+                        devices=devices)
+        out[label] = {"params": [float(v) for v in (fitted.params["a"], *fitted.params["b"])],
+                      "stderr": [float(v) for v in (fitted.stderr["a"], *fitted.stderr["b"])],
+                      "stages": list(fitted.stages),
+                      "sample_devices": sorted({tuple(c["devices"]) for c in calls})}
+    restore()
+    return out
+
+
 def _devices_main(samplers) -> dict:
-    """The default run's samplers and fits; with ``samplers`` named, only those samplers."""
+    """The default run's samplers and fits; with ``samplers`` named, only those samplers (and
+    with ``"mle"`` among them, the MLE fits of :func:`_mle_on_devices`)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     assert len(jax.devices()) == 2, jax.devices()
     if samplers:
-        return {"samplers": _sample_on_devices(samplers)}
-    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices()}
+        out = {"samplers": _sample_on_devices([s for s in samplers if s != "mle"])}
+        if "mle" in samplers:
+            out["mle"] = _mle_on_devices()
+        return out
+    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(),
+            "ais": _ais_on_devices()}
 
 
 # ---- two processes ------------------------------------------------------------------------------
@@ -327,6 +457,8 @@ def _process_main(process_id: int, port: int) -> dict:
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from unnorm import sharding
+
     process, count = jax.process_index(), jax.process_count()
     assert count == 2 and len(jax.devices()) == 2, jax.devices()
     model, recorder = _model(), _Recorder()
@@ -344,11 +476,28 @@ def _process_main(process_id: int, port: int) -> dict:
             _fit(model, "sm", bad, **kwargs)
         except ValueError as err:
             out["errors"].append(str(err))
+    states = []
+    placed_jit = sharding.placed_jit
+
+    def recording_jit(*args, **kwargs):
+        compiled = placed_jit(*args, **kwargs)
+
+        def call(train, *rest, **options):
+            new_train, losses = compiled(train, *rest, **options)
+            # the share of the estimator's state (PCD's chains) each device holds after a call
+            states.append(_shares(new_train.est_state))
+            return new_train, losses
+        return call
+
+    sharding.placed_jit = recording_jit
     for name in PROCESS_FITS:
         estimator, _, host = name.partition("/")
-        recorder.clear()
-        out[name] = {**_fit(model, estimator, rows if host else spanning), **recorder.rows()}
+        recorder.clear(), states.clear()
+        out[name] = {**_fit(model, estimator, rows if host else spanning), **recorder.rows(),
+                     "states": sorted({tuple(shares) for shares in states})}
+    sharding.placed_jit = placed_jit
     out["samplers"] = _sample_on_processes()
+    out["ais"] = _ais()
     return out
 
 

@@ -6,6 +6,14 @@ Chains move from a normalized base distribution to ``exp(-E)`` along the geometr
 Grosse, Ghahramani & Adams (2015), with MALA steps (continuous supports, in the unconstrained
 space) or Gibbs sweeps (binary and spin supports); their importance weights average to
 ``Z / Z0``.
+
+On several devices the chains are split along their axis as :func:`unnorm.sample` splits its
+own (:mod:`unnorm.samplers.devices`: a 1-D mesh, ``NamedSharding(mesh, P("chains"))`` on the
+per-chain keys, padded with copies of the last chain to a multiple of the device count); the
+compiled annealing is unchanged and XLA's SPMD partitioner splits it, so each device anneals
+its own chains. Chain ``i``'s keys are the same whatever the device count, and the pilot
+chains' mean acceptance, which steers the shared MALA step size, leaves the padding out: the
+weights are the single-device run's, up to XLA's rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from . import _checks, pacing, threefry
 from ._compat import pareto_khat
 from .model import Model, format_params
 from .samplers import chains as chain_runner
+from .samplers import devices as chain_devices
 from .samplers import langevin
 from .samplers.registry import build_sampler
 from .samplers.target import unconstrained_logdensity
@@ -118,12 +127,14 @@ class AISRun(NamedTuple):
 def annealed_log_partition(model: Model, params, key, *, num_chains, num_temperatures,
                            num_mcmc_steps, step_size, adapt_step_size, target_accept, base_loc,
                            base_scale, progress_bar, schedule=None,
-                           chunk_length=None) -> AISRun:
+                           chunk_length=None, devices=None) -> AISRun:
     """One AIS run towards log Z (see :func:`unnorm.log_partition`, ``method=\"ais\"``); the
     weights are summarized by :func:`summarize`. Arguments are checked here; ``params``
     already are. ``chunk_length``: the temperatures one compiled call holds (default
     ``ceil((num_temperatures - 1) / 20)``); runs that share it, the model and the number of
-    chains share one compiled program whatever their ``num_temperatures``."""
+    chains share one compiled program whatever their ``num_temperatures``. ``devices``:
+    checked devices (:func:`unnorm.samplers.devices.check_devices`) to split the chains over;
+    None or one: a single device."""
     support = model.support
     num_chains = _checks.check_int(num_chains, "num_chains", 1, _checks.INT32_MAX)
     num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
@@ -157,6 +168,11 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
     if num_pilot:
         pilot_keys = jax.random.split(jax.random.fold_in(key, 1), num_pilot)
         chain_keys = jnp.concatenate([chain_keys, pilot_keys])
+    placement = (chain_devices.ChainPlacement(tuple(devices), num_chains + num_pilot)
+                 if devices is not None and len(devices) > 1 else None)
+    if placement is not None:
+        # every per-chain array of the annealing follows its keys' placement
+        chain_keys = placement.chains(chain_keys)
 
     betas = schedule_betas(schedule, num_temperatures, support)
     num_steps = num_temperatures - 1
@@ -186,10 +202,11 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
         run = functools.partial(_anneal_continuous, model, params, chain_keys=chain_keys,
                                 loc=loc, scale=scale,
                                 target_accept=jnp.asarray(target_accept, dtype),
-                                num_mcmc_steps=num_mcmc_steps, num_pilot=num_pilot, adapt=adapt)
+                                num_mcmc_steps=num_mcmc_steps, num_counted=num_chains,
+                                num_pilot=num_pilot, adapt=adapt)
         stat_name = "accept"
         log_z0 = 0.0
-    _check_start(model, params, np.asarray(start_values)[:num_chains])
+    _check_start(model, params, chain_devices.host_array(start_values)[:num_chains])
 
     with tqdm(total=num_steps, disable=disabled, desc=f"ais ({num_chains} chains)",
               unit="temperature") as bar:
@@ -197,6 +214,9 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
         try:
             while done < num_steps:
                 count = pacing.next_count(pace, num_steps - done, length)
+                if placement is not None and placement.spans_processes:
+                    # every process calls the partitioned program in step: process 0's count
+                    count = int(chain_devices.from_first_process(np.int32(count)))
                 chunk = tuple(jnp.asarray(a[done:done + length]) for a in xs)
 
                 def call(carry=carry, chunk=chunk, count=count):
@@ -206,13 +226,15 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
                 done += count
                 bar.update(count)
                 if not disabled:
-                    bar.set_postfix({stat_name: f"{float(np.mean(np.asarray(stat)[:count])):.2f}"})
+                    mean = float(np.mean(chain_devices.host_array(stat)[:count]))
+                    bar.set_postfix({stat_name: f"{mean:.2f}"})
         except KeyboardInterrupt as err:
             raise pacing.interrupted(
                 err, f"while annealing (AIS, {num_chains} chains): after {done} of "
                 f"{num_steps} temperatures") from None
-    log_weights = carry[2] if support.is_discrete else carry[0][3]
-    final = None if support.is_discrete else np.asarray(carry[0][0])[:num_chains]
+    log_weights = chain_devices.host_array(carry[2] if support.is_discrete else carry[0][3])
+    final = (None if support.is_discrete
+             else chain_devices.host_array(carry[0][0])[:num_chains])
     return AISRun(np.asarray(log_weights, dtype=np.float64)[:num_chains], log_z0, final)
 
 
@@ -296,13 +318,16 @@ def _init_continuous(model: Model, params, chain_keys, loc, scale):
     return u, value, grad, jnp.zeros_like(value)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps", "num_pilot", "adapt"))
+@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps", "num_counted",
+                                             "num_pilot", "adapt"))
 def _anneal_continuous(model: Model, params, carry, xs, count, *, chain_keys, loc, scale,
-                       target_accept, num_mcmc_steps: int, num_pilot: int, adapt: bool):
+                       target_accept, num_mcmc_steps: int, num_counted: int, num_pilot: int,
+                       adapt: bool):
     """The first ``count`` temperatures of ``xs`` (traced, :func:`_paced_scan`) for all chains:
-    weight increment at the state before the transition, then MALA steps targeting γ_β."""
+    weight increment at the state before the transition, then MALA steps targeting γ_β.
+    The chains are ``num_counted`` counted ones, ``num_pilot`` pilots and any padding of
+    several devices' chain axis (read by no mean)."""
     log_f = unconstrained_logdensity(model, params)
-    num_counted = chain_keys.shape[0] - num_pilot
 
     def grad_base(u):
         return -(u - loc) / scale**2
@@ -340,7 +365,7 @@ def _anneal_continuous(model: Model, params, carry, xs, count, *, chain_keys, lo
 
         u, lf, glf, accept = jax.vmap(transition)(chain_keys, u, lf, glf, lp0)
         if adapt:
-            pilot_accept = jnp.mean(accept[num_counted:])
+            pilot_accept = jnp.mean(accept[num_counted:num_counted + num_pilot])
             log_step = jnp.clip(log_step + (pilot_accept - target_accept), *_LOG_STEP_BOUNDS)
         return ((u, lf, glf, logw), log_step), jnp.mean(accept[:num_counted])
 

@@ -321,11 +321,13 @@ def fit(
         (default): all of ``jax.devices()``; an int ``n``: the first ``n`` of them; or a list
         of devices. With one device the fit is the single-device one. The full-data passes
         (closed form, Newton, sandwich) and the full-batch optimizer steps run where the rows
-        live, each device summing its own; the result equals the single-device fit up to the
-        order of floating-point sums. ``data`` may be a global ``jax.Array`` whose rows
-        belong to several processes (``jax.distributed``), split over its rows as
-        ``jax.make_array_from_process_local_data`` builds it; every process then gets the
-        same result.
+        live, each device summing its own; PCD's and MLE's persistent chains are split over
+        the same devices along their chain axis when their count is a multiple of the device
+        count (replicated otherwise), each device advancing its own. The result equals the
+        single-device fit up to the order of floating-point sums. ``data`` may be a global
+        ``jax.Array`` whose rows belong to several processes (``jax.distributed``), split
+        over its rows as ``jax.make_array_from_process_local_data`` builds it; every process
+        then gets the same result.
 
     Returns
     -------
@@ -514,7 +516,8 @@ def fit(
     covariance, chains = None, None
     if objective.post_fit is not None:
         post = objective.post_fit(fitted, est_state, rows if sharded_finish else data,
-                                  jax.random.split(train_key)[0], compute_se, progress_bar)
+                                  jax.random.split(train_key)[0], compute_se, progress_bar,
+                                  devices=placement.devices if placement.sharded else None)
         fitted, covariance, chains = post.params, post.covariance, post.chains
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
         if covariance is not None and post.hessian is not None:
@@ -856,6 +859,11 @@ def _initial_theta(model: Model, params0, nuisance0):
 def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_steps, batch_size,
               tol, window, max_failures, progress_bar, estimator_name):
     u = theta0
+    sharded = isinstance(data, sharding.RowShards)
+    if sharded and objective.place_state is not None:
+        # the persistent chains split over the rows' devices: each advances its own
+        est_state = objective.place_state(
+            est_state, functools.partial(sharding.split_chains, mesh=data.mesh))
     averaging = ((u, jnp.asarray(np.int32(0))) if objective.traits.monte_carlo_gradient
                  else ((), ()))
     train = TrainState(u, optimizer.init(u), est_state, jnp.asarray(np.int32(0)),
@@ -871,7 +879,6 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
         length = data_source.minibatch_length(batch_size, int(np.prod(data.shape[1:])), length)
     # a full-batch step over many rows sums over row blocks, so that its peak memory does
     # not grow with n; small fits keep the one pass over all rows
-    sharded = isinstance(data, sharding.RowShards)
     row_block = (None if streamed or sharded or batch_size is not None
                  else data_source.full_batch_block_rows(
                      data.shape[0], _flat_size(theta0), objective))
@@ -885,11 +892,11 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
                               prefetched=streamed, row_block=row_block)
     if sharded:
         # the same chunk on the rows where they live, its outputs replicated so that every
-        # process can read them
+        # process can read them, but for split chains, which stay where they are
         options = tuple(sorted(_xla.training_compiler_options().items()))
         chunk = functools.partial(
-            sharding.replicated_jit(_train_chunk_impl, data.mesh, _TRAIN_CHUNK_STATIC,
-                                    options),
+            sharding.placed_jit(_train_chunk_impl, data.mesh, _TRAIN_CHUNK_STATIC, options,
+                                (train, 0)),
             model=model, objective=objective, optimizer=optimizer, batch_size=batch_size,
             length=length, num_rows=data.num_rows if data.padded else None)
     chunk_data = data.array if sharded else data

@@ -47,6 +47,7 @@ from .ais_runs import (  # noqa: F401 (the thresholds' home used to be this modu
 from .diagnostics import ConvergenceWarning
 from .improper import weights_problem
 from .model import Model
+from .samplers import devices as chain_devices
 
 __all__ = ["LogPartition", "log_partition", "METHODS", "MAX_EXACT_UNITS"]
 
@@ -101,6 +102,7 @@ def log_partition(
     progress_bar: bool = True,
     schedule: str | None = None,
     max_doublings: int = 0,
+    devices=None,
 ) -> LogPartition:
     r"""Log normalizing constant ``log Z(θ)`` of ``p(x; θ) ∝ exp(-E(x; θ))`` (Song & Kingma 2021,
     eq. 2).
@@ -195,6 +197,16 @@ def log_partition(
         estimate rises by more than one standard error of the difference; the result is the
         last run's (default 0: one run, no check). Doubling ``j`` costs ``2**j`` first runs, so
         up to ``2**(max_doublings + 1) - 1`` in all (3 for one doubling, 7 for two).
+    devices : None, int or list of jax.Device
+        ``"ais"``: the devices the chains are split over, as :func:`unnorm.sample` splits its
+        own (along the chain axis, with ``jax.sharding``; padded with copies of the last chain
+        to a multiple of the device count). None (default): all of ``jax.devices()``; an int
+        ``n``: the first ``n`` of them; or a list of devices. Each chain's keys are its own
+        whatever the device count, so the estimate and its standard error are one device's,
+        up to the rounding of the partitioned program. When the devices belong to several
+        processes (``jax.distributed``), every process makes the same call, anneals the chains
+        of its own devices and returns the same estimate; ``devices`` must then include a
+        device of the calling process.
 
     Returns
     -------
@@ -262,6 +274,7 @@ def log_partition(
                 "jax.random.key(0) (the same key gives the same estimate); got key=None."
             )
         num_replicates = _checks.check_int(num_replicates, "num_replicates", 1)
+        chosen = chain_devices.require_local(chain_devices.check_devices(devices))
         num_temperatures = _checks.check_int(num_temperatures, "num_temperatures", 2,
                                              _checks.INT32_MAX)
         max_doublings = _checks.check_int(max_doublings, "max_doublings", 0, 30)
@@ -277,7 +290,7 @@ def log_partition(
             dict(num_chains=num_chains, num_mcmc_steps=num_mcmc_steps, step_size=step_size,
                  adapt_step_size=adapt_step_size, target_accept=target_accept,
                  base_loc=base_loc, base_scale=base_scale, progress_bar=progress_bar,
-                 schedule=schedule))
+                 schedule=schedule, devices=chosen))
         warn_heavy_weights(stage.pooled, num_replicates)
         if stage.previous is not None:
             warn_still_rising(stage, max_doublings)

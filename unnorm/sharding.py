@@ -13,6 +13,15 @@ keys are small and replicated. Two kinds of computation then run where the rows 
   rows: XLA's SPMD partitioner (GSPMD, Xu et al. 2021) splits the loss's mean over the rows
   and adds the partial sums of its gradient, so each device differentiates its own rows.
 
+The persistent chains of the chain-based estimators (PCD's and MLE's :class:`ChainState`) are
+placed on the same mesh, along their chain axis (:func:`split_chains`), when their number is a
+multiple of the device count, and the compiled chunk keeps them there (:func:`placed_jit`):
+each device advances its own chains, and only the means over chains that the loss takes cross
+devices. A chain's keys are split from the step's key by its index, so its draws do not depend
+on the device count. A chain count that is not a multiple stays replicated: every device then
+runs every chain (padding copies would change the means over chains that the loss and the
+step-size control take).
+
 When the row count ``n`` is not a multiple of ``d``, the rows are padded to the next multiple
 with copies of the last observation (a padding row that is an observation keeps every energy
 finite); the full-data passes give the padding weight 0, and the optimizer's chunk drops it
@@ -46,10 +55,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .samplers.devices import check_devices, require_local
+from .samplers.devices import check_devices, global_array, host_array, require_local
 
 __all__ = ["ROW_AXIS", "RowShards", "FitDevices", "choose_devices", "place_rows",
-           "global_rows", "host_rows", "sum_over_rows", "replicated_jit", "uncommitted"]
+           "global_rows", "host_rows", "sum_over_rows", "replicated_jit", "split_chains",
+           "placed_jit", "uncommitted"]
 
 #: the mesh axis the data rows are split along
 ROW_AXIS = "data"
@@ -194,16 +204,67 @@ def replicated_jit(function, mesh: Mesh, static_argnames: tuple, compiler_option
                    out_shardings=NamedSharding(mesh, P()), **options)
 
 
+def split_chains(tree: Any, mesh: Mesh) -> Any:
+    """A PyTree of per-chain arrays (leading chain axis, as the chain runner's states are)
+    split over ``mesh`` along that axis, when the chain count is a multiple of the device
+    count; as it is otherwise, to be replicated. Leaves without the chain axis stay as they
+    are. Over several processes each process places the slices of its own devices from its
+    copy of the whole array, which every process computed alike."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves or np.ndim(leaves[0]) == 0:
+        return tree
+    num_chains = leaves[0].shape[0]
+    if num_chains % mesh.devices.size:
+        return tree
+    split = NamedSharding(mesh, P(ROW_AXIS))
+    across = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+    def place(leaf):
+        if np.ndim(leaf) == 0 or leaf.shape[0] != num_chains:
+            return leaf
+        return global_array(leaf, split) if across else jax.device_put(leaf, split)
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def _is_split(leaf: Any, mesh: Mesh) -> bool:
+    sharding = getattr(leaf, "sharding", None)
+    return (isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+            and any(axis is not None for axis in sharding.spec))
+
+
+def placed_jit(function, mesh: Mesh, static_argnames: tuple, compiler_options, like: Any):
+    """``function`` jitted with its outputs placed as the leaves of ``like`` (a PyTree of the
+    outputs' structure) are: those split over ``mesh`` (:func:`split_chains`) stay split, the
+    others are replicated. With nothing split, :func:`replicated_jit`."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    if not any(_is_split(leaf, mesh) for leaf in leaves):
+        return replicated_jit(function, mesh, static_argnames, compiler_options)
+    replicated = NamedSharding(mesh, P())
+    shardings = tuple(leaf.sharding if _is_split(leaf, mesh) else replicated
+                      for leaf in leaves)
+    return _jit_placed(function, static_argnames, compiler_options, treedef, shardings)
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_placed(function, static_argnames: tuple, compiler_options, treedef, shardings):
+    options = {} if compiler_options is None else {"compiler_options": dict(compiler_options)}
+    return jax.jit(function, static_argnames=static_argnames,
+                   out_shardings=treedef.unflatten(shardings), **options)
+
+
 def uncommitted(tree: Any) -> Any:
-    """A PyTree of replicated arrays as host-made arrays that no device holds yet: later
+    """A PyTree of arrays, replicated or split over a mesh, as host-made arrays that no
+    device holds yet (gathered from every process where some slices are others'): later
     computations run on JAX's default device of each process, as for a single-device fit,
-    or move to whatever device set their other arguments are on. Typed PRNG keys stay keys."""
+    or move to whatever device set their other arguments are on. Typed PRNG keys stay keys.
+    Every process must call it."""
     def local(leaf):
         if not isinstance(leaf, jax.Array):
             return leaf
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            data = np.asarray(jax.random.key_data(leaf))
+            data = host_array(jax.random.key_data(leaf))
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        return jax.numpy.asarray(np.asarray(leaf))
+        return jax.numpy.asarray(host_array(leaf))
 
     return jax.tree_util.tree_map(local, tree)

@@ -25,6 +25,8 @@ Three optional extension points serve estimators that do not fit that mould:
   likelihood's curvature ``Cov_θ(∇_θE)`` is not a mean over observations).
 * ``init_minibatch`` — the state for fits that take minibatches, where ``init`` precomputes
   what only full-batch steps read (KSD's ``n × n`` kernel matrix, up to 256 MB).
+* ``place_state`` — where the state's per-chain arrays go in a fit over several devices: the
+  chain-based estimators split their persistent chains over the devices.
 * ``check_estimate`` — the estimator's own test of the estimate, for a failure its derivatives
   cannot show (NCE: a model far wider than its noise, which is fitted to the data); the
   driver then gives no standard errors.
@@ -121,8 +123,10 @@ class Objective(NamedTuple):
         take ``(params, nuisance)``), and the state updated from the full data; the values are
         reported as ``FitResult.nuisance``.
     post_fit : callable, optional
-        ``post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit``, run after
-        the optimizer in place of the driver's Newton refinement and sandwich covariance.
+        ``post_fit(params, state, data, key, compute_se, progress_bar, devices) -> PostFit``,
+        run after the optimizer in place of the driver's Newton refinement and sandwich
+        covariance; ``devices`` are the fit's devices when it runs on several (a tuple of
+        ``jax.Device``, for its own samplings of the model), else None.
     start : callable, optional
         ``start(params, state, data) -> params``: the (constrained) point to start from in
         place of the model's initial values ``params``, or ``params`` themselves; called after
@@ -135,6 +139,11 @@ class Objective(NamedTuple):
         ``check_estimate(theta, state, data) -> str | None``: at the estimate ``theta`` (what
         ``loss`` takes), why the estimate cannot be trusted, or None. A message makes every
         standard error NaN, with a warning that gives it.
+    place_state : callable, optional
+        ``place_state(state, split) -> state``: in a fit over several devices, the state with
+        its per-chain arrays passed through ``split`` (which places a PyTree with a leading
+        chain axis over the devices along it); the rest stays replicated. None: all
+        replicated.
     """
 
     init: Callable
@@ -146,6 +155,7 @@ class Objective(NamedTuple):
     start: Callable | None = None
     init_minibatch: Callable | None = None
     check_estimate: Callable | None = None
+    place_state: Callable | None = None
 
 
 class PostFit(NamedTuple):

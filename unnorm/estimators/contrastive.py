@@ -257,17 +257,20 @@ def _sandwich(model: Model, params, data, draws) -> tuple[np.ndarray, np.ndarray
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
-                 num_samples: int, init, progress_bar: bool) -> Draws:
+                 num_samples: int, init, progress_bar: bool, devices: tuple | None = None
+                 ) -> Draws:
     """Draws of the fitted model, as :func:`unnorm.sample` takes them (thinned as the sampler's
     spec says: the local samplers move less per step than NUTS), kept as arrays: the source of
     the standard errors, and of ``fit.chains``. In chunks of one length whatever
     ``num_samples``, so that one compilation serves every sampling of a fit (MLE's rounds
-    differ in length) and every fit of the model."""
+    differ in length) and every fit of the model. ``devices``: the fit's devices, over which
+    the chains of NUTS and HMC are split as :func:`unnorm.sample` splits them, their draws
+    one device's bit for bit (:func:`unnorm.samplers.run.sample_draws`; None: one device)."""
     thinning = check_sampler(sampler, model).thinning
     return sample_draws(model, params, key=key, sampler=sampler, num_chains=chains,
                         num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
                         init=init, progress_bar=progress_bar,
-                        chunk=reusable_chunk(num_warmup, thinning))
+                        chunk=reusable_chunk(num_warmup, thinning), devices=devices)
 
 
 # ---- the shared machinery -----------------------------------------------------------------------
@@ -409,34 +412,39 @@ class ChainEstimator(Estimator):
                                  dtype=jnp.result_type(float))
             return ChainState(chains, buffer)
 
-        def post_fit(params, state, data, key, compute_se, progress_bar):
+        def post_fit(params, state, data, key, compute_se, progress_bar, devices=None):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
-                                        num_warmup, num_samples, progress_bar)
+                                        num_warmup, num_samples, progress_bar, devices)
             params, covariance, hessian, refined_by, draws, converged = self._finish(
                 model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
-                num_samples, progress_bar)
+                num_samples, progress_bar, devices)
             # ArviZ only here, once, for the user
             return PostFit(params, covariance, draws.inference_data(), refined_by,
                            "likelihood sandwich from model draws" if compute_se else None,
                            converged, hessian)
 
+        def place_state(state, split):
+            # the chains along their axis; the replay buffer, whose entries any chain may
+            # draw, stays whole on every device
+            return ChainState(split(state.chains), state.buffer) if persistent else state
+
         return Objective(init, loss, terms,
                          Traits(deterministic=False, monte_carlo_gradient=True),
-                         post_fit=post_fit)
+                         post_fit=post_fit, place_state=place_state)
 
     def _sample_fitted(self, model, params, state, spec, sampler, key, chains, num_warmup,
-                       num_samples, progress_bar):
+                       num_samples, progress_bar, devices=None):
         init = None
         if self.persistent:
             # the persistent chains are already near p_θ̂: start there
             positions = jax.vmap(spec.position)(state.chains)[:chains]
             init = np.asarray(jax.vmap(lambda u: to_position(model, u))(positions))
         return sample_model(model, params, key, sampler, chains, num_warmup, num_samples, init,
-                            progress_bar)
+                            progress_bar, devices)
 
     def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
-                num_warmup, num_samples, progress_bar):
+                num_warmup, num_samples, progress_bar, devices=None):
         """The final params, their covariance and the (unconstrained) Hessian it came from, the
         solve stage run on the draws (None for none), the draws of the fitted model the
         covariance comes from, and whether that stage converged (None without one: the driver

@@ -143,7 +143,7 @@ class MLE(ChainEstimator):
                                                  25_000))
 
     def _finish(self, model: Model, params, data, draws, key, compute_se, sampler, chains,
-                num_warmup, num_samples, progress_bar):
+                num_warmup, num_samples, progress_bar, devices=None):
         u = model.to_unconstrained(params)
         flat, unravel = ravel_pytree(u)
         for round_index in range(int(self.max_rounds)):
@@ -173,7 +173,7 @@ class MLE(ChainEstimator):
                     num_samples * share / MAX_MONTE_CARLO_SHARE)))
             draws = sample_model(model, params, jax.random.fold_in(key, round_index + 1),
                                  sampler, chains, num_warmup, num_samples, draws.x[:, -1],
-                                 progress_bar)
+                                 progress_bar, devices)
         covariance = None
         if compute_se:
             covariance = delta_method(constrained_jacobian(flat, u, model.to_constrained),

@@ -362,7 +362,9 @@ class KSD(Estimator):
             means, state = row_means(params, state, batch)
             return jnp.mean(means), (state, {})
 
-        def post_fit(params, state, data, key, compute_se, progress_bar) -> PostFit:
+        def post_fit(params, state, data, key, compute_se, progress_bar,
+                     devices=None) -> PostFit:
+            # devices go unread: KSD samples nothing, and its sums run where data's rows are
             n = data.shape[0]
             _check_pairs(n, "data set")
             if not compute_se:

@@ -63,7 +63,7 @@ from jax.sharding import PartitionSpec as P
 from . import chain_groups
 
 __all__ = ["CHAIN_AXIS", "ChainPlacement", "check_devices", "require_local", "placement",
-           "from_first_process", "local_chains"]
+           "from_first_process", "local_chains", "global_array", "host_array"]
 
 #: the mesh axis the chains are split along
 CHAIN_AXIS = "chains"
@@ -154,7 +154,7 @@ class ChainPlacement(NamedTuple):
         of its own devices: ``jax.device_put`` only reaches this process's devices."""
         if not self.spans_processes:
             return jax.device_put(tree, sharding)
-        return jax.tree_util.tree_map(lambda leaf: _global_array(leaf, sharding), tree)
+        return jax.tree_util.tree_map(lambda leaf: global_array(leaf, sharding), tree)
 
     def is_local(self, group: int) -> bool:
         """Whether group ``group`` of a :meth:`block_layout` (device ``group``) is this
@@ -248,14 +248,23 @@ def local_chains(leaf: Any, num_chains: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
+def global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
     """One array that every process holds whole, as a global array of ``sharding``: each
     process places the slices of its own devices. Typed PRNG keys stay keys."""
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        data = _global_array(jax.random.key_data(leaf), sharding)
+        data = global_array(jax.random.key_data(leaf), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def host_array(array: Any) -> np.ndarray:
+    """``array`` whole as a NumPy array, on every process: gathered from the other processes
+    where some of its slices are theirs (every process must then call it), as is otherwise."""
+    if (isinstance(array, jax.Array) and not array.is_fully_addressable
+            and not array.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
 
 
 def placement(devices: Any, num_chains: int) -> ChainPlacement | None:

@@ -425,8 +425,8 @@ def reusable_chunk(num_warmup: int, thinning: int) -> int:
 
 def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, num_warmup: int,
                  num_samples: int, thinning: int = 1, init: Any = None,
-                 progress_bar: bool = True, warn: bool = True, chunk: int | None = None
-                 ) -> Draws:
+                 progress_bar: bool = True, warn: bool = True, chunk: int | None = None,
+                 devices: tuple | None = None) -> Draws:
     """:func:`sample` with the sampler's default options for the chain-based estimators: the
     draws as arrays (:class:`Draws`), no InferenceData.
 
@@ -436,19 +436,32 @@ def sample_draws(model: Model, params, *, key, sampler: str, num_chains: int, nu
     steps where ``thinning`` divides ``num_warmup`` (the same steps, keys and adaptation as
     single steps): one compilation then serves samplings of any length, such as MLE's rounds.
     Each chain's draws are those of :func:`sample` with the same arguments.
+
+    ``devices`` (checked devices, as a fit chose them): the chains are split over them as
+    :func:`sample` splits them where each chain's draws stay one device's bit for bit, that
+    is for kernels whose chains run in fixed-width blocks (NUTS and HMC on the CPU:
+    :mod:`unnorm.samplers.chain_blocks`), and run on one device otherwise. A vectorized
+    kernel partitioned over devices is another executable than the one device's, rounded
+    differently in the last bits, and over a long run a Metropolis decision can then go the
+    other way: a fit's standard errors would then depend on the device count.
     """
     sampler_spec = check_sampler(sampler, model)
     tuning = check_tuning(sampler_spec, check_step_options(sampler_spec))
+    placement = (chain_devices.ChainPlacement(tuple(devices), num_chains)
+                 if devices is not None and len(devices) > 1 else None)
     return _run(model, params, _checks.check_key(key), sampler_spec, tuning, num_chains,
-                num_warmup, num_samples, thinning, init, progress_bar, warn, "parallel", chunk)
+                num_warmup, num_samples, thinning, init, progress_bar, warn, "parallel", chunk,
+                placement, blocks_only=True)
 
 
 def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
          num_warmup: int, num_samples: int, thinning: int, init, progress_bar: bool, warn: bool,
          chain_method: str, chunk: int | None,
-         placement: chain_devices.ChainPlacement | None = None) -> Draws:
+         placement: chain_devices.ChainPlacement | None = None,
+         blocks_only: bool = False) -> Draws:
     """The sampling run of :func:`sample` and :func:`sample_draws`, arguments checked; with
-    a ``placement``, the chains split over its devices."""
+    a ``placement``, the chains split over its devices (with ``blocks_only``, only those of a
+    kernel that runs in blocks: the others on one device)."""
     sampler = sampler_spec.name
     if sampler_spec.prepare is not None:
         tuning = sampler_spec.prepare(model, params, tuning)
@@ -462,6 +475,8 @@ def _run(model: Model, params, key, sampler_spec, tuning: dict, num_chains: int,
         dispersed = jnp.asarray(model.support.initial_unconstrained(key, num_chains),
                                 dtype=jnp.result_type(float))
     block = chain_blocks.block_width(spec)
+    if blocks_only and block is None:
+        placement = None
     if placement is None:
         layout = chain_groups.choose_layout(num_chains, chain_method, block=block)
     elif block is None:
