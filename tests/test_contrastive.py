@@ -127,6 +127,33 @@ def test_the_trend_rule_calls_settled_iterates_settled_and_a_trend_a_trend():
     assert _iterate_trend(np.zeros((1, 2)), np.zeros((2, 2)), steps[:3]) is None
 
 
+def test_a_unit_never_on_is_reported_and_left_out_of_the_convergence_judgement():
+    # unit 0 of a 3-unit Boltzmann machine is never on in the data: the likelihood increases
+    # without bound as its bias and its two couplings decrease. The other three parameters
+    # have the MLE of the 2-unit machine on units 1 and 2, in closed form from the four
+    # configurations' frequencies
+    rng = np.random.default_rng(5)
+    pairs = rng.choice(4, size=N, p=[0.4, 0.2, 0.15, 0.25])
+    x = np.stack([np.zeros(N), pairs % 2, pairs // 2], axis=1)
+    freq = np.bincount(pairs, minlength=4) / N
+    mle = {"b": np.log(freq[[1, 2]] / freq[0]),
+           "W": np.log(freq[3] * freq[0] / (freq[1] * freq[2]))}
+    model = un.models.boltzmann(np.zeros(3), np.zeros(3))
+    with pytest.warns(RuntimeWarning, match=r"increases without bound as W\[0\], W\[1\], "
+                      r"b\[0\] decrease") as caught:
+        fit = un.fit(model, x, "pcd", key=jax.random.key(0), progress_bar=False)
+    assert not any("singular" in str(w.message) for w in caught)
+    assert np.all(np.isnan(fit.stderr["W"][:2])) and np.isnan(fit.stderr["b"][0])
+    assert np.all(np.isfinite(fit.stderr["b"][1:])) and np.isfinite(fit.stderr["W"][2])
+    assert fit.converged
+    # the averaged iterates within a fraction of a standard error of the exact MLE, as in
+    # the Gaussian fits
+    z_b = (fit.params["b"][1:] - mle["b"]) / fit.stderr["b"][1:]
+    z_w = (fit.params["W"][2] - mle["W"]) / fit.stderr["W"][2]
+    assert np.max(np.abs(z_b)) < 1.0 and abs(z_w) < 1.0, (z_b, z_w)
+    assert np.all(fit.params["b"][0] < -3.0)
+
+
 def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
     # without restarts from noise the buffered chains are still a stochastic approximation of
     # the MLE: the same bounds as plain PCD

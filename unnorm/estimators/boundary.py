@@ -1,0 +1,185 @@
+"""Parameters whose maximum-likelihood value is at infinity, and each parameter's Fisher
+information, from the data and draws of the fitted model.
+
+With ``g_j(x) = ∂E(x; θ)/∂u_j`` in the unconstrained coordinates ``u``, the likelihood's
+gradient is ``E_θ[g_j] − mean_i g_j(x_i)``, and the maximum-likelihood equations ask the
+model's mean of ``g_j`` to equal the data's. When every observation gives ``g_j`` the same
+value and that value is an extreme of the values ``g_j`` takes under the model (a binary unit
+never on, or always on, in the data: its bias's ``g_j`` is 0 on every observation and 0 or −1
+on the model's draws), the model's mean reaches the data's only in the limit: the likelihood
+increases without bound as ``u_j`` goes to ±∞, and the MLE does not exist (Barndorff-Nielsen
+1978, §9.3: the data's sufficient statistic on the boundary of its convex support). A
+stochastic-approximation fit then moves ``u_j`` for ever, more slowly as the model's variance of
+``g_j`` collapses, so such parameters are reported, given no standard error, and left out of the
+convergence judgement.
+
+The same draws give the Fisher information ``F = Cov_θ(g)`` per observation, whose inverse is
+the asymptotic covariance of the MLE from one observation when the model holds (Cramér–Rao):
+``√((F⁻¹)_jj / n)`` is the standard error of ``u_j`` from ``n`` observations, the scale by which
+to judge an iterate's drift where no sandwich standard errors are computed. Where the matrix is
+too large to form (more than ``MAX_INFORMATION_MATRIX`` coordinates) or the draws too few to
+estimate it, its diagonal gives a lower bound, ``(F⁻¹)_jj ≥ 1/F_jj``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ..model import Model
+from ..uncertainty import symmetric_pinv
+
+__all__ = ["Boundary", "GradientMoments", "find_boundary", "gradient_moments"]
+
+#: points per compiled block of energy gradients: one compilation serves any number of points
+MOMENTS_BLOCK = 4096
+
+#: the full Fisher information matrix (p × p) is formed up to this many coordinates and when
+#: the draws number at least twice the coordinates kept; beyond, its diagonal's lower bound
+MAX_INFORMATION_MATRIX = 4000
+
+#: relative size below which differences between values of ``g_j`` are rounding (float32
+#: energies differ from exact values by a few units of 1e-7 of their size)
+VALUE_TOLERANCE = 1e-5
+
+
+class GradientMoments(NamedTuple):
+    """Per unconstrained coordinate, over a set of points: the mean, variance (divisor the
+    count), smallest and largest value of ``∂E/∂u_j``, in float64; ``covariance``: the full
+    matrix (divisor the count), or None where not asked for."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    covariance: np.ndarray | None = None
+
+
+class Boundary(NamedTuple):
+    """What the data and the fitted model's draws say about each unconstrained coordinate
+    (flattened as ``ravel_pytree`` flattens the unconstrained parameters).
+
+    ``information``: the Fisher information ``Var_θ(∂E/∂u_j)`` per observation.
+    ``unit_se``: the standard error of each coordinate from one observation under the fitted
+    model, ``√(F⁻¹)_jj`` over the coordinates not excluded (or its lower bound ``1/√F_jj``,
+    see the module's description); NaN on the excluded ones, ∞ where the information is 0.
+    ``unbounded``: the likelihood increases without bound along the coordinate (the data's
+    ``∂E/∂u_j`` constant, at an edge of the values the draws give it, which vary).
+    ``flat``: the data and every draw give ``∂E/∂u_j`` one value, so the data say nothing of
+    the coordinate at the fitted values: the energy does not depend on it there, or the fit has
+    already gone far towards an unbounded likelihood. ``rising``: the direction (+1 or −1) in
+    which the likelihood increases along an unbounded coordinate, 0 elsewhere."""
+
+    information: np.ndarray
+    unit_se: np.ndarray
+    unbounded: np.ndarray
+    flat: np.ndarray
+    rising: np.ndarray
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """The coordinates that get no standard error and no convergence judgement."""
+        return self.unbounded | self.flat
+
+
+@functools.partial(jax.jit, static_argnames=("model", "matrix"))
+def _block_moments(flat_u, template_u, points, mask, *, model: Model, matrix: bool):
+    """The mean, centred sum of squares, minimum and maximum of the energy's gradients over
+    the points of one block where ``mask`` is true, and with ``matrix`` the centred sums of
+    their products."""
+    _, unravel = ravel_pytree(template_u)
+
+    def energy(flat, x):
+        return model.energy(model.to_constrained(unravel(flat)), x)
+
+    grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, points)
+    count = jnp.maximum(jnp.sum(mask), 1)
+    weights = mask.astype(grads.dtype)[:, None]
+    mean = jnp.sum(grads * weights, axis=0) / count
+    squares = jnp.sum(weights * (grads - mean) ** 2, axis=0)
+    low = jnp.min(jnp.where(mask[:, None], grads, jnp.inf), axis=0)
+    high = jnp.max(jnp.where(mask[:, None], grads, -jnp.inf), axis=0)
+    centred = (grads - mean) * weights
+    products = centred.T @ centred if matrix else jnp.zeros((0, 0), grads.dtype)
+    return mean, squares, low, high, products
+
+
+def gradient_moments(model: Model, params, points, matrix: bool = False) -> GradientMoments:
+    """:class:`GradientMoments` of ``∂E(x; θ)/∂u`` over ``points`` (at least one), at the
+    constrained ``params``, computed in blocks of ``MOMENTS_BLOCK`` points and combined in
+    float64 (Chan, Golub & LeVeque 1983); with ``matrix`` the covariance matrix too."""
+    u = model.to_unconstrained(params)
+    flat, _ = ravel_pytree(u)
+    points = np.asarray(points)
+    total, mean, squares, low, high, products = 0, None, None, None, None, None
+    for start in range(0, points.shape[0], MOMENTS_BLOCK):
+        block = points[start:start + MOMENTS_BLOCK]
+        size = block.shape[0]
+        # padding repeats a real point (finite energy), masked out
+        index = np.concatenate([np.arange(size), np.zeros(MOMENTS_BLOCK - size, dtype=int)])
+        out = _block_moments(flat, u, block[index], np.arange(MOMENTS_BLOCK) < size,
+                             model=model, matrix=matrix)
+        b_mean, b_squares, b_low, b_high, b_products = (np.asarray(a, dtype=float)
+                                                        for a in out)
+        if mean is None:
+            total, mean, squares, low, high, products = (size, b_mean, b_squares, b_low,
+                                                         b_high, b_products)
+            continue
+        combined = total + size
+        delta = b_mean - mean
+        squares = squares + b_squares + delta**2 * total * size / combined
+        if matrix:
+            products = products + b_products + np.outer(delta, delta) * total * size / combined
+        mean = mean + delta * size / combined
+        low, high, total = np.minimum(low, b_low), np.maximum(high, b_high), combined
+    return GradientMoments(mean, squares / total, low, high,
+                           products / total if matrix else None)
+
+
+def _unit_standard_errors(on_draws: GradientMoments, excluded: np.ndarray) -> np.ndarray:
+    """``√(F⁻¹)_jj`` over the coordinates not ``excluded`` (pseudo-inverse: directions of
+    zero information get none), or ``1/√F_jj`` without the matrix; NaN where excluded."""
+    se = np.full(excluded.shape, np.nan)
+    kept = ~excluded
+    if on_draws.covariance is None:
+        with np.errstate(divide="ignore"):
+            se[kept] = 1.0 / np.sqrt(on_draws.variance[kept])
+        return se
+    information = on_draws.covariance[np.ix_(kept, kept)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se[kept] = np.sqrt(np.clip(np.diag(symmetric_pinv(information)), 0.0, None))
+    # a coordinate of zero information has no finite standard error
+    se[kept] = np.where(on_draws.variance[kept] > 0, se[kept], np.inf)
+    return se
+
+
+def find_boundary(model: Model, params, data, draws) -> Boundary:
+    """The :class:`Boundary` of the constrained ``params`` from the ``data`` (n, *event_shape)
+    and draws of the model at ``params`` (m, *event_shape)."""
+    on_data = gradient_moments(model, params, data)
+    size = int(on_data.mean.size)
+    on_draws = gradient_moments(model, params, draws, matrix=(
+        size <= MAX_INFORMATION_MATRIX and np.shape(draws)[0] >= 2 * size))
+    size = np.maximum.reduce([np.abs(on_data.low), np.abs(on_data.high),
+                              np.abs(on_draws.low), np.abs(on_draws.high)])
+    tolerance = VALUE_TOLERANCE * np.maximum(size, np.finfo(float).tiny)
+    constant = on_data.high - on_data.low <= tolerance
+    varying = on_draws.high - on_draws.low > tolerance
+    value = on_data.mean
+    # the data at the top of the draws' range: the likelihood's gradient E_θ[g] − mean g(x)
+    # is negative, and the likelihood rises as the coordinate decreases
+    top = constant & varying & (value >= on_draws.high - tolerance)
+    bottom = constant & varying & (value <= on_draws.low + tolerance)
+    flat = constant & ~varying & (np.abs(value - on_draws.mean) <= tolerance)
+    return Boundary(
+        information=on_draws.variance,
+        unit_se=_unit_standard_errors(on_draws, top | bottom | flat),
+        unbounded=top | bottom,
+        flat=flat,
+        rising=np.where(top, -1, np.where(bottom, 1, 0)),
+    )
