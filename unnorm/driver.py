@@ -734,18 +734,38 @@ def _iterate_trend(third: np.ndarray, fourth: np.ndarray, steps: np.ndarray):
     return ratio, critical
 
 
+def _at_maximum(boundary) -> bool:
+    """Whether the likelihood's gradient at the fitted values (``boundary.score``,
+    :mod:`unnorm.estimators.boundary`) is 0 within its Monte Carlo error in every coordinate
+    judged: ``|score| ≤ z·mcse`` with ``z`` the normal quantile ``1 − ITERATE_TREND_LEVEL/(2p)``
+    over the ``p`` coordinates (Bonferroni). Iterates frozen by a decaying step size short of
+    the maximum fail it; iterates within a fraction of a standard error of it pass, since the
+    gradient there is ``√(ESS/n)`` times that fraction of its Monte Carlo error, for ``ESS``
+    effective draws and ``n`` observations."""
+    from scipy import stats  # a dependency of JAX and ArviZ
+
+    score = np.abs(np.asarray(boundary.score, dtype=float))
+    mcse = np.asarray(boundary.score_mcse, dtype=float)
+    judged = np.isfinite(score) & np.isfinite(mcse) & (mcse > 0)
+    if not np.any(judged):
+        return True
+    critical = float(stats.norm.ppf(1 - ITERATE_TREND_LEVEL / (2 * np.count_nonzero(judged))))
+    return bool(np.all(score[judged] <= critical * mcse[judged]))
+
+
 def _iterates_settled(model, objective, snapshots, steps: int, covariance, boundary=None,
                       n: int = 0, excluded=None) -> bool:
     """Whether a Monte Carlo fit's iterates have stopped drifting over the second half of its
     run: by ``MAX_ITERATE_DRIFT`` standard errors of the estimate where these exist
     (:func:`_iterate_drift`), else by as many of the lower bounds on them that the fitted
     model's Fisher information gives (``boundary``, :func:`_information_drift`), else by a
-    test against the iterates' own spread (:func:`_iterate_trend`). Parameters along which the
-    likelihood is unbounded or flat (``boundary``; ``excluded``, the constrained parameters
-    that move with them) are not judged. False when the run left too few iterates to
-    judge."""
+    test against the iterates' own spread (:func:`_iterate_trend`); and, with ``boundary``,
+    where the likelihood's gradient says they stopped at its maximum (:func:`_at_maximum`).
+    Parameters along which the likelihood is unbounded or flat (``boundary``; ``excluded``,
+    the constrained parameters that move with them) are not judged. False when the run left
+    too few iterates to judge."""
     halves = _second_half(model, objective, snapshots, steps)
-    if halves is None:
+    if halves is None or (boundary is not None and not _at_maximum(boundary)):
         return False
     third, fourth, taken = halves
     if covariance is not None:

@@ -16,9 +16,12 @@ convergence judgement.
 The same draws give the Fisher information ``F = Cov_θ(g)`` per observation, whose inverse is
 the asymptotic covariance of the MLE from one observation when the model holds (Cramér–Rao):
 ``√((F⁻¹)_jj / n)`` is the standard error of ``u_j`` from ``n`` observations, the scale by which
-to judge an iterate's drift where no sandwich standard errors are computed. Where the matrix is
-too large to form (more than ``MAX_INFORMATION_MATRIX`` coordinates) or the draws too few to
-estimate it, its diagonal gives a lower bound, ``(F⁻¹)_jj ≥ 1/F_jj``.
+to judge an iterate's drift where no sandwich standard errors are computed. The draws also
+estimate the likelihood's gradient at the fitted values, with its Monte Carlo error, which says
+whether iterates that stopped moving stopped at the maximum (a step size that decays freezes
+them wherever they are). Where the matrix is too large to form (more than
+``MAX_INFORMATION_MATRIX`` coordinates) or the draws too few to estimate it, its diagonal gives
+a lower bound, ``(F⁻¹)_jj ≥ 1/F_jj``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ MOMENTS_BLOCK = 4096
 #: the draws number at least twice the coordinates kept; beyond, its diagonal's lower bound
 MAX_INFORMATION_MATRIX = 4000
 
+#: batches of consecutive draws whose means give the Monte Carlo error of the score
+NUM_BATCHES = 20
+
 #: relative size below which differences between values of ``g_j`` are rounding (float32
 #: energies differ from exact values by a few units of 1e-7 of their size)
 VALUE_TOLERANCE = 1e-5
@@ -51,13 +57,15 @@ VALUE_TOLERANCE = 1e-5
 class GradientMoments(NamedTuple):
     """Per unconstrained coordinate, over a set of points: the mean, variance (divisor the
     count), smallest and largest value of ``∂E/∂u_j``, in float64; ``covariance``: the full
-    matrix (divisor the count), or None where not asked for."""
+    matrix (divisor the count), or None where not asked for; ``batch_means``: the means over
+    consecutive batches of the points (batches × coordinates)."""
 
     mean: np.ndarray
     variance: np.ndarray
     low: np.ndarray
     high: np.ndarray
     covariance: np.ndarray | None = None
+    batch_means: np.ndarray | None = None
 
 
 class Boundary(NamedTuple):
@@ -68,6 +76,11 @@ class Boundary(NamedTuple):
     ``unit_se``: the standard error of each coordinate from one observation under the fitted
     model, ``√(F⁻¹)_jj`` over the coordinates not excluded (or its lower bound ``1/√F_jj``,
     see the module's description); NaN on the excluded ones, ∞ where the information is 0.
+    ``score``: the gradient of the negative mean log-likelihood at the fitted values,
+    ``mean_i ∂E(x_i)/∂u − E_θ[∂E/∂u]``, the draws' mean estimating ``E_θ``; ``score_mcse``:
+    its Monte Carlo standard error, from batch means over ``NUM_BATCHES`` stretches of
+    consecutive draws (which keep the chains' autocorrelation in); both NaN on the excluded
+    coordinates.
     ``unbounded``: the likelihood increases without bound along the coordinate (the data's
     ``∂E/∂u_j`` constant, at an edge of the values the draws give it, which vary).
     ``flat``: the data and every draw give ``∂E/∂u_j`` one value, so the data say nothing of
@@ -77,6 +90,8 @@ class Boundary(NamedTuple):
 
     information: np.ndarray
     unit_se: np.ndarray
+    score: np.ndarray
+    score_mcse: np.ndarray
     unbounded: np.ndarray
     flat: np.ndarray
     rising: np.ndarray
@@ -87,11 +102,13 @@ class Boundary(NamedTuple):
         return self.unbounded | self.flat
 
 
-@functools.partial(jax.jit, static_argnames=("model", "matrix"))
-def _block_moments(flat_u, template_u, points, mask, *, model: Model, matrix: bool):
+@functools.partial(jax.jit, static_argnames=("model", "matrix", "num_batches"))
+def _block_moments(flat_u, template_u, points, mask, batch, *, model: Model, matrix: bool,
+                   num_batches: int):
     """The mean, centred sum of squares, minimum and maximum of the energy's gradients over
-    the points of one block where ``mask`` is true, and with ``matrix`` the centred sums of
-    their products."""
+    the points of one block where ``mask`` is true, with ``matrix`` the centred sums of
+    their products, and their sums over each of ``num_batches`` batches (``batch``: each
+    point's)."""
     _, unravel = ravel_pytree(template_u)
 
     def energy(flat, x):
@@ -106,26 +123,35 @@ def _block_moments(flat_u, template_u, points, mask, *, model: Model, matrix: bo
     high = jnp.max(jnp.where(mask[:, None], grads, -jnp.inf), axis=0)
     centred = (grads - mean) * weights
     products = centred.T @ centred if matrix else jnp.zeros((0, 0), grads.dtype)
-    return mean, squares, low, high, products
+    sums = jax.ops.segment_sum(grads * weights, batch, num_segments=num_batches)
+    return mean, squares, low, high, products, sums
 
 
-def gradient_moments(model: Model, params, points, matrix: bool = False) -> GradientMoments:
-    """:class:`GradientMoments` of ``∂E(x; θ)/∂u`` over ``points`` (at least one), at the
-    constrained ``params``, computed in blocks of ``MOMENTS_BLOCK`` points and combined in
-    float64 (Chan, Golub & LeVeque 1983); with ``matrix`` the covariance matrix too."""
+def gradient_moments(model: Model, params, points, matrix: bool = False,
+                     num_batches: int = 1) -> GradientMoments:
+    """:class:`GradientMoments` of ``∂E(x; θ)/∂u`` over ``points`` (at least
+    ``num_batches``), at the constrained ``params``, computed in blocks of ``MOMENTS_BLOCK``
+    points and combined in float64 (Chan, Golub & LeVeque 1983); with ``matrix`` the
+    covariance matrix too, and the means over ``num_batches`` consecutive batches."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
     points = np.asarray(points)
+    count = points.shape[0]
+    batch_of = np.concatenate([np.full(len(part), b) for b, part in
+                               enumerate(np.array_split(np.arange(count), num_batches))])
+    batch_sums = 0.0
     total, mean, squares, low, high, products = 0, None, None, None, None, None
-    for start in range(0, points.shape[0], MOMENTS_BLOCK):
+    for start in range(0, count, MOMENTS_BLOCK):
         block = points[start:start + MOMENTS_BLOCK]
         size = block.shape[0]
         # padding repeats a real point (finite energy), masked out
         index = np.concatenate([np.arange(size), np.zeros(MOMENTS_BLOCK - size, dtype=int)])
         out = _block_moments(flat, u, block[index], np.arange(MOMENTS_BLOCK) < size,
-                             model=model, matrix=matrix)
-        b_mean, b_squares, b_low, b_high, b_products = (np.asarray(a, dtype=float)
-                                                        for a in out)
+                             batch_of[start:start + MOMENTS_BLOCK][index], model=model,
+                             matrix=matrix, num_batches=num_batches)
+        b_mean, b_squares, b_low, b_high, b_products, b_sums = (np.asarray(a, dtype=float)
+                                                                for a in out)
+        batch_sums = batch_sums + b_sums
         if mean is None:
             total, mean, squares, low, high, products = (size, b_mean, b_squares, b_low,
                                                          b_high, b_products)
@@ -137,25 +163,26 @@ def gradient_moments(model: Model, params, points, matrix: bool = False) -> Grad
             products = products + b_products + np.outer(delta, delta) * total * size / combined
         mean = mean + delta * size / combined
         low, high, total = np.minimum(low, b_low), np.maximum(high, b_high), combined
+    sizes = np.bincount(batch_of, minlength=num_batches)[:, None]
     return GradientMoments(mean, squares / total, low, high,
-                           products / total if matrix else None)
+                           products / total if matrix else None, batch_sums / sizes)
 
 
-def _unit_standard_errors(on_draws: GradientMoments, excluded: np.ndarray) -> np.ndarray:
-    """``√(F⁻¹)_jj`` over the coordinates not ``excluded`` (pseudo-inverse: directions of
-    zero information get none), or ``1/√F_jj`` without the matrix; NaN where excluded."""
-    se = np.full(excluded.shape, np.nan)
+def _standard_errors(on_draws: GradientMoments, excluded: np.ndarray) -> np.ndarray:
+    """Over the coordinates not ``excluded`` (NaN on those): the standard error from one
+    observation, ``√(F⁻¹)_jj`` (pseudo-inverse: directions of zero information get none), or
+    ``1/√F_jj`` without the matrix; ∞ where the information is 0."""
+    unit_se = np.full(excluded.shape[0], np.nan)
     kept = ~excluded
-    if on_draws.covariance is None:
-        with np.errstate(divide="ignore"):
-            se[kept] = 1.0 / np.sqrt(on_draws.variance[kept])
-        return se
-    information = on_draws.covariance[np.ix_(kept, kept)]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se[kept] = np.sqrt(np.clip(np.diag(symmetric_pinv(information)), 0.0, None))
-    # a coordinate of zero information has no finite standard error
-    se[kept] = np.where(on_draws.variance[kept] > 0, se[kept], np.inf)
-    return se
+    with np.errstate(divide="ignore"):
+        if on_draws.covariance is None:
+            unit_se[kept] = 1.0 / np.sqrt(on_draws.variance[kept])
+        else:
+            inverse = symmetric_pinv(on_draws.covariance[np.ix_(kept, kept)])
+            # a coordinate of zero information has no finite standard error
+            unit_se[kept] = np.where(on_draws.variance[kept] > 0,
+                                     np.sqrt(np.clip(np.diag(inverse), 0.0, None)), np.inf)
+    return unit_se
 
 
 def find_boundary(model: Model, params, data, draws) -> Boundary:
@@ -163,8 +190,10 @@ def find_boundary(model: Model, params, data, draws) -> Boundary:
     and draws of the model at ``params`` (m, *event_shape)."""
     on_data = gradient_moments(model, params, data)
     size = int(on_data.mean.size)
+    count = np.shape(draws)[0]
     on_draws = gradient_moments(model, params, draws, matrix=(
-        size <= MAX_INFORMATION_MATRIX and np.shape(draws)[0] >= 2 * size))
+        size <= MAX_INFORMATION_MATRIX and count >= 2 * size),
+        num_batches=max(2, min(NUM_BATCHES, count)))
     size = np.maximum.reduce([np.abs(on_data.low), np.abs(on_data.high),
                               np.abs(on_draws.low), np.abs(on_draws.high)])
     tolerance = VALUE_TOLERANCE * np.maximum(size, np.finfo(float).tiny)
@@ -176,9 +205,18 @@ def find_boundary(model: Model, params, data, draws) -> Boundary:
     top = constant & varying & (value >= on_draws.high - tolerance)
     bottom = constant & varying & (value <= on_draws.low + tolerance)
     flat = constant & ~varying & (np.abs(value - on_draws.mean) <= tolerance)
+    excluded = top | bottom | flat
+    # the likelihood's gradient (per observation, of its negative) and the Monte Carlo error
+    # of the draws' mean in it
+    score = np.where(excluded, np.nan, on_data.mean - on_draws.mean)
+    batches = on_draws.batch_means.shape[0]
+    score_mcse = np.where(excluded, np.nan, on_draws.batch_means.std(axis=0, ddof=1)
+                          / np.sqrt(batches))
     return Boundary(
         information=on_draws.variance,
-        unit_se=_unit_standard_errors(on_draws, top | bottom | flat),
+        unit_se=_standard_errors(on_draws, excluded),
+        score=score,
+        score_mcse=score_mcse,
         unbounded=top | bottom,
         flat=flat,
         rising=np.where(top, -1, np.where(bottom, 1, 0)),
