@@ -312,7 +312,11 @@ def fit(
         Drives minibatches and the estimator's noise; the same key gives the same result.
     optimizer : optax.GradientTransformation, optional
         Default ``optax.adam(1e-2)`` (``1e-3`` for models with more than
-        ``STDERR_AUTO_LIMIT`` parameters). Steps are taken in the unconstrained space.
+        ``STDERR_AUTO_LIMIT`` parameters). For estimators whose gradient is a Monte Carlo
+        estimate (CD, PCD, MLE): Adam at 1e-2 whatever the size, constant for the first half
+        of ``num_steps`` and decaying exponentially to 1e-4 over the second, so that the
+        stochastic approximation's iterates settle (Robbins & Monro 1951). Steps are taken in
+        the unconstrained space.
     num_steps : int
         Maximum number of optimizer steps.
     batch_size : int, optional
@@ -333,7 +337,9 @@ def fit(
     tol, window : float, int
         Stop when the mean loss over the last ``window`` steps changes by less than ``tol``
         relative to the window before. Minibatch or fresh-noise losses seldom meet this rule;
-        they run ``num_steps`` steps (``converged`` is then false, without a warning).
+        they run ``num_steps`` steps (``converged`` is then false, without a warning). CD
+        and PCD are judged instead by their iterates over the second half, against their
+        standard errors, and by the likelihood's gradient at the estimate.
     max_failures : int
         Stop with :class:`FitError` after this many consecutive steps whose loss or gradient
         was not finite (each such step is skipped).
