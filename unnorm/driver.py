@@ -740,23 +740,28 @@ def _iterate_trend(third: np.ndarray, fourth: np.ndarray, steps: np.ndarray):
     return ratio, critical
 
 
-def _at_maximum(boundary) -> bool:
+def _at_maximum(boundary, n: int) -> bool:
     """Whether the likelihood's gradient at the fitted values (``boundary.score``,
-    :mod:`unnorm.estimators.boundary`) is 0 within its Monte Carlo error in every coordinate
-    judged: ``|score| ≤ z·mcse`` with ``z`` the normal quantile ``1 − ITERATE_TREND_LEVEL/(2p)``
-    over the ``p`` coordinates (Bonferroni). Iterates frozen by a decaying step size short of
-    the maximum fail it; iterates within a fraction of a standard error of it pass, since the
-    gradient there is ``√(ESS/n)`` times that fraction of its Monte Carlo error, for ``ESS``
-    effective draws and ``n`` observations."""
+    :mod:`unnorm.estimators.boundary`) is in every coordinate judged at most what an estimate
+    ``MAX_ITERATE_DRIFT`` standard errors from the maximum would give, beyond its Monte Carlo
+    error: ``|score_j| ≤ z·mcse_j + MAX_ITERATE_DRIFT·√(F_jj/n)``, the gradient of a
+    coordinate off by ``1/√(n F_jj)`` (the lower bound on its standard error) being
+    ``√(F_jj/n)``, with ``z`` the normal quantile ``1 − ITERATE_TREND_LEVEL/(2p)`` over the
+    ``p`` coordinates (Bonferroni), over the coordinates with a finite standard error.
+    Iterates frozen by a decaying step size short of the maximum fail it."""
     from scipy import stats  # a dependency of JAX and ArviZ
 
     score = np.abs(np.asarray(boundary.score, dtype=float))
     mcse = np.asarray(boundary.score_mcse, dtype=float)
-    judged = np.isfinite(score) & np.isfinite(mcse) & (mcse > 0)
+    offset = MAX_ITERATE_DRIFT * np.sqrt(np.asarray(boundary.information, dtype=float) / n)
+    # a coordinate with no finite standard error (the information does not identify it) is
+    # judged neither here nor by its drift
+    judged = (np.isfinite(score) & np.isfinite(mcse) & (mcse > 0)
+              & np.isfinite(np.asarray(boundary.unit_se, dtype=float)))
     if not np.any(judged):
         return True
     critical = float(stats.norm.ppf(1 - ITERATE_TREND_LEVEL / (2 * np.count_nonzero(judged))))
-    return bool(np.all(score[judged] <= critical * mcse[judged]))
+    return bool(np.all(score[judged] <= critical * mcse[judged] + offset[judged]))
 
 
 def _iterates_settled(model, objective, snapshots, steps: int, covariance, boundary=None,
@@ -771,7 +776,7 @@ def _iterates_settled(model, objective, snapshots, steps: int, covariance, bound
     the constrained parameters that move with them) are not judged. False when the run left
     too few iterates to judge."""
     halves = _second_half(model, objective, snapshots, steps)
-    if halves is None or (boundary is not None and not _at_maximum(boundary)):
+    if halves is None or (boundary is not None and not _at_maximum(boundary, n)):
         return False
     third, fourth, taken = halves
     if covariance is not None:

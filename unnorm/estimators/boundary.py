@@ -170,18 +170,19 @@ def gradient_moments(model: Model, params, points, matrix: bool = False,
 
 def _standard_errors(on_draws: GradientMoments, excluded: np.ndarray) -> np.ndarray:
     """Over the coordinates not ``excluded`` (NaN on those): the standard error from one
-    observation, ``√(F⁻¹)_jj`` (pseudo-inverse: directions of zero information get none), or
-    ``1/√F_jj`` without the matrix; ∞ where the information is 0."""
+    observation, ``√(F⁻¹)_jj``, or ``1/√F_jj`` without the matrix; ∞ where the information is
+    0, or where the pseudo-inverse's diagonal is not positive (directions of the information
+    lost to rounding: a unit on in a handful of observations, whose variance the draws do not
+    determine)."""
     unit_se = np.full(excluded.shape[0], np.nan)
     kept = ~excluded
     with np.errstate(divide="ignore"):
         if on_draws.covariance is None:
             unit_se[kept] = 1.0 / np.sqrt(on_draws.variance[kept])
-        else:
-            inverse = symmetric_pinv(on_draws.covariance[np.ix_(kept, kept)])
-            # a coordinate of zero information has no finite standard error
-            unit_se[kept] = np.where(on_draws.variance[kept] > 0,
-                                     np.sqrt(np.clip(np.diag(inverse), 0.0, None)), np.inf)
+            return unit_se
+    variance = np.diag(symmetric_pinv(on_draws.covariance[np.ix_(kept, kept)]))
+    usable = (variance > 0) & (on_draws.variance[kept] > 0)
+    unit_se[kept] = np.where(usable, np.sqrt(np.where(usable, variance, 1.0)), np.inf)
     return unit_se
 
 
