@@ -49,6 +49,10 @@ MAX_INFORMATION_MATRIX = 4000
 #: batches of consecutive draws whose means give the Monte Carlo error of the score
 NUM_BATCHES = 20
 
+#: the data's pass computes the draws' products too (one compiled program for both) while
+#: they cost at most this many multiply-adds
+SHARED_PASS_FLOPS = 2**30
+
 #: relative size below which differences between values of ``g_j`` are rounding (float32
 #: energies differ from exact values by a few units of 1e-7 of their size)
 VALUE_TOLERANCE = 1e-5
@@ -189,12 +193,16 @@ def _standard_errors(on_draws: GradientMoments, excluded: np.ndarray) -> np.ndar
 def find_boundary(model: Model, params, data, draws) -> Boundary:
     """The :class:`Boundary` of the constrained ``params`` from the ``data`` (n, *event_shape)
     and draws of the model at ``params`` (m, *event_shape)."""
-    on_data = gradient_moments(model, params, data)
-    size = int(on_data.mean.size)
-    count = np.shape(draws)[0]
-    on_draws = gradient_moments(model, params, draws, matrix=(
-        size <= MAX_INFORMATION_MATRIX and count >= 2 * size),
-        num_batches=max(2, min(NUM_BATCHES, count)))
+    size = int(ravel_pytree(model.to_unconstrained(params))[0].size)
+    count, num_rows = np.shape(draws)[0], np.shape(data)[0]
+    matrix = size <= MAX_INFORMATION_MATRIX and count >= 2 * size
+    batches = max(2, min(NUM_BATCHES, count))
+    # the data's pass compiled as the draws' (one program a model) where its unused products
+    # and batches cost little
+    shared = num_rows >= batches and (not matrix or num_rows * size**2 <= SHARED_PASS_FLOPS)
+    on_data = gradient_moments(model, params, data, matrix=matrix and shared,
+                               num_batches=batches if shared else 1)
+    on_draws = gradient_moments(model, params, draws, matrix=matrix, num_batches=batches)
     size = np.maximum.reduce([np.abs(on_data.low), np.abs(on_data.high),
                               np.abs(on_draws.low), np.abs(on_draws.high)])
     tolerance = VALUE_TOLERANCE * np.maximum(size, np.finfo(float).tiny)
