@@ -156,6 +156,29 @@ def test_a_unit_never_on_is_reported_and_left_out_of_the_convergence_judgement()
     assert np.all(fit.params["b"][0] < -3.0)
 
 
+def _ignores_c(params, x):
+    # c does not enter the energy (its gradient is exactly 0): a module-level energy, so
+    # that the model pickles by name
+    return 0.5 * jnp.sum((x - params["mu"]) ** 2) + 0.0 * params["c"]
+
+
+def test_a_parameter_the_energy_ignores_is_reported_flat_and_not_judged(gaussian_data):
+    model = un.Model(_ignores_c, params={"mu": jnp.zeros(2), "c": 1.0},
+                     support=un.supports.real(2))
+    x = gaussian_data[0]
+    with pytest.warns(RuntimeWarning, match=r"is flat in c: the data and every draw") as caught:
+        fit = un.fit(model, x, PCD, key=jax.random.key(0), num_steps=1000, progress_bar=False)
+    assert not any("without bound" in str(w.message) or "singular" in str(w.message)
+                   for w in caught)
+    assert fit.params["c"] == 1.0 and np.isnan(fit.stderr["c"])
+    assert fit.converged
+    # E is the unit-variance Gaussian's: the MLE of mu is the mean, and the sandwich of this
+    # misspecified model gives it the data's standard error √(Σ_jj / n)
+    z = (fit.params["mu"] - x.mean(axis=0)) / fit.stderr["mu"]
+    assert np.max(np.abs(z)) < 1.0, z
+    np.testing.assert_allclose(fit.stderr["mu"], np.sqrt(np.diag(COV) / N), rtol=0.15)
+
+
 def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
     # without restarts from noise the buffered chains are still a stochastic approximation of
     # the MLE: the same bounds as plain PCD
