@@ -652,13 +652,15 @@ def fit(
 
 #: A Monte Carlo fit (CD, PCD) has converged when the means of its iterates over the third and
 #: the fourth quarter of the run differ by at most this many standard errors in every
-#: parameter: its estimate, the mean of the second half, is then within half a standard error
-#: of either quarter's.
+#: parameter (its estimate, the mean of the second half, is then within half a standard error
+#: of either quarter's), and the likelihood's gradient at the estimate is at most what an
+#: offset of this many standard errors would give, beyond its Monte Carlo error.
 MAX_ITERATE_DRIFT = 1.0
 
-#: Without standard errors, a Monte Carlo fit has converged unless a test of "the third and the
-#: fourth quarter's mean iterates are equal" rejects for some parameter at this family-wise
-#: level (Bonferroni over the parameters).
+#: The family-wise level (Bonferroni over the parameters) of the test of the likelihood's
+#: gradient at the estimate against its Monte Carlo error, and, where no draws of the fitted
+#: model give standard errors, of the test of "the third and the fourth quarter's mean
+#: iterates are equal".
 ITERATE_TREND_LEVEL = 0.01
 
 
