@@ -57,11 +57,18 @@ def data():
 
 
 def _fits():
+    import optax
+
     import unnorm as un
 
     return {"sm": ("sm", {}), "sm_optimizer": ("sm", {"method": "optimizer", "num_steps": 40}),
             "ssm": (un.estimators.SSM(), {}), "nce": ("nce", {}),
-            "pcd": (un.estimators.PCD(k=2, num_chains=8), {"num_steps": 30}),
+            # a constant step size: with the default's decay over the second half, the
+            # sharded and single fits' averaged iterates still agreed to 1e-16 but one MALA
+            # accept decision of the persistent chains flipped on that difference, and the
+            # draws behind the standard errors parted by 3e-3
+            "pcd": (un.estimators.PCD(k=2, num_chains=8),
+                    {"num_steps": 30, "optimizer": optax.adam(1e-2)}),
             "ksd": ("ksd", {})}
 
 

@@ -76,26 +76,28 @@ def test_pcd_tracks_the_gaussian_mle(gaussian_data, pcd_fit):
 
 
 def test_a_monte_carlo_fit_still_moving_is_not_converged(gaussian_data):
-    # 800 steps from μ = 0 towards data centred near 7: the iterates are still travelling
-    # over the last half of the run, many standard errors from one quarter to the next
+    # 800 steps from μ = 0 towards data centred near 7: the decaying step size slows the
+    # iterates down halfway, where the likelihood's gradient in mu[0] is 11 of its Monte
+    # Carlo errors
     fit = un.fit(GAUSS2, gaussian_data[0] + 6.0, PCD, key=jax.random.key(0), num_steps=800,
                  progress_bar=False)
     assert not fit.converged
     assert "NOT converged" in repr(fit)
 
 
-def test_convergence_without_standard_errors_is_judged_by_the_iterates_own_spread(
+def test_convergence_without_standard_errors_is_judged_by_the_fisher_information(
         gaussian_data, pcd_fit):
-    # stderr=False leaves no standard error to measure the drift by; the iterates' spread
-    # about a line through the second half does. The same run as pcd_fit: its gaps between
-    # the quarters' means were under one such standard error, against a critical value of 4.6
+    # stderr=False leaves no sandwich to measure the drift by; the inverse Fisher information
+    # from the fitted model's draws does, and the same draws give the likelihood's gradient at
+    # the estimate. The same run as pcd_fit settles by both
     x = gaussian_data[0]
     settled = un.fit(GAUSS2, x, PCD, key=jax.random.key(0), num_steps=2000, stderr=False,
                      progress_bar=False)
     assert settled.stderr is None and settled.converged
     assert settled.params["mu"] == pytest.approx(pcd_fit.params["mu"])
-    # 1600 steps towards data centred near 7: the mean travels 22 of those standard errors
-    # from the third quarter to the fourth, against a critical value of 5.4
+    # 1600 steps towards data centred near 7, the step size decaying over the second half:
+    # the iterates slow down short of the maximum, where the likelihood's gradient in mu[0]
+    # is 17 of its Monte Carlo errors
     moving = un.fit(GAUSS2, x + 6.0, PCD, key=jax.random.key(0), num_steps=1600, stderr=False,
                     progress_bar=False)
     assert not moving.converged
@@ -125,6 +127,56 @@ def test_the_trend_rule_calls_settled_iterates_settled_and_a_trend_a_trend():
     ratio, _ = _iterate_trend(np.zeros((3, 2)), np.zeros((3, 2)), steps[:6])
     assert np.all(ratio == 0.0)
     assert _iterate_trend(np.zeros((1, 2)), np.zeros((2, 2)), steps[:3]) is None
+
+
+def test_a_unit_never_on_is_reported_and_left_out_of_the_convergence_judgement():
+    # unit 0 of a 3-unit Boltzmann machine is never on in the data: the likelihood increases
+    # without bound as its bias and its two couplings decrease. The other three parameters
+    # have the MLE of the 2-unit machine on units 1 and 2, in closed form from the four
+    # configurations' frequencies
+    rng = np.random.default_rng(5)
+    pairs = rng.choice(4, size=N, p=[0.4, 0.2, 0.15, 0.25])
+    x = np.stack([np.zeros(N), pairs % 2, pairs // 2], axis=1)
+    freq = np.bincount(pairs, minlength=4) / N
+    mle = {"b": np.log(freq[[1, 2]] / freq[0]),
+           "W": np.log(freq[3] * freq[0] / (freq[1] * freq[2]))}
+    model = un.models.boltzmann(np.zeros(3), np.zeros(3))
+    with pytest.warns(RuntimeWarning, match=r"increases without bound as W\[0\], W\[1\], "
+                      r"b\[0\] decrease") as caught:
+        fit = un.fit(model, x, "pcd", key=jax.random.key(0), progress_bar=False)
+    assert not any("singular" in str(w.message) for w in caught)
+    assert np.all(np.isnan(fit.stderr["W"][:2])) and np.isnan(fit.stderr["b"][0])
+    assert np.all(np.isfinite(fit.stderr["b"][1:])) and np.isfinite(fit.stderr["W"][2])
+    assert fit.converged
+    # the averaged iterates within a fraction of a standard error of the exact MLE, as in
+    # the Gaussian fits
+    z_b = (fit.params["b"][1:] - mle["b"]) / fit.stderr["b"][1:]
+    z_w = (fit.params["W"][2] - mle["W"]) / fit.stderr["W"][2]
+    assert np.max(np.abs(z_b)) < 1.0 and abs(z_w) < 1.0, (z_b, z_w)
+    assert np.all(fit.params["b"][0] < -3.0)
+
+
+def _ignores_c(params, x):
+    # c does not enter the energy (its gradient is exactly 0): a module-level energy, so
+    # that the model pickles by name
+    return 0.5 * jnp.sum((x - params["mu"]) ** 2) + 0.0 * params["c"]
+
+
+def test_a_parameter_the_energy_ignores_is_reported_flat_and_not_judged(gaussian_data):
+    model = un.Model(_ignores_c, params={"mu": jnp.zeros(2), "c": 1.0},
+                     support=un.supports.real(2))
+    x = gaussian_data[0]
+    with pytest.warns(RuntimeWarning, match=r"is flat in c: the data and every draw") as caught:
+        fit = un.fit(model, x, PCD, key=jax.random.key(0), num_steps=1000, progress_bar=False)
+    assert not any("without bound" in str(w.message) or "singular" in str(w.message)
+                   for w in caught)
+    assert fit.params["c"] == 1.0 and np.isnan(fit.stderr["c"])
+    assert fit.converged
+    # E is the unit-variance Gaussian's: the MLE of mu is the mean, and the sandwich of this
+    # misspecified model gives it the data's standard error √(Σ_jj / n)
+    z = (fit.params["mu"] - x.mean(axis=0)) / fit.stderr["mu"]
+    assert np.max(np.abs(z)) < 1.0, z
+    np.testing.assert_allclose(fit.stderr["mu"], np.sqrt(np.diag(COV) / N), rtol=0.15)
 
 
 def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):

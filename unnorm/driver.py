@@ -86,18 +86,47 @@ def _params_map(model: Model, objective: Objective):
     return functools.partial(objective_params, model, objective)
 
 
-@functools.lru_cache(maxsize=4)
-def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate)
+#: the default step size of a Monte Carlo gradient's fit decays over the second half of the run
+#: to this fraction of its first half's
+FINAL_STEP_FRACTION = 1e-2
+
+
+@functools.lru_cache(maxsize=8)
+def _default_optimizer(learning_rate: float, decay_steps: int | None = None
+                       ) -> optax.GradientTransformation:
+    """Adam at ``learning_rate``; with ``decay_steps``, constant for the first half of that
+    many steps, then decaying exponentially to ``FINAL_STEP_FRACTION`` of it at the last."""
+    if decay_steps is None:
+        return optax.adam(learning_rate)
+    half = decay_steps // 2
+    schedule = optax.join_schedules(
+        [optax.constant_schedule(learning_rate),
+         optax.exponential_decay(learning_rate, max(decay_steps - half, 1),
+                                 FINAL_STEP_FRACTION)],
+        [half])
+    return optax.adam(schedule)
+
+
+def _chosen_default_optimizer(num_params: int, num_steps: int, monte_carlo: bool
+                              ) -> optax.GradientTransformation:
+    """The default optimizer. Unconstrained parameters of classical models are O(1): Adam at
+    1e-2 moves them in a few hundred steps, where neural energies trained by deterministic
+    losses need the usual 1e-3. A Monte Carlo gradient (CD, PCD, MLE) is a stochastic
+    approximation (Robbins & Monro 1951), whose iterates settle only as the step size goes to
+    0: Adam at 1e-2 for the first half of the run, whatever the size (1e-3 left an RBM of
+    1,104 parameters on images far from its likelihood's maximum), then decaying
+    exponentially to a hundredth of it, so that the second half's iterates, averaged into the
+    estimate (Polyak & Juditsky 1992), stop drifting."""
+    if monte_carlo:
+        return _default_optimizer(1e-2, num_steps)
+    return _default_optimizer(1e-2 if num_params <= STDERR_AUTO_LIMIT else 1e-3)
 
 
 # ---- argument checks ----------------------------------------------------------------------------
 
-def _check_optimizer(optimizer, num_params: int) -> optax.GradientTransformation:
+def _check_optimizer(optimizer) -> optax.GradientTransformation | None:
     if optimizer is None:
-        # unconstrained parameters of classical models are O(1): 1e-2 moves them in a few hundred
-        # steps; neural energies need the usual 1e-3
-        return _default_optimizer(1e-2 if num_params <= STDERR_AUTO_LIMIT else 1e-3)
+        return None  # chosen once the objective is known (_chosen_default_optimizer)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be an optax GradientTransformation such as optax.adam(1e-2); got "
@@ -283,7 +312,11 @@ def fit(
         Drives minibatches and the estimator's noise; the same key gives the same result.
     optimizer : optax.GradientTransformation, optional
         Default ``optax.adam(1e-2)`` (``1e-3`` for models with more than
-        ``STDERR_AUTO_LIMIT`` parameters). Steps are taken in the unconstrained space.
+        ``STDERR_AUTO_LIMIT`` parameters). For estimators whose gradient is a Monte Carlo
+        estimate (CD, PCD, MLE): Adam at 1e-2 whatever the size, constant for the first half
+        of ``num_steps`` and decaying exponentially to 1e-4 over the second, so that the
+        stochastic approximation's iterates settle (Robbins & Monro 1951). Steps are taken in
+        the unconstrained space.
     num_steps : int
         Maximum number of optimizer steps.
     batch_size : int, optional
@@ -304,7 +337,9 @@ def fit(
     tol, window : float, int
         Stop when the mean loss over the last ``window`` steps changes by less than ``tol``
         relative to the window before. Minibatch or fresh-noise losses seldom meet this rule;
-        they run ``num_steps`` steps (``converged`` is then false, without a warning).
+        they run ``num_steps`` steps (``converged`` is then false, without a warning). CD
+        and PCD are judged instead by their iterates over the second half, against their
+        standard errors, and by the likelihood's gradient at the estimate.
     max_failures : int
         Stop with :class:`FitError` after this many consecutive steps whose loss or gradient
         was not finite (each such step is skipped).
@@ -387,7 +422,7 @@ def fit(
     leaves0 = jax.tree_util.tree_leaves(params0)
     num_params = sum(int(np.size(leaf)) for leaf in leaves0)
     default_optimizer = optimizer is None and batch_size is None
-    optimizer = _check_optimizer(optimizer, num_params)
+    optimizer = _check_optimizer(optimizer)
     compute_se = stderr is True or (stderr == "auto" and num_params <= STDERR_AUTO_LIMIT)
     if resample is None:
         resample = num_params > STDERR_AUTO_LIMIT
@@ -412,6 +447,9 @@ def fit(
             data = rows = jax.device_put(data, placement.devices[0])
         check_finite_energies(model, params0, data)
     objective = _objective(estimator, model, resample)
+    if optimizer is None:
+        optimizer = _chosen_default_optimizer(num_params, num_steps,
+                                              objective.traits.monte_carlo_gradient)
     if streamed:
         if objective.post_fit is not None:
             raise data_source.unsupported_estimator_error(estimator.name, data)
@@ -513,16 +551,29 @@ def fit(
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     # ---- finish: the estimator's own stage, or the driver's sandwich ----------------------
-    covariance, chains = None, None
+    covariance, chains, excluded = None, None, None
     if objective.post_fit is not None:
         post = objective.post_fit(fitted, est_state, rows if sharded_finish else data,
                                   jax.random.split(train_key)[0], compute_se, progress_bar,
                                   devices=placement.devices if placement.sharded else None)
         fitted, covariance, chains = post.params, post.covariance, post.chains
         stages.extend(stage for stage in (post.refined_by, post.covariance_from) if stage)
-        if covariance is not None and post.hessian is not None:
+        boundary = post.boundary
+        if boundary is not None and "optimizer" in stages:
+            boundary = _travelled(model, objective, boundary, snapshots, steps)
+        hessian = post.hessian
+        if boundary is not None and np.any(boundary.excluded):
+            excluded = _warn_unbounded(model, objective, fitted, boundary,
+                                       repr(estimator.name))
+            if covariance is not None:
+                covariance = np.array(covariance, dtype=float)
+                covariance[excluded, :] = np.nan
+                covariance[:, excluded] = np.nan
+            if hessian is not None:
+                hessian = _without(np.asarray(hessian, dtype=float), boundary.excluded)
+        if covariance is not None and hessian is not None:
             covariance = _mark_post_fit_unidentified(model, objective, fitted, covariance,
-                                                     post.hessian, repr(estimator.name))
+                                                     hessian, repr(estimator.name))
     elif compute_se:
         covariance = _covariance(model, objective, fitted, est_state, rows, train_key,
                                  in_constrained=(stages == ["closed form"]),
@@ -541,7 +592,9 @@ def fit(
         # a stochastic loss never settles: the fit has converged when its iterates have
         # stopped drifting, judged against the estimate's own standard errors, or without
         # them against the iterates' own Monte Carlo spread
-        converged = _iterates_settled(model, objective, snapshots, steps, covariance)
+        converged = _iterates_settled(model, objective, snapshots, steps, covariance,
+                                      None if objective.post_fit is None else boundary,
+                                      n, excluded)
     if optimizer_theta is not None and covariance is not None:
         message = _refinement_shift(model, objective, optimizer_theta, fitted, covariance,
                                     data, repr(estimator.name), bool(newton_converged),
@@ -602,20 +655,23 @@ def fit(
 
 #: A Monte Carlo fit (CD, PCD) has converged when the means of its iterates over the third and
 #: the fourth quarter of the run differ by at most this many standard errors in every
-#: parameter: its estimate, the mean of the second half, is then within half a standard error
-#: of either quarter's.
+#: parameter (its estimate, the mean of the second half, is then within half a standard error
+#: of either quarter's), and the likelihood's gradient at the estimate is at most what an
+#: offset of this many standard errors would give, beyond its Monte Carlo error.
 MAX_ITERATE_DRIFT = 1.0
 
-#: Without standard errors, a Monte Carlo fit has converged unless a test of "the third and the
-#: fourth quarter's mean iterates are equal" rejects for some parameter at this family-wise
-#: level (Bonferroni over the parameters).
+#: The family-wise level (Bonferroni over the parameters) of the test of the likelihood's
+#: gradient at the estimate against its Monte Carlo error, and, where no draws of the fitted
+#: model give standard errors, of the test of "the third and the fourth quarter's mean
+#: iterates are equal".
 ITERATE_TREND_LEVEL = 0.01
 
 
-def _second_half(model, objective, snapshots, steps: int):
+def _second_half(model, objective, snapshots, steps: int, unconstrained: bool = False):
     """The iterates of the third and the fourth quarter of the optimizer's run (taken at chunk
-    ends, mapped to the flattened constrained parameters), as two arrays (iterates, params),
-    and the steps at which they were taken; None when either quarter has none."""
+    ends, mapped to the flattened constrained parameters, or flattened as they are with
+    ``unconstrained``), as two arrays (iterates, params), and the steps at which they were
+    taken; None when either quarter has none."""
     third = [(step, u) for step, u in snapshots if 2 * step > steps and 4 * step <= 3 * steps]
     fourth = [(step, u) for step, u in snapshots if 4 * step > 3 * steps]
     if not third or not fourth:
@@ -623,22 +679,37 @@ def _second_half(model, objective, snapshots, steps: int):
     to_flat = _params_map(model, objective)
 
     def flat(iterates):
-        return np.array([np.asarray(ravel_pytree(to_flat(u))[0], dtype=float)
-                         for _, u in iterates])
+        return np.array([np.asarray(ravel_pytree(u if unconstrained else to_flat(u))[0],
+                                    dtype=float) for _, u in iterates])
 
     return flat(third), flat(fourth), np.array([step for step, _ in third + fourth], float)
 
 
-def _iterate_drift(third: np.ndarray, fourth: np.ndarray, covariance) -> float | None:
+def _iterate_drift(third: np.ndarray, fourth: np.ndarray, covariance,
+                   excluded=None) -> float | None:
     """The largest difference, in standard errors, between the mean iterate of the third
-    quarter and that of the fourth; None where no standard error is finite and positive."""
+    quarter and that of the fourth, over the parameters not ``excluded`` (a mask); None where
+    no standard error is finite and positive."""
     se = np.sqrt(np.clip(np.diag(np.asarray(covariance, dtype=float)), 0.0, None))
     gap = np.abs(fourth.mean(axis=0) - third.mean(axis=0))
-    varying = se > 0
+    judged = np.ones(se.shape, bool) if excluded is None else ~excluded
+    varying = judged & ~(se <= 0)
     if not np.any(varying) or not np.all(np.isfinite(se[varying])):
         # no scale to judge the drift by (NaN standard errors: parameters not identified)
         return None
     return float(np.max(gap[varying] / se[varying], initial=0.0))
+
+
+def _information_drift(third_u: np.ndarray, fourth_u: np.ndarray, boundary, n: int) -> float:
+    """The largest difference between the mean unconstrained iterate of the third quarter and
+    that of the fourth, in standard errors from the fitted model's Fisher information
+    (``boundary.unit_se / √n``: Cramér–Rao, :mod:`unnorm.estimators.boundary`); the
+    coordinates along which the likelihood is unbounded or flat are left out, and so are
+    those with no finite standard error."""
+    gap = np.abs(fourth_u.mean(axis=0) - third_u.mean(axis=0))
+    se = np.asarray(boundary.unit_se, dtype=float) / np.sqrt(n)
+    judged = np.isfinite(se) & (se > 0)
+    return float(np.max(gap[judged] / se[judged], initial=0.0))
 
 
 def _iterate_trend(third: np.ndarray, fourth: np.ndarray, steps: np.ndarray):
@@ -674,19 +745,55 @@ def _iterate_trend(third: np.ndarray, fourth: np.ndarray, steps: np.ndarray):
     return ratio, critical
 
 
-def _iterates_settled(model, objective, snapshots, steps: int, covariance) -> bool:
+def _at_maximum(boundary, n: int) -> bool:
+    """Whether the likelihood's gradient at the fitted values (``boundary.score``,
+    :mod:`unnorm.estimators.boundary`) is in every coordinate judged at most what an estimate
+    ``MAX_ITERATE_DRIFT`` standard errors from the maximum would give, beyond its Monte Carlo
+    error: ``|score_j| ≤ z·mcse_j + MAX_ITERATE_DRIFT·√(F_jj/n)``, the gradient of a
+    coordinate off by ``1/√(n F_jj)`` (the lower bound on its standard error) being
+    ``√(F_jj/n)``, with ``z`` the normal quantile ``1 − ITERATE_TREND_LEVEL/(2p)`` over the
+    ``p`` coordinates (Bonferroni), over the coordinates with a finite standard error.
+    Iterates frozen by a decaying step size short of the maximum fail it."""
+    from scipy import stats  # a dependency of JAX and ArviZ
+
+    score = np.abs(np.asarray(boundary.score, dtype=float))
+    mcse = np.asarray(boundary.score_mcse, dtype=float)
+    offset = MAX_ITERATE_DRIFT * np.sqrt(np.asarray(boundary.information, dtype=float) / n)
+    # a coordinate with no finite standard error (the information does not identify it) is
+    # judged neither here nor by its drift
+    judged = (np.isfinite(score) & np.isfinite(mcse) & (mcse > 0)
+              & np.isfinite(np.asarray(boundary.unit_se, dtype=float)))
+    if not np.any(judged):
+        return True
+    critical = float(stats.norm.ppf(1 - ITERATE_TREND_LEVEL / (2 * np.count_nonzero(judged))))
+    return bool(np.all(score[judged] <= critical * mcse[judged] + offset[judged]))
+
+
+def _iterates_settled(model, objective, snapshots, steps: int, covariance, boundary=None,
+                      n: int = 0, excluded=None) -> bool:
     """Whether a Monte Carlo fit's iterates have stopped drifting over the second half of its
     run: by ``MAX_ITERATE_DRIFT`` standard errors of the estimate where these exist
-    (:func:`_iterate_drift`), else by a test against the iterates' own spread
-    (:func:`_iterate_trend`). False when the run left too few iterates to judge."""
+    (:func:`_iterate_drift`), else by as many of the lower bounds on them that the fitted
+    model's Fisher information gives (``boundary``, :func:`_information_drift`), else by a
+    test against the iterates' own spread (:func:`_iterate_trend`); and, with ``boundary``,
+    where the likelihood's gradient says they stopped at its maximum (:func:`_at_maximum`).
+    Parameters along which the likelihood is unbounded or flat (``boundary``; ``excluded``,
+    the constrained parameters that move with them) are not judged. False when the run left
+    too few iterates to judge."""
     halves = _second_half(model, objective, snapshots, steps)
-    if halves is None:
+    if halves is None or (boundary is not None and not _at_maximum(boundary, n)):
         return False
     third, fourth, taken = halves
     if covariance is not None:
-        drift = _iterate_drift(third, fourth, covariance)
+        drift = _iterate_drift(third, fourth, covariance, excluded)
         if drift is not None:
             return drift <= MAX_ITERATE_DRIFT
+    if boundary is not None:
+        third_u, fourth_u, _ = _second_half(model, objective, snapshots, steps,
+                                            unconstrained=True)
+        return _information_drift(third_u, fourth_u, boundary, n) <= MAX_ITERATE_DRIFT
+    if excluded is not None:
+        third, fourth = third[:, ~excluded], fourth[:, ~excluded]
     trend = _iterate_trend(third, fourth, taken)
     if trend is None:
         return False
@@ -1275,6 +1382,83 @@ def _mark_post_fit_unidentified(model, objective, fitted, cov, hessian, label: s
                                                        objective=objective), dtype=float)
     return _mark_unidentified(cov, jacobian @ null.T, model, objective, fitted, label,
                               flat_u.dtype)
+
+
+def _warn_unbounded(model, objective, fitted, boundary, label: str) -> np.ndarray:
+    """Warn that the likelihood is unbounded (or flat) along the coordinates the fitted model's
+    draws say so of (:class:`~unnorm.estimators.boundary.Boundary`), naming the parameters and
+    the direction in which the likelihood rises; returns the mask of the constrained
+    parameters that move with those coordinates, which get NaN standard errors."""
+    params = fitted if objective.nuisance is None else fitted[0]
+    u = model.to_unconstrained(params)
+    flat_u, _ = ravel_pytree(u)
+    jacobian = np.asarray(solvers.constrained_jacobian(flat_u, u, model=model), dtype=float)
+    names = _fitted_names(objective, fitted)
+    moved = jacobian != 0
+
+    def named(mask):
+        return [names[i] for i in np.flatnonzero(np.any(moved[:, mask], axis=1))]
+
+    # the constrained direction in which the likelihood rises: the coordinate's, through the
+    # map's slope
+    direction = np.sign(jacobian[:, boundary.unbounded] @ boundary.rising[boundary.unbounded])
+    down = [names[i] for i in np.flatnonzero(direction < 0)]
+    up = [names[i] for i in np.flatnonzero(direction > 0)]
+    parts = []
+    if down:
+        parts.append(f"as {_named(down)} decrease{'s' if len(down) == 1 else ''}")
+    if up:
+        parts.append(f"as {_named(up)} increase{'s' if len(up) == 1 else ''}")
+    unbounded, flat = named(boundary.unbounded), named(boundary.flat & ~boundary.unbounded)
+    message = f"the likelihood of the {label} fit"
+    if unbounded:
+        message += (
+            f" increases without bound {' and '.join(parts)}: every observation gives the "
+            "energy's derivative in these parameters the same value, an extreme of the values "
+            "the fitted model's draws give it (as for a binary unit never on, or always on, in "
+            "the data), so their maximum-likelihood values are infinite and the fitted ones "
+            "only say how far the optimizer went")
+    if flat:
+        message += (
+            f"{';' if unbounded else ''} is flat in {_named(flat)}: the data and every draw "
+            "of the fitted model give the energy's derivative in these parameters one value, "
+            "so the data say nothing of them there (the energy does not depend on them, or "
+            "the fit has gone far towards an unbounded likelihood)")
+    warnings.warn(
+        f"{message}. Their standard errors are NaN and fit.converged does not judge them. "
+        "Remove such units from the data and the model, or fix these parameters.",
+        RuntimeWarning, stacklevel=3)
+    return np.any(moved[:, boundary.excluded], axis=1)
+
+
+def _travelled(model, objective, boundary, snapshots, steps: int):
+    """``boundary`` with the flat coordinates that moved over the second half of the run
+    counted as unbounded, rising in the direction they moved. Far along an unbounded
+    likelihood the fitted model's draws may no longer reach the value that the data's are at
+    the edge of (a unit never on in the data, whose probability has fallen below one in the
+    draws), but the optimizer still moves the coordinate; one the energy does not depend on
+    has a gradient of exactly 0, and Adam never moves it."""
+    halves = _second_half(model, objective, snapshots, steps, unconstrained=True)
+    if halves is None or not np.any(boundary.flat):
+        return boundary
+    iterates = np.concatenate(halves[:2])
+    moved = boundary.flat & (np.ptp(iterates, axis=0) > 0)
+    direction = np.sign(halves[1].mean(axis=0) - halves[0].mean(axis=0)).astype(int)
+    return boundary._replace(unbounded=boundary.unbounded | moved,
+                             flat=boundary.flat & ~moved,
+                             rising=np.where(moved, direction, boundary.rising))
+
+
+def _without(hessian: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """``hessian`` with the ``excluded`` coordinates decoupled and given the largest curvature
+    on its diagonal, so that a search for the directions the data do not identify does not
+    report again the coordinates already reported as unbounded or flat."""
+    hessian = np.array(hessian, dtype=float)
+    hessian[excluded, :] = 0.0
+    hessian[:, excluded] = 0.0
+    diagonal = np.abs(np.diag(hessian))
+    hessian[excluded, excluded] = max(float(np.max(diagonal, initial=0.0)), 1.0)
+    return hessian
 
 
 def _mark_unidentified(cov, directions, model, objective, fitted, label, dtype):

@@ -167,7 +167,9 @@ class PostFit(NamedTuple):
     ``converged``: whether that stage reached its answer (None: the driver judges, as for the
     other estimators). ``hessian``: the Hessian of the objective the covariance came from, in
     the unconstrained flattened coordinates, from which the driver finds the directions the
-    data do not identify (None: not checked)."""
+    data do not identify (None: not checked). ``boundary``: the coordinates along which the
+    likelihood is unbounded and each one's Fisher information
+    (:class:`~unnorm.estimators.boundary.Boundary`; None: not computed)."""
 
     params: Any
     covariance: Any
@@ -176,6 +178,7 @@ class PostFit(NamedTuple):
     covariance_from: str | None = None
     converged: bool | None = None
     hessian: Any = None
+    boundary: Any = None
 
 
 def objective_params(model: Model, objective: Objective, theta):

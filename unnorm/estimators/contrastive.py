@@ -47,6 +47,7 @@ from ..samplers.run import Draws, reusable_chunk, sample_draws
 from ..samplers.target import to_position, unconstrained_logdensity
 from ..uncertainty import delta_method, sandwich_covariance, symmetric_pinv
 from .base import Estimator, Objective, PostFit, Traits
+from .boundary import find_boundary
 
 __all__ = ["CD", "PCD", "ChainState"]
 
@@ -244,16 +245,30 @@ def reference_energies(model: Model, params, draws) -> np.ndarray:
     return _block_sums(flat, u, draws, 0.0, 0.0, model=model).values
 
 
-def _sandwich(model: Model, params, data, draws) -> tuple[np.ndarray, np.ndarray]:
+def _sandwich(model: Model, params, data, draws, excluded=None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """The likelihood's sandwich covariance at ``params`` (constrained, flattened) from draws
-    of the model at ``params``, and the likelihood's Hessian (unconstrained) it came from."""
+    of the model at ``params``, and the likelihood's Hessian (unconstrained) it came from.
+    ``excluded``: unconstrained coordinates held at their values (a likelihood unbounded
+    along them, :mod:`~unnorm.estimators.boundary`): the sandwich is that of the others, and
+    the constrained parameters that move with an excluded coordinate get NaN."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
     ref = reference_energies(model, params, draws)
     _, _, hessian, grads, *_ = likelihood_pieces(flat, u, data, draws, ref, model=model)
-    cov_u = sandwich_covariance(grads, hessian).covariance
-    return (delta_method(constrained_jacobian(flat, u, model.to_constrained), cov_u),
-            np.asarray(hessian, dtype=float))
+    jacobian = np.asarray(constrained_jacobian(flat, u, model.to_constrained), dtype=float)
+    if excluded is None or not np.any(excluded):
+        cov_u = sandwich_covariance(grads, hessian).covariance
+        return delta_method(jacobian, cov_u), np.asarray(hessian, dtype=float)
+    kept = ~np.asarray(excluded)
+    cov_u = np.zeros_like(np.asarray(hessian, dtype=float))
+    cov_u[np.ix_(kept, kept)] = sandwich_covariance(
+        np.asarray(grads)[:, kept], np.asarray(hessian)[np.ix_(kept, kept)]).covariance
+    cov = np.array(delta_method(jacobian, cov_u), dtype=float)
+    affected = np.any(jacobian[:, ~kept] != 0, axis=1)
+    cov[affected, :] = np.nan
+    cov[:, affected] = np.nan
+    return cov, np.asarray(hessian, dtype=float)
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
@@ -416,13 +431,16 @@ class ChainEstimator(Estimator):
             chains, num_warmup, num_samples = self._post_fit_sampling(data.shape[0])
             draws = self._sample_fitted(model, params, state, spec, sampler, key, chains,
                                         num_warmup, num_samples, progress_bar, devices)
+            # the coordinates along which the likelihood is unbounded, and each one's Fisher
+            # information (the convergence judgement's scale without standard errors)
+            boundary = find_boundary(model, params, data, flat_draws(draws, model))
             params, covariance, hessian, refined_by, draws, converged = self._finish(
                 model, params, data, draws, key, compute_se, sampler, chains, num_warmup,
-                num_samples, progress_bar, devices)
+                num_samples, progress_bar, devices=devices, excluded=boundary.excluded)
             # ArviZ only here, once, for the user
             return PostFit(params, covariance, draws.inference_data(), refined_by,
                            "likelihood sandwich from model draws" if compute_se else None,
-                           converged, hessian)
+                           converged, hessian, boundary)
 
         def place_state(state, split):
             # the chains along their axis; the replay buffer, whose entries any chain may
@@ -444,14 +462,16 @@ class ChainEstimator(Estimator):
                             progress_bar, devices)
 
     def _finish(self, model, params, data, draws: Draws, key, compute_se, sampler, chains,
-                num_warmup, num_samples, progress_bar, devices=None):
+                num_warmup, num_samples, progress_bar, devices=None, excluded=None):
         """The final params, their covariance and the (unconstrained) Hessian it came from, the
         solve stage run on the draws (None for none), the draws of the fitted model the
         covariance comes from, and whether that stage converged (None without one: the driver
-        judges the optimizer's iterates)."""
+        judges the optimizer's iterates). ``excluded``: the unconstrained coordinates that get
+        no standard error (:class:`~unnorm.estimators.boundary.Boundary`)."""
         covariance = hessian = None
         if compute_se:
-            covariance, hessian = _sandwich(model, params, data, flat_draws(draws, model))
+            covariance, hessian = _sandwich(model, params, data, flat_draws(draws, model),
+                                            excluded)
         return params, covariance, hessian, None, draws, None
 
 

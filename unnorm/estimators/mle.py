@@ -143,7 +143,7 @@ class MLE(ChainEstimator):
                                                  25_000))
 
     def _finish(self, model: Model, params, data, draws, key, compute_se, sampler, chains,
-                num_warmup, num_samples, progress_bar, devices=None):
+                num_warmup, num_samples, progress_bar, devices=None, excluded=None):
         u = model.to_unconstrained(params)
         flat, unravel = ravel_pytree(u)
         for round_index in range(int(self.max_rounds)):
