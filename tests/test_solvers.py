@@ -94,3 +94,25 @@ def test_float32_sums_over_many_blocks_keep_their_precision():
     for name, got, want in zip(blocked._fields, blocked, exact, strict=True):
         got, want = np.asarray(got, float), np.asarray(want)
         assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want)), name
+
+
+def test_least_squares_step_leaves_out_what_the_dtype_cannot_resolve():
+    # the Hessian of a quadratic in a symmetric 2 x 2 matrix K flattened (K01 and K10 enter
+    # only through their sum): exactly singular along e01 - e10, which float32 rounding left
+    # at an eigenvalue of -5.6e-10 in a DSM fit's pass
+    exact = np.array([[2.0, 0.0, 0.0, 0.0],
+                      [0.0, 1.0, 1.0, 0.0],
+                      [0.0, 1.0, 1.0, 0.0],
+                      [0.0, 0.0, 0.0, 3.0]])
+    null = np.array([0.0, 1.0, -1.0, 0.0]) / np.sqrt(2.0)
+    rounded = exact - 5.6e-10 * np.outer(null, null)
+    rhs = np.array([1.0, 0.5, 0.5 + 1e-7, -2.0])   # the gradient's own float32 rounding
+    step = solvers._least_squares_step(rounded, rhs, np.float32)
+    np.testing.assert_allclose(step, [0.5, 0.25, 0.25, -2.0 / 3.0], rtol=1e-6)
+    # float64's cutoff inverts the rounding: a step of 1e-7 / 5.6e-10 along the null direction
+    loose = np.linalg.lstsq(rounded, rhs, rcond=None)[0]
+    assert abs(loose[1] - loose[2]) > 1.0
+    # parameters on very different scales are resolved, not cut: Jacobi scaling first
+    wide = np.diag([1e-20, 1.0, 1e20])
+    np.testing.assert_allclose(solvers._least_squares_step(wide, np.ones(3), np.float32),
+                               [1e20, 1.0, 1e-20], rtol=1e-12)

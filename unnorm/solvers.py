@@ -124,7 +124,7 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
     eigvals = np.linalg.eigvalsh(hessian)
     if eigvals[0] < -1e-8 * max(abs(eigvals[-1]), 1e-300):
         return None  # unbounded below: no minimizer
-    step = np.linalg.lstsq(hessian, -grad, rcond=None)[0]
+    step = _least_squares_step(hessian, -grad, theta0.dtype)
     theta = jnp.asarray(np.asarray(theta0, dtype=float) + step, dtype=theta0.dtype)
     solution = unravel(theta)
     for name, value in solution.items():
@@ -134,6 +134,28 @@ def closed_form(objective: Objective, model: Model, params: dict, state, data, k
     if not _is_stationary(objective, model, params, theta, state, data, key):
         return None
     return solution
+
+
+def _least_squares_step(hessian: np.ndarray, rhs: np.ndarray, dtype) -> np.ndarray:
+    """The minimum-norm solution of ``hessian @ step = rhs`` for a symmetric Hessian computed in
+    ``dtype``, with the directions it cannot resolve in that dtype left out.
+
+    The Hessian is first scaled to a unit diagonal (Jacobi), so that parameters on different
+    scales do not pass for unresolved directions; then singular values below
+    ``100 · p · ε(dtype)`` of the largest are cut, the rounding of a ``p × p`` Hessian whose
+    entries carry ``dtype``'s relative error ``ε`` (the same bound as Newton's test of positive
+    definiteness, :mod:`unnorm.newton`). A float64 cutoff on a float32 Hessian would invert
+    its rounding noise: the exact null direction of a symmetric matrix parameter's duplicated
+    entries, rounded to an eigenvalue of -5.6e-10 instead of 0, gave a step along it of order
+    its gradient's rounding over 5.6e-10, and a precision matrix that was no longer symmetric.
+    """
+    diagonal = np.abs(np.diag(hessian))
+    floor = np.finfo(float).tiny
+    scale = np.where(diagonal > floor, 1.0 / np.sqrt(np.maximum(diagonal, floor)), 1.0)
+    scaled = hessian * scale[:, None] * scale[None, :]
+    eps = float(jnp.finfo(dtype).eps)
+    solution = np.linalg.lstsq(scaled, scale * rhs, rcond=100 * hessian.shape[0] * eps)[0]
+    return scale * solution
 
 
 def _is_stationary(objective, model, params, theta, state, data, key) -> bool:
@@ -148,7 +170,7 @@ def _is_stationary(objective, model, params, theta, state, data, key) -> bool:
         constrained=True)[:3])
     if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hessian))):
         return False
-    step = np.linalg.lstsq(0.5 * (hessian + hessian.T), grad, rcond=None)[0]
+    step = _least_squares_step(0.5 * (hessian + hessian.T), grad, theta.dtype)
     eps = float(jnp.finfo(theta.dtype).eps)
     # relative to the value itself, as Newton's test is: with a floor of 1 the test passed a
     # "solution" of N(1e8, 1e8²) whose objective, ½ Λ²(x − μ)² − Λ of about 1e-16, was
