@@ -42,6 +42,7 @@ from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
 from .model import Model, check_finite_energies, format_params
 from .result import FitResult
+from .samplers.devices import host_array
 from .trust_region import trust_region_newton
 from .uncertainty import (
     delta_method,
@@ -402,7 +403,7 @@ def fit(
         if placement.spanning is not None:
             # rows held by other processes: the host-side checks, starting values and
             # post-fit stages read a gathered copy, so that every process decides alike
-            data = sharding.host_rows(data)
+            data = host_array(data)
         # checked in the dtype the fit computes in (the params'), where a value can overflow
         data_np = model.support.check_data(data, "data", dtype=model.dtype)
         num_rows = data_np.shape[0]

@@ -51,14 +51,13 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .samplers.devices import check_devices, global_array, host_array, require_local
 
 __all__ = ["ROW_AXIS", "RowShards", "FitDevices", "choose_devices", "place_rows",
-           "global_rows", "host_rows", "sum_over_rows", "replicated_jit", "split_chains",
+           "global_rows", "sum_over_rows", "replicated_jit", "split_chains",
            "placed_jit", "uncommitted"]
 
 #: the mesh axis the data rows are split along
@@ -99,7 +98,7 @@ class RowShards:
         return self.num_rows
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        rows = host_rows(self.array)[: self.num_rows]
+        rows = host_array(self.array)[: self.num_rows]
         return rows if dtype is None else rows.astype(dtype)
 
 
@@ -164,14 +163,6 @@ def global_rows(array: jax.Array, dtype) -> RowShards:
     if array.dtype != dtype:
         array = jax.jit(lambda a: a.astype(dtype), out_shardings=array.sharding)(array)
     return RowShards(array, array.shape[0])
-
-
-def host_rows(array: jax.Array) -> np.ndarray:
-    """Every row of ``array`` as a NumPy array, on every process (gathered from the others
-    where some rows are theirs)."""
-    if array.is_fully_addressable:
-        return np.asarray(array)
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def sum_over_rows(local_sums, mesh: Mesh, rows: jax.Array, num_rows: int, *replicated):

@@ -203,9 +203,9 @@ def find_boundary(model: Model, params, data, draws) -> Boundary:
     on_data = gradient_moments(model, params, data, matrix=matrix and shared,
                                num_batches=batches if shared else 1)
     on_draws = gradient_moments(model, params, draws, matrix=matrix, num_batches=batches)
-    size = np.maximum.reduce([np.abs(on_data.low), np.abs(on_data.high),
-                              np.abs(on_draws.low), np.abs(on_draws.high)])
-    tolerance = VALUE_TOLERANCE * np.maximum(size, np.finfo(float).tiny)
+    magnitude = np.maximum.reduce([np.abs(on_data.low), np.abs(on_data.high),
+                                   np.abs(on_draws.low), np.abs(on_draws.high)])
+    tolerance = VALUE_TOLERANCE * np.maximum(magnitude, np.finfo(float).tiny)
     constant = on_data.high - on_data.low <= tolerance
     varying = on_draws.high - on_draws.low > tolerance
     value = on_data.mean

@@ -250,8 +250,9 @@ def _sandwich(model: Model, params, data, draws, excluded=None
     """The likelihood's sandwich covariance at ``params`` (constrained, flattened) from draws
     of the model at ``params``, and the likelihood's Hessian (unconstrained) it came from.
     ``excluded``: unconstrained coordinates held at their values (a likelihood unbounded
-    along them, :mod:`~unnorm.estimators.boundary`): the sandwich is that of the others, and
-    the constrained parameters that move with an excluded coordinate get NaN."""
+    along them, :mod:`~unnorm.estimators.boundary`): the sandwich is that of the others; the
+    fit driver gives NaN to the constrained parameters that move with an excluded coordinate
+    (``unnorm.driver._warn_unbounded``), as it does for MLE's own covariance."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
     ref = reference_energies(model, params, draws)
@@ -264,11 +265,7 @@ def _sandwich(model: Model, params, data, draws, excluded=None
     cov_u = np.zeros_like(np.asarray(hessian, dtype=float))
     cov_u[np.ix_(kept, kept)] = sandwich_covariance(
         np.asarray(grads)[:, kept], np.asarray(hessian)[np.ix_(kept, kept)]).covariance
-    cov = np.array(delta_method(jacobian, cov_u), dtype=float)
-    affected = np.any(jacobian[:, ~kept] != 0, axis=1)
-    cov[affected, :] = np.nan
-    cov[:, affected] = np.nan
-    return cov, np.asarray(hessian, dtype=float)
+    return delta_method(jacobian, cov_u), np.asarray(hessian, dtype=float)
 
 
 def sample_model(model: Model, params, key, sampler: str, chains: int, num_warmup: int,
