@@ -219,12 +219,46 @@ def test_only_trajectory_kernels_run_in_blocks(sampler, width):
     assert chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=10)) == width
 
 
-@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
-def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, monkeypatch):
+@pytest.mark.parametrize("sampler", ["mala", "langevin", "annealed_langevin"])
+def test_langevin_kernels_run_in_blocks_when_asked(sampler):
+    kernel = un.samplers.build_sampler(sampler, num_warmup=10, chain_block=4)
+    assert chain_blocks.block_width(kernel) == 4
+    # parallel tempering's chains carry their replicas: its blocks are its base's
+    tempered = un.samplers.build_sampler("tempering", num_warmup=10, base=sampler,
+                                         chain_block=4)
+    assert chain_blocks.block_width(tempered) == 4
+
+
+@pytest.mark.parametrize("value", [True, 0, -3, 2.0, "4", np.array(1.5)])
+@pytest.mark.parametrize("sampler", ["mala", "annealed_langevin", "tempering"])
+def test_chain_block_is_checked(sampler, value):
+    with pytest.raises(ValueError, match=r"chain_block must be None .* or a positive integer, "
+                                         r"the width of the blocks the chains run in; got "):
+        un.samplers.build_sampler(sampler, num_warmup=10, chain_block=value)
+
+
+def test_chain_block_is_refused_where_the_kernel_has_its_own_blocks_or_none():
+    model = un.models.gaussian(2)
+    with pytest.raises(TypeError, match=r"sampler 'nuts' does not take option\(s\) "
+                                        r"\['chain_block'\]"):
+        un.sample(model, key=jax.random.key(0), sampler="nuts", chain_block=4)
+    with pytest.raises(TypeError, match=r"sampler 'tempering' with base='rwmh': sampler 'rwmh' "
+                                        r"does not take option\(s\) \['chain_block'\]"):
+        un.sample(model, key=jax.random.key(0), sampler="tempering", base="rwmh",
+                  chain_block=4)
+
+
+@pytest.mark.parametrize("sampler,options", [("nuts", {}), ("hmc", {}),
+                                             ("mala", {"chain_block": 4})],
+                         ids=["nuts", "hmc", "mala-blocks-of-4"])
+def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, options,
+                                                                      monkeypatch):
     # chain c is lane c mod W of a block of W chains, every block one compiled program: the
-    # first 2 chains of any run are a 2-chain run, bit for bit, adaptation included
-    width = chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=30))
-    options = dict(_SAME_DRAWS_OPTIONS, sampler=sampler)
+    # first 2 chains of any run are a 2-chain run, bit for bit, adaptation included (MALA
+    # only when asked: unblocked, XLA rounded this model's gradient by the batch's size)
+    width = chain_blocks.block_width(un.samplers.build_sampler(sampler, num_warmup=30,
+                                                               **options))
+    options = dict(_SAME_DRAWS_OPTIONS, sampler=sampler, **options)
     two = un.sample(_DENSE_GAUSSIAN, num_chains=2, chain_method="vectorized", **options)
     # 2W + 1 chains on 2 cores are two groups; every run calls the one compiled block
     runs = [(5, "vectorized", 2), (5, "parallel", 1), (2 * width + 1, "parallel", 2),
@@ -242,6 +276,26 @@ def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, m
                                               np.asarray(two[group][name]),
                                               err_msg=f"{name}, {num_chains} chains, "
                                                       f"{chain_method}, {cores} cores")
+
+
+def test_blocked_mala_calls_one_program_of_the_block_width(monkeypatch):
+    # what makes the identity above: every call is the one 4-chain program, never a batch of
+    # the run's size (the test above compiled it: these runs compile nothing new)
+    real_chunk = sample_run._chunk_runner()
+    widths = []
+
+    def recording_chunk(model, spec, params, chain_keys, *args, **kwargs):
+        widths.append(chain_keys.shape[0])
+        return real_chunk(model, spec, params, chain_keys, *args, **kwargs)
+
+    monkeypatch.setattr(sample_run, "_chunk_runner", lambda options=(): recording_chunk)
+    monkeypatch.setattr(chain_groups, "available_cores", lambda: 2)
+    for num_chains, chain_method in [(9, "parallel"), (5, "vectorized")]:
+        widths.clear()
+        un.sample(_DENSE_GAUSSIAN, num_chains=num_chains, chain_method=chain_method,
+                  sampler="mala", chain_block=4, **_SAME_DRAWS_OPTIONS)
+        blocks = -(-num_chains // 4)
+        assert widths and set(widths) == {4} and len(widths) % blocks == 0, widths
 
 
 def test_starting_points_do_not_depend_on_the_number_of_chains():

@@ -91,7 +91,8 @@ def adaptive_kernel(name: str, uses_gradient: bool, kernel_init: Callable,
     """The :class:`~unnorm.samplers.spec.Kernel` of a kernel with one step size
     (``kernel_step(key, state, logdensity_fn, step_size)``: MALA, ULA, random-walk Metropolis),
     adapted by dual averaging during warmup (``tuning``: ``step_size``, ``target_accept``,
-    ``adapt_step_size``)."""
+    ``adapt_step_size``, and the width of the blocks of chains, ``chain_block``, where the
+    sampler takes it)."""
     init_adapt, step, finalize = step_size_adaptation(
         kernel_step,
         target_accept=tuning["target_accept"],
@@ -121,4 +122,5 @@ def adaptive_kernel(name: str, uses_gradient: bool, kernel_init: Callable,
         refresh=refresh,
         get_step_size=lambda state: state.step_size,
         set_step_size=lambda state, value: state._replace(step_size=value),
+        chain_block=tuning.get("chain_block"),
     )

@@ -72,7 +72,7 @@ import numpy as np
 
 from .. import _checks
 from . import langevin
-from .spec import Kernel, SamplerSpec
+from .spec import OPTION_CHECKS, Kernel, SamplerSpec
 
 __all__ = ["AnnealedLangevinState", "AnnealedLangevinInfo", "geometric_sigmas", "ladder", "init",
            "anneal", "step", "ANNEALED_LANGEVIN"]
@@ -231,7 +231,7 @@ def _refuse_target_accept(value, name: str):
 _LADDER_OPTIONS = ("sigma_max", "sigma_min", "num_levels")
 
 _DEFAULTS = {"sigmas": None, "sigma_max": None, "sigma_min": None, "num_levels": None,
-             "steps_per_level": 100, "step_size": None}
+             "steps_per_level": 100, "step_size": None, "chain_block": None}
 
 _CHECKS = {
     "sigmas": _check_sigmas,
@@ -240,6 +240,7 @@ _CHECKS = {
     "num_levels": lambda v, k: _checks.check_int(v, k, 2),
     "steps_per_level": lambda v, k: _checks.check_int(v, k, 1),
     "step_size": _checks.check_positive_float,
+    "chain_block": OPTION_CHECKS["chain_block"],
     # un.sample passes target_accept through the spec's checks: a clear refusal, not a KeyError
     "target_accept": _refuse_target_accept,
 }
@@ -328,6 +329,7 @@ def _kernel(tuning: dict, num_warmup: int, values) -> Kernel:
         refresh=refresh,
         get_step_size=lambda state: state.step_size,
         set_step_size=lambda state, value: state._replace(step_size=value),
+        chain_block=tuning.get("chain_block"),
     )
 
 

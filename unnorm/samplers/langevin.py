@@ -111,7 +111,10 @@ def ula_step(
     return _select(finite, proposal, state), LangevinInfo(acceptance, finite, ~finite)
 
 
-_DEFAULTS = {"step_size": 0.1, "target_accept": 0.574, "adapt_step_size": True}
+#: ``chain_block``: None runs each group of chains as one vectorized computation; a width W runs
+#: them in blocks of W (:mod:`unnorm.samplers.chain_blocks`)
+_DEFAULTS = {"step_size": 0.1, "target_accept": 0.574, "adapt_step_size": True,
+             "chain_block": None}
 
 #: ``sampler="mala"``: Metropolis-adjusted Langevin
 MALA = SamplerSpec(

@@ -15,6 +15,7 @@ same compiled step serves a training loop whose θ changes.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -139,6 +140,22 @@ def _check_unroll(value, name: str) -> int | bool:
     return value if isinstance(value, bool) else _checks.check_int(value, name, 1)
 
 
+def _check_chain_block(value, name: str) -> int:
+    """A block width: a positive integer (None, the unblocked default, never reaches a check).
+    Every wrong value is a ``ValueError``, a bool included: ``True`` is not a width of one."""
+    width = None
+    if not isinstance(value, bool):
+        try:
+            width = operator.index(value)
+        except TypeError:
+            pass
+    if width is not None and width >= 1:
+        return width
+    raise ValueError(f"{name} must be None (each group of chains one vectorized computation) "
+                     f"or a positive integer, the width of the blocks the chains run in; got "
+                     f"{value!r}.")
+
+
 #: Each tuning option's check: plain Python values out (hashable, so kernels can be cached).
 OPTION_CHECKS: dict[str, Callable] = {
     "step_size": _checks.check_positive_float,
@@ -153,6 +170,7 @@ OPTION_CHECKS: dict[str, Callable] = {
     "adapt_step_size": _checks.check_bool,
     "unroll": _check_unroll,
     "scan": lambda v, k: _checks.check_choice(v, k, ["auto", "sequential", "blocked"]),
+    "chain_block": _check_chain_block,
 }
 
 
