@@ -127,7 +127,11 @@ SAMPLER_SIZES = {"rwmh": dict(num_chains=2, num_warmup=0, num_samples=4),
                  "gibbs": dict(num_chains=3, num_warmup=0, num_samples=4),
                  "mala": dict(num_chains=3, num_warmup=10, num_samples=10),
                  "nuts": dict(num_chains=3, num_warmup=10, num_samples=10),
-                 "hmc": dict(num_chains=3, num_warmup=10, num_samples=10)}
+                 "hmc": dict(num_chains=3, num_warmup=10, num_samples=10),
+                 "mala_blocks": dict(num_chains=3, num_warmup=10, num_samples=10)}
+#: runs of a sampler with options, by the name the runs are listed under: MALA in blocks of 2
+#: chains, asked for with chain_block
+SAMPLER_RUNS = {"mala_blocks": ("mala", {"chain_block": 2})}
 #: the default run's samplers: a discrete kernel, one of unnorm's gradient kernels, NumPyro's
 SAMPLERS = ("gibbs", "mala", "nuts")
 #: (fit, rows, devices) of the one-process child: "sharded" on both devices, "single" on one.
@@ -154,15 +158,16 @@ def _sampler_models():
 
 
 def _sample(models: dict, sampler: str, **kwargs):
-    """The samplers' common run: ``sampler``'s sizes, the Ising chain for Gibbs and the
-    Gaussian for the others, key 3."""
+    """The samplers' common run: ``sampler``'s sizes (and options, :data:`SAMPLER_RUNS`), the
+    Ising chain for Gibbs and the Gaussian for the others, key 3."""
     import jax
 
     import unnorm as un
 
     model = models["ising" if sampler == "gibbs" else "gaussian"]
-    return un.sample(model, key=jax.random.key(3), sampler=sampler, progress_bar=False,
-                     warn=False, **SAMPLER_SIZES[sampler], **kwargs)
+    name, options = SAMPLER_RUNS.get(sampler, (sampler, {}))
+    return un.sample(model, key=jax.random.key(3), sampler=name, progress_bar=False,
+                     warn=False, **SAMPLER_SIZES[sampler], **options, **kwargs)
 
 
 def _draws(idata) -> dict:

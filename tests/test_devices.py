@@ -30,7 +30,8 @@ from unnorm.samplers import devices as chain_devices
 
 #: the samplers whose chains run in fixed-width blocks, and the width: on two devices each
 #: block is the single-device program, run on the device that holds its chains
-BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK, "hmc": chain_blocks.TRAJECTORY_BLOCK}
+BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK, "hmc": chain_blocks.TRAJECTORY_BLOCK,
+           "mala_blocks": runs.SAMPLER_RUNS["mala_blocks"][1]["chain_block"]}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,9 @@ def test_sharded_chunks_split_the_chain_axis(two_devices, sampler):
 
 @pytest.mark.slow
 def test_other_samplers_draw_alike_on_two_devices():
-    found = runs.results([runs.start_on_two_devices(("hmc", "rwmh"))])[0]["samplers"]
+    # MALA asked for blocks (chain_block) runs them as NUTS does, a block per call
+    found = runs.results([runs.start_on_two_devices(("hmc", "rwmh", "mala_blocks"))]
+                         )[0]["samplers"]
     for sampler, result in found.items():
         assert result["identical"], (sampler, result["max_diff"])
         assert result["lp_identical"], sampler
