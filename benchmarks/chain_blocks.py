@@ -4,7 +4,8 @@ Warm ``un.sample`` calls (the same model called again with other keys, after one
 a layout of the chains against no blocks (every group of chains one vectorized computation),
 alternated in one process so that both see the same load. The layout is the kernels' own
 blocks (NUTS and HMC: 2; the Langevin kernels run without), or with ``--width W`` blocks of
-``W`` chains for every gradient-based kernel, each block one call, or with ``--pad U`` every
+``W`` chains for every gradient-based kernel, each block one call (MALA through its
+``chain_block=W`` option, as a user asks for it), or with ``--pad U`` every
 group padded to a multiple of ``U`` chains in one vectorized call (the alternative tried for
 MALA, emulated here by a layout whose units are its groups). Wall time and the process's CPU
 time (both cores' work, less sensitive to other processes on a shared machine) are reported,
@@ -49,6 +50,8 @@ CASES = {
 }
 _KERNEL_WIDTH = chain_blocks.block_width
 _UNITS, _UNITS_OF = chain_groups.GroupLayout.units, chain_groups.GroupLayout.units_of
+#: the samplers whose blocks a user asks for with the chain_block option
+_CHAIN_BLOCK = ("mala", "langevin", "annealed_langevin")
 
 
 def _options(case: str) -> tuple[un.Model, dict, int]:
@@ -60,10 +63,14 @@ def _options(case: str) -> tuple[un.Model, dict, int]:
     return un.models.gaussian(dim), options, chains * (warmup + draws)
 
 
-def _layout(on: bool, width: int | None, pad: int | None) -> None:
-    """Switch the layout under test on (``width``, ``pad`` or the kernels' own) or off."""
+def _layout(on: bool, width: int | None, pad: int | None, options: dict) -> dict:
+    """Switch the layout under test on (``width``, ``pad`` or the kernels' own) or off; the
+    ``un.sample`` options of the run (with ``chain_block`` where the sampler takes it)."""
     layout = chain_groups.GroupLayout
     layout.units, layout.units_of = _UNITS, _UNITS_OF
+    if on and width is not None and pad is None and options["sampler"] in _CHAIN_BLOCK:
+        chain_blocks.block_width = _KERNEL_WIDTH
+        return dict(options, chain_block=width)
     if not on:
         chain_blocks.block_width = lambda kernel: None
     elif width is None and pad is None:
@@ -74,25 +81,26 @@ def _layout(on: bool, width: int | None, pad: int | None) -> None:
         if pad is not None:   # groups of whole units of `pad` chains, each group one call
             layout.units = property(lambda self: self)
             layout.units_of = lambda self, group: range(group, group + 1)
+    return options
 
 
 def measure(case: str, rounds: int, width: int | None = None, pad: int | None = None) -> dict:
     model, options, chain_steps = _options(case)
     times = {True: ([], []), False: ([], [])}
     for blocks in (False, True):
-        _layout(blocks, width, pad)
-        un.sample(model, key=jax.random.key(0), **options)          # compile
+        run_options = _layout(blocks, width, pad, options)
+        un.sample(model, key=jax.random.key(0), **run_options)      # compile
     for r in range(rounds):
         for blocks in (False, True):
-            _layout(blocks, width, pad)
+            run_options = _layout(blocks, width, pad, options)
             gc.collect()
             gc.disable()
             wall, cpu = time.perf_counter(), time.process_time()
-            un.sample(model, key=jax.random.key(r + 1), **options)
+            un.sample(model, key=jax.random.key(r + 1), **run_options)
             times[blocks][0].append(time.perf_counter() - wall)
             times[blocks][1].append(time.process_time() - cpu)
             gc.enable()
-    _layout(False, None, None)
+    _layout(False, None, None, options)
     chain_blocks.block_width = _KERNEL_WIDTH
     out = {"chain_steps": chain_steps}
     for blocks, label in ((False, "unblocked"), (True, "blocks")):
