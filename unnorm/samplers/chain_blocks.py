@@ -23,17 +23,22 @@ serves every number of chains.
 
 NUTS and HMC take narrow blocks (``W = 2``): their vectorized trajectories wait for the longest
 lane, so blocks of few chains lose little against one vectorized group. The Langevin kernels
-(MALA, ULA, annealed Langevin, and tempering over them) run without blocks, each group one
-vectorized computation: a block pays a fixed cost per call of each of its fused operations,
-which for these few vector operations per chain is that of several lanes' arithmetic, so that
-narrow blocks multiply the cost of many chains and wide ones compute padding lanes for few
-chains; no width kept both within a third of the unblocked cost (benchmarks/README.md, which
-also records a padding of every group to a multiple of 16 chains in one call, tried instead).
-Their chains agree across chain counts and groupings only as far as XLA rounds batches of
-those sizes alike, which it does for some models and not for others (a dense Gaussian's
-gradient rounded differently in batches of 2 and 8 chains). Gradient-free kernels (random-walk
-Metropolis, Gibbs) and accelerators keep one vectorized computation per group too, and on
-several devices one computation partitioned by XLA.
+(MALA, ULA, annealed Langevin, and tempering over them) run without blocks by default, each
+group one vectorized computation: a block pays a fixed cost per call of each of its fused
+operations, which for these few vector operations per chain is that of several lanes'
+arithmetic, so that narrow blocks multiply the cost of many chains and wide ones compute
+padding lanes for few chains; no width kept both within a third of the unblocked cost
+(benchmarks/README.md, which also records a padding of every group to a multiple of 16 chains
+in one call, tried instead). Unblocked, their chains agree across chain counts and groupings
+only as far as XLA rounds batches of those sizes alike, which it does for some models and not
+for others (a dense Gaussian's gradient rounded differently in batches of 2 and 8 chains). A
+user who needs the identity asks for it with the sampler option ``chain_block=W``
+(``un.sample(..., sampler="mala", chain_block=8)``; tempering passes it to its base): the
+kernel's ``chain_block`` is then ``W`` and its chains run in blocks of ``W`` exactly as those of
+NUTS and HMC do, on one device or several, at the cost of that width (few chains compute the
+padding of a block wider than their number; many chains make one call per block).
+Gradient-free kernels (random-walk Metropolis, Gibbs) and accelerators keep one vectorized
+computation per group too, and on several devices one computation partitioned by XLA.
 
 Example
 -------
@@ -42,6 +47,10 @@ Example
 >>> layout = chain_groups.choose_layout(5, "parallel", cores=2, block=width)
 >>> [list(layout.units_of(g)) for g in range(layout.num_groups)]
 [[0, 1], [2]]
+>>> chain_blocks.block_width(build_sampler("mala", num_warmup=10)) is None
+True
+>>> chain_blocks.block_width(build_sampler("mala", num_warmup=10, chain_block=8))
+8
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ TRAJECTORY_BLOCK = 2
 
 def block_width(kernel) -> int | None:
     """The block width ``un.sample`` runs ``kernel``'s chains in: the kernel's ``chain_block``
-    on the CPU backend; None (every group one vectorized computation) on accelerators, which
-    run one vectorized computation over all chains in parallel."""
+    (NUTS's and HMC's own, or the Langevin kernels' ``chain_block`` option) on the CPU backend;
+    None (every group one vectorized computation) on accelerators, which run one vectorized
+    computation over all chains in parallel, whatever the option."""
     return kernel.chain_block if jax.default_backend() == "cpu" else None

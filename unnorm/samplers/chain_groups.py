@@ -15,15 +15,15 @@ too; the dispatching thread, which only waits, allocates the draws' array meanwh
 
 Every group has the same size, so one compilation serves them all: when the chains do not
 divide evenly, the last group is padded with copies of the last chain, whose draws are dropped.
-The chains of NUTS and HMC come in fixed-width blocks
-(:mod:`unnorm.samplers.chain_blocks`): a group then holds whole blocks, which it runs one
-compiled call after the other
-(:attr:`GroupLayout.units`, :meth:`GroupLayout.units_of`), so that every block is the same
-program of the same width. The groups change nothing in the algorithm: each chain's steps
-depend only on its own state and key, so its draws are those of ``chain_method="vectorized"``
-and of any other number of chains, bit for bit for NUTS and HMC; for the kernels that run each
-group as one vectorized computation (the Langevin kernels, random-walk Metropolis, Gibbs) as
-far as XLA rounds their energies and gradients alike in batches of every size, which the tests
+The chains of NUTS and HMC (and of the Langevin kernels given ``chain_block``) come in
+fixed-width blocks (:mod:`unnorm.samplers.chain_blocks`): a group then holds whole blocks,
+which it runs one compiled call after the other (:attr:`GroupLayout.units`,
+:meth:`GroupLayout.units_of`), so that every block is the same program of the same width.
+The groups change nothing in the algorithm: each chain's steps depend only on its own state
+and key, so its draws are those of ``chain_method="vectorized"`` and of any other number of
+chains, bit for bit for the blocked kernels; for the kernels that run each group as one
+vectorized computation (the Langevin kernels by default, random-walk Metropolis, Gibbs) as far
+as XLA rounds their energies and gradients alike in batches of every size, which the tests
 find for the gradient-free kernels on the built-in models but not for MALA on a dense Gaussian.
 
 Example

@@ -1,9 +1,9 @@
 """The chains of ``un.sample`` placed over several devices.
 
 Kernels that run each group of chains as one vectorized computation (MALA, ULA, random-walk
-Metropolis, Gibbs; every kernel on accelerators) are split with ``jax.sharding``. A run over
-``n`` devices builds a one-dimensional :class:`jax.sharding.Mesh` whose axis is named
-``"chains"``. Every array with a leading chain axis (the kernels' states, the per-chain keys)
+Metropolis, Gibbs by default; every kernel on accelerators) are split with ``jax.sharding``.
+A run over ``n`` devices builds a one-dimensional :class:`jax.sharding.Mesh` whose axis is
+named ``"chains"``. Every array with a leading chain axis (the kernels' states, the per-chain keys)
 is placed with ``NamedSharding(mesh, P("chains"))``: each device holds ``num_chains / n``
 chains. The parameters are replicated (``P()``). The compiled chunks are the same jitted
 functions as on one device; XLA's SPMD partitioner (GSPMD, Xu et al. 2021) splits them along
@@ -12,8 +12,9 @@ buffers come out split the same way. When ``num_chains`` is not a multiple of ``
 axis is padded with copies of the last chain (as the CPU's chain groups are) and the padding's
 draws are dropped on the host.
 
-Kernels that run their chains in fixed-width blocks on the CPU (NUTS, HMC and parallel
-tempering over them: :mod:`unnorm.samplers.chain_blocks`) keep their blocks on several devices:
+Kernels that run their chains in fixed-width blocks on the CPU (NUTS, HMC, the Langevin
+kernels given ``chain_block``, and parallel tempering over them:
+:mod:`unnorm.samplers.chain_blocks`) keep their blocks on several devices:
 the blocks are split into contiguous runs, one per device (:meth:`ChainPlacement.block_layout`),
 each block's state, keys and a copy of the parameters are committed to its device
 (:meth:`ChainPlacement.place_blocks`), and every call is the single-device run's program of

@@ -272,7 +272,8 @@ def sample(
         NUTS, HMC, random-walk Metropolis and Gibbs (NUTS and HMC compute their chains in
         blocks of a fixed width, each block one compiled program:
         :mod:`unnorm.samplers.chain_blocks`); for MALA, ULA and annealed Langevin only as far
-        as XLA rounds the batches of either size alike.
+        as XLA rounds the batches of either size alike, or bit for bit when they are given
+        ``chain_block`` (below).
     devices : None, int or list of jax.Device
         The devices the chains are split over (along the chain axis, with ``jax.sharding``;
         the parameters are replicated). None (default): all of ``jax.devices()``; an int
@@ -281,8 +282,9 @@ def sample(
         the chains are split over them and ``chain_method`` is not used. ``num_chains`` need
         not be a multiple of the device count: the last device's chains are padded with copies
         of the last chain, whose draws are dropped. A chain's draws do not depend on the
-        devices: on the CPU bit for bit for NUTS and HMC, which run each block of chains
-        through the single-device program on the device that holds it
+        devices: on the CPU bit for bit for NUTS and HMC (and the Langevin kernels given
+        ``chain_block``), which run each block of chains through the single-device program
+        on the device that holds it
         (:mod:`unnorm.samplers.devices`); for the other samplers, and on accelerators, as far
         as XLA rounds the sharded and the single-device programs alike (on two CPU devices it
         did for random-walk Metropolis, MALA and Gibbs in the tests). When the devices belong
@@ -300,6 +302,13 @@ def sample(
         ``max_tree_depth``, ``dense_mass``, ``adapt_mass_matrix`` (nuts/hmc), ``num_steps``,
         ``trajectory_length`` (default π), ``jitter`` (default 0.5: the path length of each
         draw varies by ±50%) (hmc), ``adapt_step_size`` (all but gibbs), ``unroll`` (gibbs).
+        ``chain_block`` (mala, langevin, annealed_langevin, and tempering over them): None
+        (default) runs each group of chains as one vectorized computation; a positive int
+        ``W`` runs the chains on the CPU in blocks of ``W``, each block one call of one
+        compiled ``W``-chain program, as NUTS and HMC always do, so that chain ``c``'s draws
+        are the same bit for bit whatever ``num_chains``, ``chain_method``, the cores and the
+        CPU devices. It costs time: few chains compute the padding of a block wider than
+        their number, and many chains make one call per block. Ignored on accelerators.
 
     Returns
     -------
