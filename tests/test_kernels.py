@@ -184,6 +184,32 @@ def test_energies_that_cannot_be_certified_are_not_blocked(energy, primitive):
                   progress_bar=False, warn=False)
 
 
+def _two_pairs(p, x):
+    return -p["a"] * x[0] * x[1] - p["b"] * x[2] * x[3]
+
+
+def test_the_graph_of_a_fits_chains_holds_for_every_parameter_value():
+    # Both couplings start at 0, where the graph at θ has no edge; the chains of a fit move
+    # with θ, so their graph is taken at random θ: the two pairs, coloured apart
+    model = un.Model(_two_pairs, params={"a": 0.0, "b": 0.0}, support=un.supports.spin(4))
+    assert _edges(structure.gibbs_structure(model, model.params, "auto").adjacency) == set()
+    found = structure.training_structure(model)
+    assert _edges(found.adjacency) == {(0, 1), (2, 3)}
+    assert found.blocks.multilinear and len(found.blocks.colors) == 2
+    assert structure.training_structure(un.models.ising_chain(7, coupling=0.0)).blocks.colors \
+        == ((1, 3, 5), (0, 2, 4, 6))
+    # every coupling a parameter (a full J): every pair may couple, and a colour per site is
+    # the sequential scan
+    dense = un.models.ising(J=np.zeros((4, 4)), h=np.zeros(4))
+    assert structure.training_structure(dense).blocks is None
+    # a parameter entering through a function that is not analytic: the graph at random θ
+    # could miss a region of θ where sites couple, so nothing is certified
+    kinked = un.Model(lambda p, x: -jnp.abs(p["a"]) * x[0] * x[1], params={"a": 0.0},
+                      support=un.supports.spin(3))
+    found = structure.training_structure(kinked)
+    assert found.blocks is None and "abs" in found.reason
+
+
 def test_gibbs_scan_option_is_checked():
     model = un.models.ising_chain(4)
     with pytest.raises(ValueError, match="unknown scan 'chromatic'"):

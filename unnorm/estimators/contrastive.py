@@ -42,6 +42,7 @@ from .. import _checks
 from ..model import Model
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
+from ..samplers import structure
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
 from ..samplers.run import Draws, reusable_chunk, sample_draws
 from ..samplers.target import to_position, unconstrained_logdensity
@@ -315,10 +316,17 @@ class ChainEstimator(Estimator):
         support = model.support
         sampler = self._resolved_sampler(model)    # the sampling of the fitted model
         sampler_spec = _sampler_spec(self, model, self._chain_sampler(model))
-        # no prepare step: Gibbs' sequential scan is exact for every θ, where a colouring
-        # certified at one θ (a coupling that starts at zero) need not hold at the next
         tuning = check_tuning(sampler_spec, check_step_options(sampler_spec,
                                                                step_size=self.step_size))
+        if sampler_spec.name == "gibbs":
+            # not the sampler's prepare step, whose colouring holds at one θ (a coupling that
+            # is 0 there couples at the next): a graph certified for every θ, or the
+            # sequential scan
+            found = structure.training_structure(model)
+            if found.blocks is not None:
+                tuning = {**tuning, "scan": "blocked", "blocks": found.blocks}
+            else:
+                tuning = {**tuning, "scan": "sequential"}
         values = support.values if support.is_discrete else None
         # NumPyro's kernels adapt inside their first num_warmup steps (here the chain steps of
         # the first optimizer steps); the other kernels ignore it, their step size is steered

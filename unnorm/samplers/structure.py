@@ -30,8 +30,12 @@ and the flip difference of every site is one gradient away:
 
 The graph is computed at the parameter values of the call: ``un.sample`` holds θ fixed, so the
 conditional independences at that θ are the ones its scan relies on (a coupling that is zero
-at θ does not couple). A training loop whose θ changes must compute the graph from a
-θ-independent description, or use the sequential scan.
+at θ does not couple). The chains inside a fit (CD, PCD, MLE) move with θ, so their graph must
+hold at every θ: :func:`training_structure` certifies the energy in ``x`` and ``θ`` together
+and takes the Hessian at random parameter values as well as random points, by the same
+argument (``∂²E/∂x_i∂x_j`` is then analytic in both, and zero at random ``(x, θ)`` only if it is
+zero everywhere, with probability one), so that a coupling whose initial value is 0 is an
+edge.
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 __all__ = ["GibbsBlocks", "Structure", "certify", "greedy_coloring", "interaction_graph",
-           "gibbs_structure"]
+           "gibbs_structure", "training_structure"]
 
 #: Operations that are real-analytic in every operand (where the result is finite).
 _ANALYTIC = frozenset({
@@ -56,8 +61,8 @@ _ANALYTIC = frozenset({
     "acos", "atan", "atan2", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow", "square", "erf",
     "erfc", "erf_inv", "lgamma", "digamma", "dot_general", "reduce_sum", "reduce_prod", "cumsum",
     "cumprod", "cumlogsumexp", "broadcast_in_dim", "reshape", "squeeze", "expand_dims",
-    "transpose", "slice", "concatenate", "pad", "rev", "copy", "copy_p", "reduce_precision",
-    "real", "imag", "complex", "conj",
+    "transpose", "slice", "split", "concatenate", "pad", "rev", "copy", "copy_p",
+    "reduce_precision", "real", "imag", "complex", "conj",
 })
 #: Data movement whose listed operands (positions) may depend on x; the others are indices.
 _INDEXED = {
@@ -72,6 +77,9 @@ _CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpo
 MAX_AUTO_SITES = 1024
 #: Random points of the box at which the Hessian is taken.
 NUM_POINTS = 3
+#: Random parameter values at which the graph of a fit's chains is taken (each with the
+#: ``NUM_POINTS`` points of the box): :func:`training_structure`
+NUM_PARAMETER_POINTS = 3
 _CHUNK = 128
 
 
@@ -276,3 +284,69 @@ def _cached_structure(model, digest: str, auto: bool, frozen: _Frozen) -> Struct
         return Structure(None, None, "the graph is dense")
     adjacency, multilinear = found
     return Structure(adjacency, GibbsBlocks(greedy_coloring(adjacency), multilinear), "")
+
+
+def training_structure(model) -> Structure:
+    """The interaction graph and colouring of ``model`` at every value of its parameters: the
+    graph the chains inside a fit may rely on (CD, PCD and MLE's first stage), whose θ moves at
+    every optimizer step. Cached per model.
+
+    The energy is certified as a function of ``x`` and of the flattened constrained parameters
+    together (:func:`certify`: every operation that depends on either is real-analytic), so
+    that each ``∂²E/∂x_i∂x_j`` is analytic on the box times the parameters' open domain. The
+    graph is the union of the Hessian's non-zero (or non-finite) entries at the box's random
+    points for ``NUM_PARAMETER_POINTS`` random parameter values: the unconstrained initial
+    values plus standard normal noise, mapped to the constrained space. An entry zero at all of
+    them is identically zero, with probability one, whatever θ: a coupling whose initial value
+    is 0 is an edge. ``blocks`` is None where the energy cannot be certified, the support has
+    more than ``MAX_AUTO_SITES`` sites, the graph is dense, or it needs a colour per site (the
+    blocked scan is then the sequential one).
+
+    Examples
+    --------
+    >>> import unnorm as un
+    >>> from unnorm.samplers import structure
+    >>> chain = un.models.ising_chain(6, coupling=0.0)  # an initial coupling of 0 still couples
+    >>> structure.training_structure(chain).blocks.colors
+    ((1, 3, 5), (0, 2, 4))
+    """
+    return _cached_training_structure(model)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_training_structure(model) -> Structure:
+    support = model.support
+    size = support.size
+    if size > MAX_AUTO_SITES:
+        return Structure(None, None, f"more than {MAX_AUTO_SITES} sites")
+    flat_params, unravel = ravel_pytree(model.params)
+    if not jnp.issubdtype(flat_params.dtype, jnp.inexact):
+        return Structure(None, None, "parameters that are not floating point")
+    dtype = jnp.result_type(float)
+    shape = support.event_shape
+
+    def joint_energy(z):
+        return model.energy(unravel(z[size:]), z[:size].reshape(shape))
+
+    example = jnp.concatenate([jnp.full(size, support.values[1], dtype),
+                               flat_params.astype(dtype)])
+    reason = certify(joint_energy, example)
+    if reason:
+        return Structure(None, None, f"the energy uses {reason}")
+    flat_u, unravel_u = ravel_pytree(model.to_unconstrained(model.params))
+    rng = np.random.default_rng(20240612)
+    adjacency = np.zeros((size, size), dtype=bool)
+    multilinear = True
+    for _ in range(NUM_PARAMETER_POINTS):
+        noise = rng.standard_normal(flat_u.shape)
+        params = model.to_constrained(unravel_u(flat_u + jnp.asarray(noise, flat_u.dtype)))
+        found = interaction_graph(model.energy, params, shape, support.values,
+                                  max_density=0.5)
+        if found is None:
+            return Structure(None, None, "the graph is dense")
+        adjacency |= found[0]
+        multilinear &= found[1]
+    colors = greedy_coloring(adjacency)
+    if len(colors) == size:
+        return Structure(adjacency, None, "every site needs a colour of its own")
+    return Structure(adjacency, GibbsBlocks(colors, multilinear), "")
