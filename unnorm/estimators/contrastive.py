@@ -501,7 +501,9 @@ class CD(ChainEstimator):
         MCMC steps per optimizer step.
     sampler : str, optional
         A sampler of :func:`unnorm.sample` for the model's support; default ``"mala"`` on
-        continuous supports and ``"gibbs"`` (sequential scan) on binary and spin ones.
+        continuous supports and ``"gibbs"`` on binary and spin ones: the blocked (chromatic)
+        scan where the energy's interaction graph is certified for every θ
+        (:func:`unnorm.samplers.structure.training_structure`), else the sequential scan.
     step_size : float, optional
         The kernel's step size (default the sampler's: 0.1 for MALA and Langevin).
 
@@ -558,7 +560,9 @@ class PCD(ChainEstimator):
         Persistent chains (the model draws per step).
     sampler : str, optional
         A sampler of :func:`unnorm.sample`; default ``"mala"`` on continuous supports and
-        ``"gibbs"`` (sequential scan) on binary and spin ones. Step sizes keep adapting.
+        ``"gibbs"`` on binary and spin ones (the blocked scan where the energy's interaction
+        graph is certified for every θ, else the sequential scan, as for :class:`CD`). Step
+        sizes keep adapting.
     step_size : float, optional
         The kernel's initial step size.
     buffer_size : int, optional
