@@ -116,8 +116,7 @@ def placement_study(args) -> list[dict]:
     counts = [int(c) for c in args.pcd_chains.split(",")]
     placements = args.placements.split(",")
     rows = []
-    load_start = _load_average()
-    print(f"load average at the start: {' '.join(load_start)}", flush=True)
+    print(f"load average at the start: {' '.join(_load_average())}", flush=True)
     for round_index in range(args.repeats):
         for num_chains in counts:
             # alternate which placement runs first, so that drifts of the load even out
@@ -171,10 +170,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="with --pcd-chains")
     args = parser.parse_args()
     if args.pcd_chains:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        load_start = _load_average()
         rows = placement_study(args)
         if args.out:
             with open(args.out, "w") as handle:
-                json.dump({"load_average_end": _load_average(), "runs": rows}, handle,
+                json.dump({"started": started, "commit": commit, "n": args.n,
+                           "steps": args.steps, "load_average_start": load_start,
+                           "load_average_end": _load_average(), "runs": rows}, handle,
                           indent=1)
         return
     rows = []

@@ -72,7 +72,7 @@ ROW_AXIS = "data"
 #: when each device holds many chains (the crossover measured in benchmarks/README.md, "PCD's
 #: persistent chains on two CPU host devices"). Read at every call, so that a test may lower
 #: it to exercise the split path with a few chains.
-MIN_CPU_CHAINS_PER_DEVICE = 256
+MIN_CPU_CHAINS_PER_DEVICE = 128
 
 
 class RowShards:
