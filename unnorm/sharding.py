@@ -218,6 +218,23 @@ def chains_worth_splitting(num_chains: int, num_devices: int, platform: str,
     arithmetic it saves on a few chains. Accelerators bring their own compute: there any
     multiple is split.
 
+    Parameters
+    ----------
+    num_chains : int
+        The persistent chains of the fit.
+    num_devices : int
+        The devices of the fit's mesh.
+    platform : str
+        Their platform, as ``jax.Device.platform`` names it.
+    min_cpu_chains_per_device : int, optional
+        The fewest chains a CPU device for a split; None reads
+        :data:`MIN_CPU_CHAINS_PER_DEVICE` at the call.
+
+    Returns
+    -------
+    bool
+        True to split the chains along their axis, False to keep them replicated.
+
     Examples
     --------
     >>> chains_worth_splitting(4096, 2, "cpu"), chains_worth_splitting(64, 2, "cpu")
