@@ -34,6 +34,20 @@ _SCRIPT = os.path.abspath(__file__)
 NUM_ROWS = 301
 #: each process holds rows [150 i, 150 (i + 1)) of the first 300
 PROCESS_ROWS = 150
+#: the persistent chains per CPU device from which the children split them
+#: (``unnorm.sharding.MIN_CPU_CHAINS_PER_DEVICE``, lowered from the library's minimum): the
+#: children's PCD runs 8 chains, 4 a device, so that the split path costs little to compare
+CHILD_MIN_CHAINS_PER_DEVICE = 4
+
+
+def _lower_split_minimum() -> int:
+    """Lower the CPU minimum of chains per device to :data:`CHILD_MIN_CHAINS_PER_DEVICE` for the
+    rest of the child; returns the library's own."""
+    from unnorm import sharding
+
+    library = sharding.MIN_CPU_CHAINS_PER_DEVICE
+    sharding.MIN_CPU_CHAINS_PER_DEVICE = CHILD_MIN_CHAINS_PER_DEVICE
+    return library
 
 
 # ---- what both kinds of children fit ------------------------------------------------------------
@@ -267,7 +281,7 @@ def _collectives(compiled_text: str) -> dict:
             for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all")}
 
 
-def _fit_on_devices() -> dict:
+def _fit_on_devices(library_minimum: int) -> dict:
     import jax
     import numpy as np
 
@@ -335,6 +349,14 @@ def _fit_on_devices() -> dict:
     # 8 chains are split 4 and 4; 7 stay whole on every device
     out["split_shares"] = {str(num): _shares(sharding.split_chains(
         jax.device_put(np.zeros((num, 2))), mesh)) for num in (7, 8)}
+    # at the library's minimum, the shares of 8 chains, of one pair fewer than the minimum
+    # splits and of that least count
+    lowered, sharding.MIN_CPU_CHAINS_PER_DEVICE = (sharding.MIN_CPU_CHAINS_PER_DEVICE,
+                                                   library_minimum)
+    out["library_split_shares"] = {str(num): _shares(sharding.split_chains(
+        jax.device_put(np.zeros((num, 2))), mesh))
+        for num in (8, 2 * library_minimum - 2, 2 * library_minimum)}
+    sharding.MIN_CPU_CHAINS_PER_DEVICE = lowered
 
     class Rows:
         # a row source: streamed in host blocks, on one device
@@ -442,12 +464,13 @@ def _devices_main(samplers) -> dict:
 
     jax.config.update("jax_enable_x64", True)
     assert len(jax.devices()) == 2, jax.devices()
+    library_minimum = _lower_split_minimum()
     if samplers:
         out = {"samplers": _sample_on_devices([s for s in samplers if s != "mle"])}
         if "mle" in samplers:
             out["mle"] = _mle_on_devices()
         return out
-    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(),
+    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(library_minimum),
             "ais": _ais_on_devices()}
 
 
@@ -471,6 +494,7 @@ def _process_main(process_id: int, port: int) -> dict:
 
     from unnorm import sharding
 
+    _lower_split_minimum()
     process, count = jax.process_index(), jax.process_count()
     assert count == 2 and len(jax.devices()) == 2, jax.devices()
     model, recorder = _model(), _Recorder()

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import unnorm as un
+from unnorm import sharding
 from unnorm.samplers import chain_blocks
 from unnorm.samplers import devices as chain_devices
 
@@ -235,8 +236,18 @@ def test_mle_samples_its_fitted_model_on_the_fit_devices():
 
 
 def test_chains_split_only_in_equal_shares(two_devices):
-    # 7 chains on 2 devices stay whole on each (padding would change the means over chains)
+    # 7 chains on 2 devices stay whole on each (padding would change the means over chains);
+    # the child splits from 4 chains a device, so that its 8 are split
+    assert runs.CHILD_MIN_CHAINS_PER_DEVICE == 4
     assert two_devices["fits"]["split_shares"] == {"7": [1.0], "8": [0.5]}
+
+
+def test_few_chains_stay_whole_on_each_cpu_device(two_devices):
+    # at the library's minimum a few chains are replicated, as a count that is not a multiple
+    # is; from the minimum on each CPU device holds its half
+    least = 2 * sharding.MIN_CPU_CHAINS_PER_DEVICE
+    assert two_devices["fits"]["library_split_shares"] == {
+        "8": [1.0], str(least - 2): [1.0], str(least): [0.5]}
 
 
 def test_streamed_data_is_not_split_over_devices(two_devices):

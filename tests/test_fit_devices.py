@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import unnorm as un
+from unnorm import sharding
 
 
 def test_score_matching_truth_is_the_fit_on_an_explicit_device():
@@ -46,3 +47,28 @@ _MODEL = un.Model(lambda p, x: 0.5 * p["a"] * jnp.sum(x ** 2), params={"a": 1.0}
 def test_fit_checks_devices_before_compiling(devices, error, match):
     with pytest.raises(error, match=match):
         un.fit(_MODEL, np.ones((4, 1)), key=jax.random.key(0), devices=devices)
+
+
+@pytest.mark.parametrize("num_chains, num_devices, platform, split", [
+    (8, 1, "cpu", False),          # one device: nothing to split
+    (8, 1, "gpu", False),
+    (7, 2, "gpu", False),          # not a multiple: padding copies would enter the means
+    (8, 2, "gpu", True),           # accelerators split any multiple
+    (8, 2, "tpu", True),
+    (2 * 127, 2, "cpu", False),    # CPU devices: below the minimum a device
+    (2 * 128, 2, "cpu", True),     # from it on
+    (4 * 128, 4, "cpu", True),
+    (4 * 128 + 2, 4, "cpu", False),
+])
+def test_chains_worth_splitting(num_chains, num_devices, platform, split):
+    assert sharding.chains_worth_splitting(num_chains, num_devices, platform,
+                                           min_cpu_chains_per_device=128) is split
+
+
+def test_chains_worth_splitting_reads_the_cpu_minimum_at_each_call(monkeypatch):
+    least = 2 * sharding.MIN_CPU_CHAINS_PER_DEVICE
+    assert sharding.chains_worth_splitting(least, 2, "cpu")
+    assert not sharding.chains_worth_splitting(least - 2, 2, "cpu")
+    monkeypatch.setattr(sharding, "MIN_CPU_CHAINS_PER_DEVICE", 4)
+    assert sharding.chains_worth_splitting(8, 2, "cpu")
+    assert not sharding.chains_worth_splitting(6, 2, "cpu")

@@ -15,12 +15,14 @@ keys are small and replicated. Two kinds of computation then run where the rows 
 
 The persistent chains of the chain-based estimators (PCD's and MLE's :class:`ChainState`) are
 placed on the same mesh, along their chain axis (:func:`split_chains`), when their number is a
-multiple of the device count, and the compiled chunk keeps them there (:func:`placed_jit`):
-each device advances its own chains, and only the means over chains that the loss takes cross
-devices. A chain's keys are split from the step's key by its index, so its draws do not depend
-on the device count. A chain count that is not a multiple stays replicated: every device then
-runs every chain (padding copies would change the means over chains that the loss and the
-step-size control take).
+multiple of the device count and, on CPU devices, each device would get at least
+:data:`MIN_CPU_CHAINS_PER_DEVICE` of them (:func:`chains_worth_splitting`); the compiled chunk
+keeps them there (:func:`placed_jit`): each device advances its own chains, and only the means
+over chains that the loss takes cross devices. A chain's keys are split from the step's key by
+its index, so its draws do not depend on the device count. Other chain counts stay
+replicated: every device then runs every chain (padding copies would change the means over
+chains that the loss and the step-size control take; and CPU devices advance a few chains
+each in less time than the all-reduce of their means that a split adds to every step).
 
 When the row count ``n`` is not a multiple of ``d``, the rows are padded to the next multiple
 with copies of the last observation (a padding row that is an observation keeps every energy
@@ -56,12 +58,21 @@ from jax.sharding import PartitionSpec as P
 
 from .samplers.devices import check_devices, global_array, host_array, require_local
 
-__all__ = ["ROW_AXIS", "RowShards", "FitDevices", "choose_devices", "place_rows",
-           "global_rows", "sum_over_rows", "replicated_jit", "split_chains",
-           "placed_jit", "uncommitted"]
+__all__ = ["ROW_AXIS", "MIN_CPU_CHAINS_PER_DEVICE", "RowShards", "FitDevices",
+           "choose_devices", "place_rows", "global_rows", "sum_over_rows", "replicated_jit",
+           "chains_worth_splitting", "split_chains", "placed_jit", "uncommitted"]
 
 #: the mesh axis the data rows are split along
 ROW_AXIS = "data"
+
+#: The fewest persistent chains each CPU device must get for :func:`split_chains` to split
+#: them. Split chains make every step's means over the chains (the loss's, the step-size
+#: control's) an all-reduce between the devices; CPU host devices share the host's cores, so
+#: splitting saves only the replicated copies' arithmetic, which pays for that exchange only
+#: when each device holds many chains (the crossover measured in benchmarks/README.md, "PCD's
+#: persistent chains on two CPU host devices"). Read at every call, so that a test may lower
+#: it to exercise the split path with a few chains.
+MIN_CPU_CHAINS_PER_DEVICE = 128
 
 
 class RowShards:
@@ -195,17 +206,65 @@ def replicated_jit(function, mesh: Mesh, static_argnames: tuple, compiler_option
                    out_shardings=NamedSharding(mesh, P()), **options)
 
 
+def chains_worth_splitting(num_chains: int, num_devices: int, platform: str,
+                           min_cpu_chains_per_device: int | None = None) -> bool:
+    """Whether ``num_chains`` persistent chains are split over ``num_devices`` devices of
+    ``platform`` (``jax.Device.platform``: ``"cpu"``, ``"gpu"``, ``"tpu"``, ...).
+
+    They are when the count is a multiple of the device count (padding copies would enter the
+    means over the chains) and, on the CPU, when each device gets at least
+    ``min_cpu_chains_per_device`` of them (None: :data:`MIN_CPU_CHAINS_PER_DEVICE`), since
+    CPU host devices share the host's cores and a split's all-reduce per step outweighs the
+    arithmetic it saves on a few chains. Accelerators bring their own compute: there any
+    multiple is split.
+
+    Parameters
+    ----------
+    num_chains : int
+        The persistent chains of the fit.
+    num_devices : int
+        The devices of the fit's mesh.
+    platform : str
+        Their platform, as ``jax.Device.platform`` names it.
+    min_cpu_chains_per_device : int, optional
+        The fewest chains a CPU device for a split; None reads
+        :data:`MIN_CPU_CHAINS_PER_DEVICE` at the call.
+
+    Returns
+    -------
+    bool
+        True to split the chains along their axis, False to keep them replicated.
+
+    Examples
+    --------
+    >>> chains_worth_splitting(4096, 2, "cpu"), chains_worth_splitting(64, 2, "cpu")
+    (True, False)
+    >>> chains_worth_splitting(64, 2, "gpu"), chains_worth_splitting(63, 2, "gpu")
+    (True, False)
+    """
+    if num_devices < 2 or num_chains % num_devices:
+        return False
+    if platform != "cpu":
+        return True
+    minimum = (MIN_CPU_CHAINS_PER_DEVICE if min_cpu_chains_per_device is None
+               else min_cpu_chains_per_device)
+    return num_chains // num_devices >= minimum
+
+
 def split_chains(tree: Any, mesh: Mesh) -> Any:
     """A PyTree of per-chain arrays (leading chain axis, as the chain runner's states are)
-    split over ``mesh`` along that axis, when the chain count is a multiple of the device
-    count; as it is otherwise, to be replicated. Leaves without the chain axis stay as they
-    are. Over several processes each process places the slices of its own devices from its
-    copy of the whole array, which every process computed alike."""
+    split over ``mesh`` along that axis when :func:`chains_worth_splitting` says so for the
+    chain count, the mesh's device count and platform; as it is otherwise, to be replicated.
+    Leaves without the chain axis stay as they are. Over several processes each process
+    places the slices of its own devices from its copy of the whole array, which every
+    process computed alike (and decides alike: the counts and the platform are the same
+    everywhere)."""
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves or np.ndim(leaves[0]) == 0:
         return tree
     num_chains = leaves[0].shape[0]
-    if num_chains % mesh.devices.size:
+    if not chains_worth_splitting(num_chains, mesh.devices.size,
+                                  mesh.devices.flat[0].platform):
         return tree
     split = NamedSharding(mesh, P(ROW_AXIS))
     across = any(d.process_index != jax.process_index() for d in mesh.devices.flat)

@@ -142,7 +142,8 @@ class Objective(NamedTuple):
     place_state : callable, optional
         ``place_state(state, split) -> state``: in a fit over several devices, the state with
         its per-chain arrays passed through ``split`` (which places a PyTree with a leading
-        chain axis over the devices along it); the rest stays replicated. None: all
+        chain axis over the devices along it, or leaves it to be replicated when the chains
+        are too few to gain from the split); the rest stays replicated. None: all
         replicated.
     """
 
