@@ -33,8 +33,8 @@ from ._compat import pareto_khat
 from .model import Model, format_params
 from .samplers import chains as chain_runner
 from .samplers import devices as chain_devices
-from .samplers import langevin
-from .samplers.registry import build_sampler
+from .samplers import langevin, structure
+from .samplers.registry import SAMPLERS, build_kernel, check_tuning
 from .samplers.target import unconstrained_logdensity
 
 __all__ = ["AISRun", "AISSummary", "SCHEDULES", "annealed_log_partition", "default_chunk_length",
@@ -190,8 +190,11 @@ def annealed_log_partition(model: Model, params, key, *, num_chains, num_tempera
     if support.is_discrete:
         carry = _init_discrete(model, params, chain_keys)
         start_values = carry[1]
+        # θ is fixed along the path and -βE has the graph of -E for every β > 0: the
+        # colouring found at θ serves every temperature
         run = functools.partial(_anneal_discrete, model, params, chain_keys=chain_keys,
-                                num_mcmc_steps=num_mcmc_steps)
+                                num_mcmc_steps=num_mcmc_steps,
+                                blocks=structure.gibbs_structure(model, params, "auto").blocks)
         stat_name = "flip_rate"
         log_z0 = support.size * math.log(2.0)
     else:
@@ -388,13 +391,16 @@ def _init_discrete(model: Model, params, chain_keys):
     return x, neg_energy, jnp.zeros_like(neg_energy)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps"))
+@functools.partial(jax.jit, static_argnames=("model", "num_mcmc_steps", "blocks"))
 def _anneal_discrete(model: Model, params, carry, xs, count, *, chain_keys,
-                     num_mcmc_steps: int):
+                     num_mcmc_steps: int, blocks: structure.GibbsBlocks | None = None):
     """The first ``count`` temperatures of ``xs`` (traced, :func:`_paced_scan`) for all chains:
     weight increment, then Gibbs sweeps targeting γ_β(x) = -β E(x) (the uniform base is a
-    constant)."""
-    kernel = build_sampler("gibbs", 0, model.support.values, scan="sequential")
+    constant): the blocked scan over the colours ``blocks`` of the energy's interaction graph
+    at ``params`` (:mod:`unnorm.samplers.structure`), or the sequential scan (None)."""
+    spec = SAMPLERS["gibbs"]
+    tuning = check_tuning(spec, {"scan": "sequential" if blocks is None else "blocked"})
+    kernel = build_kernel(spec, 0, model.support.values, {**tuning, "blocks": blocks})
 
     def one_temperature(carry, x):
         positions, neg_energy, logw = carry
@@ -404,9 +410,8 @@ def _anneal_discrete(model: Model, params, carry, xs, count, *, chain_keys,
         def target(y):
             return -beta * model.energy(params, y)
 
-        # the chain runner of un.sample and the estimators, with the sequential Gibbs sweep
-        # (exact for any energy); starting the states costs one energy per chain, against a
-        # sweep's one per site
+        # the chain runner of un.sample and the estimators; starting the states costs one
+        # energy per chain, against a sequential sweep's one per site
         states = chain_runner.start(kernel, positions, target, chain_keys)
         temperature_keys = jax.vmap(lambda key: threefry.fold_in(key, step))(chain_keys)
         states, infos = chain_runner.advance(kernel, states, target, temperature_keys,

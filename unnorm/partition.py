@@ -126,7 +126,9 @@ def log_partition(
       Gaussian ``N(base_loc, diag(base_scale²))`` (``log Z0 = 0``) and the transitions are
       ``num_mcmc_steps`` MALA steps per temperature.
     - **Binary and spin supports** (any size): the base is uniform (``log Z0 = d log 2``) and
-      the transitions are ``num_mcmc_steps`` sequential Gibbs sweeps per temperature.
+      the transitions are ``num_mcmc_steps`` Gibbs sweeps per temperature: the blocked scan
+      over a colouring of the energy's interaction graph where one is certified
+      (:mod:`unnorm.samplers.structure`), else the sequential scan.
 
     On continuous supports the β are the sigmoid schedule of Grosse, Ghahramani & Adams (2015),
     ``β_k ∝ σ(δ (2k/K - 1))`` rescaled to [0, 1], δ = 4: it is denser at both ends, where
