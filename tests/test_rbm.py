@@ -25,6 +25,12 @@ def _hidden(num_hidden: int) -> np.ndarray:
     return np.array(list(itertools.product((0.0, 1.0), repeat=num_hidden)))
 
 
+def _energies(model: un.Model, xs) -> np.ndarray:
+    # one compiled program, not each of the energy's operations compiled on its own
+    return np.asarray(jax.jit(jax.vmap(lambda x: model.energy(model.params, x)))(
+        jnp.asarray(xs)), dtype=float)
+
+
 def _bernoulli_joint_neg_energy(v, h, W, b, c):
     # -E(v, h) = vᵀWh + bᵀv + cᵀh (Beigy's lecture slides), for every pair of rows of v and h
     return v @ W @ h.T + (v @ b)[:, None] + (h @ c)[None, :]
@@ -34,7 +40,7 @@ def test_rbm_free_energy_sums_the_hidden_units_out():
     model = un.models.rbm(6, 3, W=W6, b=B6, c=C6)
     v = np.asarray(model.support.enumerate())
     exact = -logsumexp(_bernoulli_joint_neg_energy(v, _hidden(3), W6, B6, C6), axis=1)
-    ours = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)))
+    ours = _energies(model, v)
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
 
 
@@ -50,8 +56,7 @@ def test_rbm_exact_log_partition_is_the_joint_sum():
 def test_rbm_gibbs_matches_exact_moments():
     model = un.models.rbm(6, 3, W=W6, b=B6, c=C6)
     v = np.asarray(model.support.enumerate())
-    log_p = -np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)),
-                        dtype=float)
+    log_p = -_energies(model, v)
     p = np.exp(log_p - logsumexp(log_p))
     idata = un.sample(model, key=jax.random.key(3), sampler="gibbs", num_chains=4,
                       num_warmup=1000, num_samples=3000, progress_bar=False, warn=False)
@@ -67,8 +72,7 @@ def test_gaussian_rbm_free_energy_integrates_to_the_mixture_constant():
     W, b, c, sigma = np.array([[1.2, -0.7]]), np.array([0.3]), np.array([0.2, -0.4]), 0.8
     model = un.models.gaussian_rbm(1, 2, W=W, b=b, c=c, sigma=sigma)
     grid = np.linspace(-12.0, 12.0, 24001)
-    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(
-        jnp.asarray(grid[:, None])), dtype=float)
+    energies = _energies(model, grid[:, None])
     numeric = logsumexp(-energies) + np.log(grid[1] - grid[0])
     _, _, _, log_z = un.models.gaussian_rbm_mixture(model.params, sigma=sigma)
     assert abs(numeric - log_z) < 1e-4
@@ -85,7 +89,7 @@ def test_gaussian_rbm_free_energy_sums_the_hidden_units_out():
     joint = (np.sum((v - b) ** 2 / (2 * sigma ** 2), axis=1)[:, None]
              - (v / sigma) @ W @ h.T - (h @ c)[None, :])
     exact = -logsumexp(-joint, axis=1)
-    ours = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(v)))
+    ours = _energies(model, v)
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
 
 
@@ -166,8 +170,11 @@ def test_rbm_nce_fit_recovers_the_density():
     data = exact_draws(truth, 4000, seed=1)
     start = un.models.rbm(6, 2, seed=3)
 
+    # one program for the energies at every params
+    data_energies = jax.jit(jax.vmap(start.energy, (None, 0)))
+
     def log_lik(params) -> float:
-        energies = jax.vmap(lambda x: start.energy(params, x))(jnp.asarray(data))
+        energies = data_energies(params, jnp.asarray(data))
         return float(-np.mean(energies) - un.log_partition(start, params).estimate)
 
     fit = un.fit(start, data, "nce", key=jax.random.key(0), progress_bar=False)

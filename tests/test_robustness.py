@@ -33,7 +33,8 @@ def declared(x):
 
 
 def _energies(model: un.Model, xs) -> np.ndarray:
-    return np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(jnp.asarray(xs)))
+    # one compiled program, not each of the energy's operations compiled on its own
+    return np.asarray(jax.jit(jax.vmap(lambda x: model.energy(model.params, x)))(jnp.asarray(xs)))
 
 
 # ---- 1. a Model copies and pickles ------------------------------------------------------------

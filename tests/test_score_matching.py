@@ -215,10 +215,16 @@ def test_hessian_diagonal_matches_jax_hessian():
     def energy(x):
         return jnp.sum(jnp.sin(x) * x[::-1]) + x[0] ** 2 * x[1]
 
-    x = jnp.array([0.3, -1.2, 0.8])
-    grad, diag = un.estimators.score_matching.grad_and_hessian_diagonal(energy, x)
-    np.testing.assert_allclose(grad, jax.grad(energy)(x), rtol=1e-6)
-    np.testing.assert_allclose(diag, jnp.diag(jax.hessian(energy)(x)), rtol=1e-5, atol=1e-6)
+    # one compiled program for the derivatives and their references (op by op, each of the
+    # Hessian's operations would be compiled on its own)
+    @jax.jit
+    def derivatives(x):
+        return (*un.estimators.score_matching.grad_and_hessian_diagonal(energy, x),
+                jax.grad(energy)(x), jnp.diag(jax.hessian(energy)(x)))
+
+    grad, diag, grad_ref, diag_ref = derivatives(jnp.array([0.3, -1.2, 0.8]))
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6)
+    np.testing.assert_allclose(diag, diag_ref, rtol=1e-5, atol=1e-6)
 
 
 LAPLACIAN_ENERGIES = {
@@ -236,19 +242,29 @@ LAPLACIAN_ENERGIES = {
 def test_laplacian_matches_the_trace_of_jax_hessian(name, caplog):
     energy, shape = LAPLACIAN_ENERGIES[name]
     x = jnp.asarray(np.random.default_rng(3).normal(size=shape), dtype=jnp.float32)
-    grad, laplacian = un.estimators.score_matching.grad_and_laplacian(energy, x)
-    hessian = jax.hessian(energy)(x).reshape(x.size, x.size)
-    np.testing.assert_allclose(grad, jax.grad(energy)(x), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(laplacian, jnp.trace(hessian), rtol=1e-5, atol=1e-5)
-    assert not caplog.records  # the tracing library's messages stay quiet
-    # and under vmap and a parameter gradient, as inside un.fit
+
+    def trace_of_hessian(y):
+        return jnp.trace(jax.hessian(energy)(y).reshape(x.size, x.size))
+
+    # under vmap and a parameter gradient, as inside un.fit
     def mean_laplacian(scale):
         return jnp.mean(jax.vmap(lambda y: un.estimators.score_matching.grad_and_laplacian(
             lambda z: scale * energy(z), y)[1])(jnp.stack([x, 0.5 * x])))
 
-    expected = jnp.mean(jnp.stack([jnp.trace(jax.hessian(energy)(y).reshape(x.size, x.size))
-                                   for y in (x, 0.5 * x)]))
-    np.testing.assert_allclose(jax.grad(mean_laplacian)(2.0), expected, rtol=1e-4, atol=1e-5)
+    # one compiled program for the derivatives and their references (op by op, each of the
+    # Hessian's operations would be compiled on its own)
+    @jax.jit
+    def derivatives(x):
+        grad, laplacian = un.estimators.score_matching.grad_and_laplacian(energy, x)
+        return (grad, laplacian, jax.grad(energy)(x), trace_of_hessian(x),
+                jax.grad(mean_laplacian)(2.0),
+                jnp.mean(jnp.stack([trace_of_hessian(y) for y in (x, 0.5 * x)])))
+
+    grad, laplacian, grad_ref, laplacian_ref, scaled, scaled_ref = derivatives(x)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(laplacian, laplacian_ref, rtol=1e-5, atol=1e-5)
+    assert not caplog.records  # the tracing library's messages stay quiet
+    np.testing.assert_allclose(scaled, scaled_ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("num", [1, 3])
@@ -256,10 +272,14 @@ def test_quadratic_forms_match_jax_hessian(num):
     def energy(x):
         return jnp.sum(jnp.tanh(x) * x**2) + x[0] * x[2]
 
-    x = jnp.array([0.4, -0.7, 1.1])
+    # one compiled program for the derivatives and their references
+    @jax.jit
+    def derivatives(x, vs):
+        return (*un.estimators.score_matching._grad_and_quadratic_forms(energy, x, vs),
+                jax.grad(energy)(x), jnp.einsum("pi,ij,pj->p", vs, jax.hessian(energy)(x), vs))
+
     vs = jnp.asarray(np.random.default_rng(num).normal(size=(num, 3)), dtype=jnp.float32)
-    grad, quad = un.estimators.score_matching._grad_and_quadratic_forms(energy, x, vs)
-    hessian = jax.hessian(energy)(x)
+    grad, quad, grad_ref, quad_ref = derivatives(jnp.array([0.4, -0.7, 1.1]), vs)
     assert quad.shape == (num,)
-    np.testing.assert_allclose(grad, jax.grad(energy)(x), rtol=1e-6)
-    np.testing.assert_allclose(quad, jnp.einsum("pi,ij,pj->p", vs, hessian, vs), rtol=1e-5)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6)
+    np.testing.assert_allclose(quad, quad_ref, rtol=1e-5)
