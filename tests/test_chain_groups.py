@@ -162,9 +162,8 @@ def test_a_failure_in_one_group_says_where(monkeypatch):
 
 
 def test_chain_method_is_checked():
-    model = un.models.gaussian(2)
     with pytest.raises(ValueError, match=r"chain_method.*'threads'.*parallel.*vectorized"):
-        un.sample(model, key=jax.random.key(0), sampler="mala", chain_method="threads")
+        un.sample(_DENSE_GAUSSIAN, key=jax.random.key(0), sampler="mala", chain_method="threads")
 
 
 @pytest.mark.parametrize("files,expected", [
@@ -238,7 +237,7 @@ def test_chain_block_is_checked(sampler, value):
 
 
 def test_chain_block_is_refused_where_the_kernel_has_its_own_blocks_or_none():
-    model = un.models.gaussian(2)
+    model = _DENSE_GAUSSIAN
     with pytest.raises(TypeError, match=r"sampler 'nuts' does not take option\(s\) "
                                         r"\['chain_block'\]"):
         un.sample(model, key=jax.random.key(0), sampler="nuts", chain_block=4)

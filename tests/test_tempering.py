@@ -226,14 +226,16 @@ def test_swap_acceptance_rates_are_in_sample_stats_per_adjacent_pair(ising_run, 
                                   np.asarray(pt.sample_stats["replica_step_size"])[..., 0])
 
 
-def test_draws_are_reproducible_for_a_fixed_key():
-    model = un.models.ising_chain(5, coupling=0.8)
-    options = dict(sampler="tempering", betas=(1.0, 0.6, 0.3), num_warmup=20, num_samples=50,
-                   **RUN)
+def test_draws_are_reproducible_for_a_fixed_key(ising_run):
+    # the model, ladder and chunk length (num_warmup, the common divisor of both phases) of
+    # ising_run: these runs reuse its compiled programs
+    model, _ = ising_run
+    options = dict(sampler="tempering", num_warmup=200, num_samples=200, **RUN)
     first = un.sample(model, key=jax.random.key(7), **options)
     again = un.sample(model, key=jax.random.key(7), **options)
     other = un.sample(model, key=jax.random.key(8), **options)
-    assert first.sample_stats["swap_acceptance_rate"].shape == (NUM_CHAINS, 50, 2)
+    assert first.sample_stats["swap_acceptance_rate"].shape == (
+        NUM_CHAINS, 200, tempering.NUM_TEMPERATURES - 1)
     np.testing.assert_array_equal(first.posterior["x"], again.posterior["x"])
     np.testing.assert_array_equal(first.sample_stats["swap_acceptance_rate"],
                                   again.sample_stats["swap_acceptance_rate"])
@@ -244,9 +246,12 @@ def test_after_swaps_every_replica_caches_its_own_tempered_target(mixture):
     betas = (1.0, 0.5, 0.25, 0.125)
     kernel = registry.build_sampler("tempering", num_warmup=10, betas=betas)
     logdensity = un.samplers.unconstrained_logdensity(mixture, mixture.params)
-    state = kernel.init(jnp.array([MEANS[0]]), logdensity, jax.random.key(0))
 
-    def scan(state, key):
+    def scan(position, init_key, key):
+        # the start inside the compiled program too: run eagerly, its dozens of small
+        # operations would each compile on their own
+        state = kernel.init(position, logdensity, init_key)
+
         def one(state, k):
             state, info = kernel.step(k, state, logdensity, jnp.asarray(True))
             return state, (info.is_swapped, state.step)
@@ -255,7 +260,7 @@ def test_after_swaps_every_replica_caches_its_own_tempered_target(mixture):
     # the kernel's own compile options, as un.sample's chunks use them (see tempering.py)
     run = jax.jit(scan, compiler_options=_xla.sampling_compiler_options(kernel.compiler_options))
 
-    state, (swapped, steps) = run(state, jax.random.key(1))
+    state, (swapped, steps) = run(jnp.array([MEANS[0]]), jax.random.key(0), jax.random.key(1))
     swapped, steps = np.asarray(swapped), np.asarray(steps)
     # the even pairs (0, 1), (2, 3) swap after even steps, the odd pair (1, 2) after odd ones
     parity_before = (steps - 1) % 2
@@ -264,7 +269,7 @@ def test_after_swaps_every_replica_caches_its_own_tempered_target(mixture):
     assert swapped.any(axis=0).all()
 
     cached = state.replicas.kernel           # MALA's LangevinState, one row per replica
-    value, grad = jax.vmap(jax.value_and_grad(logdensity))(cached.position)
+    value, grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))(cached.position)
     b = jnp.asarray(betas)
     np.testing.assert_allclose(cached.logdensity, b * value, rtol=1e-6)
     np.testing.assert_allclose(cached.logdensity_grad, b[:, None] * grad, rtol=1e-6)
