@@ -261,15 +261,18 @@ def test_a_minibatch_fit_builds_no_kernel_matrix():
 
 
 def test_estimator_and_test_share_one_bandwidth_rule():
-    # 6000 rows: beyond the 5000 the median heuristic looks at, where two rules could differ
+    # 6000 rows: beyond the number of observations the median heuristic looks at (5000, here
+    # lowered to 500, which takes the same subsampling path at a hundredth of the pairs), where
+    # two rules could differ
     x = _gaussian_draws(6000, seed=1)
     objective = un.estimators.KSD().build(GAUSSIAN, resample=False)
     # the bandwidth is all this test reads: no 6000 × 6000 kernel matrix (the path of a data
     # set beyond the matrix's size limit, which takes the bandwidth the same way)
-    with mock.patch.object(ksd_module, "GRAM_MAX_ENTRIES", 0):
+    with mock.patch.object(stein_kernels, "_MEDIAN_MAX_POINTS", 500), \
+            mock.patch.object(ksd_module, "GRAM_MAX_ENTRIES", 0):
         state = objective.init(GAUSSIAN.params, KEY, jnp.asarray(x))
+        rule = stein_kernels.median_bandwidth(x)
     assert state.gram == ()
-    rule = stein_kernels.median_bandwidth(x)
     assert float(state.bandwidth) == pytest.approx(rule, rel=1e-6)
     test = un.ksd_test(GAUSSIAN, GAUSSIAN.params, x[:200], key=KEY, num_bootstrap=10)
     assert test.bandwidth == pytest.approx(stein_kernels.median_bandwidth(x[:200]), rel=1e-12)
