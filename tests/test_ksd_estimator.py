@@ -143,19 +143,20 @@ def test_ksd_recovers_a_double_well():
 
 # ---- the derivatives behind Newton's steps and the standard errors ------------------------------
 
-def _test_model():
-    def energy(params, x):
-        return (params["a"] * jnp.sum(x**4) / 4 + params["b"] * jnp.sum(x**2) / 2
-                + jnp.sin(params["m"] @ x))    # a score nonlinear in θ: the curvature term
+def _curved_energy(params, x):
+    return (params["a"] * jnp.sum(x**4) / 4 + params["b"] * jnp.sum(x**2) / 2
+            + jnp.sin(params["m"] @ x))    # a score nonlinear in θ: the curvature term
 
-    return un.Model(energy, params={"a": jnp.asarray(1.2), "b": jnp.asarray(-0.7),
-                                    "m": jnp.array([0.2, -0.1])},
-                    constraints={"a": un.constraints.positive}, support=un.supports.real(2))
+
+# one object for the tests below: the programs compiled for it (keyed on the model) serve them all
+CURVED = un.Model(_curved_energy, params={"a": jnp.asarray(1.2), "b": jnp.asarray(-0.7),
+                                          "m": jnp.array([0.2, -0.1])},
+                  constraints={"a": un.constraints.positive}, support=un.supports.real(2))
 
 
 @pytest.mark.parametrize("kernel", ["imq", "rbf"])
 def test_closed_form_derivatives_match_autodiff(kernel):
-    model = _test_model()
+    model = CURVED
     x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)
     u = model.to_unconstrained(model.params)
     flat, unravel = ravel_pytree(u)
@@ -181,14 +182,16 @@ def test_closed_form_derivatives_match_autodiff(kernel):
 def test_full_batch_loss_through_the_kernel_matrix_equals_the_pairwise_loss():
     """The full-batch step reads Û from the data's kernel matrix, made once at init; a data set
     beyond the matrix's size limit (here: a limit of 0) takes the pairwise path. Same value."""
-    model = _test_model()
+    model = CURVED
     x = jnp.asarray(np.random.default_rng(4).normal(size=(61, 2)), dtype=jnp.float32)
     objective = un.estimators.KSD().build(model, False)
     state = objective.init(model.params, jax.random.key(0), x)
     assert isinstance(state.gram, stein_kernels.SteinGram)
     batch = Batch(x, jnp.arange(61))
-    with_gram = objective.loss(model.params, state, batch, None)[0]
-    pairwise = objective.loss(model.params, state._replace(gram=()), batch, None)[0]
+    # jitted, as the fit's steps call it: two programs rather than dozens of eager operations
+    loss = jax.jit(lambda state: objective.loss(model.params, state, batch, None)[0])
+    with_gram = loss(state)
+    pairwise = loss(state._replace(gram=()))
     assert float(with_gram) == pytest.approx(float(pairwise), rel=1e-4, abs=1e-6)
     with mock.patch.object(ksd_module, "GRAM_MAX_ENTRIES", 0):
         assert objective.init(model.params, jax.random.key(0), x).gram == ()
@@ -204,7 +207,7 @@ def test_derivatives_read_from_the_kernel_matrix_match_the_blocked_ones():
         np.testing.assert_allclose(stein_kernels.kernel_slope(name, phi, 1.7), slope,
                                    rtol=1e-5, atol=1e-7)
     kernel = "imq"
-    model = _test_model()
+    model = CURVED
     x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)
     u = model.to_unconstrained(model.params)
     flat, _ = ravel_pytree(u)
@@ -222,7 +225,7 @@ def test_pair_sums_of_row_slices_add_up_to_the_whole():
     observations (three copies of the last past the end, as sharding pads them), in blocks of 8
     that divide neither slice: the sums are the whole data's, and the padding and the blocks'
     own padding add nothing."""
-    model = _test_model()
+    model = CURVED
     x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)
     padded = x[np.minimum(np.arange(40), 36)]
     u = model.to_unconstrained(model.params)
@@ -258,11 +261,18 @@ def test_a_minibatch_fit_builds_no_kernel_matrix():
 
 
 def test_estimator_and_test_share_one_bandwidth_rule():
-    # 6000 rows: beyond the 5000 the median heuristic looks at, where two rules could differ
+    # 6000 rows: beyond the number of observations the median heuristic looks at (5000, here
+    # lowered to 500, which takes the same subsampling path at a hundredth of the pairs), where
+    # two rules could differ
     x = _gaussian_draws(6000, seed=1)
     objective = un.estimators.KSD().build(GAUSSIAN, resample=False)
-    state = objective.init(GAUSSIAN.params, KEY, jnp.asarray(x))
-    rule = stein_kernels.median_bandwidth(x)
+    # the bandwidth is all this test reads: no 6000 × 6000 kernel matrix (the path of a data
+    # set beyond the matrix's size limit, which takes the bandwidth the same way)
+    with mock.patch.object(stein_kernels, "_MEDIAN_MAX_POINTS", 500), \
+            mock.patch.object(ksd_module, "GRAM_MAX_ENTRIES", 0):
+        state = objective.init(GAUSSIAN.params, KEY, jnp.asarray(x))
+        rule = stein_kernels.median_bandwidth(x)
+    assert state.gram == ()
     assert float(state.bandwidth) == pytest.approx(rule, rel=1e-6)
     test = un.ksd_test(GAUSSIAN, GAUSSIAN.params, x[:200], key=KEY, num_bootstrap=10)
     assert test.bandwidth == pytest.approx(stein_kernels.median_bandwidth(x[:200]), rel=1e-12)

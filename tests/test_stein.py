@@ -167,11 +167,13 @@ def test_ustat_is_jittable_and_differentiable_in_theta(kernel):
 
 def test_median_bandwidth():
     assert stein_kernels.median_bandwidth(np.array([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)
-    x = np.random.default_rng(4).normal(size=(60, 3))
-    i, j = np.triu_indices(60, k=1)
+    # the model, data shape and num_bootstrap of test_matrix_events_are_flattened: one
+    # compilation serves both
+    x = np.random.default_rng(4).normal(size=(120, 4))
+    i, j = np.triu_indices(120, k=1)
     truth = np.median(np.linalg.norm(x[i] - x[j], axis=1))
     assert stein_kernels.median_bandwidth(x) == pytest.approx(truth, rel=1e-5)
-    test = un.ksd_test(un.models.gaussian(3), None, x, key=jax.random.key(0), num_bootstrap=10)
+    test = un.ksd_test(un.models.gaussian(4), None, x, key=jax.random.key(0), num_bootstrap=100)
     assert test.bandwidth == pytest.approx(truth, rel=1e-5)
 
 
@@ -185,12 +187,14 @@ def test_stein_identity_null_and_alternative():
     n = 2000
     rng = np.random.default_rng(5)
     x0 = rng.multivariate_normal(mean, np.linalg.inv(prec), size=n)
-    for kernel in KERNELS:
-        for shift, null in ((0.0, True), (0.5, False)):
-            x = x0 + np.array([shift, 0.0])
-            h = stein_kernels.median_bandwidth(x)
-            scores = -(x - mean) @ prec
-            full = np.asarray(stein_kernels.stein_kernel_matrix(
+    # one program per kernel, not dozens of eager operations
+    kernel_matrix = jax.jit(stein_kernels.stein_kernel_matrix, static_argnames="kernel")
+    for shift, null in ((0.0, True), (0.5, False)):
+        x = x0 + np.array([shift, 0.0])
+        h = stein_kernels.median_bandwidth(x)
+        scores = -(x - mean) @ prec
+        for kernel in KERNELS:
+            full = np.asarray(kernel_matrix(
                 jnp.asarray(scores, dtype=float), jnp.asarray(x, dtype=float),
                 kernel=kernel, bandwidth=h), dtype=np.float64)
             np.fill_diagonal(full, 0.0)
@@ -248,22 +252,23 @@ def test_size_under_the_null_large_study(d, n):
 
 
 def test_same_key_same_pvalue():
-    x = np.random.default_rng(6).normal(size=(150, 2))
-    a = un.ksd_test(GAUSS2, None, x, key=jax.random.key(3), num_bootstrap=300)
-    b = un.ksd_test(GAUSS2, GAUSS2.params, x, key=jax.random.key(3), num_bootstrap=300)
+    # the data shape and num_bootstrap of the size and power tests, whose programs serve here
+    x = np.random.default_rng(6).normal(size=(200, 2))
+    a = un.ksd_test(GAUSS2, None, x, key=jax.random.key(3), num_bootstrap=200)
+    b = un.ksd_test(GAUSS2, GAUSS2.params, x, key=jax.random.key(3), num_bootstrap=200)
     assert a == b
-    legacy = un.ksd_test(GAUSS2, None, x, key=jax.random.PRNGKey(3), num_bootstrap=300)
+    legacy = un.ksd_test(GAUSS2, None, x, key=jax.random.PRNGKey(3), num_bootstrap=200)
     assert legacy.statistic == a.statistic
-    others = {un.ksd_test(GAUSS2, None, x, key=jax.random.key(k), num_bootstrap=300).pvalue
+    others = {un.ksd_test(GAUSS2, None, x, key=jax.random.key(k), num_bootstrap=200).pvalue
               for k in range(5)}
     assert len(others | {a.pvalue}) > 1
     # the statistic does not depend on the key, and is n times the U-statistic of un.stein.ksd
     assert all(isinstance(v, float) for v in (a.statistic, a.pvalue, a.ksd, a.bandwidth))
-    assert a.statistic == pytest.approx(150 * un.stein.ksd(GAUSS2, None, x), rel=1e-4, abs=1e-5)
-    assert a.ksd == pytest.approx(a.statistic / 150)
-    assert (a.kernel, a.num_bootstrap, a.n, a.level) == ("imq", 300, 150, 0.05)
+    assert a.statistic == pytest.approx(200 * un.stein.ksd(GAUSS2, None, x), rel=1e-4, abs=1e-5)
+    assert a.ksd == pytest.approx(a.statistic / 200)
+    assert (a.kernel, a.num_bootstrap, a.n, a.level) == ("imq", 200, 200, 0.05)
     assert a.reject == (a.pvalue <= 0.05)
-    assert 1 / 301 <= a.pvalue <= 1
+    assert 1 / 201 <= a.pvalue <= 1
 
 
 def test_matrix_events_are_flattened():
