@@ -440,8 +440,9 @@ def median_bandwidth(points) -> float:
     # rather than a sort; the two middle distances are averaged, as np.median does
     m = n * (n - 1)
     lo, hi = n + (m - 1) // 2, n + m // 2
-    part = np.partition(q, (lo, hi)).astype(np.float64)
-    median = float(0.5 * (np.sqrt(part[lo]) + np.sqrt(part[hi])))
+    part = np.partition(q, (lo, hi))
+    # only the two middle entries in float64, not the n² partitioned ones
+    median = float(0.5 * (np.sqrt(np.float64(part[lo])) + np.sqrt(np.float64(part[hi]))))
     dtype = jnp.dtype(jnp.result_type(float)).name
     if not np.isfinite(median):
         raise ValueError(
