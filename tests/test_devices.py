@@ -278,6 +278,22 @@ def test_sharded_ais_equals_the_single_device_run(two_devices):
         assert call["devices"] == [0]
 
 
+@pytest.mark.slow
+def test_sharded_gibbs_ais_equals_the_single_device_run():
+    # the discrete annealing: the 7 chains padded to 8, half on each device in every call,
+    # each swept by the blocked scan; the estimate, its standard error and ESS one device's
+    found = runs.results([runs.start_on_two_devices(("ais_gibbs",))])[0]["ais_gibbs"]
+    sharded, single = found["sharded"], found["single"]
+    _assert_same_estimate(sharded, single)
+    assert sharded["stderr"] > 0.01
+    assert sharded["calls"] and single["calls"]
+    for call in sharded["calls"]:
+        assert call["chains"] == 8 and call["positions"] == 0.5 and call["devices"] == [0, 1]
+        assert call["blocked"]
+    for call in single["calls"]:
+        assert call["chains"] == 7 and call["positions"] == 1.0 and call["devices"] == [0]
+
+
 # ---- fitting over two processes -----------------------------------------------------------------
 
 def test_each_process_holds_half_of_a_global_array(two_processes):
