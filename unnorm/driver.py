@@ -1393,16 +1393,25 @@ def _warn_unbounded(model, objective, fitted, boundary, label: str) -> np.ndarra
     params = fitted if objective.nuisance is None else fitted[0]
     u = model.to_unconstrained(params)
     flat_u, _ = ravel_pytree(u)
-    jacobian = np.asarray(solvers.constrained_jacobian(flat_u, u, model=model), dtype=float)
     names = _fitted_names(objective, fitted)
-    moved = jacobian != 0
+    # the constrained parameters that move with a set of coordinates, and the constrained
+    # direction in which the likelihood rises (the coordinates', through the map's slope):
+    # derivatives of the constrained map along a few directions, not its p × p Jacobian,
+    # which a neural energy's thousands of weights make gigabytes. Positive random weights
+    # on a set's coordinates leave a parameter that moves with any of them non-zero (a
+    # cancellation has probability zero)
+    weights = np.random.default_rng(0).uniform(1.0, 2.0, flat_u.size)
+    unbounded_only = boundary.unbounded
+    flat_only = boundary.flat & ~boundary.unbounded
+    along = _constrained_derivatives(model, u, flat_u, np.stack([
+        np.where(unbounded_only, boundary.rising, 0.0), np.where(unbounded_only, weights, 0.0),
+        np.where(flat_only, weights, 0.0)], axis=1))
+    moves = {"unbounded": along[:, 1] != 0, "flat": along[:, 2] != 0}
 
-    def named(mask):
-        return [names[i] for i in np.flatnonzero(np.any(moved[:, mask], axis=1))]
+    def named(which):
+        return [names[i] for i in np.flatnonzero(moves[which])]
 
-    # the constrained direction in which the likelihood rises: the coordinate's, through the
-    # map's slope
-    direction = np.sign(jacobian[:, boundary.unbounded] @ boundary.rising[boundary.unbounded])
+    direction = np.sign(along[:, 0])
     down = [names[i] for i in np.flatnonzero(direction < 0)]
     up = [names[i] for i in np.flatnonzero(direction > 0)]
     parts = []
@@ -1410,7 +1419,7 @@ def _warn_unbounded(model, objective, fitted, boundary, label: str) -> np.ndarra
         parts.append(f"as {_named(down)} decrease{'s' if len(down) == 1 else ''}")
     if up:
         parts.append(f"as {_named(up)} increase{'s' if len(up) == 1 else ''}")
-    unbounded, flat = named(boundary.unbounded), named(boundary.flat & ~boundary.unbounded)
+    unbounded, flat = named("unbounded"), named("flat")
     message = f"the likelihood of the {label} fit"
     if unbounded:
         message += (
@@ -1429,7 +1438,28 @@ def _warn_unbounded(model, objective, fitted, boundary, label: str) -> np.ndarra
         f"{message}. Their standard errors are NaN and fit.converged does not judge them. "
         "Remove such units from the data and the model, or fix these parameters.",
         RuntimeWarning, stacklevel=3)
-    return np.any(moved[:, boundary.excluded], axis=1)
+    return moves["unbounded"] | moves["flat"]
+
+
+def _constrained_derivatives(model, u, flat_u, tangents: np.ndarray) -> np.ndarray:
+    """``J t`` for each column ``t`` of ``tangents`` (p × k), ``J`` the Jacobian of the
+    flattened constrained parameters in the flattened unconstrained ones at ``flat_u``, by
+    forward mode: (p × k) without forming ``J``."""
+    columns = jnp.asarray(tangents, dtype=flat_u.dtype)
+    return np.asarray(_constrained_jvps(flat_u, u, columns, model=model), dtype=float)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _constrained_jvps(flat_u, template_u, columns, *, model):
+    _, unravel = ravel_pytree(template_u)
+
+    def constrained(flat):
+        return ravel_pytree(model.to_constrained(unravel(flat)))[0]
+
+    def along(tangent):
+        return jax.jvp(constrained, (flat_u,), (tangent,))[1]
+
+    return jax.vmap(along, in_axes=1, out_axes=1)(columns)
 
 
 def _travelled(model, objective, boundary, snapshots, steps: int):
