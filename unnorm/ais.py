@@ -33,7 +33,7 @@ from ._compat import pareto_khat
 from .model import Model, format_params
 from .samplers import chains as chain_runner
 from .samplers import devices as chain_devices
-from .samplers import langevin, structure
+from .samplers import gibbs, langevin, structure
 from .samplers.registry import SAMPLERS, build_kernel, check_tuning
 from .samplers.target import unconstrained_logdensity
 
@@ -399,8 +399,8 @@ def _anneal_discrete(model: Model, params, carry, xs, count, *, chain_keys,
     constant): the blocked scan over the colours ``blocks`` of the energy's interaction graph
     at ``params`` (:mod:`unnorm.samplers.structure`), or the sequential scan (None)."""
     spec = SAMPLERS["gibbs"]
-    tuning = check_tuning(spec, {"scan": "sequential" if blocks is None else "blocked"})
-    kernel = build_kernel(spec, 0, model.support.values, {**tuning, "blocks": blocks})
+    kernel = build_kernel(spec, 0, model.support.values,
+                          gibbs.with_blocks(check_tuning(spec, {}), blocks))
 
     def one_temperature(carry, x):
         positions, neg_energy, logw = carry

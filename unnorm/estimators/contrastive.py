@@ -42,7 +42,7 @@ from .. import _checks
 from ..model import Model
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
-from ..samplers import structure
+from ..samplers import gibbs, structure
 from ..samplers.registry import build_kernel, check_sampler, check_step_options, check_tuning
 from ..samplers.run import Draws, reusable_chunk, sample_draws
 from ..samplers.target import to_position, unconstrained_logdensity
@@ -322,11 +322,7 @@ class ChainEstimator(Estimator):
             # not the sampler's prepare step, whose colouring holds at one θ (a coupling that
             # is 0 there couples at the next): a graph certified for every θ, or the
             # sequential scan
-            found = structure.training_structure(model)
-            if found.blocks is not None:
-                tuning = {**tuning, "scan": "blocked", "blocks": found.blocks}
-            else:
-                tuning = {**tuning, "scan": "sequential"}
+            tuning = gibbs.with_blocks(tuning, structure.training_structure(model).blocks)
         values = support.values if support.is_discrete else None
         # NumPyro's kernels adapt inside their first num_warmup steps (here the chain steps of
         # the first optimizer steps); the other kernels ignore it, their step size is steered

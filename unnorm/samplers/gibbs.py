@@ -43,7 +43,7 @@ from .. import _checks, threefry
 from . import structure
 from .spec import Kernel, SamplerSpec, option_checks
 
-__all__ = ["GibbsState", "GibbsInfo", "init", "step", "blocked_step", "GIBBS"]
+__all__ = ["GibbsState", "GibbsInfo", "init", "step", "blocked_step", "with_blocks", "GIBBS"]
 
 
 class GibbsState(NamedTuple):
@@ -246,9 +246,14 @@ def _prepare(model, params, tuning: dict) -> dict:
         # "auto": a graph that needs one colour per site gains nothing from blocking.
         if scan == "auto" and blocks is not None and len(blocks.colors) == model.support.size:
             blocks = None
-    tuning["scan"] = "sequential" if blocks is None else "blocked"
-    tuning["blocks"] = blocks
-    return tuning
+    return with_blocks(tuning, blocks)
+
+
+def with_blocks(tuning: dict, blocks: structure.GibbsBlocks | None) -> dict:
+    """``tuning`` for the blocked scan over the colours ``blocks``, or for the sequential scan
+    (None): what :func:`_prepare` resolves for ``un.sample``, and what a caller that found its
+    colouring itself (a fit's chains, AIS) hands to the kernel's build."""
+    return {**tuning, "scan": "sequential" if blocks is None else "blocked", "blocks": blocks}
 
 
 def _kernel(tuning: dict, num_warmup: int, values: tuple[float, float]) -> Kernel:

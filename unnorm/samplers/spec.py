@@ -15,7 +15,6 @@ same compiled step serves a training loop whose θ changes.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -143,12 +142,7 @@ def _check_unroll(value, name: str) -> int | bool:
 def _check_chain_block(value, name: str) -> int:
     """A block width: a positive integer (None, the unblocked default, never reaches a check).
     Every wrong value is a ``ValueError``, a bool included: ``True`` is not a width of one."""
-    width = None
-    if not isinstance(value, bool):
-        try:
-            width = operator.index(value)
-        except TypeError:
-            pass
+    width = _checks._scalar(value, int)  # None for a bool, a float, a string, an array
     if width is not None and width >= 1:
         return width
     raise ValueError(f"{name} must be None (each group of chains one vectorized computation) "
