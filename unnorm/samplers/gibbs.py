@@ -252,7 +252,16 @@ def _prepare(model, params, tuning: dict) -> dict:
 def with_blocks(tuning: dict, blocks: structure.GibbsBlocks | None) -> dict:
     """``tuning`` for the blocked scan over the colours ``blocks``, or for the sequential scan
     (None): what :func:`_prepare` resolves for ``un.sample``, and what a caller that found its
-    colouring itself (a fit's chains, AIS) hands to the kernel's build."""
+    colouring itself (a fit's chains, AIS) hands to the kernel's build.
+
+    Example
+    -------
+    >>> import unnorm as un
+    >>> from unnorm.samplers import gibbs, structure
+    >>> blocks = structure.training_structure(un.models.ising_chain(4)).blocks
+    >>> gibbs.with_blocks({"unroll": 1}, blocks)["scan"], gibbs.with_blocks({}, None)["scan"]
+    ('blocked', 'sequential')
+    """
     return {**tuning, "scan": "sequential" if blocks is None else "blocked", "blocks": blocks}
 
 
