@@ -120,14 +120,24 @@ def _block_moments(flat_u, template_u, points, mask, batch, *, model: Model, mat
 
     grads = jax.vmap(jax.grad(energy), (None, 0))(flat_u, points)
     count = jnp.maximum(jnp.sum(mask), 1)
-    weights = mask.astype(grads.dtype)[:, None]
-    mean = jnp.sum(grads * weights, axis=0) / count
-    squares = jnp.sum(weights * (grads - mean) ** 2, axis=0)
-    low = jnp.min(jnp.where(mask[:, None], grads, jnp.inf), axis=0)
-    high = jnp.max(jnp.where(mask[:, None], grads, -jnp.inf), axis=0)
-    centred = (grads - mean) * weights
+    weights = mask.astype(grads.dtype)
+    # Sums over the points as products with the weights, and the extremes as a scan over
+    # them, not reductions along the points' axis: XLA's CPU backend reduces a (points,
+    # coordinates) array along its first axis column by column, which for the tens of
+    # thousands of weights of an MLP made this pass most of a PCD fit's time
+    mean = weights @ grads / count
+    squares = weights @ (grads - mean) ** 2
+
+    def extremes(carry, point):
+        (low, high), (row, kept) = carry, point
+        return (jnp.where(kept, jnp.minimum(low, row), low),
+                jnp.where(kept, jnp.maximum(high, row), high)), None
+
+    (low, high), _ = jax.lax.scan(extremes, (jnp.full_like(mean, jnp.inf),
+                                             jnp.full_like(mean, -jnp.inf)), (grads, mask))
+    centred = (grads - mean) * weights[:, None]
     products = centred.T @ centred if matrix else jnp.zeros((0, 0), grads.dtype)
-    sums = jax.ops.segment_sum(grads * weights, batch, num_segments=num_batches)
+    sums = jax.nn.one_hot(batch, num_batches, dtype=grads.dtype).T @ (grads * weights[:, None])
     return mean, squares, low, high, products, sums
 
 
