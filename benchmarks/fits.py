@@ -33,16 +33,17 @@ Each row (an estimator on a model) runs in a fresh Python process (this script w
    chromatic Gibbs sweep of the chain's two colours), the same chains and steps per
    optimizer step, and a final
    sampling of the fitted model with the chains, warmup, draws and thinning of ``fit.chains``
-   followed by the likelihood's sandwich (CD, PCD) or Monte Carlo MLE Newton steps (MLE).
-   Timed warm: one call compiles, the next ones (as many as the warm unnorm calls) are
-   timed, ``plain_s`` is their median. ``plain_loop_s`` is the optimizer loop
-   alone; ``plain_compile_s`` the first call's extra time.
+   followed by the likelihood's sandwich (CD, PCD) or Monte Carlo MLE Newton steps (MLE;
+   as many samplings, each with as many draws, as the paired warm unnorm fit made: its
+   ``samplings``). Timed warm: one call compiles, the next ones (as many as the warm unnorm
+   calls, each paired with one) are timed, ``plain_s`` is their median. ``plain_loop_s`` is
+   the optimizer loop alone; ``plain_compile_s`` the first call's extra time.
 
 ``ratio`` = ``warm_median_s / plain_s``: unnorm's overhead over the hand-written fit (1 = none).
 ``max_err_se`` = max over parameters of |estimate - truth| / standard error (unnorm's
 estimate and SE), and ``plain_max_err_se`` the plain estimate's error in the same SEs: a fast
 but wrong fit shows there. What the plain fit leaves out is listed per row in ``not_in_plain``
-(ArviZ InferenceData of ``fit.chains``, MLE's extra sampling rounds, the interval grid of
+(ArviZ InferenceData of ``fit.chains``, MLE's Monte Carlo covariance, the interval grid of
 ``fit.conf_int``, argument checks).
 
 Targets (2 CPU cores): cold ≤ 10 s, warm ≤ 2 s, warm ≤ 1.5 × plain.
@@ -54,6 +55,7 @@ and never asserted in the tests.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -192,11 +194,20 @@ def worker(case: str, cfg: dict) -> dict:
         lambda name, secs, **_: compile_events.append((name, secs))
         if name.startswith("/jax/core/compile/") else None)
 
+    # the draws per chain of every sampling of the fitted model, per fit: MLE samples again
+    # with more draws while the Monte Carlo error is a large part of the total, as many
+    # times as each key's draws need, and the plain fit mirrors those samplings
+    samplings: list[list[int]] = []
+    if est_name.startswith("mle"):
+        record_samplings(samplings)
+
     fits, seconds, breakdown = [], [], []
     for i, key in enumerate(cfg["fit_keys"]):
         if i >= 2 and seconds[1] > cfg["repeat_below_s"]:
             break       # more warm calls only where one is short (noisy)
         compile_events.clear()
+        if est_name.startswith("mle"):
+            samplings.append([])
         start = time.perf_counter()
         fit = un.fit(model, data, estimator, key=jax.random.key(key), progress_bar=False,
                      **options)
@@ -225,13 +236,16 @@ def worker(case: str, cfg: dict) -> dict:
     }
     plain = PlainFit(model_name, est_name, estimator, fit, data, cfg)
     key = jax.random.key(cfg["plain_key"])
+    # each timed plain call samples as the warm unnorm call it is paired with did
+    rounds = [tuple(s) or None for s in samplings[1:]] if samplings else [None] * len(warm)
+    row["samplings"] = samplings or None
     start = time.perf_counter()
-    plain.run(key)
+    plain.run(key, tuple(sorted({n for r in rounds if r for n in r})) or None)
     first = time.perf_counter() - start
     plain_s, loops = [], []
-    for _ in warm:      # as many timed calls as warm unnorm calls
+    for paired in rounds:      # as many timed calls as warm unnorm calls
         start = time.perf_counter()
-        params, stderr, loop_s = plain.run(key)
+        params, stderr, loop_s = plain.run(key, paired)
         plain_s.append(time.perf_counter() - start)
         loops.append(loop_s)
     row["plain_all_s"] = plain_s
@@ -246,6 +260,21 @@ def worker(case: str, cfg: dict) -> dict:
     row["not_in_plain"] = plain.left_out()
     row["ratio"] = row["warm_median_s"] / row["plain_s"]
     return row
+
+
+def record_samplings(samplings: list[list[int]]) -> None:
+    """Append the draws per chain of every sampling of the fitted model by MLE (the first,
+    and each round with more draws) to ``samplings[-1]``."""
+    from unnorm.estimators import contrastive, mle
+
+    original = contrastive.sample_model
+
+    def counted(model, params, key, sampler, chains, num_warmup, num_samples, *rest, **kw):
+        samplings[-1].append(int(num_samples))
+        return original(model, params, key, sampler, chains, num_warmup, num_samples,
+                        *rest, **kw)
+
+    contrastive.sample_model = mle.sample_model = counted
 
 
 # =============================================================================================
@@ -380,8 +409,9 @@ class PlainFit:
         if self.chain_based:
             out.append("ArviZ InferenceData of fit.chains")
         if self.est_name.startswith("mle"):
-            out.append("MLE's extra sampling rounds (the plain fit samples once, with the "
-                       "final number of draws) and its Monte Carlo covariance batch means")
+            out.append("MLE's Monte Carlo covariance batch means (its samplings are "
+                       "mirrored: each with the draws of the paired warm fit's, a Newton "
+                       "solve after each)")
         return out
 
     # ---- the objectives --------------------------------------------------------------------
@@ -755,8 +785,8 @@ class PlainFit:
                                          self.thinning)
         mle = self.est_name.startswith("mle")
 
-        @jax.jit
-        def finish(theta, chains, key):
+        @functools.partial(jax.jit, static_argnames="draws")
+        def finish(theta, chains, key, draws=draws):
             sample_key, start_key = jax.random.split(key)
             if persistent:
                 begin = position(chains)[:chains_n]
@@ -860,7 +890,10 @@ class PlainFit:
         keys = jax.random.split(key, begin.shape[0])
         return jax.vmap(chain)(begin, keys).reshape(-1, begin.shape[1])
 
-    def run(self, key):
+    def run(self, key, samplings: tuple[int, ...] | None = None):
+        """One plain fit; ``samplings``: the draws per chain of each sampling of the fitted
+        model (chain-based fits; default one, with the unnorm fit's final number), each
+        followed by MLE's Newton solve from the previous round's estimate."""
         import jax
         import numpy as np
 
@@ -871,7 +904,9 @@ class PlainFit:
         theta, state, losses = jax.block_until_ready(self._train(train_key))
         loop_s = time.perf_counter() - start
         if self.chain_based:
-            theta, hessian, grads, jac = self._finish(theta, state, finish_key)
+            for i, draws in enumerate(samplings or (self.post_draws,)):
+                theta, hessian, grads, jac = self._finish(
+                    theta, state, jax.random.fold_in(finish_key, i), draws=draws)
         else:
             theta, hessian, grads, jac = self._finish(theta, state)
         cov_u = sandwich(hessian, grads)
