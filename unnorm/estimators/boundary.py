@@ -42,6 +42,11 @@ __all__ = ["Boundary", "GradientMoments", "find_boundary", "gradient_moments"]
 #: points per compiled block of energy gradients: one compilation serves any number of points
 MOMENTS_BLOCK = 4096
 
+#: at most this many gradient entries (points × coordinates) in one block: with many
+#: coordinates (a neural energy's weights) the block holds fewer points, so that its
+#: per-point gradients stay of bounded size
+MOMENTS_BLOCK_ENTRIES = 2**24
+
 #: the full Fisher information matrix (p × p) is formed up to this many coordinates and when
 #: the draws number at least twice the coordinates kept; beyond, its diagonal's lower bound
 MAX_INFORMATION_MATRIX = 4000
@@ -141,27 +146,42 @@ def _block_moments(flat_u, template_u, points, mask, batch, *, model: Model, mat
     return mean, squares, low, high, products, sums
 
 
+def moments_block(num_coordinates: int) -> int:
+    """Points per block of :func:`gradient_moments` for gradients of ``num_coordinates``:
+    ``MOMENTS_BLOCK``, or the largest power of two (at least 16) whose block holds at most
+    ``MOMENTS_BLOCK_ENTRIES`` gradient entries.
+
+    Examples
+    --------
+    >>> moments_block(5), moments_block(49_536)
+    (4096, 256)
+    """
+    fits = MOMENTS_BLOCK_ENTRIES // max(int(num_coordinates), 1)
+    return int(min(MOMENTS_BLOCK, max(16, 1 << max(fits.bit_length() - 1, 0))))
+
+
 def gradient_moments(model: Model, params, points, matrix: bool = False,
                      num_batches: int = 1) -> GradientMoments:
     """:class:`GradientMoments` of ``∂E(x; θ)/∂u`` over ``points`` (at least
-    ``num_batches``), at the constrained ``params``, computed in blocks of ``MOMENTS_BLOCK``
+    ``num_batches``), at the constrained ``params``, computed in blocks of :func:`moments_block`
     points and combined in float64 (Chan, Golub & LeVeque 1983); with ``matrix`` the
     covariance matrix too, and the means over ``num_batches`` consecutive batches."""
     u = model.to_unconstrained(params)
     flat, _ = ravel_pytree(u)
     points = np.asarray(points)
     count = points.shape[0]
+    block_size = moments_block(flat.size)
     batch_of = np.concatenate([np.full(len(part), b) for b, part in
                                enumerate(np.array_split(np.arange(count), num_batches))])
     batch_sums = 0.0
     total, mean, squares, low, high, products = 0, None, None, None, None, None
-    for start in range(0, count, MOMENTS_BLOCK):
-        block = points[start:start + MOMENTS_BLOCK]
+    for start in range(0, count, block_size):
+        block = points[start:start + block_size]
         size = block.shape[0]
         # padding repeats a real point (finite energy), masked out
-        index = np.concatenate([np.arange(size), np.zeros(MOMENTS_BLOCK - size, dtype=int)])
-        out = _block_moments(flat, u, block[index], np.arange(MOMENTS_BLOCK) < size,
-                             batch_of[start:start + MOMENTS_BLOCK][index], model=model,
+        index = np.concatenate([np.arange(size), np.zeros(block_size - size, dtype=int)])
+        out = _block_moments(flat, u, block[index], np.arange(block_size) < size,
+                             batch_of[start:start + block_size][index], model=model,
                              matrix=matrix, num_batches=num_batches)
         b_mean, b_squares, b_low, b_high, b_products, b_sums = (np.asarray(a, dtype=float)
                                                                 for a in out)
