@@ -158,8 +158,13 @@ def test_default_noise_density_is_numpyros_gaussian(dim):
         widened = nce._widened(nce.NCEState(jax.random.key(0), noise), 3.0).noise_params
         widened_reference = dist.MultivariateNormal(
             noise.loc, scale_tril=3.0 * noise.scale_tril).log_prob(x)
+        # and its draws are NumPyro's for the same key, without building the distribution
+        key = jax.random.key(dim)
+        draws = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril).sample(
+            key, (7,))
         return ((jax.vmap(noise.log_prob)(x), reference),
-                (jax.vmap(widened.log_prob)(x), widened_reference))
+                (jax.vmap(widened.log_prob)(x), widened_reference),
+                (noise.sample(key, 7), draws))
 
     for mine, reference in densities(x):
         np.testing.assert_allclose(mine, reference, rtol=2e-6)

@@ -26,6 +26,7 @@ draws as one i.i.d. unit: the standard errors include the noise's share of the v
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -100,6 +101,14 @@ class GaussianNoise(NamedTuple):
         z = self.whitening @ (u - self.loc)
         return (-0.5 * jnp.sum(z * z) - jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
                 - 0.5 * u.shape[-1] * math.log(2 * math.pi))
+
+    def sample(self, key: jax.Array, k: int) -> jax.Array:
+        """``k`` flat draws ``loc + L ε``, ``ε`` standard normal: those of NumPyro's
+        ``MultivariateNormal(loc, scale_tril=L).sample(key, (k,))``, computed as it computes
+        them, without building the distribution, whose checks run op by op (a dozen small
+        compiled programs for each new shape, even inside ``jit``)."""
+        eps = jax.random.normal(key, (k, self.loc.shape[-1]))
+        return self.loc + jnp.squeeze(jnp.matmul(self.scale_tril, eps[..., None]), axis=-1)
 
 
 def _power_of_two_at_most(values: jax.Array) -> jax.Array:
@@ -184,12 +193,9 @@ def _default_noise(support: Support):
 
         return sample, log_prob
 
-    def gaussian(noise: GaussianNoise):
-        return dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril)
-
     if support.kind == "real":
         def sample(noise_params, key, k):
-            return gaussian(noise_params).sample(key, (k,)).reshape(k, *shape)
+            return noise_params.sample(key, k).reshape(k, *shape)
 
         def log_prob(noise_params, x):
             return noise_params.log_prob(x.reshape(-1))
@@ -199,7 +205,7 @@ def _default_noise(support: Support):
     transform = support.transform
 
     def sample(noise_params, key, k):
-        u = gaussian(noise_params).sample(key, (k,)).reshape(k, *shape)
+        u = noise_params.sample(key, k).reshape(k, *shape)
         return jax.vmap(transform)(u)
 
     def log_prob(noise_params, x):
@@ -365,6 +371,12 @@ class NCE(Estimator):
             draw_key = jax.random.split(state.noise_key)[0]
             return sample_noise(state.noise_params, draw_key, START_DRAWS).astype(dtype)
 
+        @functools.partial(jax.jit, static_argnums=1)
+        def divergence_draws(state, dtype):
+            # one program: run op by op, building and sampling the noise compiled a dozen
+            # small programs for every new shape of the data
+            return start_draws(state, dtype)[:START_DIVERGENCE_DRAWS]
+
         def importance_log_z(params, state, dtype):
             """log Z(θ) by importance sampling from the noise, the weights' effective sample
             size as a fraction of the draws, and the spread of the model's log-density over
@@ -500,7 +512,7 @@ class NCE(Estimator):
             flat = ravel_pytree(model.to_unconstrained(params))[0]
             for width in _widening(float(state.spread), self.noise is None):
                 widened = _widened(state, width)
-                ys = start_draws(widened, data.dtype)[:START_DIVERGENCE_DRAWS]
+                ys = divergence_draws(widened, np.dtype(data.dtype))
                 flat, _ = trust_region_newton(
                     lambda f, noise=widened.noise_params, ys=ys:
                     divergence_in_float64(f, noise, ys), flat)
