@@ -195,3 +195,27 @@ def test_models_built_alike_are_equal_and_share_compiled_programs():
     # the other shift is another program, and another answer
     other = un.fit(build(1.5), x, "sm", key=jax.random.key(0), progress_bar=False)
     np.testing.assert_allclose(other.params["mu"], first.params["mu"] - 1.0, atol=1e-4)
+
+
+def test_initial_values_outside_their_constraint_are_rejected():
+    # NumPyro's constraints are checked in one compiled program (they are pytrees); a user's
+    # Constraint subclass that is not a pytree is checked op by op
+    from numpyro.distributions import constraints as numpyro_constraints
+
+    class Below3(numpyro_constraints.Constraint):
+        def __call__(self, x):
+            return x < 3
+
+    def energy(params, x):
+        return jnp.sum((x - params["a"]) ** 2) * jnp.sum(params["prec"])
+
+    def build(a, prec):
+        return un.Model(energy, params={"a": a, "prec": prec},
+                        constraints={"a": Below3(), "prec": constraints.positive_definite},
+                        support=un.supports.real(2))
+
+    assert build(1.0, np.eye(2)).params["a"].shape == ()
+    with pytest.raises(ValueError, match=r"params\['a'\] violates its constraint"):
+        build(5.0, np.eye(2))
+    with pytest.raises(ValueError, match=r"params\['prec'\] violates its constraint"):
+        build(1.0, -np.eye(2))

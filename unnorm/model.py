@@ -59,6 +59,21 @@ def _as_float_array(leaf: Any) -> jax.Array:
     return jnp.asarray(np.asarray(leaf, dtype=jnp.result_type(float)))
 
 
+@jax.jit
+def _satisfies_jit(constraint, leaf) -> jax.Array:
+    return jnp.all(constraint.check(leaf))
+
+
+def _satisfies(constraint, leaf) -> bool:
+    """Whether ``leaf`` satisfies ``constraint``: one compiled program per constraint type
+    and shape (NumPyro's constraints are pytrees), where the check run op by op compiled
+    each of its operations (five for ``positive_definite``) for every new shape."""
+    try:
+        return bool(_satisfies_jit(constraint, leaf))
+    except NotImplementedError:  # a user's Constraint subclass that is not a pytree
+        return bool(jnp.all(constraint.check(leaf)))
+
+
 def _as_param_tree(name: str, value: Any, arg: str = "params") -> Any:
     """Convert the leaves of one parameter to float arrays and reject complex values and
     NaN / inf; ``arg`` names the argument in the messages (``params``, ``init``...)."""
@@ -174,7 +189,7 @@ class Model:
                     f"(e.g. constraints.positive); got {con!r}."
                 )
             for leaf in jax.tree_util.tree_leaves(checked[key]):
-                if not bool(jnp.all(con.check(leaf))):
+                if not _satisfies(con, leaf):
                     raise ValueError(
                         f"the initial value of params[{key!r}] violates its constraint {con}:\n"
                         f"{format_params({key: leaf})}\nGive an initial value inside the "

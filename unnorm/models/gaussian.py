@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions import constraints
 
 from ..model import Model
@@ -36,8 +36,9 @@ def gaussian(d: int, mean=None, precision=None) -> Model:
     >>> float(m.energy(m.params, jnp.array([1.0, 0.0])))
     0.5
     """
-    mu = jnp.zeros(d) if mean is None else jnp.asarray(mean, dtype=float)
-    prec = jnp.eye(d) if precision is None else jnp.asarray(precision, dtype=float)
+    # the defaults made on the host: the Model casts them there, without compiling
+    mu = np.zeros(d) if mean is None else mean
+    prec = np.eye(d) if precision is None else precision
     return Model(_energy, params={"mu": mu, "prec": prec},
                  constraints={"prec": constraints.positive_definite}, support=real(d),
                  name="gaussian")
