@@ -32,8 +32,10 @@ def pair_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pairwise_model(J, h, support_fn, name: str, names: tuple[str, str]) -> Model:
-    h = jnp.asarray(h, dtype=float)
-    J = jnp.asarray(J, dtype=float)
+    # checked and indexed on the host, cast there as Model casts every initial value: a
+    # cast or a gather on the device compiles a program for each new shape
+    h = np.asarray(h, dtype=jnp.result_type(float))
+    J = np.asarray(J, dtype=jnp.result_type(float))
     if h.ndim != 1:
         raise ValueError(f"{name}: h must be a vector of length d; got shape {h.shape}.")
     d = h.shape[0]
@@ -106,8 +108,7 @@ def ising_chain(n: int, coupling: float = 0.5, field: float = 0.0, periodic: boo
     if n < 2:
         raise ValueError(f"ising_chain needs n >= 2 spins; got {n}.")
     energy = functools.partial(_chain_energy, periodic=bool(periodic))
-    return Model(energy, params={"coupling": jnp.asarray(coupling, dtype=float),
-                                 "field": jnp.asarray(field, dtype=float)},
+    return Model(energy, params={"coupling": coupling, "field": field},
                  support=spin(n), name="ising_chain")
 
 
