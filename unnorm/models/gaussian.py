@@ -37,8 +37,8 @@ def gaussian(d: int, mean=None, precision=None) -> Model:
     0.5
     """
     # the defaults made on the host: the Model casts them there, without compiling
-    mu = np.zeros(d) if mean is None else mean
-    prec = np.eye(d) if precision is None else precision
+    mu = np.zeros(d) if mean is None else np.asarray(mean, dtype=float)
+    prec = np.eye(d) if precision is None else np.asarray(precision, dtype=float)
     return Model(_energy, params={"mu": mu, "prec": prec},
                  constraints={"prec": constraints.positive_definite}, support=real(d),
                  name="gaussian")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _checks
-from ..model import Model, _as_float_array
+from ..model import Model
 from ..supports import binary, real
 
 __all__ = ["rbm", "gaussian_rbm", "gaussian_rbm_mixture"]
@@ -52,7 +52,8 @@ def _initial_params(num_visible: int, num_hidden: int, W, b, c, seed: int) -> di
              "c": np.zeros(num_hidden) if c is None else c}
     params = {}
     for name, value in given.items():
-        array = _as_float_array(value)
+        # cast on the host, as Model casts every initial value (a device cast compiles)
+        array = np.asarray(value, dtype=jnp.result_type(float))
         if array.shape != expected[name]:
             raise ValueError(f"{name} must have shape {expected[name]} (num_visible = "
                              f"{num_visible}, num_hidden = {num_hidden}); got {array.shape}.")
