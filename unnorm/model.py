@@ -70,7 +70,9 @@ def _satisfies(constraint, leaf) -> bool:
     each of its operations (five for ``positive_definite``) for every new shape."""
     try:
         return bool(_satisfies_jit(constraint, leaf))
-    except NotImplementedError:  # a user's Constraint subclass that is not a pytree
+    except (NotImplementedError, jax.errors.ConcretizationTypeError):
+        # a user's Constraint subclass that is not a pytree, or whose check branches in
+        # Python on the value
         return bool(jnp.all(constraint.check(leaf)))
 
 
