@@ -299,3 +299,33 @@ def test_chain_estimators_reject_bad_samplers(estimator, model, error, match):
 def test_chain_estimators_reject_bad_options(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_gradient_moments_over_blocks_equal_the_moments_of_all_points(monkeypatch):
+    # blocks of 16 points (the fewest a block holds) for 5 coordinates, over 37 points: two
+    # full blocks and a padded one, combined on the host; against NumPy on every point's
+    # gradient of the Gaussian's energy in its unconstrained coordinates
+    from jax.flatten_util import ravel_pytree
+
+    from unnorm.estimators import boundary
+
+    monkeypatch.setattr(boundary, "MOMENTS_BLOCK_ENTRIES", 16 * 5)
+    model = un.models.gaussian(2)
+    params = {"mu": np.array([0.3, -0.2]), "prec": np.array([[1.5, 0.4], [0.4, 0.8]])}
+    points = np.random.default_rng(3).normal(size=(37, 2)).astype(np.float32)
+    assert boundary.moments_block(5) == 16
+    moments = boundary.gradient_moments(model, params, points, matrix=True, num_batches=4)
+
+    u = model.to_unconstrained(model.params | {k: jnp.asarray(v) for k, v in params.items()})
+    flat, unravel = ravel_pytree(u)
+    grads = np.asarray(jax.vmap(jax.grad(
+        lambda f, x: model.energy(model.to_constrained(unravel(f)), x)), (None, 0))(
+        flat, points), dtype=float)
+    np.testing.assert_allclose(moments.mean, grads.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moments.variance, grads.var(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(moments.covariance, np.cov(grads, rowvar=False, ddof=0),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(moments.low, grads.min(axis=0))
+    np.testing.assert_array_equal(moments.high, grads.max(axis=0))
+    batch_means = [part.mean(axis=0) for part in np.array_split(grads, 4)]
+    np.testing.assert_allclose(moments.batch_means, batch_means, rtol=1e-5, atol=1e-6)

@@ -210,6 +210,10 @@ def test_initial_values_outside_their_constraint_are_rejected():
         def __call__(self, x):
             return bool(x > 0)  # a Python branch on the value: not traceable
 
+    class PositiveByNumPy(numpyro_constraints.ParameterFreeConstraint):
+        def __call__(self, x):
+            return np.all(np.asarray(x) > 0)  # NumPy on the value: not traceable
+
     def energy(params, x):
         return jnp.sum((x - params["a"]) ** 2) * jnp.sum(params["prec"])
 
@@ -223,8 +227,10 @@ def test_initial_values_outside_their_constraint_are_rejected():
         build(5.0, np.eye(2))
     with pytest.raises(ValueError, match=r"params\['prec'\] violates its constraint"):
         build(1.0, -np.eye(2))
-    single = {"support": un.supports.real(1), "constraints": {"a": Positive()}}
-    assert un.Model(lambda params, x: params["a"] * jnp.sum(x**2), params={"a": 2.0},
-                    **single).params["a"] == 2.0
-    with pytest.raises(ValueError, match=r"params\['a'\] violates its constraint"):
-        un.Model(lambda params, x: params["a"] * jnp.sum(x**2), params={"a": -2.0}, **single)
+    for untraceable in (Positive(), PositiveByNumPy()):
+        single = {"support": un.supports.real(1), "constraints": {"a": untraceable}}
+        assert un.Model(lambda params, x: params["a"] * jnp.sum(x**2), params={"a": 2.0},
+                        **single).params["a"] == 2.0
+        with pytest.raises(ValueError, match=r"params\['a'\] violates its constraint"):
+            un.Model(lambda params, x: params["a"] * jnp.sum(x**2), params={"a": -2.0},
+                     **single)

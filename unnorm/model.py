@@ -70,9 +70,9 @@ def _satisfies(constraint, leaf) -> bool:
     each of its operations (five for ``positive_definite``) for every new shape."""
     try:
         return bool(_satisfies_jit(constraint, leaf))
-    except (NotImplementedError, jax.errors.ConcretizationTypeError):
-        # a user's Constraint subclass that is not a pytree, or whose check branches in
-        # Python on the value
+    except (NotImplementedError, jax.errors.JAXTypeError):
+        # a user's Constraint subclass that is not a pytree, or whose check needs the value
+        # itself (a Python branch on it, NumPy on it): checked op by op, on the value
         return bool(jnp.all(constraint.check(leaf)))
 
 

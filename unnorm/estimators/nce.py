@@ -373,8 +373,8 @@ class NCE(Estimator):
 
         @functools.partial(jax.jit, static_argnums=1)
         def divergence_draws(state, dtype):
-            # one program: run op by op, building and sampling the noise compiled a dozen
-            # small programs for every new shape of the data
+            # one program: run op by op, each operation of the draws and their slice
+            # compiled a program of its own for every new shape of the data
             return start_draws(state, dtype)[:START_DIVERGENCE_DRAWS]
 
         def importance_log_z(params, state, dtype):
