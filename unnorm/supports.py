@@ -258,25 +258,26 @@ class Support:
     def initial_positions(self, key, num_chains: int) -> jax.Array:
         """Dispersed starting points on the support, shape ``(num_chains, *event_shape)``:
         :meth:`initial_unconstrained` mapped onto the support."""
-        unconstrained = jnp.asarray(self.initial_unconstrained(key, num_chains),
-                                    dtype=jnp.result_type(float))
+        unconstrained = _to_device(self.initial_unconstrained(key, num_chains))
         return unconstrained if self.is_discrete else self.transform(unconstrained)
 
     def reference_point(self) -> jax.Array:
         """A typical point of the support, used to probe an energy for shape errors."""
         if self.kind == "real":
-            return jnp.zeros(self.event_shape)
-        if self.kind == "positive":
-            return jnp.ones(self.event_shape)
-        if self.kind == "interval":
-            return jnp.asarray(0.5 * (self.low + self.high), dtype=float)
-        return jnp.full(self.event_shape, self.values[1])
+            point = np.zeros(self.event_shape)
+        elif self.kind == "positive":
+            point = np.ones(self.event_shape)
+        elif self.kind == "interval":
+            point = 0.5 * (np.asarray(self.low) + np.asarray(self.high))
+        else:
+            point = np.full(self.event_shape, self.values[1])
+        return _to_device(point)
 
     def enumerate(self, start: int = 0, stop: int | None = None) -> jax.Array:
         """Configurations ``start .. stop-1`` of a discrete support in binary counting order,
         shape ``(stop - start, *event_shape)``; see :meth:`configurations`."""
         stop = 2**self.size if stop is None else stop
-        return self.configurations(jnp.arange(start, stop, dtype=jnp.uint32))
+        return self.configurations(np.arange(start, stop, dtype=np.uint32))
 
     def configurations(self, index: jax.Array) -> jax.Array:
         """The configurations numbered ``index`` (a uint32 array) of a discrete support.
@@ -285,9 +286,19 @@ class Support:
         is 1. Shape ``(*index.shape, *event_shape)``.
         """
         lo, hi = self.values
-        shifts = jnp.arange(self.size - 1, -1, -1, dtype=jnp.uint32)
-        bits = (jnp.asarray(index, dtype=jnp.uint32)[..., None] >> shifts) & 1
-        return jnp.where(bits == 1, hi, lo).reshape((*jnp.shape(index), *self.event_shape))
+        # a host index (NumPy, Python ints) is decoded on the host and sent over once: op by op
+        # on the device, each new index shape compiled five small programs
+        xp = jnp if isinstance(index, jax.Array) else np
+        shifts = xp.arange(self.size - 1, -1, -1, dtype=np.uint32)
+        bits = (xp.asarray(index, dtype=np.uint32)[..., None] >> shifts) & 1
+        configs = xp.where(bits == 1, hi, lo).reshape((*np.shape(index), *self.event_shape))
+        return configs if xp is jnp else _to_device(configs)
+
+
+def _to_device(values) -> jax.Array:
+    """Host values as a JAX array of the default float dtype, cast by NumPy: a plain transfer,
+    where ``jnp.asarray`` or ``jnp.full`` compile a small program for each new shape."""
+    return jax.device_put(np.asarray(values, dtype=jnp.result_type(float)))
 
 
 def _refuse_complex(data, name: str) -> None:
