@@ -3,6 +3,8 @@ enumeration: the truth the estimator tests use."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from unnorm import models
 from unnorm.estimators import Batch
+from unnorm.model import energies
 from unnorm.partition import log_partition
 
 
@@ -18,9 +21,9 @@ def exact_draws(model, n: int, seed: int, params=None) -> np.ndarray:
     model's binary or spin support (default ``model.params``)."""
     params = model.params if params is None else params
     configs = np.asarray(model.support.enumerate())
-    energies = np.asarray(jax.vmap(lambda x: model.energy(params, x))(jnp.asarray(configs)),
-                          dtype=float)
-    weights = np.exp(-(energies - energies.min()))
+    # one compiled program per model (shared by models built alike), not one per operation
+    values = np.asarray(energies(model, params, configs), dtype=float)
+    weights = np.exp(-(values - values.min()))
     rows = np.random.default_rng(seed).choice(len(configs), size=n, p=weights / weights.sum())
     return configs[rows]
 
@@ -34,19 +37,15 @@ def exact_mle(model, data) -> dict:
     minimized by Newton's method in float64 NumPy, so the reference is exact to ~1e-10, far
     below the float32 rounding of the fits it is compared with.
     """
-    flat0, unravel = ravel_pytree(model.params)
-    configs = jnp.asarray(model.support.enumerate())
-
-    def energy(flat, x):
-        return model.energy(unravel(flat), x)
-
-    gradient = jax.vmap(jax.grad(energy), (None, 0))
-    G = np.asarray(gradient(jnp.zeros_like(flat0), configs), dtype=float)
-    if not np.allclose(G, np.asarray(gradient(jnp.ones_like(flat0), configs)), atol=1e-5):
+    configs = np.asarray(model.support.enumerate())
+    size = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(model.params))
+    E0, G = (np.asarray(a, dtype=float)
+             for a in _energies_and_gradients(np.zeros(size, np.float32), configs, model=model))
+    _, G1 = _energies_and_gradients(np.ones(size, np.float32), configs, model=model)
+    if not np.allclose(G, np.asarray(G1), atol=1e-5):
         raise ValueError("exact_mle needs an energy affine in the parameters")
-    E0 = np.asarray(jax.vmap(lambda x: energy(jnp.zeros_like(flat0), x))(configs), dtype=float)
     # each observation is one of the configurations: its row of (E0, G) by lookup
-    row = {tuple(c): i for i, c in enumerate(np.asarray(configs).tolist())}
+    row = {tuple(c): i for i, c in enumerate(configs.tolist())}
     index = np.array([row[tuple(x)] for x in np.asarray(data, dtype=float).tolist()])
     counts = np.bincount(index, minlength=len(E0)) / len(index)
 
@@ -59,7 +58,7 @@ def exact_mle(model, data) -> dict:
         centred = G - p @ G
         return value, grad, (centred * p[:, None]).T @ centred
 
-    theta = np.zeros(flat0.size)
+    theta = np.zeros(size)
     for _ in range(100):
         value, grad, hessian = negative_log_likelihood(theta)
         step = np.linalg.solve(hessian, grad)
@@ -86,6 +85,20 @@ def exact_mle(model, data) -> dict:
     return estimate
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _energies_and_gradients(flat, configs, *, model):
+    """``E(x; θ)`` and ``∇_θ E(x; θ)`` for each row ``x`` of ``configs``, with ``θ`` the flat
+    vector ``flat`` in ``ravel_pytree``'s order of ``model.params``: one compiled program per
+    model (and models built alike share it), where the same computation run outside jit
+    compiled each of its operations on its own."""
+    unravel = ravel_pytree(model.params)[1]
+
+    def energy(theta, x):
+        return model.energy(unravel(theta), x)
+
+    return jax.vmap(jax.value_and_grad(energy), (None, 0))(flat, configs)
+
+
 def pairwise_cases() -> dict:
     """The binary and spin models the partition-free estimators are tested on: name ->
     ``(truth, start, n)``, the start at zero parameters and ``n`` the sample size to draw.
@@ -104,12 +117,14 @@ def pairwise_cases() -> dict:
     """
     rows, cols = models.pair_indices(10)
     chain_couplings = np.where(cols == rows + 1, 0.4, 0.0)
+    # NumPy parameters: the models cast them on the host, where JAX arrays would be converted
+    # by a compiled program each
     return {
-        "bm3": (models.ising(J=jnp.array([-1.0, -1.0, 2.0]), h=jnp.array([0.0, 1.0, 0.0])),
-                models.ising(J=jnp.zeros(3), h=jnp.zeros(3)), 30_000),
-        "bm3_binary": (models.boltzmann(W=jnp.array([-1.0, -1.0, 2.0]),
-                                        b=jnp.array([0.0, 1.0, 0.0])),
-                       models.boltzmann(W=jnp.zeros(3), b=jnp.zeros(3)), 5000),
+        "bm3": (models.ising(J=np.array([-1.0, -1.0, 2.0]), h=np.array([0.0, 1.0, 0.0])),
+                models.ising(J=np.zeros(3), h=np.zeros(3)), 30_000),
+        "bm3_binary": (models.boltzmann(W=np.array([-1.0, -1.0, 2.0]),
+                                        b=np.array([0.0, 1.0, 0.0])),
+                       models.boltzmann(W=np.zeros(3), b=np.zeros(3)), 5000),
         "chain10": (models.ising_chain(10, coupling=0.4, field=0.2),
                     models.ising_chain(10, coupling=0.0, field=0.0), 5000),
         "ising10": (models.ising(J=chain_couplings, h=np.full(10, 0.2)),
@@ -121,14 +136,24 @@ def objective_terms(estimator, model, xs, params=None) -> np.ndarray:
     """The per-observation terms of ``estimator`` bound to ``model`` at ``params`` (default
     ``model.params``) for the rows ``xs``, after checking that the loss is their mean."""
     params = model.params if params is None else params
+    terms, loss = _terms_and_loss(params, np.asarray(xs, dtype=np.float32),
+                                  estimator=estimator, model=model)
+    terms = np.asarray(terms, dtype=float)
+    np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-6)
+    return terms
+
+
+@functools.partial(jax.jit, static_argnames=("estimator", "model"))
+def _terms_and_loss(params, xs, *, estimator, model):
+    """The per-observation terms and the loss of ``estimator`` bound to ``model`` at the rows
+    ``xs``, as a fit evaluates them: one compiled program per estimator, model and shape, where
+    the objective run outside jit compiled each of its operations on its own."""
     objective = estimator.build(model, resample=False)
-    xs = jnp.asarray(xs, dtype=jnp.float32)
     batch = Batch(xs, jnp.arange(xs.shape[0]))
     state = objective.init(params, jax.random.key(0), xs)
     terms = objective.terms(params, state, batch, jax.random.key(0))
     loss, _ = objective.loss(params, state, batch, jax.random.key(0))
-    np.testing.assert_allclose(float(loss), float(jnp.mean(terms)), rtol=1e-6)
-    return np.asarray(terms, dtype=float)
+    return terms, loss
 
 
 def flip_probability_ratios(model) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +161,9 @@ def flip_probability_ratios(model) -> tuple[np.ndarray, np.ndarray]:
     ``j``, ``p(x) / p(x^(j))`` from the normalized probabilities (``log Z`` by enumeration):
     the ratios the partition-free estimators are written in, computed without cancelling Z."""
     configs = np.asarray(model.support.enumerate(), dtype=float)
-    energies = np.asarray(jax.vmap(lambda x: model.energy(model.params, x))(configs),
-                          dtype=float)
-    prob = np.exp(-energies - log_partition(model, method="exact").estimate)
+    # one compiled program per model, not one per operation
+    values = np.asarray(energies(model, model.params, configs.astype(np.float32)), dtype=float)
+    prob = np.exp(-values - log_partition(model, method="exact").estimate)
     index = {tuple(c): i for i, c in enumerate(configs.tolist())}
     low, high = model.support.values
     ratios = np.empty(configs.shape)

@@ -1,5 +1,7 @@
 """Chain groups: the layout arithmetic, splitting and gathering, and failures inside a group."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,17 @@ _DENSE_GAUSSIAN = un.models.gaussian(3, precision=[[2.0, 0.6, -0.3], [0.6, 1.5, 
                                                   [-0.3, 0.4, 1.0]])
 _SAME_DRAWS_OPTIONS = dict(key=jax.random.key(7), num_warmup=30, num_samples=20,
                            progress_bar=False, warn=False)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "chunks"))
+def chunk_outputs(tree, *, layout, chunks):
+    """``tree`` (leaves with a leading chain axis) split into ``layout``'s groups, each group as
+    the outputs of its sampling chunks, the draw ranges ``chunks``: leaves ``(draw, chain,
+    ...)``, a list of chunks per group. One program, as a sampler's chunk is; split, swapped and
+    sliced outside jit, each operation compiled a program of its own for every shape."""
+    return [[jax.tree_util.tree_map(lambda a, s=start, e=stop: jnp.swapaxes(a, 0, 1)[s:e], group)
+             for start, stop in chunks]
+            for group in chain_groups.split(tree, layout)]
 
 
 @given(num_chains=st.integers(1, 300), cores=st.integers(1, 16))
@@ -57,17 +70,16 @@ def test_split_then_gather_returns_every_chain_in_order(num_chains, num_groups):
     rng = np.random.default_rng(0)
     draws = rng.normal(size=(num_chains, 9, 2, 3)).astype(np.float32)   # (chain, draw, ...)
     flags = rng.random((num_chains, 9)) < 0.5
-    tree = {"x": jnp.asarray(draws), "stats": {"diverging": jnp.asarray(flags)}}
-    groups = chain_groups.split(tree, layout)
+    # a chunk's outputs are (draw, chain, ...): write draws 0..4 and 4..9 separately
+    chunks = ((0, 4), (4, 9))
+    groups = chunk_outputs({"x": draws, "stats": {"diverging": flags}}, layout=layout,
+                           chunks=chunks)
     assert len(groups) == num_groups
     sink = chain_groups.DrawSink(layout, total=9)
     for g, group in enumerate(groups):
-        assert group["x"].shape[0] == layout.group_size
-        # a chunk's outputs are (draw, chain, ...): write draws 0..4 and 4..9 separately
-        as_outputs = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group)
-        for start, stop in ((0, 4), (4, 9)):
-            sink.write(jax.tree_util.tree_map(lambda a, s=start, e=stop: a[s:e], as_outputs),
-                       start, g)
+        for (start, _), outputs in zip(chunks, group, strict=True):
+            assert outputs["x"].shape[1] == layout.group_size
+            sink.write(outputs, start, g)
     out = sink.result()
     np.testing.assert_array_equal(out["x"], draws)
     np.testing.assert_array_equal(out["stats"]["diverging"], flags)
@@ -83,11 +95,9 @@ def test_the_sink_stores_compact_leaves_in_their_host_dtype(num_groups, chunks):
     spins = rng.choice(np.array([-1, 1], np.int8), size=(5, 6, 3))       # (chain, draw, ...)
     lp = rng.normal(size=(5, 6)).astype(np.float32)
     sink = chain_groups.DrawSink(layout, total=6, host_dtypes={np.int8: np.float32})
-    for g, group in enumerate(chain_groups.split((jnp.asarray(spins), jnp.asarray(lp)), layout)):
-        as_outputs = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group)
-        for start, stop in chunks:
-            sink.write(jax.tree_util.tree_map(lambda a, s=start, e=stop: a[s:e], as_outputs),
-                       start, g)
+    for g, group in enumerate(chunk_outputs((spins, lp), layout=layout, chunks=chunks)):
+        for (start, _), outputs in zip(chunks, group, strict=True):
+            sink.write(outputs, start, g)
     x, stored_lp = sink.result()
     assert x.dtype == np.float32 and stored_lp.dtype == np.float32
     np.testing.assert_array_equal(x, spins.astype(np.float32))
@@ -95,8 +105,9 @@ def test_the_sink_stores_compact_leaves_in_their_host_dtype(num_groups, chunks):
 
 
 def _write_all(sink, tree, layout):
-    for g, group in enumerate(chain_groups.split(tree, layout)):
-        sink.write(jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), group), 0, g)
+    for g, (outputs,) in enumerate(chunk_outputs(tree, layout=layout,
+                                                 chunks=((0, sink.total),))):
+        sink.write(outputs, 0, g)
 
 
 @pytest.mark.parametrize("event_shape,dtype,used", [((3,), np.float32, True),
@@ -108,7 +119,7 @@ def test_the_reserved_draws_array_is_used_when_it_fits(event_shape, dtype, used)
     sink = chain_groups.DrawSink(layout, total=6)
     sink.reserve_first(event_shape, dtype)
     reserved = sink._reserved
-    _write_all(sink, (jnp.asarray(draws), jnp.zeros((5, 6))), layout)
+    _write_all(sink, (draws, np.zeros((5, 6), np.float32)), layout)
     x, _ = sink.result()
     assert (x.base is reserved) == used
     np.testing.assert_array_equal(x, draws)
@@ -117,10 +128,10 @@ def test_the_reserved_draws_array_is_used_when_it_fits(event_shape, dtype, used)
 def test_a_reservation_after_the_first_write_is_dropped():
     layout = chain_groups.GroupLayout(4, 2)
     sink = chain_groups.DrawSink(layout, total=2)
-    groups = chain_groups.split(jnp.ones((4, 2, 3)), layout)
-    sink.write(jnp.swapaxes(groups[0], 0, 1), 0, 0)
+    groups = chunk_outputs(np.ones((4, 2, 3), np.float32), layout=layout, chunks=((0, 2),))
+    sink.write(groups[0][0], 0, 0)
     sink.reserve_first((3,), np.float32)
-    sink.write(jnp.swapaxes(groups[1], 0, 1), 0, 1)
+    sink.write(groups[1][0], 0, 1)
     assert sink._reserved is None
     np.testing.assert_array_equal(sink.result(), np.ones((4, 2, 3)))
 

@@ -146,22 +146,25 @@ def test_default_noise_density_is_numpyros_gaussian(dim):
     from unnorm.estimators import nce
 
     mixing = np.tril(np.ones((dim, dim)))
-    x = jnp.asarray(np.random.default_rng(dim).normal(size=(300, dim)) @ mixing.T + 2.0,
-                    dtype=jnp.float32)
+    # cast on the host: jnp.asarray(..., dtype=jnp.float32) compiles a conversion program
+    x = np.asarray(np.random.default_rng(dim).normal(size=(300, dim)) @ mixing.T + 2.0,
+                   dtype=np.float32)
 
     # traced as a fit traces the noise (inside jit): one program to compile, not dozens of
-    # eager operations
+    # eager operations. The references skip NumPyro's argument checks, which cannot see traced
+    # values and would compile their constant parts operation by operation
     @jax.jit
     def densities(x):
         noise = nce._fit_noise(un.supports.real(dim), x)
-        reference = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril).log_prob(x)
+        reference = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril,
+                                            validate_args=False).log_prob(x)
         widened = nce._widened(nce.NCEState(jax.random.key(0), noise), 3.0).noise_params
         widened_reference = dist.MultivariateNormal(
-            noise.loc, scale_tril=3.0 * noise.scale_tril).log_prob(x)
+            noise.loc, scale_tril=3.0 * noise.scale_tril, validate_args=False).log_prob(x)
         # and its draws are NumPyro's for the same key, without building the distribution
         key = jax.random.key(dim)
-        draws = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril).sample(
-            key, (7,))
+        draws = dist.MultivariateNormal(noise.loc, scale_tril=noise.scale_tril,
+                                        validate_args=False).sample(key, (7,))
         return ((jax.vmap(noise.log_prob)(x), reference),
                 (jax.vmap(widened.log_prob)(x), widened_reference),
                 (noise.sample(key, 7), draws))

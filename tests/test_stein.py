@@ -20,6 +20,19 @@ KERNELS = ("imq", "rbf")
 GAUSS2 = un.models.gaussian(2)
 
 
+def _floats(values) -> np.ndarray:
+    """``values`` in JAX's default float dtype, cast on the host: the rounding of
+    ``jnp.asarray(values, dtype=float)`` without the conversion program it compiles per
+    shape."""
+    return np.asarray(values, dtype=jnp.result_type(float))
+
+
+# The kernel layer compiled, as the estimators and un.ksd_test run it: one program per kernel
+# and shape, where a call outside jit compiled each of its operations on its own
+kernel_value = jax.jit(stein_kernels.kernel_value, static_argnames="kernel")
+stein_kernel_matrix = jax.jit(stein_kernels.stein_kernel_matrix, static_argnames="kernel")
+
+
 def _rtol(dtype) -> float:
     # float32 closed forms vs autodiff differ by a few ulps of the largest term
     return 1e-5 if dtype == jnp.float32 else 1e-10
@@ -47,9 +60,9 @@ def _autodiff_stein(kernel: str, bandwidth: float):
 @pytest.mark.parametrize("bandwidth", [0.7, 2.5])
 def test_kernel_derivatives_match_autodiff(kernel, bandwidth):
     rng = np.random.default_rng(0)
-    xs = jnp.asarray(rng.normal(size=(5, 3)), dtype=float)
-    ys = jnp.asarray(rng.normal(size=(5, 3)), dtype=float)
-    ys = ys.at[0].set(xs[0])                                  # include x = y (q = 0)
+    xs = _floats(rng.normal(size=(5, 3)))
+    ys = _floats(rng.normal(size=(5, 3)))
+    ys[0] = xs[0]                                             # include x = y (q = 0)
 
     def k(x, y):
         return stein_kernels.kernel_value(x, y, kernel=kernel, bandwidth=bandwidth)
@@ -69,11 +82,11 @@ def test_kernel_derivatives_match_autodiff(kernel, bandwidth):
 
 
 def test_kernel_values_by_hand():
-    x, y = jnp.zeros(2), jnp.array([3.0, 4.0])               # ‖x - y‖ = 5
+    x, y = _floats([0.0, 0.0]), _floats([3.0, 4.0])          # ‖x - y‖ = 5
     # IMQ (1 + 25/h²)^(-1/2) with h = 5: 2^(-1/2); RBF exp(-25 / (2·25)) = e^(-1/2)
-    assert float(stein_kernels.kernel_value(x, y, kernel="imq", bandwidth=5.0)) == pytest.approx(
+    assert float(kernel_value(x, y, kernel="imq", bandwidth=5.0)) == pytest.approx(
         2**-0.5, rel=1e-6)
-    assert float(stein_kernels.kernel_value(x, y, kernel="rbf", bandwidth=5.0)) == pytest.approx(
+    assert float(kernel_value(x, y, kernel="rbf", bandwidth=5.0)) == pytest.approx(
         np.exp(-0.5), rel=1e-6)
 
 
@@ -81,15 +94,15 @@ def test_kernel_values_by_hand():
 def test_stein_kernel_matrix_matches_autodiff(kernel):
     rng = np.random.default_rng(1)
     n, d, h = 7, 3, 1.3
-    x = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
+    x = _floats(rng.normal(size=(n, d)))
     # the formula holds for any vector field s, not only true scores
-    s = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
+    s = _floats(rng.normal(size=(n, d)))
     u = _autodiff_stein(kernel, h)
     pair = jax.vmap(jax.vmap(u, in_axes=(None, None, 0, 0)), in_axes=(0, 0, None, None))
-    expected = jax.jit(pair)(s, x, s, x)
-    got = stein_kernels.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
+    expected = np.asarray(jax.jit(pair)(s, x, s, x))
+    got = np.asarray(stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h))
     assert got.shape == (n, n)
-    scale = float(jnp.max(jnp.abs(expected)))
+    scale = float(np.max(np.abs(expected)))
     np.testing.assert_allclose(got, expected, rtol=_rtol(x.dtype), atol=2e-6 * scale)
     np.testing.assert_allclose(got, got.T, rtol=1e-6, atol=1e-6 * scale)
 
@@ -98,20 +111,33 @@ def test_stein_kernel_matrix_matches_autodiff(kernel):
 def test_blocks_cross_and_translation_agree_with_the_full_matrix(kernel):
     rng = np.random.default_rng(2)
     n, d, h = 11, 2, 0.9
-    x = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
-    s = jnp.asarray(rng.normal(size=(n, d)), dtype=float)
-    full = stein_kernels.stein_kernel_matrix(s, x, kernel=kernel, bandwidth=h)
-    off = full - jnp.diag(jnp.diag(full))
+    x = _floats(rng.normal(size=(n, d)))
+    s = _floats(rng.normal(size=(n, d)))
+    blocks = (None, 1, 4, 50)                          # 4 leaves a padded last block
+
+    @jax.jit
+    def forms(s, x):
+        # every form the test compares, as one program rather than one per operation
+        def matrix(points):
+            return stein_kernels.stein_kernel_matrix(s, points, kernel=kernel, bandwidth=h)
+
+        row_means = [stein_kernels.stein_row_means(s, x, kernel=kernel, bandwidth=h,
+                                                   block_size=block) for block in blocks]
+        ustat = stein_kernels.ksd_ustat(s, x, kernel=kernel, bandwidth=h, block_size=3)
+        cross = stein_kernels.stein_kernel_cross(s[:4], x[:4], s[4:], x[4:], kernel=kernel,
+                                                 bandwidth=h)
+        # distances are translation invariant; the centring keeps float32 accurate far from 0
+        return matrix(x), row_means, ustat, cross, matrix(x + 50.0)
+
+    full, row_means, ustat, cross, shifted = forms(s, x)
+    # the references from the full matrix, in float64
+    off = np.asarray(full, dtype=np.float64)
+    np.fill_diagonal(off, 0.0)
     rows = off.sum(axis=1) / (n - 1)
-    for block in (None, 1, 4, 50):                     # 4 leaves a padded last block
-        got = stein_kernels.stein_row_means(s, x, kernel=kernel, bandwidth=h, block_size=block)
+    for got in row_means:
         np.testing.assert_allclose(got, rows, rtol=1e-5, atol=1e-6)
-    ustat = stein_kernels.ksd_ustat(s, x, kernel=kernel, bandwidth=h, block_size=3)
     assert float(ustat) == pytest.approx(float(off.sum()) / (n * (n - 1)), rel=1e-5, abs=1e-6)
-    cross = stein_kernels.stein_kernel_cross(s[:4], x[:4], s[4:], x[4:], kernel=kernel, bandwidth=h)
-    np.testing.assert_allclose(cross, full[:4, 4:], rtol=1e-5, atol=1e-6)
-    # distances are translation invariant; the centring keeps float32 accurate far from 0
-    shifted = stein_kernels.stein_kernel_matrix(s, x + 50.0, kernel=kernel, bandwidth=h)
+    np.testing.assert_allclose(cross, np.asarray(full)[:4, 4:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(shifted, full, rtol=1e-3, atol=1e-3)
 
 
@@ -121,16 +147,21 @@ def test_gram_form_equals_the_pairwise_ustat_and_its_gradient(kernel):
     pairwise sum, in value and in its gradient in the scores, for data far from the origin."""
     rng = np.random.default_rng(7)
     n, h = 57, 1.3
-    x = jnp.asarray(rng.normal(size=(n, 3)) * 2.0 + 40.0, dtype=float)
-    s = jnp.asarray(rng.normal(size=(n, 3)), dtype=float)
-    gram = stein_kernels.stein_gram(x, kernel=kernel, bandwidth=h)
-    assert float(jnp.max(jnp.abs(jnp.diag(gram.weights)))) == 0.0
+    x = _floats(rng.normal(size=(n, 3)) * 2.0 + 40.0)
+    s = _floats(rng.normal(size=(n, 3)))
 
-    def pairwise(scores):
-        return stein_kernels.ksd_ustat(scores, x, kernel=kernel, bandwidth=h, block_size=5)
+    @jax.jit
+    def both_forms(s, x):
+        # the Gram pieces and both values and gradients as one program, not one per operation
+        def pairwise(scores):
+            return stein_kernels.ksd_ustat(scores, x, kernel=kernel, bandwidth=h, block_size=5)
 
-    value, grad = jax.value_and_grad(lambda sc: stein_kernels.gram_ustat(sc, gram))(s)
-    expected, expected_grad = jax.value_and_grad(pairwise)(s)
+        gram = stein_kernels.stein_gram(x, kernel=kernel, bandwidth=h)
+        return (gram, jax.value_and_grad(lambda sc: stein_kernels.gram_ustat(sc, gram))(s),
+                jax.value_and_grad(pairwise)(s))
+
+    gram, (value, grad), (expected, expected_grad) = both_forms(s, x)
+    assert float(np.max(np.abs(np.diag(gram.weights)))) == 0.0
     # float32 sums of n² terms of size O(1): agreement to ~1e-5 of the terms' scale
     assert float(value) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
@@ -146,10 +177,10 @@ def test_ustat_is_jittable_and_differentiable_in_theta(kernel):
     same U-statistic assembled by nested autodiff."""
     rng = np.random.default_rng(3)
     n, h = 40, 1.1
-    x = jnp.asarray(rng.normal(size=(n, 2)), dtype=float)
+    x = _floats(rng.normal(size=(n, 2)))
     u = _autodiff_stein(kernel, h)
     pair = jax.vmap(jax.vmap(u, in_axes=(None, None, 0, 0)), in_axes=(0, 0, None, None))
-    mask = 1.0 - jnp.eye(n)
+    mask = 1.0 - np.eye(n, dtype=x.dtype)
 
     def closed(mu):
         return stein_kernels.ksd_ustat(-(x - mu), x, kernel=kernel, bandwidth=h, block_size=16)
@@ -159,7 +190,7 @@ def test_ustat_is_jittable_and_differentiable_in_theta(kernel):
         s = -(x - mu)
         return jnp.sum(pair(s, x, s, x) * mask) / (n * (n - 1))
 
-    mu = jnp.array([0.3, -0.2])
+    mu = _floats([0.3, -0.2])
     np.testing.assert_allclose(jax.jit(closed)(mu), reference(mu), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(jax.jit(jax.grad(closed))(mu), jax.jit(jax.grad(reference))(mu),
                                rtol=1e-4, atol=1e-6)
@@ -187,16 +218,13 @@ def test_stein_identity_null_and_alternative():
     n = 2000
     rng = np.random.default_rng(5)
     x0 = rng.multivariate_normal(mean, np.linalg.inv(prec), size=n)
-    # one program per kernel, not dozens of eager operations
-    kernel_matrix = jax.jit(stein_kernels.stein_kernel_matrix, static_argnames="kernel")
     for shift, null in ((0.0, True), (0.5, False)):
         x = x0 + np.array([shift, 0.0])
         h = stein_kernels.median_bandwidth(x)
         scores = -(x - mean) @ prec
         for kernel in KERNELS:
-            full = np.asarray(kernel_matrix(
-                jnp.asarray(scores, dtype=float), jnp.asarray(x, dtype=float),
-                kernel=kernel, bandwidth=h), dtype=np.float64)
+            full = np.asarray(stein_kernel_matrix(_floats(scores), _floats(x), kernel=kernel,
+                                                  bandwidth=h), dtype=np.float64)
             np.fill_diagonal(full, 0.0)
             ustat = full.sum() / (n * (n - 1))
             assert un.stein.ksd(model, None, x, kernel=kernel) == pytest.approx(

@@ -1,4 +1,12 @@
-"""The unrolled Threefry hash gives jax.random's draws bit for bit, in both counter layouts."""
+"""The unrolled Threefry hash gives jax.random's draws bit for bit, in both counter layouts.
+
+Most comparisons run both sides in one ``jax.jit`` program, as the samplers call the hash: run
+outside jit, every operation of the unrolled rounds compiled a program of its own for each new
+shape. ``test_fold_in_matches_jax`` keeps the plain calls (as do the module's doctests). A
+layout set around a call of a jitted function is part of the key JAX caches its programs by.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +18,39 @@ from unnorm import threefry
 KEYS = [jax.random.key(0), jax.random.key(1), jax.random.key(2**31 + 12345)]
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "partitionable"))
+def uniform_with_layout_and_jax(key, minval, maxval, *, shape, partitionable):
+    """``threefry.uniform`` told the layout ``partitionable`` (whatever JAX's setting) and
+    ``jax.random.uniform`` in that layout, float32 draws in ``[minval, maxval)``: one
+    program."""
+    with jax.threefry_partitionable(partitionable):
+        theirs = jax.random.uniform(key, shape, jnp.float32, minval, maxval)
+    ours = threefry.uniform(key, shape, jnp.float32, minval, maxval,
+                            partitionable=partitionable)
+    return ours, theirs
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def uniform_and_jax(key, *, shape):
+    """``threefry.uniform`` and ``jax.random.uniform`` with their defaults, in JAX's current
+    layout: one program."""
+    return threefry.uniform(key, shape), jax.random.uniform(key, shape)
+
+
+@functools.partial(jax.jit, static_argnames="num")
+def split_and_jax(key, *, num):
+    """The key data of ``threefry.split`` and ``jax.random.split`` in JAX's current layout:
+    one program."""
+    return (jax.random.key_data(threefry.split(key, num)),
+            jax.random.key_data(jax.random.split(key, num)))
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def normal_and_jax(key, *, shape):
+    """``threefry.normal`` and ``jax.random.normal`` in JAX's current layout: one program."""
+    return threefry.normal(key, shape), jax.random.normal(key, shape)
+
+
 @pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("data", [0, 1, 7, 2**31 + 5, 2**32 - 1])
 def test_fold_in_matches_jax(key, data):
@@ -19,10 +60,16 @@ def test_fold_in_matches_jax(key, data):
 
 def test_fold_in_matches_jax_under_jit_and_vmap():
     keys = jax.random.split(jax.random.key(3), 4)
-    steps = jnp.arange(5)
-    ours = jax.jit(jax.vmap(lambda k: jax.vmap(lambda i: threefry.fold_in(k, i))(steps)))(keys)
-    theirs = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(steps))(keys)
-    np.testing.assert_array_equal(jax.random.key_data(ours), jax.random.key_data(theirs))
+    steps = np.arange(5, dtype=np.int32)
+
+    @jax.jit
+    def ours_and_jax(keys):
+        # both sides in one program, not jax.random's side one operation at a time
+        ours = jax.vmap(lambda k: jax.vmap(lambda i: threefry.fold_in(k, i))(steps))(keys)
+        theirs = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(steps))(keys)
+        return jax.random.key_data(ours), jax.random.key_data(theirs)
+
+    np.testing.assert_array_equal(*ours_and_jax(keys))
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
@@ -30,9 +77,8 @@ def test_fold_in_matches_jax_under_jit_and_vmap():
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 1.0), (2.5, 3.0)])
 def test_uniform_matches_jax(partitionable, shape, bounds):
     key = jax.random.key(11)
-    with jax.threefry_partitionable(partitionable):
-        theirs = jax.random.uniform(key, shape, jnp.float32, *bounds)
-    ours = threefry.uniform(key, shape, jnp.float32, *bounds, partitionable=partitionable)
+    ours, theirs = uniform_with_layout_and_jax(key, *bounds, shape=shape,
+                                               partitionable=partitionable)
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     np.testing.assert_array_equal(ours, theirs)
 
@@ -41,8 +87,7 @@ def test_uniform_follows_the_current_layout():
     key = jax.random.key(5)
     for partitionable in (True, False):
         with jax.threefry_partitionable(partitionable):
-            np.testing.assert_array_equal(threefry.uniform(key, (9,)),
-                                          jax.random.uniform(key, (9,)))
+            np.testing.assert_array_equal(*uniform_and_jax(key, shape=(9,)))
 
 
 def test_other_generators_go_to_jax_random():
@@ -64,7 +109,8 @@ def test_legacy_keys_and_other_dtypes_go_to_jax_random():
 
 def test_uniform_draws_are_uniform():
     # 10^5 draws: the mean within 4 SE (1/sqrt(12 n)) of 1/2, every draw in [0, 1)
-    draws = np.asarray(threefry.uniform(jax.random.key(8), (100_000,), partitionable=False))
+    draws = np.asarray(jax.jit(lambda k: threefry.uniform(k, (100_000,), partitionable=False))(
+        jax.random.key(8)))
     assert draws.min() >= 0.0 and draws.max() < 1.0
     assert abs(draws.mean() - 0.5) < 4 / np.sqrt(12 * draws.size)
 
@@ -74,8 +120,7 @@ def test_uniform_draws_are_uniform():
 def test_split_matches_jax(partitionable, num):
     key = jax.random.key(13)
     with jax.threefry_partitionable(partitionable):
-        np.testing.assert_array_equal(jax.random.key_data(threefry.split(key, num)),
-                                      jax.random.key_data(jax.random.split(key, num)))
+        np.testing.assert_array_equal(*split_and_jax(key, num=num))
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
@@ -83,8 +128,7 @@ def test_split_matches_jax(partitionable, num):
 def test_normal_matches_jax(partitionable, shape):
     key = jax.random.key(17)
     with jax.threefry_partitionable(partitionable):
-        np.testing.assert_array_equal(jax.jit(lambda k: threefry.normal(k, shape))(key),
-                                      jax.random.normal(key, shape))
+        np.testing.assert_array_equal(*normal_and_jax(key, shape=shape))
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
