@@ -53,10 +53,11 @@ def format_params(params: Mapping[str, Any], limit: int = 6) -> str:
 
 def _as_float_array(leaf: Any) -> jax.Array:
     """``jnp.asarray(leaf, dtype=float)``, cast by NumPy where the leaf is on the host: the
-    same rounding, without the conversion program a device cast compiles per shape."""
+    same rounding, without the conversion program a device cast compiles per shape, and sent
+    over by a plain transfer (``jnp.asarray`` of a NumPy array also compiles one per shape)."""
     if isinstance(leaf, jax.Array):  # tracers included
         return jnp.asarray(leaf, dtype=float)
-    return jnp.asarray(np.asarray(leaf, dtype=jnp.result_type(float)))
+    return jax.device_put(np.asarray(leaf, dtype=jnp.result_type(float)))
 
 
 @jax.jit
