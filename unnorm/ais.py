@@ -429,13 +429,6 @@ def _paced_scan(one_temperature, carry, xs, count):
     """``lax.scan(one_temperature, carry, xs)`` over the first ``count`` entries of ``xs``
     only: ``count`` is traced, so one program serves every count (:mod:`unnorm.pacing`).
     Returns the carry and the per-temperature statistic (0 past ``count``)."""
-    length = xs[0].shape[0]
-    stat_shape = jax.eval_shape(lambda c: one_temperature(c, tuple(a[0] for a in xs))[1], carry)
-    stats = jnp.zeros((length, *stat_shape.shape), stat_shape.dtype)
-
-    def one_temperature_stored(index, state):
-        carry, stats = state
-        carry, stat = one_temperature(carry, tuple(a[index] for a in xs))
-        return carry, stats.at[index].set(stat)
-
-    return jax.lax.fori_loop(0, count, one_temperature_stored, (carry, stats))
+    return pacing.stored_loop(
+        lambda carry, index: one_temperature(carry, tuple(a[index] for a in xs)), carry, count,
+        length=xs[0].shape[0])

@@ -239,14 +239,7 @@ def _train_chunk_impl(train: TrainState, data, key, start, count, num_steps, max
         )
         return train, jnp.where(finite, loss, jnp.nan)
 
-    def one_step_stored(i, carry):
-        train, losses = carry
-        train, loss = one_step(train, i)
-        return train, losses.at[i].set(loss)
-
-    loss_dtype = jax.eval_shape(lambda t: one_step(t, 0)[1], train).dtype
-    losses = jnp.full((length,), jnp.nan, dtype=loss_dtype)
-    return jax.lax.fori_loop(0, count, one_step_stored, (train, losses))
+    return pacing.stored_loop(one_step, train, count, length, fill=jnp.nan)
 
 
 _TRAIN_CHUNK_STATIC = ("model", "objective", "optimizer", "batch_size", "length", "num_rows",

@@ -30,8 +30,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+from jax.extend.core import jaxpr_as_fun
+
 __all__ = ["TARGET_SECONDS", "FIRST_STEPS", "GROWTH", "Pace", "next_count", "timed",
-           "interrupted"]
+           "interrupted", "stored_loop"]
 
 #: the wall time a compiled call is paced to: an interrupt waits at most about this long
 #: (twice it where a step's time varies within a run)
@@ -74,3 +78,46 @@ def interrupted(err: KeyboardInterrupt, where: str) -> KeyboardInterrupt:
     """A ``KeyboardInterrupt`` saying where a run stopped, with ``err``'s traceback: raise it
     ``from None`` in place of ``err``."""
     return KeyboardInterrupt(f"interrupted {where}").with_traceback(err.__traceback__)
+
+
+def stored_loop(step: Callable, carry, count, length: int, fill=0):
+    """``count`` iterations (traced, at most ``length``) of ``carry, out = step(carry, i)`` for
+    ``i = 0, 1, …``, inside a traced function: the loop of a paced compiled chunk. Each
+    iteration's ``out`` (a PyTree of arrays) is stored at index ``i`` of buffers of ``length``
+    rows, the rows past ``count`` left at ``fill``. Returns ``(carry, buffers)``.
+
+    ``step`` is traced once. The buffers' shapes are those of its outputs, which tracing it
+    gives; the jaxpr of that trace is then replayed as the loop's body instead of tracing
+    ``step`` a second time inside the loop. A second trace cost as much again: for a vmapped
+    NUTS step (whose tree-building loops JAX batches again at each trace) as much as XLA's
+    compilation of the whole chunk.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> from unnorm import pacing
+    >>> def chunk(x, count):
+    ...     return pacing.stored_loop(lambda c, i: (c + 1.0, c * 2.0), x, count, length=4)
+    >>> carry, doubled = jax.jit(chunk)(jnp.zeros(2), 3)
+    >>> doubled[:, 0].tolist()
+    [0.0, 2.0, 4.0, 0.0]
+    """
+    # traced at the loop index's own type (count's: fori_loop's index takes it), so that the
+    # replayed program is the one the loop would have traced
+    closed, shapes = jax.make_jaxpr(step, return_shape=True)(carry, count)
+    replay = jaxpr_as_fun(closed)
+    out_tree = jax.tree_util.tree_structure(shapes)
+    out_shapes = shapes[1]
+    buffers = jax.tree_util.tree_map(
+        lambda shape: jnp.full((length, *shape.shape), fill, shape.dtype), out_shapes)
+
+    def stored(index, state):
+        carry, buffers = state
+        carry, out = jax.tree_util.tree_unflatten(
+            out_tree, replay(*jax.tree_util.tree_leaves((carry, index))))
+        buffers = jax.tree_util.tree_map(
+            lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, index, 0),
+            buffers, out)
+        return carry, buffers
+
+    return jax.lax.fori_loop(0, count, stored, (carry, buffers))

@@ -121,21 +121,10 @@ def _run_chunk_impl(model: Model, spec: Kernel, params, chain_keys, states, star
         diverged = jnp.any(infos.is_divergent, axis=0)
         return states, jax.vmap(record)(states, info, diverged)
 
-    def one_draw_stored(index, carry):
-        states, outputs = carry
-        states, out = one_draw_all_chains(states, index)
-        outputs = jax.tree_util.tree_map(
-            lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, index, 0),
-            outputs, out)
-        return states, outputs
-
     # A loop over draws with the chains vmapped inside: the draws are stored as (draw, chain,
     # ...) with no transposition on the device; the caller swaps the axes of the NumPy array
     # (a view, not a copy). Its trip count is traced: one program serves every count.
-    shapes = jax.eval_shape(lambda s: one_draw_all_chains(s, 0)[1], states)
-    outputs = jax.tree_util.tree_map(lambda s: jnp.zeros((length, *s.shape), s.dtype), shapes)
-    states, (positions, stats) = jax.lax.fori_loop(0, count, one_draw_stored,
-                                                   (states, outputs))
+    states, (positions, stats) = pacing.stored_loop(one_draw_all_chains, states, count, length)
     # Discrete kernels only ever write one of the support's two values: no pass over the draws
     # (the rows past count hold zeros, which are finite).
     finite = jnp.array(True) if model.support.is_discrete else jnp.all(jnp.isfinite(positions))
