@@ -45,23 +45,30 @@ _PARITY = np.uint32(0x1BD11BDA)
 
 
 def _rotate_left(word: jax.Array, distance: int) -> jax.Array:
-    return (word << np.uint32(distance)) | (word >> np.uint32(32 - distance))
+    return jax.lax.bitwise_or(jax.lax.shift_left(word, np.uint32(distance)),
+                              jax.lax.shift_right_logical(word, np.uint32(32 - distance)))
 
 
 def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)`` under the key
     ``key_words`` (two uint32 words): five groups of four mix rounds, each group followed by a
-    key injection."""
+    key injection.
+
+    Written in ``jax.lax``'s operations: the hash's hundred-odd operations are traced again
+    under every transformation of the code that draws (a vmap over chains, the derivatives of
+    a loss with per-row noise), and a ``jax.numpy`` operator costs several times a ``lax``
+    one to trace; the program is the same."""
+    add, xor = jax.lax.add, jax.lax.bitwise_xor
     k0, k1 = key_words[0], key_words[1]
-    schedule = (k0, k1, k0 ^ k1 ^ _PARITY)
-    x0 = x0 + schedule[0]
-    x1 = x1 + schedule[1]
+    schedule = (k0, k1, xor(xor(k0, k1), _PARITY))
+    x0 = add(x0, schedule[0])
+    x1 = add(x1, schedule[1])
     for group in range(5):
         for distance in _ROTATIONS[group % 2]:
-            x0 = x0 + x1
-            x1 = _rotate_left(x1, distance) ^ x0
-        x0 = x0 + schedule[(group + 1) % 3]
-        x1 = x1 + schedule[(group + 2) % 3] + np.uint32(group + 1)
+            x0 = add(x0, x1)
+            x1 = xor(_rotate_left(x1, distance), x0)
+        x0 = add(x0, schedule[(group + 1) % 3])
+        x1 = add(add(x1, schedule[(group + 2) % 3]), np.uint32(group + 1))
     return x0, x1
 
 

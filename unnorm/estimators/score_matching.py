@@ -160,6 +160,10 @@ def _objective(term: Callable, resample: bool, uses_noise: bool) -> Objective:
         return NoiseState(jax.random.fold_in(key, 0x5EED))
 
     def terms(params, state, batch, key):
+        if not uses_noise:
+            # no keys to draw: their hashes would be traced under every derivative of the
+            # loss only for XLA to remove them
+            return jax.vmap(term, in_axes=(None, 0, None))(params, batch.x, None)
         keys = observation_keys(state.noise_key, batch, key, resample)
         return jax.vmap(term, in_axes=(None, 0, 0))(params, batch.x, keys)
 
