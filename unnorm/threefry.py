@@ -49,15 +49,17 @@ def _rotate_left(word: jax.Array, distance: int) -> jax.Array:
                               jax.lax.shift_right_logical(word, np.uint32(32 - distance)))
 
 
+@jax.jit
 def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)`` under the key
     ``key_words`` (two uint32 words): five groups of four mix rounds, each group followed by a
     key injection.
 
-    Written in ``jax.lax``'s operations: the hash's hundred-odd operations are traced again
-    under every transformation of the code that draws (a vmap over chains, the derivatives of
-    a loss with per-row noise), and a ``jax.numpy`` operator costs several times a ``lax``
-    one to trace; the program is the same."""
+    Jitted, so that its hundred-odd operations are traced once per shape: code that draws is
+    traced under vmaps over chains and derivatives of losses with per-row noise, and each of
+    its traces then binds one call, whose vmapped and differentiated forms JAX also keeps,
+    instead of tracing every operation again. XLA inlines the call: the compiled program is
+    the one the operations written in place give."""
     add, xor = jax.lax.add, jax.lax.bitwise_xor
     k0, k1 = key_words[0], key_words[1]
     schedule = (k0, k1, xor(xor(k0, k1), _PARITY))
