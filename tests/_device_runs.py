@@ -10,7 +10,8 @@ several processes only when each calls ``jax.distributed.initialize``, so the sh
 * ``python _device_runs.py process <id> <port>``, twice: two processes joined over 127.0.0.1
   (gloo collectives), each holding half the rows of one global array, fit every estimator of
   the tests, then sample with the default run's samplers and run AIS over both processes'
-  devices.
+  devices. Process 1 paces its compiled loops to fewer steps a call than process 0 would
+  (:func:`_uneven_paces`): every paced loop must follow process 0's counts.
 
 One child (one pair) serves all the tests of a file: a JAX start and the compilation of each
 program happen once. The sizes are the smallest that reach every code path (an odd row count
@@ -539,6 +540,7 @@ def _process_main(process_id: int, port: int) -> dict:
 
     _lower_split_minimum()
     process, count = jax.process_index(), jax.process_count()
+    _uneven_paces(process)
     assert count == 2 and len(jax.devices()) == 2, jax.devices()
     model, recorder = _model(), _Recorder()
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -578,6 +580,23 @@ def _process_main(process_id: int, port: int) -> dict:
     out["samplers"] = _sample_on_processes()
     out["ais"] = _ais()
     return out
+
+
+def _uneven_paces(process: int) -> None:
+    """Make process 1 pace its compiled loops (:mod:`unnorm.pacing`) to fewer steps a call than
+    process 0: the processes' own timings differ, most under load, and every paced loop must
+    run the calls process 0 chose, or the partitioned programs' calls stop matching and the
+    processes wait on each other for ever."""
+    from unnorm import pacing
+
+    if process == 0:
+        return
+    own = pacing.next_count
+
+    def next_count(last, remaining, capacity, *args, **kwargs):
+        return max(1, own(last, remaining, capacity, *args, **kwargs) // 3)
+
+    pacing.next_count = next_count
 
 
 def _sample_on_processes() -> dict:

@@ -42,7 +42,7 @@ from .estimators import Batch, Estimator, Objective, objective_params, resolve
 from .improper import warn_energy_sign
 from .model import Model, check_finite_energies, format_params
 from .result import FitResult
-from .samplers.devices import host_array
+from .samplers.devices import from_first_process, host_array
 from .trust_region import trust_region_newton
 from .uncertainty import (
     delta_method,
@@ -1001,12 +1001,18 @@ def _optimize(model, objective, optimizer, theta0, est_state, data, key, num_ste
             model=model, objective=objective, optimizer=optimizer, batch_size=batch_size,
             length=length, num_rows=data.num_rows if data.padded else None)
     chunk_data = data.array if sharded else data
+    spans_processes = sharded and not data.array.is_fully_addressable
     with tqdm(total=num_steps, disable=_checks.progress_disabled(progress_bar),
               desc=f"fit {estimator_name}", leave=False) as bar:
         try:
             while done < num_steps:
                 block_end = min(done - done % length + length, num_steps)
                 count = pacing.next_count(pace, block_end - done, length)
+                if spans_processes:
+                    # every process runs as many steps a call as process 0: the chunk is
+                    # one partitioned program, whose calls and trip counts must agree on
+                    # all of them (each one's own pace could differ under load, and hang)
+                    count = int(from_first_process(np.int32(count)))
 
                 def call(train=train, done=done, count=count):
                     # streamed: the rows the steps draw, the in-memory fit's rows for this key
