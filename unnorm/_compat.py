@@ -7,16 +7,16 @@ else in unnorm calls the functions here and never branches on the version itself
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import arviz as az
 import numpy as np
-import xarray as xr
 
 __all__ = [
     "ARVIZ_MAJOR",
-    "InferenceData",
+    "InferenceData",  # noqa: F822 - built on first use, by __getattr__
     "from_netcdf",
     "is_inference_data",
     "to_inference_data",
@@ -25,36 +25,61 @@ __all__ = [
     "pareto_khat",
 ]
 
-ARVIZ_MAJOR = int(az.__version__.split(".")[0])
+# ArviZ (with xarray, pandas and matplotlib) is imported where it is first used, not with
+# unnorm: a fit that samples nothing never needs it, and its import is a second or more of a
+# fresh process's start (benchmarks/README.md). The installed line is read from the package's
+# metadata, which imports nothing.
+ARVIZ_MAJOR = int(importlib.metadata.version("arviz").split(".")[0])
 
-if ARVIZ_MAJOR >= 1:
-    from arviz_base import make_attrs as _make_attrs
 
-    InferenceData = xr.DataTree
+def __getattr__(name: str) -> Any:
+    if name == "InferenceData":
+        return _inference_data_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def _psislw(log_weights: np.ndarray):
+
+@functools.cache
+def _inference_data_type() -> type:
+    """``az.InferenceData`` on ArviZ 0.2x, ``xarray.DataTree`` on ArviZ 1.x."""
+    if ARVIZ_MAJOR >= 1:
+        import xarray as xr
+
+        return xr.DataTree
+    import arviz as az
+
+    return az.InferenceData
+
+
+def _psislw(log_weights: np.ndarray):
+    if ARVIZ_MAJOR >= 1:
         from arviz_stats.base import array_stats
 
         return array_stats.psislw(log_weights)
+    import arviz as az
 
-    def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
-        return _make_attrs(dict(attrs or {}), sample_dims=("chain", "draw"))
+    return az.psislw(log_weights)
 
-    def _assemble(groups: dict):
+
+def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
+    if ARVIZ_MAJOR >= 1:
+        from arviz_base import make_attrs
+
+        return make_attrs(dict(attrs or {}), sample_dims=("chain", "draw"))
+    from arviz.data.base import make_attrs
+
+    return make_attrs(dict(attrs or {}))
+
+
+def _assemble(groups: dict):
+    # ArviZ itself, on both lines: what a user's ``import arviz`` would have set up (its
+    # xarray accessors and options) is in place for the data it gets
+    import arviz as az
+
+    if ARVIZ_MAJOR >= 1:
+        import xarray as xr
+
         return xr.DataTree.from_dict(groups)
-else:
-    from arviz.data.base import make_attrs as _make_attrs
-
-    InferenceData = az.InferenceData
-
-    def _psislw(log_weights: np.ndarray):
-        return az.psislw(log_weights)
-
-    def _group_attrs(attrs: Mapping[str, Any] | None) -> dict:
-        return _make_attrs(dict(attrs or {}))
-
-    def _assemble(groups: dict):
-        return az.InferenceData(**groups)
+    return az.InferenceData(**groups)
 
 
 def to_inference_data(
@@ -83,6 +108,8 @@ def to_inference_data(
 def _dataset(variables: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None,
              dims: Mapping[str, Sequence[str]] | None = None,
              coords: Mapping[str, Sequence] | None = None):
+    import xarray as xr
+
     arrays = {name: np.asarray(value) for name, value in variables.items()}
     dims, coords = dims or {}, coords or {}
     first = next(iter(arrays.values()))
@@ -101,13 +128,16 @@ def _dataset(variables: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | Non
 
 def is_inference_data(obj: Any) -> bool:
     """True for what :func:`to_inference_data` returns under the installed ArviZ."""
-    return isinstance(obj, InferenceData)
+    return isinstance(obj, _inference_data_type())
 
 
 def rhat_and_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalized split R-hat and bulk ESS of every coordinate of ``(chain, draw, ...)``
     draws, flattened over the event dims. Coordinates constant across all draws give NaN."""
     import warnings
+
+    import arviz as az
+    import xarray as xr
 
     arr = np.asarray(draws, dtype=float)
     flat = arr.reshape(arr.shape[0], arr.shape[1], -1)
@@ -126,6 +156,8 @@ def to_netcdf(idata, path) -> None:
 
 def from_netcdf(path):
     """Read what :func:`to_netcdf` wrote, as the installed ArviZ's InferenceData."""
+    import arviz as az
+
     return az.from_netcdf(str(path))
 
 
