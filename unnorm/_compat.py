@@ -16,7 +16,6 @@ import numpy as np
 
 __all__ = [
     "ARVIZ_MAJOR",
-    "InferenceData",  # noqa: F822 - built on first use, by __getattr__
     "from_netcdf",
     "is_inference_data",
     "to_inference_data",
@@ -30,12 +29,6 @@ __all__ = [
 # fresh process's start (benchmarks/README.md). The installed line is read from the package's
 # metadata, which imports nothing.
 ARVIZ_MAJOR = int(importlib.metadata.version("arviz").split(".")[0])
-
-
-def __getattr__(name: str) -> Any:
-    if name == "InferenceData":
-        return _inference_data_type()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
