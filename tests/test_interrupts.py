@@ -98,6 +98,30 @@ def test_next_count_grows_and_shrinks_with_the_time_of_the_last_call():
     assert pacing.next_count(pacing.Pace(2, 30.0), 1000, 1000) == 1
 
 
+
+def test_stored_loop_traces_its_step_once_and_fills_the_rows_past_the_count():
+    traces = []
+
+    def step(carry, index):
+        traces.append(index)
+        total = carry + index
+        return total, {"total": total, "index": index.astype(np.int8)}
+
+    def chunk(start, count):
+        return pacing.stored_loop(step, start, count, length=5, fill=-1)
+
+    carry, out = jax.jit(chunk)(np.float32(10.0), 3)
+    assert len(traces) == 1
+    assert float(carry) == 13.0  # 10 + 0 + 1 + 2
+    np.testing.assert_array_equal(out["total"], [10.0, 11.0, 13.0, -1.0, -1.0])
+    np.testing.assert_array_equal(out["index"], [0, 1, 2, -1, -1])
+    assert out["index"].dtype == np.int8
+    # the same program for another count: nothing traced again
+    carry, out = jax.jit(chunk)(np.float32(0.0), 5)
+    assert float(carry) == 10.0 and out["total"][-1] == 10.0
+    assert len(traces) == 1
+
+
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import jax, numpy as np, optax
