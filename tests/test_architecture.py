@@ -4,6 +4,7 @@ another module's private names."""
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "unnorm"
 
 
+@functools.cache
 def _modules() -> dict[str, pathlib.Path]:
     modules = {}
     for path in ROOT.rglob("*.py"):
@@ -20,22 +22,26 @@ def _modules() -> dict[str, pathlib.Path]:
     return modules
 
 
-def _imports(modules: dict[str, pathlib.Path]):
-    """(module, imported module, imported names) for every module-level relative import."""
-    for module, path in modules.items():
+@functools.cache
+def _imports() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(module, imported module, imported names) for every module-level relative import;
+    parsed once, since each module's test below reads them all."""
+    found = []
+    for module, path in _modules().items():
         package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
         for node in ast.parse(path.read_text()).body:
             if not (isinstance(node, ast.ImportFrom) and node.level):
                 continue
             base = package.split(".")[: len(package.split(".")) - node.level + 1]
             target = ".".join(base + ([node.module] if node.module else []))
-            yield module, target, [alias.name for alias in node.names]
+            found.append((module, target, tuple(alias.name for alias in node.names)))
+    return tuple(found)
 
 
 def test_module_level_imports_have_no_cycle():
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
-    for module, target, names in _imports(modules):
+    for module, target, names in _imports():
         submodules = [f"{target}.{name}" for name in names if f"{target}.{name}" in modules]
         # `from . import x` imports the submodule x; `from .x import y` imports module x
         edges = submodules if len(submodules) == len(names) else [target, *submodules]
@@ -61,7 +67,7 @@ def test_module_level_imports_have_no_cycle():
 @pytest.mark.parametrize("module", sorted(_modules()))
 def test_no_private_name_is_imported_from_another_module(module):
     modules = _modules()
-    private = [f"{target}.{name}" for source, target, names in _imports(modules)
+    private = [f"{target}.{name}" for source, target, names in _imports()
                if source == module for name in names
                # private modules (_checks, _compat, _xla) are imported whole; their functions
                # are public within the package
