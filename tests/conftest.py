@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 _LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
@@ -63,6 +65,29 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 def pytest_sessionfinish(session, exitstatus):
     if not _KEEP:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+#: Test files whose tests share no module-level state: pytest-xdist may hand out their tests
+#: one by one. The documentation's pages and modules (``-m docs``) are all in one file, which
+#: ``--dist loadfile`` would otherwise run on one worker while the others wait.
+_SPLIT_FILES = ("tests/test_docs.py",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (the default options in ``pyproject.toml``), but with the tests of
+    ``_SPLIT_FILES`` handed out one at a time."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.split("::", 1)[0] in _SPLIT_FILES:
+                return nodeid
+            return super()._split_scope(nodeid)
+
+    return _FileScheduling(config, log)
 
 
 def pytest_xdist_auto_num_workers(config):
