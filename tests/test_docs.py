@@ -24,14 +24,17 @@ the library's source, and calls that change process-wide settings, never to save
 
 The pages' blocks and the docstrings' examples carry the ``docs`` mark: about three and a half
 minutes of CPU together, which the default ``pytest`` (held to four minutes on two cores) leaves
-out; ``pytest -m docs`` runs them, and so does CI (``.ci/run``), after the default run. The
+out; ``pytest -m docs`` runs them, and so does CI (``.ci/run``), after the default run.
+pytest-xdist hands out each page and each module to whichever worker is free
+(``tests/conftest.py``), not the whole file to one worker as it does other files. The
 site's ``--strict`` build and the checks of the output-matching rules run by default. Examples
 are written at small sizes: a few hundred draws, four chains, data of a few hundred to a few
 thousand rows, optimizer runs of hundreds of steps. Nearly all of their cost is compiling
 programs, so they also reuse shapes: the blocks of a page and the examples of the modules
 share model shapes, chain counts and data sizes where the example allows it, and the test
 session's persistent compilation cache (``tests/conftest.py``) then serves a program that an
-earlier page or module compiled. A block runs as written; what it prints is what is checked.
+earlier page or module compiled on the same worker. A block runs as written; what it prints is
+what is checked.
 """
 
 from __future__ import annotations
