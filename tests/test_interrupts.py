@@ -98,7 +98,6 @@ def test_next_count_grows_and_shrinks_with_the_time_of_the_last_call():
     assert pacing.next_count(pacing.Pace(2, 30.0), 1000, 1000) == 1
 
 
-
 def test_stored_loop_traces_its_step_once_and_fills_the_rows_past_the_count():
     traces = []
 
