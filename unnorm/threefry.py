@@ -180,6 +180,11 @@ def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:
     high_key, low_key = split(key)
     high = _bits_32(high_key, size, partitionable).reshape(shape)
     low = _bits_32(low_key, size, partitionable).reshape(shape)
+    if not partitionable:
+        # the classic layout's two halves fused with the remainders below make one kernel
+        # that jaxlib 0.12's CPU emitters compile many times slower than the two kernels
+        # apart (benchmarks/README.md, "The test suite"); the draws are the same
+        high, low = jax.lax.optimization_barrier((high, low))
     span = np.uint32(maxval - minval)
     # JAX's "2^32 mod span" as (2^16 mod span)² mod span, the square wrapping in uint32 as
     # JAX's does (which makes it 0, not 2^32 mod span, for spans of 2^16 and more)
