@@ -17,11 +17,14 @@ session (the workers inherit the answer); ``UNNORM_TEST_XLA_EMITTERS=new`` keeps
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +66,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
 def pytest_sessionfinish(session, exitstatus):
+    _write_durations(session.config)
     if not _KEEP:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
@@ -73,13 +77,57 @@ def pytest_sessionfinish(session, exitstatus):
 _SPLIT_FILES = ("tests/test_docs.py",)
 
 
+#: Each test file's seconds in a default run (setup, call and teardown of its tests, summed),
+#: written by ``UNNORM_TEST_DURATIONS=write python -m pytest``. pytest-xdist hands out whole
+#: files in collection order, and a long file handed out last keeps one worker busy while the
+#: others wait; the files are therefore collected longest first (files not listed last, in
+#: their own order). Stale seconds only make that order less good.
+_DURATIONS = Path(__file__).with_name("durations.json")
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def _file_seconds() -> dict[str, float]:
+    if not _FILE_SECONDS and _DURATIONS.exists():
+        _FILE_SECONDS.update(json.loads(_DURATIONS.read_text()))
+    return _FILE_SECONDS
+
+
+def pytest_collection_modifyitems(config, items):
+    seconds = _file_seconds()
+    # a stable sort: each file's tests keep their order; every worker sorts alike, so
+    # pytest-xdist still sees one collection
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+
+
+#: this session's seconds per file, kept only when writing ``durations.json``
+_RUN_SECONDS: collections.Counter = collections.Counter()
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("UNNORM_TEST_DURATIONS") == "write":
+        _RUN_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def _write_durations(config) -> None:
+    """The files run in this session replace their entries in ``durations.json``."""
+    if os.environ.get("UNNORM_TEST_DURATIONS") != "write" or hasattr(config, "workerinput"):
+        return
+    seconds = dict(_file_seconds())
+    seconds.update({name: round(total, 1) for name, total in _RUN_SECONDS.items()})
+    ordered = dict(sorted(seconds.items(), key=lambda entry: -entry[1]))
+    _DURATIONS.write_text(json.dumps(ordered, indent=1) + "\n")
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` (the default options in ``pyproject.toml``), but with the tests of
-    ``_SPLIT_FILES`` handed out one at a time."""
+    ``_SPLIT_FILES`` handed out one at a time, and the files in collection order (longest
+    first, ``_DURATIONS``) rather than pytest-xdist's default of most tests first."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False
 
     class _FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
