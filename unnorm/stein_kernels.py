@@ -76,7 +76,10 @@ def kernel_profile(kernel: str, q: jax.Array, bandwidth) -> tuple[jax.Array, jax
         return phi, d1, d2
     if kernel == "rbf":
         phi = jnp.exp(-q / (2.0 * h2))
-        return phi, -phi / (2.0 * h2), (phi / (2.0 * h2)) / (2.0 * h2)
+        # a product of two quotients, as for "imq": XLA rewrites a quotient of a quotient,
+        # (φ / 2h²) / 2h², as φ / 4h⁴, whose h⁴ underflows float32 for h below about 1e-10
+        # (jaxlib 0.12.1), and φ'' of every pair whose kernel has underflowed is then 0/0
+        return phi, -phi / (2.0 * h2), (0.5 / h2) * (phi / (2.0 * h2))
     raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, KERNELS))}.")
 
 
@@ -171,7 +174,10 @@ def _cross(sa, xa, sb, xb, kernel: str, bandwidth) -> jax.Array:
     mixed = (xa @ sb.T + sa @ xb.T
              - jnp.sum(sa * xa, axis=1)[:, None] - jnp.sum(sb * xb, axis=1)[None, :])
     phi, d1, d2 = kernel_profile(kernel, q, bandwidth)
-    return phi * (sa @ sb.T) + 2.0 * d1 * mixed - 4.0 * d2 * q - 2.0 * d * d1
+    u = phi * (sa @ sb.T) + 2.0 * d1 * mixed - 4.0 * d2 * q - 2.0 * d * d1
+    # every term vanishes with the kernel: where it has underflowed to 0 the pair gives 0,
+    # whatever XLA's reassociation of the factors 1/h² makes of 0 · (1/h⁴) for tiny h
+    return jnp.where(phi > 0.0, u, 0.0)
 
 
 def stein_kernel_cross(
