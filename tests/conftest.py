@@ -83,20 +83,21 @@ _SPLIT_FILES = ("tests/test_docs.py",)
 #: others wait; the files are therefore collected longest first (files not listed last, in
 #: their own order). Stale seconds only make that order less good.
 _DURATIONS = Path(__file__).with_name("durations.json")
-_FILE_SECONDS: dict[str, float] = {}
 
 
-def _file_seconds() -> dict[str, float]:
-    if not _FILE_SECONDS and _DURATIONS.exists():
-        _FILE_SECONDS.update(json.loads(_DURATIONS.read_text()))
-    return _FILE_SECONDS
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _recorded_seconds() -> dict[str, float]:
+    return json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
 
 
 def pytest_collection_modifyitems(config, items):
-    seconds = _file_seconds()
+    seconds = _recorded_seconds()
     # a stable sort: each file's tests keep their order; every worker sorts alike, so
     # pytest-xdist still sees one collection
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+    items.sort(key=lambda item: -seconds.get(_file_of(item.nodeid), 0.0))
 
 
 #: this session's seconds per file, kept only when writing ``durations.json``
@@ -105,14 +106,14 @@ _RUN_SECONDS: collections.Counter = collections.Counter()
 
 def pytest_runtest_logreport(report):
     if os.environ.get("UNNORM_TEST_DURATIONS") == "write":
-        _RUN_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+        _RUN_SECONDS[_file_of(report.nodeid)] += report.duration
 
 
 def _write_durations(config) -> None:
     """The files run in this session replace their entries in ``durations.json``."""
     if os.environ.get("UNNORM_TEST_DURATIONS") != "write" or hasattr(config, "workerinput"):
         return
-    seconds = dict(_file_seconds())
+    seconds = _recorded_seconds()
     seconds.update({name: round(total, 1) for name, total in _RUN_SECONDS.items()})
     ordered = dict(sorted(seconds.items(), key=lambda entry: -entry[1]))
     _DURATIONS.write_text(json.dumps(ordered, indent=1) + "\n")
@@ -131,7 +132,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class _FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.split("::", 1)[0] in _SPLIT_FILES:
+            if _file_of(nodeid) in _SPLIT_FILES:
                 return nodeid
             return super()._split_scope(nodeid)
 
