@@ -7,7 +7,7 @@ inside a sampler's own loop that inner loop ran several separately launched XLA 
 step, more than the arithmetic of a Gibbs sweep, and a DSM training step of a small MLP ran four
 such loops (benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011,
 "Parallel random numbers: as easy as 1, 2, 3", Threefry-2x32 with 20 rounds) as straight-line
-array code, which XLA fuses with its consumers.
+array code, which XLA compiles as a kernel or two of its own in the caller's program.
 
 Its outputs equal ``jax.random``'s bit for bit, in both of JAX's counter layouts
 (``jax.threefry_partitionable``), so every draw is what ``jax.random`` would
@@ -58,9 +58,16 @@ def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.
     Jitted, so that its hundred-odd operations are traced once per shape: code that draws is
     traced under vmaps over chains and derivatives of losses with per-row noise, and each of
     its traces then binds one call, whose vmapped and differentiated forms JAX also keeps,
-    instead of tracing every operation again. XLA inlines the call: the compiled program is
-    the one the operations written in place give."""
+    instead of tracing every operation again.
+
+    The hash is fenced off from the code around it (``jax.lax.optimization_barrier`` on its
+    inputs and outputs): XLA then compiles it as kernels of its own, computed once, rather
+    than fusing its hundred-odd operations into each consumer of the draws (a derivative
+    pass over per-row noise has many) and compiling them again in every such fusion. The
+    draws are the same; the compile times are in benchmarks/README.md ("Threefry behind a
+    barrier")."""
     add, xor = jax.lax.add, jax.lax.bitwise_xor
+    key_words, x0, x1 = jax.lax.optimization_barrier((key_words, x0, x1))
     k0, k1 = key_words[0], key_words[1]
     schedule = (k0, k1, xor(xor(k0, k1), _PARITY))
     x0 = add(x0, schedule[0])
@@ -71,7 +78,7 @@ def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.
             x1 = xor(_rotate_left(x1, distance), x0)
         x0 = add(x0, schedule[(group + 1) % 3])
         x1 = add(add(x1, schedule[(group + 2) % 3]), np.uint32(group + 1))
-    return x0, x1
+    return jax.lax.optimization_barrier((x0, x1))
 
 
 def _unrolled(key) -> bool:
@@ -180,11 +187,6 @@ def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:
     high_key, low_key = split(key)
     high = _bits_32(high_key, size, partitionable).reshape(shape)
     low = _bits_32(low_key, size, partitionable).reshape(shape)
-    if not partitionable:
-        # the classic layout's two halves fused with the remainders below make one kernel
-        # that jaxlib 0.12's CPU emitters compile many times slower than the two kernels
-        # apart (benchmarks/README.md, "The test suite"); the draws are the same
-        high, low = jax.lax.optimization_barrier((high, low))
     span = np.uint32(maxval - minval)
     # JAX's "2^32 mod span" as (2^16 mod span)² mod span, the square wrapping in uint32 as
     # JAX's does (which makes it 0, not 2^32 mod span, for spans of 2^16 and more)
