@@ -62,10 +62,9 @@ def _hash_2x32(key_words: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.
 
     The hash is fenced off from the code around it (``jax.lax.optimization_barrier`` on its
     inputs and outputs): XLA then compiles it as kernels of its own, computed once, rather
-    than fusing its operations into each consumer of the draws (a derivative
-    pass over per-row noise has many) and compiling them again in every such fusion. The
-    draws are the same; the compile times are in benchmarks/README.md ("Threefry behind a
-    barrier")."""
+    than fusing its operations into each consumer of the draws (a derivative pass over
+    per-row noise has many) and compiling them again in every such fusion. The draws are
+    the same; the compile times are in benchmarks/README.md ("Threefry behind a barrier")."""
     add, xor = jax.lax.add, jax.lax.bitwise_xor
     key_words, x0, x1 = jax.lax.optimization_barrier((key_words, x0, x1))
     k0, k1 = key_words[0], key_words[1]
