@@ -42,6 +42,9 @@ def assert_rows(result: dict, benchmarks: set[str]) -> None:
     assert result["environment"]["backend"] == "cpu"
 
 
+# the quick runs below are commands benchmarks/README.md documents, each a fresh process that
+# compiles its programs anew: they run with the documentation's checks (-m docs)
+@pytest.mark.docs
 def test_gpu_script_quick_run_on_cpu(tmp_path):
     # a sampler's row (one chain: the smallest ESS behind a check) and an estimator's with
     # keyed noise; every compilation costs seconds, so the slow test below runs the others
@@ -111,6 +114,7 @@ def assert_finite_positive(row: dict, keys: tuple[str, ...]) -> None:
         assert isinstance(value, (int, float)) and np.isfinite(value) and value > 0, (key, row)
 
 
+@pytest.mark.docs
 def test_scaling_chains_quick(tmp_path):
     result = run_scaling_quick("chains", tmp_path / "scaling.json")
     rows = result["rows"]

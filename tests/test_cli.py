@@ -17,6 +17,9 @@ import unnorm as un
 from unnorm import cli
 
 
+# The README's first command: every estimator, sampler and log Z method of the library compiled
+# once more (a minute or more of CPU), so it runs with the documentation's checks (-m docs)
+@pytest.mark.docs
 def test_demo_runs_every_estimator_and_sampler_and_writes_its_folder(tmp_path, capsys):
     folder = tmp_path / "demo"
     assert cli.main(["demo", "--quick", "--out", str(folder)]) == 0

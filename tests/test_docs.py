@@ -22,7 +22,9 @@ Three checks:
 A block is not run when the line before it is ``<!-- docs-test: skip (reason) -->``: excerpts of
 the library's source, and calls that change process-wide settings, never to save time.
 
-The pages' blocks and the docstrings' examples carry the ``docs`` mark: about three and a half
+The pages' blocks and the docstrings' examples carry the ``docs`` mark, as do the commands the
+pages document that compile much of the library anew in one test (the README's ``unnorm demo``
+in ``tests/test_cli.py``, the benchmarks' quick runs in ``tests/test_benchmarks.py``): about five
 minutes of CPU together, which the default ``pytest`` (held to four minutes on two cores) leaves
 out; ``pytest -m docs`` runs them, and so does CI (``.ci/run``), after the default run.
 pytest-xdist hands out each page and each module to whichever worker is free
