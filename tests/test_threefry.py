@@ -73,7 +73,7 @@ def test_fold_in_matches_jax_under_jit_and_vmap():
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
-@pytest.mark.parametrize("shape", [(1,), (7,), (100,), (3, 5), (2, 3, 4)])
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (100,), (3, 5), (2, 3, 4)])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 1.0), (2.5, 3.0)])
 def test_uniform_matches_jax(partitionable, shape, bounds):
     key = jax.random.key(11)

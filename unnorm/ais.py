@@ -313,7 +313,7 @@ def _init_continuous(model: Model, params, chain_keys, loc, scale):
     log_f = unconstrained_logdensity(model, params)
 
     def one(key):
-        u = loc + scale * jax.random.normal(jax.random.fold_in(key, 0), loc.shape, loc.dtype)
+        u = loc + scale * threefry.normal(threefry.fold_in(key, 0), loc.shape, loc.dtype)
         value, grad = jax.value_and_grad(log_f)(u)
         return u, value, grad
 

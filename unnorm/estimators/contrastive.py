@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .. import _checks
+from .. import _checks, threefry
 from ..model import Model
 from ..newton import constrained_jacobian
 from ..samplers import chains as chain_runner
@@ -71,7 +71,7 @@ def _noise_starts(support, key, num: int) -> jax.Array:
     if support.is_discrete:
         lo, hi = support.values
         return jnp.where(jax.random.bernoulli(key, 0.5, shape), hi, lo).astype(dtype)
-    return jax.random.uniform(key, shape, dtype, minval=-2.0, maxval=2.0)
+    return threefry.uniform(key, shape, dtype, minval=-2.0, maxval=2.0)
 
 
 #: gain of the persistent chains' step-size control: after each optimizer step the shared step
@@ -338,12 +338,12 @@ class ChainEstimator(Estimator):
             return x if support.is_discrete else support.transform.inv(x)
 
         def start_chains(positions_u, logdensity_fn, key):
-            keys = jax.random.split(key, positions_u.shape[0])
+            keys = threefry.split(key, positions_u.shape[0])
             return chain_runner.start(spec, positions_u, logdensity_fn, keys)
 
         def run_chains(states, logdensity_fn, key):
             # k steps of every chain at the frozen θ, with the same runner as un.sample
-            chain_keys = jax.random.split(key, jax.tree_util.tree_leaves(states)[0].shape[0])
+            chain_keys = threefry.split(key, jax.tree_util.tree_leaves(states)[0].shape[0])
             states, infos = chain_runner.advance(spec, states, logdensity_fn, chain_keys,
                                                  jnp.arange(k))
             return states, jnp.mean(infos.acceptance_rate)
@@ -351,7 +351,7 @@ class ChainEstimator(Estimator):
         def draw(params, state, batch, key):
             frozen = jax.lax.stop_gradient(params)
             logdensity_fn = unconstrained_logdensity(model, frozen)
-            start_key, run_key = jax.random.split(key)
+            start_key, run_key = threefry.split(key)
             if buffer_size is not None:
                 states, slots = replay_starts(state, logdensity_fn, start_key)
             elif persistent:
@@ -378,9 +378,9 @@ class ChainEstimator(Estimator):
             a random
             entry of the buffer, or with probability ``reinit`` at a fresh noise point, and
             carries the shared step size; its end is written back to the entry it came from."""
-            pick_key, reinit_key, noise_key, init_key = jax.random.split(key, 4)
+            pick_key, reinit_key, noise_key, init_key = threefry.split(key, 4)
             num = jax.tree_util.tree_leaves(state.chains)[0].shape[0]
-            slots = jax.random.randint(pick_key, (num,), 0, buffer_size)
+            slots = threefry.randint(pick_key, (num,), 0, buffer_size)
             fresh = jax.random.bernoulli(reinit_key, reinit, (num,))
             fresh = fresh.reshape(num, *([1] * len(support.event_shape)))
             starts = jnp.where(fresh, _noise_starts(support, noise_key, num),
@@ -413,7 +413,7 @@ class ChainEstimator(Estimator):
             # compiled once per objective: run op by op, a kernel's init compiled a few dozen
             # small programs on a model's first fit
             return start_chains(starts, unconstrained_logdensity(model, params),
-                                jax.random.fold_in(key, 1))
+                                threefry.fold_in(key, 1))
 
         def init(params, key, data):
             if not persistent:

@@ -37,7 +37,7 @@ import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import solve_triangular
 
-from .. import _checks
+from .. import _checks, threefry
 from ..model import Model
 from ..supports import Support
 from ..trust_region import trust_region_newton
@@ -107,7 +107,7 @@ class GaussianNoise(NamedTuple):
         ``MultivariateNormal(loc, scale_tril=L).sample(key, (k,))``, computed as it computes
         them, without building the distribution, whose checks run op by op (a dozen small
         compiled programs for each new shape, even inside ``jit``)."""
-        eps = jax.random.normal(key, (k, self.loc.shape[-1]))
+        eps = threefry.normal(key, (k, self.loc.shape[-1]), jnp.result_type(float))
         return self.loc + jnp.squeeze(jnp.matmul(self.scale_tril, eps[..., None]), axis=-1)
 
 
@@ -183,7 +183,7 @@ def _default_noise(support: Support):
 
         def sample(noise_params, key, k):
             (probs,) = noise_params
-            on = jax.random.uniform(key, (k, probs.size), dtype=probs.dtype) < probs
+            on = threefry.uniform(key, (k, probs.size), probs.dtype) < probs
             return jnp.where(on, high, low).astype(probs.dtype).reshape(k, *shape)
 
         def log_prob(noise_params, x):
@@ -368,7 +368,7 @@ class NCE(Estimator):
             return NCEState(jax.random.fold_in(key, 0x9C3), ())
 
         def start_draws(state, dtype):
-            draw_key = jax.random.split(state.noise_key)[0]
+            draw_key = threefry.split(state.noise_key)[0]
             return sample_noise(state.noise_params, draw_key, START_DRAWS).astype(dtype)
 
         @functools.partial(jax.jit, static_argnums=1)

@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, threefry
 from . import langevin
 from .spec import OPTION_CHECKS, Kernel, SamplerSpec
 
@@ -162,7 +162,7 @@ def anneal(key, start: jax.Array, logdensity_fn: Callable, sigmas: Sequence[floa
     dtype = start.dtype
     levels = jnp.asarray(sigmas, dtype)
     alphas = step_size * (levels / levels[-1]) ** 2
-    keys = jax.random.split(key, len(sigmas))
+    keys = threefry.split(key, len(sigmas))
 
     def one_level(position, level):
         sigma, alpha, level_key = level
@@ -173,7 +173,7 @@ def anneal(key, start: jax.Array, logdensity_fn: Callable, sigmas: Sequence[floa
 
         def one_step(t, carry):
             state, accept_sum, divergent = carry
-            state, info = langevin.ula_step(jax.random.fold_in(level_key, t), state,
+            state, info = langevin.ula_step(threefry.fold_in(level_key, t), state,
                                             level_logdensity, epsilon)
             return state, accept_sum + info.acceptance_rate, divergent | info.is_divergent
 
@@ -195,9 +195,9 @@ def step(key, state: AnnealedLangevinState, logdensity_fn: Callable, sigmas: Seq
     The anneal is rejected as a whole (the chain keeps its previous draw, flagged divergent)
     when its end point's log-density or gradient at σ_L is not finite: a start drawn where the
     energy is not finite stays there, since every move from it is rejected."""
-    start_key, anneal_key = jax.random.split(key)
+    start_key, anneal_key = threefry.split(key)
     origin = state.origin
-    start = origin + sigmas[0] * jax.random.normal(start_key, origin.shape, origin.dtype)
+    start = origin + sigmas[0] * threefry.normal(start_key, origin.shape, origin.dtype)
     final, info = anneal(anneal_key, start, logdensity_fn, sigmas, steps_per_level,
                          state.step_size)
     ok = jnp.isfinite(final.logdensity) & jnp.all(jnp.isfinite(final.logdensity_grad))

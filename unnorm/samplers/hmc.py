@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc import hmc as numpyro_hmc
 
+from .. import threefry
 from . import chain_blocks
 from .spec import Kernel, SamplerSpec, StepCap, option_checks
 
@@ -128,10 +129,10 @@ def build(
         if by_length:
             length = jnp.asarray(trajectory_length, dtype=state.adapt_state.step_size.dtype)
             if jittered:
-                key, key_length = jax.random.split(key)
-                length = length * jax.random.uniform(
-                    key_length, minval=1.0 - jitter, maxval=1.0 + jitter
-                )
+                key, key_length = threefry.split(key)
+                length = length * threefry.uniform(
+                    key_length, (), jnp.result_type(float), minval=1.0 - jitter,
+                    maxval=1.0 + jitter)
             # NumPyro takes ceil(length / step_size) steps: a length of (cap - ½) steps of the
             # adapted size gives exactly cap steps, whatever the rounding of the division
             cap = (max_num_steps - 0.5) * state.adapt_state.step_size

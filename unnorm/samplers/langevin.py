@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .. import threefry
 from .adaptation import adaptive_kernel
 from .draws import noise_and_uniform
 from .spec import SamplerSpec, option_checks
@@ -106,7 +107,7 @@ def ula_step(
     key, state: LangevinState, logdensity_fn: Callable, step_size
 ) -> tuple[LangevinState, LangevinInfo]:
     """One unadjusted Langevin step (eq. 6): always moves, unless the move is not finite."""
-    noise = jax.random.normal(key, state.position.shape, state.position.dtype)
+    noise = threefry.normal(key, state.position.shape, state.position.dtype)
     proposal, finite, _, acceptance = _propose(noise, state, logdensity_fn, step_size)
     return _select(finite, proposal, state), LangevinInfo(acceptance, finite, ~finite)
 

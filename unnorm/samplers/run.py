@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import _checks, _xla, pacing
+from .. import _checks, _xla, pacing, threefry
 from .._compat import to_inference_data
 from ..diagnostics import ConvergenceWarning, warn_convergence, warn_step_cap
 from ..improper import warn_runaway
@@ -55,7 +55,7 @@ def _prepare(model: Model, spec: Kernel, params, key, positions, unconstrained,
     warmup_keys, sampling_keys)``, the points those :func:`_start` takes."""
     num_chains = units.num_chains
     # chain c's keys come from fold_in(key, c) alone: its draws do not depend on num_chains
-    keys = jax.vmap(lambda c: jax.random.split(jax.random.fold_in(key, c), 3))(
+    keys = jax.vmap(lambda c: threefry.split(threefry.fold_in(key, c), 3))(
         jnp.arange(num_chains))
     chain_keys, warmup_keys, sampling_keys = (keys[:, i] for i in range(3))
     support = model.support
