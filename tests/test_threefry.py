@@ -132,6 +132,23 @@ def test_normal_matches_jax(partitionable, shape):
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("p", [0.5, 0.05, np.float32(0.9)])
+def test_bernoulli_and_rademacher_match_jax(partitionable, p):
+    key = jax.random.key(23)
+    with jax.threefry_partitionable(partitionable):
+        ours, theirs = jax.jit(lambda k: (threefry.bernoulli(k, p, (3, 50)),
+                                          jax.random.bernoulli(k, p, (3, 50))))(key)
+        assert ours.dtype == theirs.dtype == bool
+        np.testing.assert_array_equal(ours, theirs)
+        assert 0 < ours.mean() < 1
+        ours, theirs = jax.jit(lambda k: (threefry.rademacher(k, (4, 30), jnp.float32),
+                                          jax.random.rademacher(k, (4, 30), jnp.float32)))(key)
+        assert ours.dtype == theirs.dtype == jnp.float32
+        np.testing.assert_array_equal(ours, theirs)
+        assert set(np.unique(ours)) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
 @pytest.mark.parametrize("bounds", [(0, 3), (0, 2048), (-5, 1000), (10, 11), (0, 65536),
                                     (3, 100_000), (0, 2**31 - 1), (-(2**31), 2**31 - 1)])
 def test_randint_matches_jax(partitionable, bounds):

@@ -383,7 +383,7 @@ def _init_discrete(model: Model, params, chain_keys):
     dtype = jnp.result_type(float)
 
     def one(key):
-        on = jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, shape)
+        on = threefry.bernoulli(threefry.fold_in(key, 0), 0.5, shape)
         x = jnp.where(on, high, low).astype(dtype)
         return x, -model.energy(params, x)
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, threefry
 from .model import Model
 from .stein_kernels import (
     KERNELS,
@@ -221,7 +221,7 @@ def _wild_bootstrap(scores, points, bandwidth, key, kernel: str, num_bootstrap: 
     """``Σ_{i≠j} w_i w_j u_ij`` for the weights ``w = 1`` (the statistic) and ``num_bootstrap``
     Rademacher vectors, one pass over row blocks of the Stein matrix."""
     n = scores.shape[0]
-    eps = jax.random.rademacher(key, (num_bootstrap, n), dtype=scores.dtype)
+    eps = threefry.rademacher(key, (num_bootstrap, n), scores.dtype)
     weights = jnp.concatenate([jnp.ones((1, n), scores.dtype), eps]).T      # (n, 1 + B)
     x = points - jnp.mean(points, axis=0)
     # the (block, n) slab times the (n, 1 + B) weights is one matrix product per block; memory

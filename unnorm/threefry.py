@@ -2,10 +2,11 @@
 
 The samplers draw a key per chain and step (``fold_in``) and a few random numbers from it; the
 fit driver draws a minibatch and the estimators' noise at every step. On the CPU, JAX lowers
-the Threefry hash as a loop of five steps of four rounds, which keeps compile times short;
-inside a sampler's own loop that inner loop ran several separately launched XLA kernels per
-step, more than the arithmetic of a Gibbs sweep, and a DSM training step of a small MLP ran four
-such loops (benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011,
+the Threefry hash as a loop of five steps of four rounds: inside a sampler's own loop that
+inner loop ran several separately launched XLA kernels per step, more than the arithmetic of a
+Gibbs sweep, a DSM training step of a small MLP ran four such loops, and jaxlib 0.12 compiles
+the loop more slowly than the straight-line hash, in every program that draws
+(benchmarks/README.md). This module evaluates the same hash (Salmon et al. 2011,
 "Parallel random numbers: as easy as 1, 2, 3", Threefry-2x32 with 20 rounds) as straight-line
 array code, which XLA compiles as a kernel or two of its own in the caller's program.
 
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["fold_in", "split", "uniform", "normal", "randint"]
+__all__ = ["fold_in", "split", "uniform", "normal", "randint", "bernoulli", "rademacher"]
 
 # The rotation constants of Threefry-2x32 (Salmon et al. 2011, table 4), four rounds each,
 # alternating, and the key-schedule parity constant.
@@ -172,6 +173,19 @@ def normal(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     low = np.nextafter(np.float32(-1.0), np.float32(0.0))
     w = uniform(key, shape, dtype, low, 1.0)
     return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(w)
+
+
+def bernoulli(key, p, shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.bernoulli(key, p, shape)``, bit for bit (JAX's default mode): a uniform
+    draw in ``p``'s floating dtype below ``p``."""
+    dtype = jnp.result_type(p)
+    return uniform(key, shape, dtype) < jnp.asarray(p, dtype)
+
+
+def rademacher(key, shape: tuple[int, ...], dtype) -> jax.Array:
+    """``jax.random.rademacher(key, shape, dtype)``, bit for bit: ``2 b - 1`` for ``b`` a
+    Bernoulli(½) draw."""
+    return (2 * bernoulli(key, 0.5, shape).astype(dtype) - 1).astype(dtype)
 
 
 def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:

@@ -70,7 +70,7 @@ def _noise_starts(support, key, num: int) -> jax.Array:
     dtype = jnp.result_type(float)
     if support.is_discrete:
         lo, hi = support.values
-        return jnp.where(jax.random.bernoulli(key, 0.5, shape), hi, lo).astype(dtype)
+        return jnp.where(threefry.bernoulli(key, 0.5, shape), hi, lo).astype(dtype)
     return threefry.uniform(key, shape, dtype, minval=-2.0, maxval=2.0)
 
 
@@ -381,7 +381,7 @@ class ChainEstimator(Estimator):
             pick_key, reinit_key, noise_key, init_key = threefry.split(key, 4)
             num = jax.tree_util.tree_leaves(state.chains)[0].shape[0]
             slots = threefry.randint(pick_key, (num,), 0, buffer_size)
-            fresh = jax.random.bernoulli(reinit_key, reinit, (num,))
+            fresh = threefry.bernoulli(reinit_key, reinit, (num,))
             fresh = fresh.reshape(num, *([1] * len(support.event_shape)))
             starts = jnp.where(fresh, _noise_starts(support, noise_key, num),
                                state.buffer[slots])

@@ -392,7 +392,7 @@ class SSM(Estimator):
         def term(params, x, key):
             shape = (num, *x.shape)
             if rademacher:
-                vs = jax.random.rademacher(key, shape, dtype=x.dtype)
+                vs = threefry.rademacher(key, shape, x.dtype)
             else:
                 vs = threefry.normal(key, shape, x.dtype)
             energy_x = lambda y: model.energy(params, y)  # noqa: E731
