@@ -356,7 +356,7 @@ def _anneal_continuous(model: Model, params, carry, xs, count, *, chain_keys, lo
                 state, info = langevin.mala_step(k, state, target, step_size)
                 return state, info.acceptance_rate
 
-            keys = jax.random.split(threefry.fold_in(key, step), num_mcmc_steps)
+            keys = threefry.split(threefry.fold_in(key, step), num_mcmc_steps)
             state, accept = jax.lax.scan(mcmc, state, keys)
             v = state.position
             # log f back from γ_β = (1-β) log p0 + β log f (β > 0 at every transition): saves
