@@ -177,15 +177,39 @@ def normal(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
 
 def bernoulli(key, p, shape: tuple[int, ...]) -> jax.Array:
     """``jax.random.bernoulli(key, p, shape)``, bit for bit (JAX's default mode): a uniform
-    draw in ``p``'s floating dtype below ``p``."""
+    draw in ``p``'s floating dtype below ``p``.
+
+    Examples
+    --------
+    >>> import jax, numpy as np
+    >>> from unnorm import threefry
+    >>> key = jax.random.key(0)
+    >>> bool(np.array_equal(threefry.bernoulli(key, 0.3, (8,)),
+    ...                     jax.random.bernoulli(key, 0.3, (8,))))
+    True
+    """
     dtype = jnp.result_type(p)
     return uniform(key, shape, dtype) < jnp.asarray(p, dtype)
 
 
 def rademacher(key, shape: tuple[int, ...], dtype) -> jax.Array:
     """``jax.random.rademacher(key, shape, dtype)``, bit for bit: ``2 b - 1`` for ``b`` a
-    Bernoulli(½) draw."""
-    return (2 * bernoulli(key, 0.5, shape).astype(dtype) - 1).astype(dtype)
+    Bernoulli(½) draw: sliced score matching's random projections (Song & Kingma 2021,
+    eq. 15-17) with ``projection="rademacher"``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from unnorm import threefry
+    >>> key = jax.random.key(0)
+    >>> signs = threefry.rademacher(key, (2, 3), jnp.float32)
+    >>> bool(np.array_equal(signs, jax.random.rademacher(key, (2, 3), jnp.float32)))
+    True
+    >>> sorted(set(np.asarray(signs).ravel().tolist())) in ([-1.0, 1.0], [-1.0], [1.0])
+    True
+    """
+    # the Python 2 and 1 are weakly typed: the result stays in dtype
+    return 2 * bernoulli(key, 0.5, shape).astype(dtype) - 1
 
 
 def randint(key, shape: tuple[int, ...], minval: int, maxval: int) -> jax.Array:
