@@ -4,14 +4,16 @@ The CPU backend shows several devices only when ``XLA_FLAGS`` says so before JAX
 several processes only when each calls ``jax.distributed.initialize``, so the sharded runs of
 ``tests/test_devices.py`` and ``tests/test_fit_devices.py`` happen in children, in float64:
 
-* ``python _device_runs.py devices``: one process with two host devices runs every sampler
-  and estimator of the tests and an AIS run of ``un.log_partition`` twice, on both devices
-  and on one (``devices=1``), and records what each device really held and summed;
+* ``python _device_runs.py devices``: one process with two host devices runs the default
+  run's samplers and estimators twice, on both devices and on one (``devices=1``), and records
+  what each device really held and summed; ``devices extras`` runs KSD's fits and an AIS run
+  of ``un.log_partition`` the same way (the long studies, ``-m slow``);
 * ``python _device_runs.py process <id> <port>``, twice: two processes joined over 127.0.0.1
-  (gloo collectives), each holding half the rows of one global array, fit every estimator of
-  the tests, then sample with the default run's samplers and run AIS over both processes'
-  devices. Process 1 paces its compiled loops to fewer steps a call than process 0 would
-  (:func:`_uneven_paces`): every paced loop must follow process 0's counts.
+  (gloo collectives), each holding half the rows of one global array, fit the default run's
+  estimators; ``process <id> <port> extras`` fits KSD instead, then samples with the default
+  run's samplers and runs AIS over both processes' devices (``-m slow``). Process 1 paces its
+  compiled loops to fewer steps a call than process 0 would (:func:`_uneven_paces`): every
+  paced loop must follow process 0's counts.
 
 One child (one pair) serves all the tests of a file: a JAX start and the compilation of each
 program happen once. The sizes are the smallest that reach every code path (an odd row count
@@ -156,10 +158,12 @@ SAMPLERS = ("gibbs", "mala", "nuts")
 #: fit of those rows is (SM's reference there is its exact solution)
 FIT_RUNS = (("sm", NUM_ROWS, "sharded"), ("sm", NUM_ROWS, "single"),
             ("sm_optimizer", NUM_ROWS, "sharded"),
-            ("ksd", NUM_ROWS, "sharded"), ("ksd", NUM_ROWS, "single"),
             *((name, 2 * PROCESS_ROWS, label) for name in ("ssm", "nce", "pcd")
-              for label in ("sharded", "single")),
-            ("ksd", 2 * PROCESS_ROWS, "single"))
+              for label in ("sharded", "single")))
+#: the fits of ``devices extras`` (``-m slow``): KSD's pairs of rows on both devices and on
+#: one, and on the processes' 300 rows on one device, the reference of their KSD fit
+EXTRA_FIT_RUNS = (("ksd", NUM_ROWS, "sharded"), ("ksd", NUM_ROWS, "single"),
+                  ("ksd", 2 * PROCESS_ROWS, "single"))
 
 
 def _sampler_models():
@@ -282,7 +286,7 @@ def _collectives(compiled_text: str) -> dict:
             for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all")}
 
 
-def _fit_on_devices(library_minimum: int) -> dict:
+def _fit_on_devices(library_minimum: int, fit_runs=FIT_RUNS) -> dict:
     import jax
     import numpy as np
 
@@ -332,7 +336,7 @@ def _fit_on_devices(library_minimum: int) -> dict:
     contrastive.sample_model = recording_sample_model
     restore = _record_chunk_calls(sample_calls)
     out = {}
-    for name, count, label in FIT_RUNS:
+    for name, count, label in fit_runs:
         placed.clear(), chunk_inputs.clear(), recorder.clear(), states.clear()
         sample_calls.clear(), starts.clear()
         running[0] = name
@@ -346,6 +350,7 @@ def _fit_on_devices(library_minimum: int) -> dict:
             "post_fit_starts": list(starts)}
     restore()
     contrastive.sample_model = sample_model
+    sharding.place_rows, sharding.placed_jit = place_rows, placed_jit
     mesh = jax.sharding.Mesh(np.array(jax.devices()), (sharding.ROW_AXIS,))
     # 8 chains are split 4 and 4; 7 stay whole on every device
     out["split_shares"] = {str(num): _shares(sharding.split_chains(
@@ -498,14 +503,18 @@ def _mle_on_devices() -> dict:
 
 
 def _devices_main(samplers) -> dict:
-    """The default run's samplers and fits; with ``samplers`` named, only those samplers (and
-    with ``"mle"`` among them, the MLE fits of :func:`_mle_on_devices`; with ``"ais_gibbs"``,
-    AIS on the spin chain on both devices and on one)."""
+    """The default run's samplers and fits; with ``["extras"]``, KSD's fits and AIS; with
+    ``samplers`` named, only those samplers (and with ``"mle"`` among them, the MLE fits of
+    :func:`_mle_on_devices`; with ``"ais_gibbs"``, AIS on the spin chain on both devices and
+    on one)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     assert len(jax.devices()) == 2, jax.devices()
     library_minimum = _lower_split_minimum()
+    if samplers == ["extras"]:
+        return {"fits": _fit_on_devices(library_minimum, EXTRA_FIT_RUNS),
+                "ais": _ais_on_devices()}
     if samplers:
         out = {"samplers": _sample_on_devices([s for s in samplers
                                                if s not in ("mle", "ais_gibbs")])}
@@ -514,18 +523,19 @@ def _devices_main(samplers) -> dict:
         if "ais_gibbs" in samplers:
             out["ais_gibbs"] = {"sharded": _gibbs_ais(), "single": _gibbs_ais(devices=1)}
         return out
-    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(library_minimum),
-            "ais": _ais_on_devices()}
+    return {"samplers": _sample_on_devices(SAMPLERS), "fits": _fit_on_devices(library_minimum)}
 
 
 # ---- two processes ------------------------------------------------------------------------------
 
 #: "<name>": the global array; "sm/host": every process passes all the rows as a NumPy array,
 #: which the fit splits over the processes' devices itself
-PROCESS_FITS = ("sm", "ssm", "nce", "pcd", "ksd", "sm/host")
+PROCESS_FITS = ("sm", "ssm", "nce", "pcd", "sm/host")
+#: the fits of ``process <id> <port> extras`` (``-m slow``)
+EXTRA_PROCESS_FITS = ("ksd",)
 
 
-def _process_main(process_id: int, port: int) -> dict:
+def _process_main(process_id: int, port: int, extras: bool = False) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -571,14 +581,15 @@ def _process_main(process_id: int, port: int) -> dict:
         return call
 
     sharding.placed_jit = recording_jit
-    for name in PROCESS_FITS:
+    for name in EXTRA_PROCESS_FITS if extras else PROCESS_FITS:
         estimator, _, host = name.partition("/")
         recorder.clear(), states.clear()
         out[name] = {**_fit(model, estimator, rows if host else spanning), **recorder.rows(),
                      "states": sorted({tuple(shares) for shares in states})}
     sharding.placed_jit = placed_jit
-    out["samplers"] = _sample_on_processes()
-    out["ais"] = _ais()
+    if extras:
+        out["samplers"] = _sample_on_processes()
+        out["ais"] = _ais()
     return out
 
 
@@ -694,10 +705,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_on_two_processes() -> list[Child]:
-    """The two processes, started (process 0 first); :func:`results` waits for them."""
+def start_on_two_processes(extras: bool = False) -> list[Child]:
+    """The two processes, started (process 0 first); :func:`results` waits for them. With
+    ``extras``, they run the long studies' fits, samplings and AIS instead of the default
+    run's fits."""
     port = str(_free_port())
-    return [_start(["process", str(i), port], _child_env(1, None)) for i in range(2)]
+    return [_start(["process", str(i), port, *(["extras"] if extras else [])],
+                   _child_env(1, None)) for i in range(2)]
 
 
 def stop(children: list[Child]) -> None:
@@ -731,5 +745,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "devices":
         result = _devices_main(sys.argv[2:])
     else:
-        result = _process_main(int(sys.argv[2]), int(sys.argv[3]))
+        result = _process_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:] == ["extras"])
     print("RESULT " + json.dumps(result))

@@ -5,7 +5,9 @@ several processes only when each calls ``jax.distributed.initialize``, so the sh
 happen in children (``tests/_device_runs.py``), in float64, started together once for the
 module: one process with two host devices, which runs each sampler and estimator on both
 devices and on one, and two processes joined over 127.0.0.1 (gloo), each holding half the
-rows of one global array. Every test reads its part of their results.
+rows of one global array. Every test reads its part of their results. KSD's fits, AIS and
+sampling over two processes run in a second child and pair of their own, started only for
+the long studies (``-m slow``).
 
 A sharded run must equal the single-device run of the same inputs: sampled draws bit for
 bit (each chain's keys are its own whatever the device count), fits and AIS estimates within
@@ -54,6 +56,36 @@ def two_devices(children) -> dict:
 @pytest.fixture(scope="module")
 def two_processes(children) -> list[dict]:
     return runs.results(children["processes"])
+
+
+@pytest.fixture(scope="module")
+def extra_children():
+    """The child and the two processes of the long studies: KSD's fits, AIS, and sampling
+    over two processes."""
+    started = {"devices": [runs.start_on_two_devices(
+                   ("extras",), cache_dir=jax.config.jax_compilation_cache_dir)],
+               "processes": runs.start_on_two_processes(extras=True)}
+    yield started
+    runs.stop(started["devices"] + started["processes"])
+
+
+@pytest.fixture(scope="module")
+def extra_devices(extra_children) -> dict:
+    return runs.results(extra_children["devices"])[0]
+
+
+@pytest.fixture(scope="module")
+def extra_processes(extra_children) -> list[dict]:
+    return runs.results(extra_children["processes"])
+
+
+def _device_fits(request, name: str) -> dict:
+    """The two-device child's fits, from the long studies' child for KSD."""
+    return request.getfixturevalue("extra_devices" if name == "ksd" else "two_devices")["fits"]
+
+
+#: KSD's cases run with the long studies (their child of their own)
+KSD = pytest.param("ksd", marks=pytest.mark.slow)
 
 
 #: PCD's standard errors come from a MALA sampling of the fitted model, whose step-size
@@ -133,7 +165,7 @@ def test_other_samplers_draw_alike_on_two_devices():
 # ---- fitting on two devices ---------------------------------------------------------------------
 
 def _rows(name: str) -> int:
-    return next(count for fit, count, _ in runs.FIT_RUNS if fit == name)
+    return next(count for fit, count, _ in runs.FIT_RUNS + runs.EXTRA_FIT_RUNS if fit == name)
 
 
 @pytest.mark.parametrize("name, stages", [
@@ -141,12 +173,13 @@ def _rows(name: str) -> int:
     ("ssm", ["closed form", "sandwich"]),
     ("nce", ["newton", "sandwich"]),
     ("pcd", ["optimizer", "likelihood sandwich from model draws"]),
-    ("ksd", ["newton", "U-statistic sandwich"]),
+    pytest.param("ksd", ["newton", "U-statistic sandwich"], marks=pytest.mark.slow),
 ])
-def test_sharded_fit_equals_the_single_device_fit(two_devices, name, stages):
+def test_sharded_fit_equals_the_single_device_fit(request, name, stages):
     count = _rows(name)
-    sharded = two_devices["fits"][f"{name}/{count}/sharded"]
-    single = two_devices["fits"][f"{name}/{count}/single"]
+    fits = _device_fits(request, name)
+    sharded = fits[f"{name}/{count}/sharded"]
+    single = fits[f"{name}/{count}/single"]
     assert sharded["stages"] == single["stages"] == stages
     _assert_close(sharded, single, PCD_STDERR_RTOL if name == "pcd" else 1e-5)
 
@@ -164,11 +197,11 @@ def test_score_matching_is_its_exact_solution(two_devices, run, stages):
     _assert_close(fitted, runs.score_matching_truth(runs.data()))
 
 
-@pytest.mark.parametrize("name", ["sm", "sm_optimizer", "ssm", "nce", "pcd", "ksd"])
-def test_sharded_fit_splits_the_rows(two_devices, name):
+@pytest.mark.parametrize("name", ["sm", "sm_optimizer", "ssm", "nce", "pcd", KSD])
+def test_sharded_fit_splits_the_rows(request, name):
     count = _rows(name)
     half = -(-count // 2)  # 301 rows: padded to 302, 151 on each device
-    sharded = two_devices["fits"][f"{name}/{count}/sharded"]
+    sharded = _device_fits(request, name)[f"{name}/{count}/sharded"]
     assert sharded["placed"] == [{"shard": half, "padded": 2 * half, "rows": count,
                                   "devices": 2}]
     # every full-data pass sums the rows of one device: the per-row estimators' blocks, or
@@ -182,11 +215,11 @@ def test_sharded_fit_splits_the_rows(two_devices, name):
     assert bool(sharded["chunk_inputs"]) == optimizer
 
 
-@pytest.mark.parametrize("name", ["sm", "ksd"])
-def test_single_device_fit_places_nothing(two_devices, name):
+@pytest.mark.parametrize("name", ["sm", KSD])
+def test_single_device_fit_places_nothing(request, name):
     # devices=1 is the single-device fit: nothing placed, SM's passes over all 301 rows, KSD's
     # pairs read from its kernel matrix
-    single = two_devices["fits"][f"{name}/{runs.NUM_ROWS}/single"]
+    single = _device_fits(request, name)[f"{name}/{runs.NUM_ROWS}/single"]
     assert single["placed"] == [] and single["chunk_inputs"] == [] and single["pair_rows"] == []
     assert single["summed_rows"] == ([runs.NUM_ROWS] if name == "sm" else [])
 
@@ -263,8 +296,9 @@ def _assert_same_estimate(found: dict, single: dict) -> None:
         np.testing.assert_allclose(found[field], single[field], rtol=1e-5, atol=0)
 
 
-def test_sharded_ais_equals_the_single_device_run(two_devices):
-    sharded, single = two_devices["ais"]["sharded"], two_devices["ais"]["single"]
+@pytest.mark.slow
+def test_sharded_ais_equals_the_single_device_run(extra_devices):
+    sharded, single = extra_devices["ais"]["sharded"], extra_devices["ais"]["single"]
     _assert_same_estimate(sharded, single)
     assert sharded["stderr"] > 0.01  # weights that vary: the comparison has something to see
     # 7 chains and 8 pilot chains: 15, padded to 16, half on each device in every call; one
@@ -306,10 +340,10 @@ def test_each_process_holds_half_of_a_global_array(two_processes):
         assert "split over its rows along a one-dimensional mesh" in second
 
 
-@pytest.mark.parametrize("name", [name for name in runs.PROCESS_FITS if "/" not in name])
-def test_fit_over_two_processes_equals_the_single_process_fit(two_processes, two_devices,
-                                                              name):
-    first, second = (result[name] for result in two_processes)
+@pytest.mark.parametrize("name", [*(name for name in runs.PROCESS_FITS if "/" not in name), KSD])
+def test_fit_over_two_processes_equals_the_single_process_fit(request, name):
+    processes = request.getfixturevalue("extra_processes" if name == "ksd" else "two_processes")
+    first, second = (result[name] for result in processes)
     # every process gets the same result, and it is the fit of all the rows in one process
     # on one device
     assert first["params"] == second["params"] and first["stderr"] == second["stderr"]
@@ -319,7 +353,7 @@ def test_fit_over_two_processes_equals_the_single_process_fit(two_processes, two
         single = {**runs.score_matching_truth(runs.data()[:rows]),
                   "stages": ["closed form", "sandwich"]}
     else:
-        single = two_devices["fits"][f"{name}/{rows}/single"]
+        single = _device_fits(request, name)[f"{name}/{rows}/single"]
     assert first["stages"] == single["stages"]
     _assert_close(first, single, PCD_STDERR_RTOL if name == "pcd" else 1e-5)
     # PCD's 8 chains: 4 on each process's device after every compiled chunk
@@ -341,10 +375,11 @@ def test_rows_every_process_holds_whole_are_split_alike(two_processes):
 
 # ---- sampling over two processes ----------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", runs.SAMPLERS)
-def test_sampling_over_two_processes_equals_the_single_device_run(two_processes, two_devices,
+def test_sampling_over_two_processes_equals_the_single_device_run(extra_processes, two_devices,
                                                                    sampler):
-    first, second = (result["samplers"][sampler] for result in two_processes)
+    first, second = (result["samplers"][sampler] for result in extra_processes)
     single = two_devices["samplers"][sampler]["single"]
     size = runs.SAMPLER_SIZES[sampler]
     assert np.shape(first["x"])[:2] == (size["num_chains"], size["num_samples"])
@@ -356,9 +391,10 @@ def test_sampling_over_two_processes_equals_the_single_device_run(two_processes,
     assert first["stats"] == second["stats"] == single["stats"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", runs.SAMPLERS)
-def test_each_process_runs_the_chains_of_its_own_device(two_processes, sampler):
-    first, second = (result["samplers"][sampler]["calls"] for result in two_processes)
+def test_each_process_runs_the_chains_of_its_own_device(extra_processes, sampler):
+    first, second = (result["samplers"][sampler]["calls"] for result in extra_processes)
     assert first and second
     own = [{d for call in calls for d in call["local_devices"]} for calls in (first, second)]
     # one device each, not the same one
@@ -380,10 +416,11 @@ def test_each_process_runs_the_chains_of_its_own_device(two_processes, sampler):
             assert call["chains"] == 4 and call["draws"] == 0.5 and call["states"] == 0.5
 
 
-def test_ais_over_two_processes_equals_the_single_device_run(two_processes, two_devices):
-    first, second = (result["ais"] for result in two_processes)
+@pytest.mark.slow
+def test_ais_over_two_processes_equals_the_single_device_run(extra_processes, extra_devices):
+    first, second = (result["ais"] for result in extra_processes)
     assert (first["estimate"], first["stderr"]) == (second["estimate"], second["stderr"])
-    _assert_same_estimate(first, two_devices["ais"]["single"])
+    _assert_same_estimate(first, extra_devices["ais"]["single"])
     # one partitioned program called in step, each process annealing its device's half
     assert len(first["calls"]) == len(second["calls"])
     own = [{d for call in result["calls"] for d in call["local_devices"]}
@@ -394,9 +431,10 @@ def test_ais_over_two_processes_equals_the_single_device_run(two_processes, two_
         assert call["chains"] == 16 and call["positions"] == 0.5
 
 
-def test_a_device_count_naming_another_process_device_is_refused(two_processes):
+@pytest.mark.slow
+def test_a_device_count_naming_another_process_device_is_refused(extra_processes):
     # devices=1 names jax.devices()[0], process 0's device: process 1 has nothing to run
-    first, second = (result["samplers"]["count_error"] for result in two_processes)
+    first, second = (result["samplers"]["count_error"] for result in extra_processes)
     assert first is None
     assert second.startswith("devices must include a device of this process (process 1 of 2")
 
