@@ -2,7 +2,8 @@
 
 Most comparisons run both sides in one ``jax.jit`` program, as the samplers call the hash: run
 outside jit, every operation of the unrolled rounds compiled a program of its own for each new
-shape. ``test_fold_in_matches_jax`` keeps the plain calls (as do the module's doctests). A
+shape. Each layout's cases (shapes, bounds, counts) share one program, which returns every
+pair. ``test_fold_in_matches_jax`` keeps the plain calls (as do the module's doctests). A
 layout set around a call of a jitted function is part of the key JAX caches its programs by.
 """
 
@@ -18,16 +19,31 @@ from unnorm import threefry
 KEYS = [jax.random.key(0), jax.random.key(1), jax.random.key(2**31 + 12345)]
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "partitionable"))
-def uniform_with_layout_and_jax(key, minval, maxval, *, shape, partitionable):
-    """``threefry.uniform`` told the layout ``partitionable`` (whatever JAX's setting) and
-    ``jax.random.uniform`` in that layout, float32 draws in ``[minval, maxval)``: one
-    program."""
-    with jax.threefry_partitionable(partitionable):
-        theirs = jax.random.uniform(key, shape, jnp.float32, minval, maxval)
-    ours = threefry.uniform(key, shape, jnp.float32, minval, maxval,
-                            partitionable=partitionable)
-    return ours, theirs
+UNIFORM_SHAPES = [(), (1,), (7,), (100,), (3, 5), (2, 3, 4)]
+UNIFORM_BOUNDS = [(0.0, 1.0), (-1.0, 1.0), (2.5, 3.0)]
+
+
+@functools.partial(jax.jit, static_argnames="partitionable")
+def uniform_cases_with_layout_and_jax(key, *, partitionable):
+    """For every shape and bounds of the cases, ``threefry.uniform`` told the layout
+    ``partitionable`` (whatever JAX's setting) and ``jax.random.uniform`` in that layout,
+    float32 draws in ``[minval, maxval)``: one program."""
+    pairs = {}
+    for shape in UNIFORM_SHAPES:
+        for minval, maxval in UNIFORM_BOUNDS:
+            with jax.threefry_partitionable(partitionable):
+                theirs = jax.random.uniform(key, shape, jnp.float32, minval, maxval)
+            ours = threefry.uniform(key, shape, jnp.float32, minval, maxval,
+                                    partitionable=partitionable)
+            pairs[f"{shape} in [{minval}, {maxval})"] = (ours, theirs)
+    return pairs
+
+
+def _assert_pairs_equal(pairs: dict) -> None:
+    """Each case's draws, ours and JAX's, of one dtype and shape and equal bit for bit."""
+    for case, (ours, theirs) in pairs.items():
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, case
+        np.testing.assert_array_equal(ours, theirs, err_msg=case)
 
 
 @functools.partial(jax.jit, static_argnames="shape")
@@ -37,18 +53,21 @@ def uniform_and_jax(key, *, shape):
     return threefry.uniform(key, shape), jax.random.uniform(key, shape)
 
 
-@functools.partial(jax.jit, static_argnames="num")
-def split_and_jax(key, *, num):
-    """The key data of ``threefry.split`` and ``jax.random.split`` in JAX's current layout:
-    one program."""
-    return (jax.random.key_data(threefry.split(key, num)),
-            jax.random.key_data(jax.random.split(key, num)))
+@jax.jit
+def splits_and_jax(key):
+    """The key data of ``threefry.split`` and ``jax.random.split`` in JAX's current layout,
+    into 1, 2, 3 and 5 keys: one program."""
+    return {f"{num} keys": (jax.random.key_data(threefry.split(key, num)),
+                            jax.random.key_data(jax.random.split(key, num)))
+            for num in (1, 2, 3, 5)}
 
 
-@functools.partial(jax.jit, static_argnames="shape")
-def normal_and_jax(key, *, shape):
-    """``threefry.normal`` and ``jax.random.normal`` in JAX's current layout: one program."""
-    return threefry.normal(key, shape), jax.random.normal(key, shape)
+@jax.jit
+def normals_and_jax(key):
+    """``threefry.normal`` and ``jax.random.normal`` in JAX's current layout, for each shape of
+    the cases: one program."""
+    return {str(shape): (threefry.normal(key, shape), jax.random.normal(key, shape))
+            for shape in ((1,), (7,), (256, 2), (2, 3, 4))}
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -73,14 +92,10 @@ def test_fold_in_matches_jax_under_jit_and_vmap():
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
-@pytest.mark.parametrize("shape", [(), (1,), (7,), (100,), (3, 5), (2, 3, 4)])
-@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 1.0), (2.5, 3.0)])
-def test_uniform_matches_jax(partitionable, shape, bounds):
-    key = jax.random.key(11)
-    ours, theirs = uniform_with_layout_and_jax(key, *bounds, shape=shape,
-                                               partitionable=partitionable)
-    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-    np.testing.assert_array_equal(ours, theirs)
+def test_uniform_matches_jax(partitionable):
+    pairs = uniform_cases_with_layout_and_jax(jax.random.key(11), partitionable=partitionable)
+    assert len(pairs) == len(UNIFORM_SHAPES) * len(UNIFORM_BOUNDS)
+    _assert_pairs_equal(pairs)
 
 
 def test_uniform_follows_the_current_layout():
@@ -116,19 +131,15 @@ def test_uniform_draws_are_uniform():
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
-@pytest.mark.parametrize("num", [1, 2, 3, 5])
-def test_split_matches_jax(partitionable, num):
-    key = jax.random.key(13)
+def test_split_matches_jax(partitionable):
     with jax.threefry_partitionable(partitionable):
-        np.testing.assert_array_equal(*split_and_jax(key, num=num))
+        _assert_pairs_equal(splits_and_jax(jax.random.key(13)))
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
-@pytest.mark.parametrize("shape", [(1,), (7,), (256, 2), (2, 3, 4)])
-def test_normal_matches_jax(partitionable, shape):
-    key = jax.random.key(17)
+def test_normal_matches_jax(partitionable):
     with jax.threefry_partitionable(partitionable):
-        np.testing.assert_array_equal(*normal_and_jax(key, shape=shape))
+        _assert_pairs_equal(normals_and_jax(jax.random.key(17)))
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
@@ -151,13 +162,19 @@ def test_bernoulli_and_rademacher_match_jax(partitionable):
     assert signs.dtype == jnp.float32 and set(np.unique(signs)) == {-1.0, 1.0}
 
 
+RANDINT_BOUNDS = [(0, 3), (0, 2048), (-5, 1000), (10, 11), (0, 65536), (3, 100_000),
+                  (0, 2**31 - 1), (-(2**31), 2**31 - 1)]
+
+
 @pytest.mark.parametrize("partitionable", [True, False])
-@pytest.mark.parametrize("bounds", [(0, 3), (0, 2048), (-5, 1000), (10, 11), (0, 65536),
-                                    (3, 100_000), (0, 2**31 - 1), (-(2**31), 2**31 - 1)])
-def test_randint_matches_jax(partitionable, bounds):
-    key = jax.random.key(19)
+def test_randint_matches_jax(partitionable):
+    # the bounds are Python ints, as the library passes them: each is its own case of the
+    # span's reduction, all in one program
+    @jax.jit
+    def ours_and_jax(key):
+        return {f"[{low}, {high})": (threefry.randint(key, (256,), low, high),
+                                     jax.random.randint(key, (256,), low, high))
+                for low, high in RANDINT_BOUNDS}
+
     with jax.threefry_partitionable(partitionable):
-        ours = jax.jit(lambda k: threefry.randint(k, (256,), *bounds))(key)
-        theirs = jax.random.randint(key, (256,), *bounds)
-    assert ours.dtype == theirs.dtype
-    np.testing.assert_array_equal(ours, theirs)
+        _assert_pairs_equal(ours_and_jax(jax.random.key(19)))
