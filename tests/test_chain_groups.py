@@ -258,7 +258,8 @@ def test_chain_block_is_refused_where_the_kernel_has_its_own_blocks_or_none():
                   chain_block=4)
 
 
-@pytest.mark.parametrize("sampler,options", [("nuts", {}), ("hmc", {}),
+@pytest.mark.parametrize("sampler,options", [pytest.param("nuts", {}, marks=pytest.mark.slow),
+                                             ("hmc", {}),
                                              ("mala", {"chain_block": 4})],
                          ids=["nuts", "hmc", "mala-blocks-of-4"])
 def test_gradient_based_draws_do_not_depend_on_chains_method_or_cores(sampler, options,

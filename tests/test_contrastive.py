@@ -130,6 +130,7 @@ def test_the_trend_rule_calls_settled_iterates_settled_and_a_trend_a_trend():
     assert _iterate_trend(np.zeros((1, 2)), np.zeros((2, 2)), steps[:3]) is None
 
 
+@pytest.mark.slow
 def test_a_unit_never_on_is_reported_and_left_out_of_the_convergence_judgement():
     # unit 0 of a 3-unit Boltzmann machine is never on in the data: the likelihood increases
     # without bound as its bias and its two couplings decrease. The other three parameters
@@ -192,8 +193,8 @@ def test_pcd_with_a_replay_buffer_tracks_the_gaussian_mle(gaussian_data):
 
 
 @pytest.mark.parametrize("reinit", [0.0, 1.0])
-@pytest.mark.parametrize("model", [un.models.gaussian(2), un.models.ising_chain(2)],
-                         ids=["mala", "gibbs"])
+@pytest.mark.parametrize("model", [pytest.param(un.models.gaussian(2), marks=pytest.mark.slow),
+                                   un.models.ising_chain(2)], ids=["mala", "gibbs"])
 def test_replay_buffer_step_writes_the_chains_back_where_they_started(model, reinit):
     estimator = un.estimators.PCD(k=2, num_chains=8, buffer_size=50, reinit=reinit)
     objective = estimator.build(model, resample=True)

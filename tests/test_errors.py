@@ -206,7 +206,8 @@ def test_model_that_is_not_a_model():
 
 # ---- NaN mid-run is rejected and counted, never returned ----------------------------------------
 
-@pytest.mark.parametrize("sampler", ["mala", "langevin", "rwmh", "nuts", "hmc"])
+@pytest.mark.parametrize("sampler", ["mala", "langevin", "rwmh", "nuts",
+                                     pytest.param("hmc", marks=pytest.mark.slow)])
 def test_nan_energy_mid_run_is_rejected_and_counted(sampler):
     # Finite on x < 1.5, NaN beyond, and the mode on that edge: proposals keep crossing, and
     # every crossing must be rejected and counted as divergent.

@@ -126,6 +126,7 @@ def _quartic_draws(n: int, seed: int, scale: float = 1.2) -> np.ndarray:
     return np.concatenate(kept)[:n]
 
 
+@pytest.mark.slow
 def test_ksd_recovers_a_double_well():
     x = _quartic_draws(600, 7)
     # the x⁴ and x² coefficients are strongly correlated, which slows Adam at its default rate;
@@ -154,7 +155,7 @@ CURVED = un.Model(_curved_energy, params={"a": jnp.asarray(1.2), "b": jnp.asarra
                   constraints={"a": un.constraints.positive}, support=un.supports.real(2))
 
 
-@pytest.mark.parametrize("kernel", ["imq", "rbf"])
+@pytest.mark.parametrize("kernel", ["imq", pytest.param("rbf", marks=pytest.mark.slow)])
 def test_closed_form_derivatives_match_autodiff(kernel):
     model = CURVED
     x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), dtype=jnp.float32)

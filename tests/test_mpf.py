@@ -63,7 +63,13 @@ def test_the_expected_gradient_vanishes_at_the_truth():
     assert np.max(np.abs(moved["h"])) > 1e-4
 
 
-@pytest.mark.parametrize("case", list(CASES))
+#: the 10-spin lattice and the 3-unit Boltzmann machine with its Gaussian side run with the
+#: long studies (-m slow); the chain and the binary machine check the same by default
+LONG_CASES = ("ising10", "bm3")
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow)
+                                  if case in LONG_CASES else case for case in CASES])
 def test_mpf_recovers_the_truth_and_the_exact_mle(case):
     truth, start, n = CASES[case]
     data = exact_draws(truth, n, seed=11)

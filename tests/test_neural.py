@@ -134,7 +134,8 @@ def fit_and_sample(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, un.Mod
     return data, draws(model, fit.params, seed + 3), model
 
 
-@pytest.mark.parametrize("name", list(ESTIMATORS))
+# DSM's fit of the network with the long studies (-m slow); SSM's checks the same by default
+@pytest.mark.parametrize("name", [pytest.param("dsm", marks=pytest.mark.slow), "ssm"])
 def test_mlp_energy_samples_match_data_moments(name):
     """MLP energy fitted by DSM / SSM on two moons: the moments of its samples match the data's.
 

@@ -66,6 +66,7 @@ def test_the_pacing_of_the_annealing_changes_no_weight(gauss2, monkeypatch):
     assert (threes.estimate, threes.stderr) == (paced.estimate, paced.stderr)
 
 
+@pytest.mark.slow
 def test_gaussian_10d_non_identity_precision():
     prec = random_precision(10, seed=3)
     assert not np.allclose(prec, np.diag(np.diag(prec)))

@@ -93,6 +93,7 @@ def test_gaussian_rbm_free_energy_sums_the_hidden_units_out():
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gaussian_rbm_nuts_matches_the_mixture_moments():
     W = np.array([[1.5, 0.0], [0.8, -1.2]])
     b, c, sigma = np.array([0.0, 0.5]), np.array([-0.5, 0.3]), np.array([1.0, 0.7])
@@ -163,6 +164,7 @@ def test_gaussian_rbm_ssm_fit_recovers_the_density():
     assert abs(_gaussian_rbm_log_lik(fit.params, data) - true_ll) < LOG_LIK_TOLERANCE
 
 
+@pytest.mark.slow
 def test_rbm_nce_fit_recovers_the_density():
     rng = np.random.default_rng(7)
     truth = un.models.rbm(6, 2, W=rng.normal(scale=1.5, size=(6, 2)),

@@ -297,7 +297,8 @@ def test_non_identified_parameters_warn_and_get_nan_standard_errors():
     assert fit.converged  # a minimum of the valley of minima, not a failed Newton run
 
 
-@pytest.mark.parametrize("estimator", ["ksd", "mle", "cd"])
+# MLE's NUTS rounds with the long studies (-m slow); CD checks the draws' covariance by default
+@pytest.mark.parametrize("estimator", ["ksd", pytest.param("mle", marks=pytest.mark.slow), "cd"])
 def test_estimators_with_their_own_covariance_mark_non_identified_parameters(estimator):
     # KSD, MLE and CD/PCD compute their covariance in their own final stage, not in the
     # driver's sandwich: the same check of the Hessian applies to it
@@ -389,6 +390,8 @@ print(json.dumps({
 """
 
 
+# a child process of its own (-m slow); test_improper.py checks the runaway warnings by default
+@pytest.mark.slow
 def test_hmc_on_an_improper_density_ends_with_a_warning():
     import json
     import subprocess

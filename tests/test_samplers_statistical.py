@@ -235,6 +235,8 @@ def test_ill_conditioned_target_is_what_it_claims():
     assert np.abs(off_diagonal).max() > 0.5  # genuinely dense, not axis-aligned
 
 
+# a study of the gradient samplers on a hard target; their 2-D moments run by default
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["nuts", "hmc", "mala"])
 def test_gaussian_20d_ill_conditioned(sampler):
     idata = gauss20_run(sampler)

@@ -53,6 +53,7 @@ def test_gaussian_far_from_the_origin_is_recovered(estimator, loc):
     assert np.max(np.abs(z)) < 4, (fit.params, fit.stderr)
 
 
+@pytest.mark.slow
 def test_dsm_on_a_large_scale_is_calibrated():
     # DSM's control variate leaves a constant d/(2σ²) = 50 in the loss whose rounding, written
     # out, swamped the part that depends on θ at data of scale 1e4 (a precision of 1e-8):
@@ -101,6 +102,7 @@ def _nce_fit(data, model=GAUSSIAN):
         return un.fit(model, data, "nce", key=KEY, progress_bar=False)
 
 
+@pytest.mark.slow
 def test_nce_far_from_the_origin_is_recovered_and_moves_with_the_data():
     # Before, NCE returned mu = -0.19 at loc 1e3, with log Z = -496634 and a singular-Hessian
     # warning: from mu = 0 the log-ratio of model to noise fell by 1000 per unit of x, every

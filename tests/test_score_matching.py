@@ -49,9 +49,9 @@ GGM_DATA = np.random.default_rng(10).multivariate_normal(
 
 @pytest.mark.parametrize("estimator", [
     un.estimators.SM(),
-    un.estimators.SSM(num_projections=1),
+    pytest.param(un.estimators.SSM(num_projections=1), marks=pytest.mark.slow),
     # DSM fits (Σ + σ²I)⁻¹: a bias of about σ²K² ≈ 0.01 here, a fraction of the SE (≈ 0.05)
-    un.estimators.DSM(sigma=0.05, control_variate=True),
+    pytest.param(un.estimators.DSM(sigma=0.05, control_variate=True), marks=pytest.mark.slow),
 ], ids=["sm", "ssm", "dsm"])
 def test_ggm_recovers_sparse_precision(estimator):
     fit = un.fit(GGM, GGM_DATA, estimator, key=KEY, progress_bar=False)
@@ -132,8 +132,9 @@ QUARTIC_DATA = _quartic_sample(N, np.random.default_rng(4))
 
 
 @pytest.mark.parametrize("estimator", [
-    un.estimators.SM(), un.estimators.SSM(num_projections=2),
-    un.estimators.DSM(sigma=0.02, control_variate=True),
+    un.estimators.SM(),
+    pytest.param(un.estimators.SSM(num_projections=2), marks=pytest.mark.slow),
+    pytest.param(un.estimators.DSM(sigma=0.02, control_variate=True), marks=pytest.mark.slow),
 ], ids=["sm", "ssm", "dsm"])
 def test_quartic_family_recovered(estimator):
     fit = un.fit(QUARTIC, QUARTIC_DATA, estimator, key=KEY, progress_bar=False)
