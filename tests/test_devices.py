@@ -37,15 +37,26 @@ BLOCKED = {"nuts": chain_blocks.TRAJECTORY_BLOCK, "hmc": chain_blocks.TRAJECTORY
            "mala_blocks": runs.SAMPLER_RUNS["mala_blocks"][1]["chain_block"]}
 
 
-@pytest.fixture(scope="module")
-def children():
+def _started(extras: bool):
     """The one-process child and the two processes, started at once (they compile their
-    programs side by side); stopped when the module's tests are done."""
+    programs side by side); stopped when the module's tests are done. With ``extras``, those
+    of the long studies: KSD's fits, AIS, and sampling over two processes."""
     started = {"devices": [runs.start_on_two_devices(
+                   ("extras",) if extras else (),
                    cache_dir=jax.config.jax_compilation_cache_dir)],
-               "processes": runs.start_on_two_processes()}
+               "processes": runs.start_on_two_processes(extras=extras)}
     yield started
     runs.stop(started["devices"] + started["processes"])
+
+
+@pytest.fixture(scope="module")
+def children():
+    yield from _started(extras=False)
+
+
+@pytest.fixture(scope="module")
+def extra_children():
+    yield from _started(extras=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +67,6 @@ def two_devices(children) -> dict:
 @pytest.fixture(scope="module")
 def two_processes(children) -> list[dict]:
     return runs.results(children["processes"])
-
-
-@pytest.fixture(scope="module")
-def extra_children():
-    """The child and the two processes of the long studies: KSD's fits, AIS, and sampling
-    over two processes."""
-    started = {"devices": [runs.start_on_two_devices(
-                   ("extras",), cache_dir=jax.config.jax_compilation_cache_dir)],
-               "processes": runs.start_on_two_processes(extras=True)}
-    yield started
-    runs.stop(started["devices"] + started["processes"])
 
 
 @pytest.fixture(scope="module")
