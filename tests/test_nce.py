@@ -23,7 +23,7 @@ def _gaussian_log_z(prec) -> float:
     return 0.5 * d * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(prec)[1]
 
 
-# the wider noise (ν = 4) with the long studies (-m slow)
+# four noise draws per observation (ν = 4) with the long studies (-m slow)
 @pytest.mark.parametrize("nu", [1.0, pytest.param(4.0, marks=pytest.mark.slow)])
 def test_nce_recovers_gaussian_and_its_log_partition(nu):
     cov = np.array([[1.0, 0.6], [0.6, 2.0]])

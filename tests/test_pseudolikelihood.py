@@ -30,7 +30,7 @@ def test_pseudo_likelihood_recovers_pairwise_models(kind):
         assert np.max(np.abs(z)) < 4, (name, z)
 
 
-# the 10-spin lattice with the long studies (-m slow); the chain and the machine by default
+# the general 10-spin model with the long studies (-m slow); the chain and the machine by default
 @pytest.mark.parametrize("case", ["bm3", "chain10",
                                   pytest.param("ising10", marks=pytest.mark.slow)])
 def test_pseudo_likelihood_agrees_with_the_exact_mle(case):

@@ -68,8 +68,8 @@ def test_the_expected_gradient_vanishes_at_the_truth():
     assert np.max(np.abs(moved["h"])) > 1e-4
 
 
-#: the 10-spin lattice and the 3-unit Boltzmann machine with its Gaussian side run with the
-#: long studies (-m slow); the chain and the binary machine check the same by default
+#: the general 10-spin Ising model (55 parameters) and the three-unit machine on spins run
+#: with the long studies (-m slow); the chain and the machine on {0, 1} units by default
 LONG_CASES = ("ising10", "bm3")
 
 

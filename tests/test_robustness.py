@@ -297,7 +297,8 @@ def test_non_identified_parameters_warn_and_get_nan_standard_errors():
     assert fit.converged  # a minimum of the valley of minima, not a failed Newton run
 
 
-# MLE's NUTS rounds with the long studies (-m slow); CD checks the draws' covariance by default
+# MLE's case with the long studies (-m slow: its Monte Carlo rounds sample with NUTS); KSD's
+# and CD's own covariance stages are checked by default
 @pytest.mark.parametrize("estimator", ["ksd", pytest.param("mle", marks=pytest.mark.slow), "cd"])
 def test_estimators_with_their_own_covariance_mark_non_identified_parameters(estimator):
     # KSD, MLE and CD/PCD compute their covariance in their own final stage, not in the
