@@ -5,7 +5,10 @@ identical to one compiled a few tests earlier. JAX's persistent compilation cach
 program's fingerprint, serves those from disk instead of compiling again. It lives in a
 temporary directory of this process (one per pytest-xdist worker: the cache files are not
 written atomically) and is removed at the end of the session. ``UNNORM_TEST_JAX_CACHE=<dir>``
-keeps it in ``<dir>`` across sessions instead.
+keeps it in ``<dir>`` across sessions instead, one directory for all workers: a program one
+worker compiled serves the other, and a later session (CI's run of the ``docs`` mark after the
+default run) reads what an earlier one compiled. A worker that reads an entry while the other
+is still writing it gets a warning from JAX and compiles the program itself.
 
 Nearly all of the suite's time is XLA compiling thousands of small programs once each. Where the
 installed jaxlib still offers XLA's older CPU fusion emitters (jaxlib 0.10; later ones have only
